@@ -1,0 +1,267 @@
+//! Arrow adapters: zero-copy [`Rows`] over list columns, label and logits columns.
+//! Engine crates (DataFusion, Polars via Arrow, Parquet readers) all funnel through
+//! here so type rules and error messages are identical everywhere.
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{
+    Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, UInt8Type, UInt16Type,
+    UInt32Type, UInt64Type,
+};
+use arrow_array::{Array, ArrowPrimitiveType, OffsetSizeTrait, PrimitiveArray};
+use arrow_buffer::NullBuffer;
+use arrow_schema::DataType;
+
+use crate::error::{Error, Result};
+use crate::kernel::argmax;
+use crate::model::{GroupKey, LabelKind, Model};
+use crate::rows::{Rows, Starts, Values};
+
+/// What an embedding column may be.
+pub const EMBEDDING_TYPES: &str =
+    "FixedSizeList, List or LargeList of Float32 or Float64";
+
+/// Checks an embedding column's type without reading any row. Returns the fixed
+/// dimension when the type carries one (`FixedSizeList`), so a mismatch is reported
+/// before any data is read.
+pub fn check_embedding_type(dt: &DataType, column: &str, expected: Option<usize>) -> Result<Option<usize>> {
+    let (child, fixed) = match dt {
+        DataType::FixedSizeList(f, n) => (f.data_type(), Some(*n as usize)),
+        DataType::List(f) | DataType::LargeList(f) => (f.data_type(), None),
+        other => return Err(type_err(column, EMBEDDING_TYPES, other)),
+    };
+    if !matches!(child, DataType::Float32 | DataType::Float64) {
+        return Err(type_err(column, EMBEDDING_TYPES, dt));
+    }
+    if let (Some(e), Some(f)) = (expected, fixed)
+        && e != f
+    {
+        return Err(Error::Dimension {
+            column: column.into(),
+            expected: e,
+            found: f,
+            row: None,
+        });
+    }
+    Ok(fixed)
+}
+
+fn type_err(column: &str, expected: &str, found: &DataType) -> Error {
+    Error::ColumnType {
+        column: column.into(),
+        expected: expected.into(),
+        found: found.to_string(),
+    }
+}
+
+/// A zero-copy view of an embedding column. `expected` is the model's dimension; with
+/// `None` the dimension is taken from the type or from the first non-null row.
+/// A `List` row of the wrong length is an error naming the row.
+pub fn embedding_rows<'a>(array: &'a dyn Array, column: &str, expected: Option<usize>) -> Result<Rows<'a>> {
+    let fixed = check_embedding_type(array.data_type(), column, expected)?;
+    let len = array.len();
+    match array.data_type() {
+        DataType::FixedSizeList(..) => {
+            let a = array.as_fixed_size_list();
+            let dim = fixed.expect("fixed size list has a size");
+            let child = a.values();
+            let validity = merge_child_nulls(a.nulls(), child.as_ref(), |i| i * dim, dim, len);
+            Ok(Rows::from_parts(values_of(child.as_ref()), Starts::Fixed, dim, len, validity))
+        }
+        DataType::List(_) => {
+            let a = array.as_list::<i32>();
+            list_rows(a.value_offsets(), a.values().as_ref(), a.nulls(), column, expected, len, |o| Starts::I32(o))
+        }
+        DataType::LargeList(_) => {
+            let a = array.as_list::<i64>();
+            list_rows(a.value_offsets(), a.values().as_ref(), a.nulls(), column, expected, len, |o| Starts::I64(o))
+        }
+        _ => unreachable!("checked by check_embedding_type"),
+    }
+}
+
+fn list_rows<'a, O: OffsetSizeTrait>(
+    offsets: &'a [O],
+    child: &'a dyn Array,
+    nulls: Option<&NullBuffer>,
+    column: &str,
+    expected: Option<usize>,
+    len: usize,
+    starts: impl FnOnce(&'a [O]) -> Starts<'a>,
+) -> Result<Rows<'a>> {
+    let mut dim = expected;
+    for i in 0..len {
+        if nulls.is_some_and(|n| n.is_null(i)) {
+            continue;
+        }
+        let l = (offsets[i + 1] - offsets[i]).as_usize();
+        match dim {
+            None => dim = Some(l),
+            Some(d) if d != l => {
+                return Err(Error::Dimension {
+                    column: column.into(),
+                    expected: d,
+                    found: l,
+                    row: Some(i),
+                });
+            }
+            _ => {}
+        }
+    }
+    let dim = dim.unwrap_or(0);
+    let validity = if dim == 0 {
+        // Every row is null (or empty): nothing to read.
+        Some(NullBuffer::new_null(len))
+    } else {
+        merge_child_nulls(nulls, child, |i| offsets[i].as_usize(), dim, len)
+    };
+    Ok(Rows::from_parts(values_of(child), starts(offsets), dim, len, validity))
+}
+
+fn values_of(child: &dyn Array) -> Values<'_> {
+    match child.data_type() {
+        DataType::Float32 => Values::F32(child.as_primitive::<Float32Type>().values()),
+        DataType::Float64 => Values::F64(child.as_primitive::<Float64Type>().values()),
+        _ => unreachable!("checked by check_embedding_type"),
+    }
+}
+
+/// A null component makes its whole row null. The fast path (no child nulls) just
+/// shares the list's own null buffer.
+fn merge_child_nulls(
+    list_nulls: Option<&NullBuffer>,
+    child: &dyn Array,
+    start: impl Fn(usize) -> usize,
+    dim: usize,
+    len: usize,
+) -> Option<NullBuffer> {
+    let Some(cn) = child.nulls().filter(|n| n.null_count() > 0) else {
+        return list_nulls.cloned();
+    };
+    let valid: Vec<bool> = (0..len)
+        .map(|i| {
+            list_nulls.is_none_or(|n| n.is_valid(i)) && {
+                let s = start(i);
+                (s..s + dim).all(|j| cn.is_valid(j))
+            }
+        })
+        .collect();
+    Some(NullBuffer::from(valid))
+}
+
+/// Label column → group keys (null stays `None`). Integers and strings (plain, large,
+/// view or dictionary-encoded) are accepted.
+pub fn group_keys(array: &dyn Array, column: &str) -> Result<Vec<Option<GroupKey>>> {
+    const EXPECTED: &str = "an integer or string type";
+    if let Some(ints) = int_values(array, column)? {
+        return Ok(ints.into_iter().map(|v| v.map(GroupKey::Int)).collect());
+    }
+    if let Some(strs) = str_values(array)? {
+        return Ok(strs.into_iter().map(|v| v.map(|s| GroupKey::Str(s.to_string()))).collect());
+    }
+    Err(type_err(column, EXPECTED, array.data_type()))
+}
+
+fn prim_i64<T: ArrowPrimitiveType>(a: &PrimitiveArray<T>, column: &str) -> Result<Vec<Option<i64>>>
+where
+    T::Native: TryInto<i64> + std::fmt::Display + Copy,
+{
+    a.iter()
+        .enumerate()
+        .map(|(i, v)| match v {
+            None => Ok(None),
+            Some(x) => x.try_into().map(Some).map_err(|_| Error::ColumnType {
+                column: column.into(),
+                expected: "labels that fit in int64".into(),
+                found: format!("{x} at row {i}"),
+            }),
+        })
+        .collect()
+}
+
+fn int_values(array: &dyn Array, column: &str) -> Result<Option<Vec<Option<i64>>>> {
+    Ok(Some(match array.data_type() {
+        DataType::Int8 => prim_i64(array.as_primitive::<Int8Type>(), column)?,
+        DataType::Int16 => prim_i64(array.as_primitive::<Int16Type>(), column)?,
+        DataType::Int32 => prim_i64(array.as_primitive::<Int32Type>(), column)?,
+        DataType::Int64 => prim_i64(array.as_primitive::<Int64Type>(), column)?,
+        DataType::UInt8 => prim_i64(array.as_primitive::<UInt8Type>(), column)?,
+        DataType::UInt16 => prim_i64(array.as_primitive::<UInt16Type>(), column)?,
+        DataType::UInt32 => prim_i64(array.as_primitive::<UInt32Type>(), column)?,
+        DataType::UInt64 => prim_i64(array.as_primitive::<UInt64Type>(), column)?,
+        _ => return Ok(None),
+    }))
+}
+
+fn str_values(array: &dyn Array) -> Result<Option<Vec<Option<&str>>>> {
+    Ok(Some(match array.data_type() {
+        DataType::Utf8 => array.as_string::<i32>().iter().collect(),
+        DataType::LargeUtf8 => array.as_string::<i64>().iter().collect(),
+        DataType::Utf8View => array.as_string_view().iter().collect(),
+        DataType::Dictionary(_, v) if matches!(**v, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) => {
+            let dict = array.as_any_dictionary();
+            let Some(values) = str_values(dict.values().as_ref())? else {
+                return Ok(None);
+            };
+            let keys = dict.normalized_keys();
+            (0..array.len())
+                .map(|i| if array.is_null(i) { None } else { values[keys[i]] })
+                .collect()
+        }
+        _ => return Ok(None),
+    }))
+}
+
+/// Resolves a group column against a model: null → union mode (`None`), known value →
+/// its group index, unknown value → an error naming it and the known groups.
+pub fn resolve_groups(model: &Model, array: &dyn Array, column: &str) -> Result<Vec<Option<u32>>> {
+    let kind = model.label_kind();
+    if let Some(ints) = int_values(array, column)? {
+        if kind == LabelKind::Str {
+            return Err(type_err(column, "a string type (the model's groups are strings)", array.data_type()));
+        }
+        return ints
+            .into_iter()
+            .map(|v| v.map(|x| model.resolve_int(x, column).map(|g| g as u32)).transpose())
+            .collect();
+    }
+    if let Some(strs) = str_values(array)? {
+        if kind == LabelKind::Int {
+            return Err(type_err(column, "an integer type (the model's groups are integers)", array.data_type()));
+        }
+        return strs
+            .into_iter()
+            .map(|v| v.map(|s| model.resolve_str(s, column).map(|g| g as u32)).transpose())
+            .collect();
+    }
+    Err(type_err(column, "an integer or string type", array.data_type()))
+}
+
+/// `argmax(logits)` per row; null or non-finite logits give `None`.
+pub fn logits_argmax(array: &dyn Array, column: &str) -> Result<Vec<Option<i64>>> {
+    let rows = embedding_rows(array, column, None)?;
+    let mut buf = vec![0.0; rows.dim()];
+    Ok((0..rows.len())
+        .map(|i| (rows.dim() > 0 && rows.gather(i, &mut buf)).then(|| argmax(&buf) as i64))
+        .collect())
+}
+
+/// Routes rows by `argmax(logits)` to the group whose integer label equals it (§4).
+pub fn resolve_groups_from_logits(model: &Model, array: &dyn Array, column: &str) -> Result<Vec<Option<u32>>> {
+    if model.label_kind() == LabelKind::Str {
+        return Err(Error::ColumnType {
+            column: column.into(),
+            expected: "a model with integer groups (logits route to integer labels)".into(),
+            found: "a model with string groups".into(),
+        });
+    }
+    logits_argmax(array, column)?
+        .into_iter()
+        .map(|v| {
+            v.map(|i| match model.label_kind() {
+                LabelKind::None => Ok(0),
+                _ => model.resolve_int(i, column).map(|g| g as u32),
+            })
+            .transpose()
+        })
+        .collect()
+}

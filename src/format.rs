@@ -1,0 +1,302 @@
+//! The model file: one Parquet file any engine can read.
+//!
+//! One row per memory pattern (`group`, `memory`, `vector` as
+//! `FixedSizeList<Float32, d>`), with each group's `tau`, row counts and calibration
+//! source repeated on its rows, and key-value metadata `reclag.*` carrying β, the
+//! preprocessing, `τ*`, the dynamics settings, provenance and a SHA-256 content
+//! checksum that loading verifies.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow_array::builder::{FixedSizeListBuilder, Float32Builder};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float32Type, Float64Type, Int32Type, Int64Type};
+use arrow_array::{Array, ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::model::{CalibratedOn, Group, GroupKey, LabelKind, Model, ModelParts, Normalize, Provenance};
+
+pub const FORMAT_VERSION: &str = "1";
+const K_VERSION: &str = "reclag.format_version";
+const K_CHECKSUM: &str = "reclag.checksum";
+
+fn meta_pairs(model: &Model) -> Vec<(&'static str, String)> {
+    vec![
+        (K_VERSION, FORMAT_VERSION.to_string()),
+        ("reclag.beta", model.beta().to_string()),
+        ("reclag.normalize", model.normalize().as_str().to_string()),
+        ("reclag.dim", model.dim().to_string()),
+        ("reclag.tau_star", model.tau_star().to_string()),
+        ("reclag.max_iter", model.max_iter().to_string()),
+        ("reclag.tol", model.tol().to_string()),
+        ("reclag.label_type", model.label_kind().as_str().to_string()),
+        ("reclag.groups", model.groups().len().to_string()),
+        ("reclag.training", model.provenance().training.clone()),
+        ("reclag.source", model.provenance().source.clone()),
+    ]
+}
+
+/// SHA-256 over the canonical content: every metadata value and every stored number
+/// (memories as the f32 the file holds). Hex-encoded.
+pub fn checksum(model: &Model) -> String {
+    let mut h = Sha256::new();
+    h.update(b"reclag-model\0");
+    for (k, v) in meta_pairs(model) {
+        h.update(k.as_bytes());
+        h.update([0]);
+        h.update(v.as_bytes());
+        h.update([0]);
+    }
+    for g in model.groups() {
+        h.update(format!("{:?}", g.key).as_bytes());
+        h.update([0]);
+        h.update((g.m as u64).to_le_bytes());
+        for v in &g.xi {
+            h.update((*v as f32).to_le_bytes());
+        }
+        h.update(g.tau.to_bits().to_le_bytes());
+        h.update(g.n_train.to_le_bytes());
+        h.update(g.n_calibration.to_le_bytes());
+        h.update(g.calibrated_on.as_str().as_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn schema(model: &Model) -> Schema {
+    let group_type = match model.label_kind() {
+        LabelKind::Str => DataType::Utf8,
+        _ => DataType::Int64,
+    };
+    Schema::new(vec![
+        Field::new("group", group_type, true),
+        Field::new("memory", DataType::Int32, false),
+        Field::new(
+            "vector",
+            DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, true)), model.dim() as i32),
+            false,
+        ),
+        Field::new("tau", DataType::Float64, false),
+        Field::new("n_train", DataType::Int64, false),
+        Field::new("n_calibration", DataType::Int64, false),
+        Field::new("calibrated_on", DataType::Utf8, false),
+    ])
+}
+
+/// Serialises a model to Parquet bytes.
+pub fn to_bytes(model: &Model) -> Result<Vec<u8>> {
+    let schema = Arc::new(schema(model));
+    let d = model.dim();
+    let rows: Vec<(&Group, usize)> = model.groups().iter().flat_map(|g| (0..g.m).map(move |i| (g, i))).collect();
+    let group: ArrayRef = match model.label_kind() {
+        LabelKind::Str => Arc::new(StringArray::from_iter(rows.iter().map(|(g, _)| match &g.key {
+            Some(GroupKey::Str(s)) => Some(s.as_str()),
+            _ => None,
+        }))),
+        _ => Arc::new(Int64Array::from_iter(rows.iter().map(|(g, _)| match &g.key {
+            Some(GroupKey::Int(v)) => Some(*v),
+            _ => None,
+        }))),
+    };
+    let mut vb = FixedSizeListBuilder::with_capacity(Float32Builder::with_capacity(rows.len() * d), d as i32, rows.len());
+    for (g, i) in &rows {
+        for v in &g.xi[i * d..(i + 1) * d] {
+            vb.values().append_value(*v as f32);
+        }
+        vb.append(true);
+    }
+    let cols: Vec<ArrayRef> = vec![
+        group,
+        Arc::new(Int32Array::from_iter_values(rows.iter().map(|(_, i)| *i as i32))),
+        Arc::new(vb.finish()) as ArrayRef,
+        Arc::new(Float64Array::from_iter_values(rows.iter().map(|(g, _)| g.tau))),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|(g, _)| g.n_train as i64))),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|(g, _)| g.n_calibration as i64))),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|(g, _)| g.calibrated_on.as_str()))),
+    ];
+    let arrow_err = |source| Error::Arrow {
+        context: "building the model table".into(),
+        source,
+    };
+    let batch = RecordBatch::try_new(schema.clone(), cols).map_err(arrow_err)?;
+    let mut kv: Vec<KeyValue> = meta_pairs(model).into_iter().map(|(k, v)| KeyValue::new(k.to_string(), v)).collect();
+    kv.push(KeyValue::new(K_CHECKSUM.to_string(), checksum(model)));
+    let props = WriterProperties::builder().set_key_value_metadata(Some(kv)).build();
+    let pq_err = |source| Error::Parquet {
+        context: "writing the model file".into(),
+        source,
+    };
+    let mut buf = Vec::new();
+    let mut w = ArrowWriter::try_new(&mut buf, schema, Some(props)).map_err(pq_err)?;
+    w.write(&batch).map_err(pq_err)?;
+    w.close().map_err(pq_err)?;
+    Ok(buf)
+}
+
+/// Writes a model atomically: a temporary file in the same directory, fsync, rename.
+pub fn save(model: &Model, path: &Path) -> Result<()> {
+    let bytes = to_bytes(model)?;
+    write_atomic(path, &bytes)
+}
+
+/// Writes `bytes` to `path` through a temporary sibling and a rename, so readers never
+/// see a half-written file and a crash leaves the old file intact.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let io = |context: String| move |source| Error::Io { context, source };
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
+    f.write_all(bytes).map_err(io(format!("writing {}", tmp.display())))?;
+    f.sync_all().map_err(io(format!("syncing {}", tmp.display())))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(io(format!("renaming {} to {}", tmp.display(), path.display())))
+}
+
+/// Loads a model file from disk, verifying version and checksum.
+pub fn load(path: &Path) -> Result<Model> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        context: format!("reading model file {}", path.display()),
+        source,
+    })?;
+    from_bytes(bytes.into(), path)
+}
+
+/// Parses model bytes; `origin` names the file in errors.
+pub fn from_bytes(bytes: bytes::Bytes, origin: &Path) -> Result<Model> {
+    let err = |message: String| Error::ModelFile {
+        path: origin.to_path_buf(),
+        message,
+    };
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .map_err(|e| err(format!("not a readable Parquet file (truncated or corrupt?): {e}")))?;
+    let kv: Vec<(String, String)> = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .map(|v| v.iter().filter_map(|k| Some((k.key.clone(), k.value.clone()?))).collect())
+        .unwrap_or_default();
+    let get = |k: &str| kv.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+    let Some(version) = get(K_VERSION) else {
+        return Err(err(format!(
+            "a Parquet file but not a reclag model (no '{K_VERSION}' metadata); create one with `reclag train`"
+        )));
+    };
+    if version != FORMAT_VERSION {
+        return Err(err(format!(
+            "model format version {version} is not supported by this build (it reads version {FORMAT_VERSION}); upgrade reclag"
+        )));
+    }
+    let req = |k: &str| get(k).ok_or_else(|| err(format!("missing metadata key '{k}'")));
+    let num = |k: &str| -> Result<f64> {
+        let v = req(k)?;
+        v.parse::<f64>().map_err(|_| err(format!("metadata '{k}' = '{v}' is not a number")))
+    };
+    let int = |k: &str| -> Result<usize> {
+        let v = req(k)?;
+        v.parse::<usize>().map_err(|_| err(format!("metadata '{k}' = '{v}' is not a non-negative integer")))
+    };
+    let d = int("reclag.dim")?;
+    let beta = num("reclag.beta")?;
+    let normalize = Normalize::parse(req("reclag.normalize")?).map_err(|e| err(e.to_string()))?;
+    let tau_star = num("reclag.tau_star")?;
+    let max_iter = int("reclag.max_iter")?;
+    let tol = num("reclag.tol")?;
+    let label_type = req("reclag.label_type")?.to_string();
+    let n_groups = int("reclag.groups")?;
+    let stored_sum = req(K_CHECKSUM)?.to_string();
+    let provenance = Provenance {
+        training: get("reclag.training").unwrap_or_default().to_string(),
+        source: get("reclag.source").unwrap_or_default().to_string(),
+    };
+
+    let reader = builder.build().map_err(|e| err(format!("cannot read rows: {e}")))?;
+    let mut groups: Vec<Group> = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| err(format!("cannot read rows (truncated or corrupt?): {e}")))?;
+        let col = |name: &str| {
+            batch
+                .column_by_name(name)
+                .ok_or_else(|| err(format!("missing column '{name}'")))
+        };
+        let (group, memory, vector) = (col("group")?, col("memory")?, col("vector")?);
+        let (tau, n_train, n_cal, cal_on) = (col("tau")?, col("n_train")?, col("n_calibration")?, col("calibrated_on")?);
+        let bad = |name: &str, a: &ArrayRef| err(format!("column '{name}' has unexpected type {}", a.data_type()));
+        let memory = memory.as_primitive_opt::<Int32Type>().ok_or_else(|| bad("memory", memory))?;
+        let vector_l = vector.as_fixed_size_list_opt().ok_or_else(|| bad("vector", vector))?;
+        if vector_l.value_length() as usize != d {
+            return Err(err(format!(
+                "column 'vector' has size {} but metadata says dimension {d}",
+                vector_l.value_length()
+            )));
+        }
+        let vals = vector_l.values().as_primitive_opt::<Float32Type>().ok_or_else(|| bad("vector", vector))?;
+        let tau = tau.as_primitive_opt::<Float64Type>().ok_or_else(|| bad("tau", tau))?;
+        let n_train = n_train.as_primitive_opt::<Int64Type>().ok_or_else(|| bad("n_train", n_train))?;
+        let n_cal = n_cal.as_primitive_opt::<Int64Type>().ok_or_else(|| bad("n_calibration", n_cal))?;
+        let cal_on = cal_on.as_string_opt::<i32>().ok_or_else(|| bad("calibrated_on", cal_on))?;
+        for r in 0..batch.num_rows() {
+            let key = match label_type.as_str() {
+                "none" => None,
+                "int64" => Some(GroupKey::Int(
+                    group.as_primitive_opt::<Int64Type>().ok_or_else(|| bad("group", group))?.value(r),
+                )),
+                "utf8" => Some(GroupKey::Str(
+                    group.as_string_opt::<i32>().ok_or_else(|| bad("group", group))?.value(r).to_string(),
+                )),
+                other => return Err(err(format!("unknown label type '{other}'"))),
+            };
+            let new_group = groups.last().is_none_or(|g| g.key != key);
+            if new_group {
+                groups.push(Group {
+                    key,
+                    xi: Vec::new(),
+                    m: 0,
+                    tau: tau.value(r),
+                    n_train: n_train.value(r) as u64,
+                    n_calibration: n_cal.value(r) as u64,
+                    calibrated_on: match cal_on.value(r) {
+                        "holdout" => CalibratedOn::Holdout,
+                        "train" => CalibratedOn::Train,
+                        o => return Err(err(format!("unknown calibrated_on '{o}'"))),
+                    },
+                });
+            }
+            let g = groups.last_mut().expect("pushed above");
+            if memory.value(r) as usize != g.m {
+                return Err(err(format!("memory index {} out of order at row {r}", memory.value(r))));
+            }
+            let s = r * d;
+            g.xi.extend(vals.values()[s..s + d].iter().map(|&v| f64::from(v)));
+            g.m += 1;
+        }
+    }
+    if groups.len() != n_groups {
+        return Err(err(format!("metadata says {n_groups} groups, file has {}", groups.len())));
+    }
+    let model = Model::new(ModelParts {
+        d,
+        beta,
+        normalize,
+        max_iter,
+        tol,
+        groups,
+        tau_star,
+        provenance,
+    })
+    .map_err(|e| err(e.to_string()))?;
+    let actual = checksum(&model);
+    if actual != stored_sum {
+        return Err(err(format!(
+            "checksum mismatch (file says {stored_sum}, content hashes to {actual}): the file is corrupt or was edited; retrain or restore it"
+        )));
+    }
+    Ok(model)
+}

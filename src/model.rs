@@ -1,0 +1,301 @@
+//! The fitted detector: per-group interaction matrices and thresholds (spec §1–§4).
+
+use std::collections::HashMap;
+use std::fmt;
+
+use crate::error::{Error, Result};
+
+/// Row preprocessing `pre(x)`, stored in the model so scoring always matches training.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Normalize {
+    None,
+    #[default]
+    L2,
+}
+
+impl Normalize {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Normalize::None => "none",
+            Normalize::L2 => "l2",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "none" => Ok(Normalize::None),
+            "l2" => Ok(Normalize::L2),
+            other => Err(Error::param(
+                "normalize",
+                format!("expected one of none, l2; found '{other}'"),
+            )),
+        }
+    }
+
+    /// Applies `pre` in place. A zero vector stays zero.
+    #[inline]
+    pub fn apply(self, x: &mut [f64]) {
+        if let Normalize::L2 = self {
+            let n = crate::kernel::norm2(x).sqrt();
+            if n > 0.0 {
+                let inv = 1.0 / n;
+                x.iter_mut().for_each(|v| *v *= inv);
+            }
+        }
+    }
+}
+
+/// A group's identity: the class label it was trained on.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum GroupKey {
+    Int(i64),
+    Str(String),
+}
+
+impl fmt::Display for GroupKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GroupKey::Int(v) => write!(f, "{v}"),
+            GroupKey::Str(s) => write!(f, "'{s}'"),
+        }
+    }
+}
+
+/// Where a group's threshold was calibrated (§7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CalibratedOn {
+    /// A held-out split never used for fitting.
+    Holdout,
+    /// The group's own training rows, because the held-out split was too small.
+    Train,
+}
+
+impl CalibratedOn {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CalibratedOn::Holdout => "holdout",
+            CalibratedOn::Train => "train",
+        }
+    }
+}
+
+/// One group's memories `Ξ_g` (row-major `m×d`) and threshold `τ_g`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Group {
+    /// `None` when the training table had no label column (`K = 1`).
+    pub key: Option<GroupKey>,
+    pub xi: Vec<f64>,
+    pub m: usize,
+    pub tau: f64,
+    pub n_train: u64,
+    pub n_calibration: u64,
+    pub calibrated_on: CalibratedOn,
+}
+
+/// Provenance recorded in the model file; it does not affect scoring.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Provenance {
+    /// JSON object of the training parameters.
+    pub training: String,
+    /// Human description of the training input (paths, columns, row counts).
+    pub source: String,
+}
+
+/// A fitted RecLag model. Immutable once built, so it is shared across threads freely.
+#[derive(Clone, Debug)]
+pub struct Model {
+    pub(crate) d: usize,
+    pub(crate) beta: f64,
+    pub(crate) normalize: Normalize,
+    pub(crate) max_iter: usize,
+    pub(crate) tol: f64,
+    pub(crate) groups: Vec<Group>,
+    pub(crate) tau_star: f64,
+    pub(crate) union_xi: Vec<f64>,
+    pub(crate) union_m: usize,
+    pub(crate) provenance: Provenance,
+    by_int: HashMap<i64, usize>,
+    by_str: HashMap<String, usize>,
+}
+
+/// Label type a model's groups were trained on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LabelKind {
+    None,
+    Int,
+    Str,
+}
+
+impl LabelKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LabelKind::None => "none",
+            LabelKind::Int => "int64",
+            LabelKind::Str => "utf8",
+        }
+    }
+}
+
+/// Everything needed to assemble a [`Model`]; validated by [`Model::new`].
+#[derive(Clone, Debug)]
+pub struct ModelParts {
+    pub d: usize,
+    pub beta: f64,
+    pub normalize: Normalize,
+    pub max_iter: usize,
+    pub tol: f64,
+    pub groups: Vec<Group>,
+    pub tau_star: f64,
+    pub provenance: Provenance,
+}
+
+impl Model {
+    /// Assembles and validates a model: shapes, finiteness, unique group keys.
+    pub fn new(p: ModelParts) -> Result<Self> {
+        if p.d == 0 {
+            return Err(Error::Model("dimension must be > 0".into()));
+        }
+        if !(p.beta.is_finite() && p.beta > 0.0) {
+            return Err(Error::Model(format!("beta must be finite and > 0, found {}", p.beta)));
+        }
+        if p.groups.is_empty() {
+            return Err(Error::Model("a model needs at least one group".into()));
+        }
+        if p.max_iter == 0 {
+            return Err(Error::Model("max_iter must be >= 1".into()));
+        }
+        let mut by_int = HashMap::new();
+        let mut by_str = HashMap::new();
+        let kinds: Vec<LabelKind> = p.groups.iter().map(|g| key_kind(&g.key)).collect();
+        if kinds.iter().any(|k| *k != kinds[0]) {
+            return Err(Error::Model("groups mix label types".into()));
+        }
+        if kinds[0] == LabelKind::None && p.groups.len() != 1 {
+            return Err(Error::Model("an unlabelled model must have exactly one group".into()));
+        }
+        for (i, g) in p.groups.iter().enumerate() {
+            if g.m == 0 || g.xi.len() != g.m * p.d {
+                return Err(Error::Model(format!(
+                    "group {} has {} values for {} memories of dimension {}",
+                    i,
+                    g.xi.len(),
+                    g.m,
+                    p.d
+                )));
+            }
+            if g.xi.iter().any(|v| !v.is_finite()) || g.tau.is_nan() {
+                return Err(Error::Model(format!("group {i} has non-finite memories or tau")));
+            }
+            let dup = match &g.key {
+                Some(GroupKey::Int(v)) => by_int.insert(*v, i).is_some(),
+                Some(GroupKey::Str(s)) => by_str.insert(s.clone(), i).is_some(),
+                None => false,
+            };
+            if dup {
+                return Err(Error::Model(format!(
+                    "duplicate group {}",
+                    g.key.as_ref().map(|k| k.to_string()).unwrap_or_default()
+                )));
+            }
+        }
+        let union_xi: Vec<f64> = p.groups.iter().flat_map(|g| g.xi.iter().copied()).collect();
+        let union_m = p.groups.iter().map(|g| g.m).sum();
+        Ok(Model {
+            d: p.d,
+            beta: p.beta,
+            normalize: p.normalize,
+            max_iter: p.max_iter,
+            tol: p.tol,
+            groups: p.groups,
+            tau_star: p.tau_star,
+            union_xi,
+            union_m,
+            provenance: p.provenance,
+            by_int,
+            by_str,
+        })
+    }
+
+    pub fn dim(&self) -> usize {
+        self.d
+    }
+    pub fn beta(&self) -> f64 {
+        self.beta
+    }
+    pub fn normalize(&self) -> Normalize {
+        self.normalize
+    }
+    pub fn max_iter(&self) -> usize {
+        self.max_iter
+    }
+    pub fn tol(&self) -> f64 {
+        self.tol
+    }
+    pub fn groups(&self) -> &[Group] {
+        &self.groups
+    }
+    pub fn tau_star(&self) -> f64 {
+        self.tau_star
+    }
+    pub fn provenance(&self) -> &Provenance {
+        &self.provenance
+    }
+    pub fn label_kind(&self) -> LabelKind {
+        key_kind(&self.groups[0].key)
+    }
+    /// Memories of the union of all groups, in group order (row-major `union_m × d`).
+    pub fn union_memories(&self) -> (&[f64], usize) {
+        (&self.union_xi, self.union_m)
+    }
+
+    /// Resolves an integer label to a group index. `column` only feeds the error text.
+    pub fn resolve_int(&self, value: i64, column: &str) -> Result<usize> {
+        self.by_int
+            .get(&value)
+            .copied()
+            .ok_or_else(|| self.unknown(column, value.to_string()))
+    }
+
+    /// Resolves a string label to a group index.
+    pub fn resolve_str(&self, value: &str, column: &str) -> Result<usize> {
+        self.by_str
+            .get(value)
+            .copied()
+            .ok_or_else(|| self.unknown(column, format!("'{value}'")))
+    }
+
+    fn unknown(&self, column: &str, value: String) -> Error {
+        let known = match self.label_kind() {
+            LabelKind::None => "none (the model was trained without labels; omit the group)".into(),
+            _ => {
+                let mut keys: Vec<&GroupKey> =
+                    self.groups.iter().filter_map(|g| g.key.as_ref()).collect();
+                keys.sort();
+                keys.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(", ")
+            }
+        };
+        Error::UnknownGroup {
+            column: column.to_string(),
+            value,
+            known,
+        }
+    }
+}
+
+fn key_kind(k: &Option<GroupKey>) -> LabelKind {
+    match k {
+        None => LabelKind::None,
+        Some(GroupKey::Int(_)) => LabelKind::Int,
+        Some(GroupKey::Str(_)) => LabelKind::Str,
+    }
+}
+
+/// `E_τ(x) = ½‖x‖² − max(0, A_β(Ξx) − τ)`: the Lyapunov function of the dynamics.
+pub fn lyapunov(xi: &[f64], m: usize, beta: f64, tau: f64, x: &[f64]) -> f64 {
+    let d = x.len();
+    let h: Vec<f64> = (0..m)
+        .map(|mu| crate::kernel::dot(&xi[mu * d..(mu + 1) * d], x))
+        .collect();
+    let a = crate::kernel::log_mean_exp(&h, beta);
+    0.5 * crate::kernel::norm2(x) - (a - tau).max(0.0)
+}

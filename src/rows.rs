@@ -1,0 +1,137 @@
+//! Borrowed views of embedding rows. The scoring kernels read straight out of the
+//! caller's buffers (an Arrow child array, a Polars chunk, a test vector) and widen to
+//! f64 only inside a block's scratch space.
+
+/// The flat values buffer, in its native float width.
+#[derive(Clone, Copy, Debug)]
+pub enum Values<'a> {
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+}
+
+impl Values<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            Values::F32(v) => v.len(),
+            Values::F64(v) => v.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Where each row starts in the values buffer.
+#[derive(Clone, Copy, Debug)]
+pub enum Starts<'a> {
+    /// Row `i` starts at `i * dim` (a `FixedSizeList` or a dense matrix).
+    Fixed,
+    /// `List` offsets (length `len + 1`); lengths are checked when the view is built.
+    I32(&'a [i32]),
+    /// `LargeList` offsets.
+    I64(&'a [i64]),
+}
+
+/// `len` rows of dimension `dim`. A row is *null* when `validity` says so or when any
+/// component is NaN or ±inf; null rows get null outputs (spec §4). This is the one
+/// place that rule lives.
+#[derive(Clone, Debug)]
+pub struct Rows<'a> {
+    pub(crate) values: Values<'a>,
+    pub(crate) starts: Starts<'a>,
+    pub(crate) dim: usize,
+    pub(crate) len: usize,
+    pub(crate) validity: Option<arrow_buffer::NullBuffer>,
+}
+
+impl<'a> Rows<'a> {
+    /// A dense row-major matrix of f32.
+    pub fn dense_f32(values: &'a [f32], dim: usize) -> Self {
+        assert!(dim > 0 && values.len() % dim == 0, "values must be a whole number of rows");
+        Rows {
+            values: Values::F32(values),
+            starts: Starts::Fixed,
+            dim,
+            len: values.len() / dim,
+            validity: None,
+        }
+    }
+
+    /// A dense row-major matrix of f64.
+    pub fn dense_f64(values: &'a [f64], dim: usize) -> Self {
+        assert!(dim > 0 && values.len() % dim == 0, "values must be a whole number of rows");
+        Rows {
+            values: Values::F64(values),
+            starts: Starts::Fixed,
+            dim,
+            len: values.len() / dim,
+            validity: None,
+        }
+    }
+
+    /// Fully general constructor; the caller guarantees every valid row's slice is in
+    /// bounds (the Arrow adapters in [`crate::arrow`] check it).
+    pub(crate) fn from_parts(
+        values: Values<'a>,
+        starts: Starts<'a>,
+        dim: usize,
+        len: usize,
+        validity: Option<arrow_buffer::NullBuffer>,
+    ) -> Self {
+        Rows {
+            values,
+            starts,
+            dim,
+            len,
+            validity,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    #[inline]
+    fn start(&self, i: usize) -> usize {
+        match self.starts {
+            Starts::Fixed => i * self.dim,
+            Starts::I32(o) => o[i] as usize,
+            Starts::I64(o) => o[i] as usize,
+        }
+    }
+
+    /// Copies row `i` into `out` as f64. Returns `false` (and leaves `out` unspecified)
+    /// when the row is null or has a non-finite component.
+    #[inline]
+    pub fn gather(&self, i: usize, out: &mut [f64]) -> bool {
+        debug_assert_eq!(out.len(), self.dim);
+        if let Some(v) = &self.validity
+            && v.is_null(i)
+        {
+            return false;
+        }
+        let s = self.start(i);
+        let mut finite = true;
+        match self.values {
+            Values::F32(v) => {
+                for (o, &x) in out.iter_mut().zip(&v[s..s + self.dim]) {
+                    finite &= x.is_finite();
+                    *o = f64::from(x);
+                }
+            }
+            Values::F64(v) => {
+                for (o, &x) in out.iter_mut().zip(&v[s..s + self.dim]) {
+                    finite &= x.is_finite();
+                    *o = x;
+                }
+            }
+        }
+        finite
+    }
+}

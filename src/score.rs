@@ -1,0 +1,341 @@
+//! Batch scoring (spec §3–§4): energies of a block of rows against a memory matrix as
+//! one GEMM, then the CCCP dynamics run on the whole block at once, with rows dropping
+//! out of the active set as they converge or fall into the origin's basin.
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::kernel::{argmax, gemm_ab, gemm_abt, log_mean_exp, norm2, sigmoid, softmax_into};
+use crate::model::Model;
+use crate::rows::Rows;
+
+/// Rows per parallel task: large enough for an efficient GEMM, small enough that the
+/// f64 scratch of a block stays in L2.
+const BLOCK: usize = 256;
+
+/// Caller-owned output buffers (one entry per input row). `valid[i] == false` means the
+/// row's outputs are null; the other entries for that row are unspecified.
+#[derive(Clone, Debug, Default)]
+pub struct ScoreOutput {
+    pub score: Vec<f64>,
+    pub energy: Vec<f64>,
+    pub ood_probability: Vec<f64>,
+    pub is_ood: Vec<bool>,
+    pub attractor: Vec<i32>,
+    /// Number of updates applied by the dynamics (0 when they were not run).
+    pub steps: Vec<u32>,
+    pub valid: Vec<bool>,
+}
+
+impl ScoreOutput {
+    fn resize(&mut self, n: usize) {
+        self.score.resize(n, 0.0);
+        self.energy.resize(n, 0.0);
+        self.ood_probability.resize(n, 0.0);
+        self.is_ood.resize(n, false);
+        self.attractor.resize(n, 0);
+        self.steps.resize(n, 0);
+        self.valid.resize(n, false);
+    }
+
+    pub fn len(&self) -> usize {
+        self.valid.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.valid.is_empty()
+    }
+}
+
+/// Which outputs a caller needs. The dynamics cost two extra GEMMs per iteration, so
+/// callers that only want `score`/`energy`/`ood_probability` skip them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Work {
+    EnergyOnly,
+    WithDynamics,
+}
+
+/// The memory matrix and threshold a row is scored against.
+#[derive(Clone, Copy)]
+struct Target<'m> {
+    xi: &'m [f64],
+    m: usize,
+    tau: f64,
+}
+
+struct OutChunk<'o> {
+    start: usize,
+    score: &'o mut [f64],
+    energy: &'o mut [f64],
+    prob: &'o mut [f64],
+    is_ood: &'o mut [bool],
+    attractor: &'o mut [i32],
+    steps: &'o mut [u32],
+    valid: &'o mut [bool],
+}
+
+impl Model {
+    /// Scores `rows` into `out` (resized to `rows.len()`).
+    ///
+    /// `groups[i]` is the group index for row `i` (from [`Model::resolve_int`] /
+    /// [`Model::resolve_str`]) or `None` for union mode; `groups = None` means union
+    /// mode for every row. A model with one group always uses union mode (spec §4).
+    pub fn score_into(
+        &self,
+        rows: &Rows<'_>,
+        groups: Option<&[Option<u32>]>,
+        work: Work,
+        out: &mut ScoreOutput,
+    ) -> Result<()> {
+        if rows.dim() != self.d {
+            return Err(Error::Dimension {
+                column: "embedding".into(),
+                expected: self.d,
+                found: rows.dim(),
+                row: None,
+            });
+        }
+        if let Some(g) = groups {
+            if g.len() != rows.len() {
+                return Err(Error::Model(format!(
+                    "{} group entries for {} rows",
+                    g.len(),
+                    rows.len()
+                )));
+            }
+            if let Some(bad) = g.iter().flatten().find(|&&v| v as usize >= self.groups.len()) {
+                return Err(Error::Model(format!(
+                    "group index {bad} out of range (model has {} groups)",
+                    self.groups.len()
+                )));
+            }
+        }
+        let n = rows.len();
+        out.resize(n);
+        let chunks = split_out(out, n);
+        chunks.into_par_iter().for_each(|mut c| {
+            let len = c.valid.len();
+            let g = groups.map(|g| &g[c.start..c.start + len]);
+            self.score_block(rows, c.start, g, work, &mut c);
+        });
+        Ok(())
+    }
+
+    fn target(&self, sel: usize) -> Target<'_> {
+        if sel >= self.groups.len() || self.groups.len() == 1 {
+            Target {
+                xi: &self.union_xi,
+                m: self.union_m,
+                tau: self.tau_star,
+            }
+        } else {
+            let g = &self.groups[sel];
+            Target {
+                xi: &g.xi,
+                m: g.m,
+                tau: g.tau,
+            }
+        }
+    }
+
+    fn score_block(
+        &self,
+        rows: &Rows<'_>,
+        start: usize,
+        groups: Option<&[Option<u32>]>,
+        work: Work,
+        c: &mut OutChunk<'_>,
+    ) {
+        let d = self.d;
+        let len = c.valid.len();
+        let k = self.groups.len();
+        // Selector per row: a group index, or k for the union.
+        let mut buckets: Vec<Vec<usize>> = vec![Vec::new(); k + 1];
+        let mut x = vec![0.0f64; len * d];
+        for i in 0..len {
+            let xr = &mut x[i * d..(i + 1) * d];
+            let ok = rows.gather(start + i, xr);
+            c.valid[i] = ok;
+            if !ok {
+                c.steps[i] = 0;
+                continue;
+            }
+            self.normalize.apply(xr);
+            let sel = groups
+                .and_then(|g| g[i])
+                .map(|v| v as usize)
+                .filter(|_| k > 1)
+                .unwrap_or(k);
+            buckets[sel].push(i);
+        }
+        let mut xs = Vec::new();
+        let mut hs = Vec::new();
+        for (sel, idx) in buckets.iter().enumerate() {
+            if idx.is_empty() {
+                continue;
+            }
+            let t = self.target(sel);
+            let ns = idx.len();
+            xs.clear();
+            for &i in idx {
+                xs.extend_from_slice(&x[i * d..(i + 1) * d]);
+            }
+            hs.clear();
+            hs.resize(ns * t.m, 0.0);
+            gemm_abt(&xs, ns, d, t.xi, t.m, &mut hs);
+            for (r, &i) in idx.iter().enumerate() {
+                let a = log_mean_exp(&hs[r * t.m..(r + 1) * t.m], self.beta);
+                c.energy[i] = a;
+                c.score[i] = a - t.tau;
+                c.prob[i] = sigmoid(self.beta * (t.tau - a));
+            }
+            if work == Work::WithDynamics {
+                let res = dynamics(t, d, self.beta, self.max_iter, self.tol, &mut xs, &mut hs);
+                for (r, &i) in idx.iter().enumerate() {
+                    let (ood, att, steps) = res[r];
+                    c.is_ood[i] = ood;
+                    c.attractor[i] = att;
+                    c.steps[i] = steps;
+                }
+            } else {
+                // Not computed: `is_ood` is a property of the whole trajectory, so it is
+                // left false/-1 rather than guessed from the first step.
+                for &i in idx {
+                    c.is_ood[i] = false;
+                    c.attractor[i] = -1;
+                    c.steps[i] = 0;
+                }
+            }
+        }
+    }
+}
+
+fn split_out(out: &mut ScoreOutput, n: usize) -> Vec<OutChunk<'_>> {
+    let mut v = Vec::with_capacity(n.div_ceil(BLOCK));
+    let mut score = out.score.chunks_mut(BLOCK);
+    let mut energy = out.energy.chunks_mut(BLOCK);
+    let mut prob = out.ood_probability.chunks_mut(BLOCK);
+    let mut is_ood = out.is_ood.chunks_mut(BLOCK);
+    let mut attractor = out.attractor.chunks_mut(BLOCK);
+    let mut steps = out.steps.chunks_mut(BLOCK);
+    let mut start = 0;
+    for valid in out.valid.chunks_mut(BLOCK) {
+        let len = valid.len();
+        v.push(OutChunk {
+            start,
+            score: score.next().expect("same length"),
+            energy: energy.next().expect("same length"),
+            prob: prob.next().expect("same length"),
+            is_ood: is_ood.next().expect("same length"),
+            attractor: attractor.next().expect("same length"),
+            steps: steps.next().expect("same length"),
+            valid,
+        });
+        start += len;
+    }
+    v
+}
+
+/// Runs §3's dynamics for `n` rows at once. `xs` (`n×d`) holds `x_0` and `hs` (`n×m`)
+/// holds `Ξx_0`; both are overwritten. Returns `(is_ood, attractor, steps)` per row.
+fn dynamics(
+    t: Target<'_>,
+    d: usize,
+    beta: f64,
+    max_iter: usize,
+    tol: f64,
+    xs: &mut [f64],
+    hs: &mut [f64],
+) -> Vec<(bool, i32, u32)> {
+    let m = t.m;
+    let n = xs.len() / d;
+    let mut res = vec![(false, -1i32, 0u32); n];
+    let mut active: Vec<usize> = (0..n).collect();
+    let mut survivors = Vec::with_capacity(n);
+    let mut p = Vec::with_capacity(n * m);
+    let mut xn = Vec::with_capacity(n * d);
+    let mut hn = Vec::with_capacity(n * m);
+    let mut steps = 0u32;
+    while !active.is_empty() && (steps as usize) < max_iter {
+        steps += 1;
+        survivors.clear();
+        p.clear();
+        for &r in &active {
+            let h = &hs[r * m..(r + 1) * m];
+            if log_mean_exp(h, beta) <= t.tau {
+                // The dead zone: this update sends the row to the origin.
+                xs[r * d..(r + 1) * d].fill(0.0);
+                res[r] = (true, -1, steps);
+            } else {
+                let off = p.len();
+                p.resize(off + m, 0.0);
+                softmax_into(h, beta, &mut p[off..]);
+                survivors.push(r);
+            }
+        }
+        let ns = survivors.len();
+        xn.clear();
+        xn.resize(ns * d, 0.0);
+        gemm_ab(&p, ns, m, t.xi, d, &mut xn);
+        hn.clear();
+        hn.resize(ns * m, 0.0);
+        gemm_abt(&xn, ns, d, t.xi, m, &mut hn);
+        active.clear();
+        for (k, &r) in survivors.iter().enumerate() {
+            let new = &xn[k * d..(k + 1) * d];
+            let old = &mut xs[r * d..(r + 1) * d];
+            if new.iter().all(|&v| v == 0.0) {
+                old.fill(0.0);
+                res[r] = (true, -1, steps);
+                continue;
+            }
+            let diff: f64 = new.iter().zip(old.iter()).map(|(a, b)| (a - b) * (a - b)).sum();
+            let converged = diff.sqrt() <= tol * (1.0 + norm2(old).sqrt());
+            old.copy_from_slice(new);
+            hs[r * m..(r + 1) * m].copy_from_slice(&hn[k * m..(k + 1) * m]);
+            if converged {
+                res[r] = (false, argmax(&hs[r * m..(r + 1) * m]) as i32, steps);
+            } else {
+                active.push(r);
+            }
+        }
+    }
+    for &r in &active {
+        res[r] = (false, argmax(&hs[r * m..(r + 1) * m]) as i32, steps);
+    }
+    res
+}
+
+/// Energies `A_β(Ξ x)` of preprocessed f64 rows (`n×d`) against one memory matrix,
+/// computed block-wise in parallel. Used by calibration and the HE baseline.
+pub fn energies(xi: &[f64], m: usize, beta: f64, x: &[f64], d: usize) -> Vec<f64> {
+    let n = x.len() / d;
+    let mut out = vec![0.0; n];
+    out.par_chunks_mut(BLOCK)
+        .zip(x.par_chunks(BLOCK * d))
+        .for_each(|(o, xb)| {
+            let nb = o.len();
+            let mut h = vec![0.0; nb * m];
+            gemm_abt(xb, nb, d, xi, m, &mut h);
+            for (r, e) in o.iter_mut().enumerate() {
+                *e = log_mean_exp(&h[r * m..(r + 1) * m], beta);
+            }
+        });
+    out
+}
+
+/// One update of §3 for a single row: `Ξᵀ softmax(βΞx)` outside the dead zone, else 0.
+/// The batch path above is the production kernel; this scalar form exists so the
+/// spec's properties (energy descent, the vanilla limit) can be checked step by step.
+pub fn step(xi: &[f64], m: usize, beta: f64, tau: f64, x: &[f64]) -> Vec<f64> {
+    let d = x.len();
+    let mut h = vec![0.0; m];
+    gemm_abt(x, 1, d, xi, m, &mut h);
+    if log_mean_exp(&h, beta) <= tau {
+        return vec![0.0; d];
+    }
+    let mut p = vec![0.0; m];
+    softmax_into(&h, beta, &mut p);
+    let mut out = vec![0.0; d];
+    gemm_ab(&p, 1, m, xi, d, &mut out);
+    out
+}

@@ -1,0 +1,557 @@
+//! Fitting the interaction matrices (spec §5) and calibrating thresholds (§7).
+//!
+//! `TrainParams` → [`TrainParams::check`] → [`ValidParams::fit`] returns a distinct
+//! [`Model`]. Groups are fitted in parallel; each group draws from its own RNG stream
+//! derived from the seed and the group key, so the result does not depend on thread
+//! scheduling and the same seed gives a byte-identical model.
+
+use std::collections::BTreeMap;
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::kernel::{gemm_abt, gemm_atb, log_mean_exp, norm2};
+use crate::metrics::quantile_lower;
+use crate::model::{CalibratedOn, Group, GroupKey, Model, ModelParts, Normalize, Provenance};
+use crate::rng::Rng;
+use crate::rows::Rows;
+use crate::score::energies;
+
+/// Memory initialisation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Init {
+    /// `M_g` training rows drawn without replacement (the reference's choice).
+    #[default]
+    Random,
+    /// k-means++ seeding (D² sampling).
+    KMeansPlusPlus,
+}
+
+impl Init {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Init::Random => "random",
+            Init::KMeansPlusPlus => "kmeans++",
+        }
+    }
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "random" => Ok(Init::Random),
+            "kmeans++" => Ok(Init::KMeansPlusPlus),
+            o => Err(Error::param("init", format!("expected one of random, kmeans++; found '{o}'"))),
+        }
+    }
+}
+
+/// Training hyper-parameters; defaults are the spec's.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainParams {
+    pub memories: usize,
+    pub beta: f64,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub adam_b1: f64,
+    pub adam_b2: f64,
+    pub adam_eps: f64,
+    pub init_norm: f64,
+    pub init: Init,
+    pub normalize: Normalize,
+    pub ood_rate: f64,
+    pub calibration_fraction: f64,
+    pub seed: u64,
+    pub max_iter: usize,
+    pub tol: f64,
+}
+
+impl Default for TrainParams {
+    fn default() -> Self {
+        TrainParams {
+            memories: 10,
+            beta: 5.0,
+            epochs: 50,
+            batch_size: 50,
+            lr: 1e-3,
+            adam_b1: 0.9,
+            adam_b2: 0.98,
+            adam_eps: 1e-9,
+            init_norm: 10.0,
+            init: Init::Random,
+            normalize: Normalize::L2,
+            ood_rate: 0.05,
+            calibration_fraction: 0.1,
+            seed: 0,
+            max_iter: 16,
+            tol: 1e-6,
+        }
+    }
+}
+
+/// Parameters that passed [`TrainParams::check`].
+#[derive(Clone, Debug)]
+pub struct ValidParams(TrainParams);
+
+impl TrainParams {
+    pub fn check(self) -> Result<ValidParams> {
+        let p = &self;
+        let pos = |name, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(Error::param(name, format!("must be finite and > 0, found {v}")))
+            }
+        };
+        if p.memories == 0 {
+            return Err(Error::param("memories", "must be >= 1, found 0"));
+        }
+        if p.batch_size == 0 {
+            return Err(Error::param("batch-size", "must be >= 1, found 0"));
+        }
+        if p.max_iter == 0 {
+            return Err(Error::param("max-iter", "must be >= 1, found 0"));
+        }
+        pos("beta", p.beta)?;
+        pos("lr", p.lr)?;
+        pos("init-norm", p.init_norm)?;
+        pos("adam-eps", p.adam_eps)?;
+        pos("tol", p.tol)?;
+        for (name, v) in [("adam-b1", p.adam_b1), ("adam-b2", p.adam_b2)] {
+            if !(0.0..1.0).contains(&v) {
+                return Err(Error::param(name, format!("must be in [0, 1), found {v}")));
+            }
+        }
+        if !(p.ood_rate > 0.0 && p.ood_rate < 1.0) {
+            return Err(Error::param("ood-rate", format!("must be in (0, 1), found {}", p.ood_rate)));
+        }
+        if !(0.0..1.0).contains(&p.calibration_fraction) {
+            return Err(Error::param(
+                "calibration-fraction",
+                format!("must be in [0, 1), found {}", p.calibration_fraction),
+            ));
+        }
+        Ok(ValidParams(self))
+    }
+}
+
+/// Progress reporting without tying the core to a terminal library.
+pub trait Progress: Sync {
+    fn start(&self, _total_epochs: u64) {}
+    fn advance(&self, _epochs: u64) {}
+}
+
+/// Reports nothing.
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// A bounded, seeded sample of one group's rows (reservoir sampling, Algorithm R).
+#[derive(Clone, Debug)]
+struct Reservoir {
+    rows: Vec<f32>,
+    seen: u64,
+    rng: Rng,
+}
+
+/// Training rows collected batch by batch. With `max_rows_per_group = Some(n)` memory
+/// is bounded by `groups × n × d × 4` bytes however large the input is.
+#[derive(Clone, Debug)]
+pub struct TrainingSet {
+    d: usize,
+    cap: Option<usize>,
+    seed: u64,
+    labelled: Option<bool>,
+    groups: BTreeMap<Option<GroupKey>, Reservoir>,
+    /// Rows skipped because the embedding was null or non-finite.
+    pub skipped_invalid: u64,
+    /// Rows skipped because the label was null.
+    pub skipped_null_label: u64,
+    row_buf: Vec<f64>,
+}
+
+impl TrainingSet {
+    pub fn new(d: usize, max_rows_per_group: Option<usize>, seed: u64) -> Result<Self> {
+        if d == 0 {
+            return Err(Error::param("embedding", "dimension must be > 0"));
+        }
+        if max_rows_per_group == Some(0) {
+            return Err(Error::param("max-rows-per-group", "must be >= 1, found 0"));
+        }
+        Ok(TrainingSet {
+            d,
+            cap: max_rows_per_group,
+            seed,
+            labelled: None,
+            groups: BTreeMap::new(),
+            skipped_invalid: 0,
+            skipped_null_label: 0,
+            row_buf: vec![0.0; d],
+        })
+    }
+
+    pub fn dim(&self) -> usize {
+        self.d
+    }
+
+    /// Rows kept so far, over all groups.
+    pub fn rows_kept(&self) -> u64 {
+        self.groups.values().map(|r| (r.rows.len() / self.d) as u64).sum()
+    }
+
+    /// Rows offered so far (kept or not), over all groups.
+    pub fn rows_seen(&self) -> u64 {
+        self.groups.values().map(|r| r.seen).sum()
+    }
+
+    /// Adds a batch. `labels[i]` is row `i`'s group (`None` = null label, skipped);
+    /// `labels = None` means the table is unlabelled (one group).
+    pub fn push(&mut self, rows: &Rows<'_>, labels: Option<&[Option<GroupKey>]>) -> Result<()> {
+        if rows.dim() != self.d {
+            return Err(Error::Dimension {
+                column: "embedding".into(),
+                expected: self.d,
+                found: rows.dim(),
+                row: None,
+            });
+        }
+        let labelled = labels.is_some();
+        if *self.labelled.get_or_insert(labelled) != labelled {
+            return Err(Error::param("label", "some inputs have a label column and others do not"));
+        }
+        if let Some(l) = labels
+            && l.len() != rows.len()
+        {
+            return Err(Error::Model(format!("{} labels for {} rows", l.len(), rows.len())));
+        }
+        let d = self.d;
+        for i in 0..rows.len() {
+            if !rows.gather(i, &mut self.row_buf) {
+                self.skipped_invalid += 1;
+                continue;
+            }
+            let key = match labels {
+                None => None,
+                Some(l) => match &l[i] {
+                    None => {
+                        self.skipped_null_label += 1;
+                        continue;
+                    }
+                    Some(k) => Some(k.clone()),
+                },
+            };
+            let seed = self.seed;
+            let res = self.groups.entry(key).or_insert_with_key(|k| Reservoir {
+                rows: Vec::new(),
+                seen: 0,
+                rng: Rng::derive(seed, format!("reservoir:{k:?}").as_bytes()),
+            });
+            res.seen += 1;
+            let n = res.rows.len() / d;
+            match self.cap {
+                Some(cap) if n >= cap => {
+                    let j = res.rng.below(res.seen) as usize;
+                    if j < cap {
+                        for (o, &v) in res.rows[j * d..(j + 1) * d].iter_mut().zip(&self.row_buf) {
+                            *o = v as f32;
+                        }
+                    }
+                }
+                _ => res.rows.extend(self.row_buf.iter().map(|&v| v as f32)),
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Fitted {
+    group: Group,
+    calib: Vec<f64>,
+}
+
+impl ValidParams {
+    pub fn params(&self) -> &TrainParams {
+        &self.0
+    }
+
+    /// Fits one group per label in `data`, then calibrates every `τ_g` and `τ_*`.
+    pub fn fit(&self, data: &TrainingSet, source: &str, progress: &dyn Progress) -> Result<Model> {
+        let p = &self.0;
+        let d = data.d;
+        if data.groups.is_empty() {
+            return Err(Error::EmptyInput(format!(
+                "the input had no usable rows ({} with null or non-finite embeddings, {} with null labels)",
+                data.skipped_invalid, data.skipped_null_label
+            )));
+        }
+        progress.start((p.epochs * data.groups.len()) as u64);
+        let fitted: Vec<Fitted> = data
+            .groups
+            .par_iter()
+            .map(|(key, res)| self.fit_group(key.clone(), &res.rows, d, progress))
+            .collect::<Result<_>>()?;
+
+        let groups: Vec<Group> = fitted.iter().map(|f| f.group.clone()).collect();
+        let union_xi: Vec<f64> = groups.iter().flat_map(|g| g.xi.iter().copied()).collect();
+        let union_m = groups.iter().map(|g| g.m).sum();
+        let calib_all: Vec<f64> = fitted.iter().flat_map(|f| f.calib.iter().copied()).collect();
+        let tau_star = quantile_lower(&energies(&union_xi, union_m, p.beta, &calib_all, d), p.ood_rate)
+            .ok_or_else(|| Error::EmptyInput("no calibration rows".into()))?;
+
+        let training = serde_json::json!({
+            "memories": p.memories, "beta": p.beta, "epochs": p.epochs,
+            "batch_size": p.batch_size, "lr": p.lr, "adam_b1": p.adam_b1,
+            "adam_b2": p.adam_b2, "adam_eps": p.adam_eps, "init_norm": p.init_norm,
+            "init": p.init.as_str(), "normalize": p.normalize.as_str(),
+            "ood_rate": p.ood_rate, "calibration_fraction": p.calibration_fraction,
+            "seed": p.seed, "max_rows_per_group": data.cap,
+            "rows_seen": data.rows_seen(), "rows_kept": data.rows_kept(),
+            "skipped_invalid": data.skipped_invalid, "skipped_null_label": data.skipped_null_label,
+        })
+        .to_string();
+        Model::new(ModelParts {
+            d,
+            beta: p.beta,
+            normalize: p.normalize,
+            max_iter: p.max_iter,
+            tol: p.tol,
+            groups,
+            tau_star,
+            provenance: Provenance {
+                training,
+                source: source.to_string(),
+            },
+        })
+    }
+
+    fn fit_group(&self, key: Option<GroupKey>, raw: &[f32], d: usize, progress: &dyn Progress) -> Result<Fitted> {
+        let p = &self.0;
+        let n = raw.len() / d;
+        let label = format!("{key:?}");
+        let mut x: Vec<f64> = raw.iter().map(|&v| f64::from(v)).collect();
+        for r in x.chunks_mut(d) {
+            p.normalize.apply(r);
+        }
+        // Held-out calibration split (§7).
+        let mut idx: Vec<usize> = (0..n).collect();
+        Rng::derive(p.seed, format!("split:{label}").as_bytes()).shuffle(&mut idx);
+        let n_cal = (p.calibration_fraction * n as f64).floor() as usize;
+        let (fit_idx, cal_idx, calibrated_on) = if n_cal < 20 {
+            (&idx[..], &idx[..], CalibratedOn::Train)
+        } else {
+            (&idx[n_cal..], &idx[..n_cal], CalibratedOn::Holdout)
+        };
+        let gather = |ids: &[usize]| -> Vec<f64> {
+            let mut v = Vec::with_capacity(ids.len() * d);
+            for &i in ids {
+                v.extend_from_slice(&x[i * d..(i + 1) * d]);
+            }
+            v
+        };
+        let xfit = gather(fit_idx);
+        let calib = gather(cal_idx);
+        let nfit = fit_idx.len();
+        let m = p.memories.min(nfit);
+
+        let mut rng = Rng::derive(p.seed, format!("fit:{label}").as_bytes());
+        let mut xi = init_memories(&xfit, d, m, p.init, p.init_norm, &mut rng);
+        let mut adam = Adam::new(m * d, p.lr, p.adam_b1, p.adam_b2, p.adam_eps);
+        let mut order: Vec<usize> = (0..nfit).collect();
+        let mut batch = Vec::with_capacity(p.batch_size * d);
+        let mut grad = vec![0.0; m * d];
+        let mut scratch = StepScratch::default();
+        for _ in 0..p.epochs {
+            rng.shuffle(&mut order);
+            for chunk in order.chunks(p.batch_size) {
+                batch.clear();
+                for &i in chunk {
+                    batch.extend_from_slice(&xfit[i * d..(i + 1) * d]);
+                }
+                loss_and_grad_into(&xi, m, d, &batch, p.beta, &mut grad, &mut scratch);
+                adam.step(&mut xi, &grad);
+            }
+            progress.advance(1);
+        }
+        // The file stores f32; calibrate against exactly what will be scored.
+        for v in xi.iter_mut() {
+            *v = f64::from(*v as f32);
+        }
+        if xi.iter().any(|v| !v.is_finite()) {
+            return Err(Error::Model(format!(
+                "training diverged for group {label} (non-finite memories); lower --lr or --beta"
+            )));
+        }
+        let e = energies(&xi, m, p.beta, &calib, d);
+        let tau = quantile_lower(&e, p.ood_rate).expect("calibration rows are non-empty");
+        Ok(Fitted {
+            group: Group {
+                key,
+                xi,
+                m,
+                tau,
+                n_train: nfit as u64,
+                n_calibration: cal_idx.len() as u64,
+                calibrated_on,
+            },
+            calib,
+        })
+    }
+}
+
+fn init_memories(x: &[f64], d: usize, m: usize, init: Init, init_norm: f64, rng: &mut Rng) -> Vec<f64> {
+    let n = x.len() / d;
+    let chosen: Vec<usize> = match init {
+        Init::Random => {
+            // Partial Fisher–Yates: m distinct rows.
+            let mut idx: Vec<usize> = (0..n).collect();
+            for i in 0..m {
+                let j = i + rng.below((n - i) as u64) as usize;
+                idx.swap(i, j);
+            }
+            idx.truncate(m);
+            idx
+        }
+        Init::KMeansPlusPlus => {
+            let mut chosen = vec![rng.below(n as u64) as usize];
+            let mut dmin: Vec<f64> = (0..n).map(|i| sqdist(&x[i * d..(i + 1) * d], &x[chosen[0] * d..(chosen[0] + 1) * d])).collect();
+            while chosen.len() < m {
+                let total: f64 = dmin.iter().sum();
+                let next = if total > 0.0 {
+                    let mut t = rng.next_f64() * total;
+                    let mut pick = n - 1;
+                    for (i, &w) in dmin.iter().enumerate() {
+                        if t < w {
+                            pick = i;
+                            break;
+                        }
+                        t -= w;
+                    }
+                    pick
+                } else {
+                    // All remaining rows coincide with a centre: take any unchosen row.
+                    (0..n).find(|i| !chosen.contains(i)).expect("m <= n")
+                };
+                chosen.push(next);
+                let c = &x[next * d..(next + 1) * d];
+                for (i, dm) in dmin.iter_mut().enumerate() {
+                    *dm = dm.min(sqdist(&x[i * d..(i + 1) * d], c));
+                }
+            }
+            chosen
+        }
+    };
+    let mut xi = Vec::with_capacity(m * d);
+    for &i in &chosen {
+        let r = &x[i * d..(i + 1) * d];
+        let nr = norm2(r).sqrt();
+        let s = if nr > 0.0 { init_norm / nr } else { 0.0 };
+        xi.extend(r.iter().map(|v| v * s));
+    }
+    xi
+}
+
+fn sqdist(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
+}
+
+/// Reusable buffers for [`loss_and_grad_into`].
+#[derive(Default)]
+pub struct StepScratch {
+    h: Vec<f64>,
+    c: Vec<f64>,
+    wsum: Vec<f64>,
+}
+
+/// Mean loss `ℓ` over a batch and its closed-form gradient w.r.t. `Ξ` (spec §5),
+/// written into `grad` (`m×d`). `σ² = 1`.
+pub fn loss_and_grad_into(
+    xi: &[f64],
+    m: usize,
+    d: usize,
+    batch: &[f64],
+    beta: f64,
+    grad: &mut [f64],
+    s: &mut StepScratch,
+) -> f64 {
+    let b = batch.len() / d;
+    s.h.clear();
+    s.h.resize(b * m, 0.0);
+    gemm_abt(batch, b, d, xi, m, &mut s.h);
+    s.c.clear();
+    s.c.resize(b * m, 0.0);
+    s.wsum.clear();
+    s.wsum.resize(m, 0.0);
+    let xi_sq: Vec<f64> = xi.chunks(d).map(norm2).collect();
+    let dd = d as f64;
+    let mut loss = 0.0;
+    let mut logq = vec![0.0; m];
+    let mut lw = vec![0.0; m];
+    for r in 0..b {
+        let x = &batch[r * d..(r + 1) * d];
+        let xsq = norm2(x);
+        let h = &s.h[r * m..(r + 1) * m];
+        // log q = log_softmax(βh)
+        let lse = log_mean_exp(h, beta) * beta + (m as f64).ln();
+        for mu in 0..m {
+            logq[mu] = beta * h[mu] - lse;
+        }
+        let dist: Vec<f64> = (0..m).map(|mu| (xsq + xi_sq[mu] - 2.0 * h[mu]).max(0.0)).collect();
+        for mu in 0..m {
+            lw[mu] = logq[mu] - dist[mu] / 2.0;
+        }
+        let lmax = lw.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let z: f64 = lw.iter().map(|v| (v - lmax).exp()).sum();
+        for mu in 0..m {
+            let w = (lw[mu] - lmax).exp() / z;
+            let q = logq[mu].exp();
+            loss += w * (dist[mu] / dd - logq[mu]);
+            s.c[r * m + mu] = -(2.0 / dd) * w + beta * (q - w);
+            s.wsum[mu] += w;
+        }
+    }
+    let inv_b = 1.0 / b as f64;
+    gemm_atb(&s.c, b, m, batch, d, grad);
+    for mu in 0..m {
+        let a = (2.0 / dd) * s.wsum[mu] * inv_b;
+        for j in 0..d {
+            grad[mu * d + j] = grad[mu * d + j] * inv_b + a * xi[mu * d + j];
+        }
+    }
+    loss * inv_b
+}
+
+/// Adam with bias correction (PyTorch's form: `eps` added to `sqrt(v̂)`).
+#[derive(Clone, Debug)]
+pub struct Adam {
+    lr: f64,
+    b1: f64,
+    b2: f64,
+    eps: f64,
+    t: i32,
+    m: Vec<f64>,
+    v: Vec<f64>,
+}
+
+impl Adam {
+    pub fn new(n: usize, lr: f64, b1: f64, b2: f64, eps: f64) -> Self {
+        Adam {
+            lr,
+            b1,
+            b2,
+            eps,
+            t: 0,
+            m: vec![0.0; n],
+            v: vec![0.0; n],
+        }
+    }
+
+    pub fn step(&mut self, theta: &mut [f64], grad: &[f64]) {
+        self.t += 1;
+        let c1 = 1.0 - self.b1.powi(self.t);
+        let c2 = 1.0 - self.b2.powi(self.t);
+        for ((th, g), (m, v)) in theta.iter_mut().zip(grad).zip(self.m.iter_mut().zip(self.v.iter_mut())) {
+            *m = self.b1 * *m + (1.0 - self.b1) * g;
+            *v = self.b2 * *v + (1.0 - self.b2) * g * g;
+            let mhat = *m / c1;
+            let vhat = *v / c2;
+            *th -= self.lr * mhat / (vhat.sqrt() + self.eps);
+        }
+    }
+}
