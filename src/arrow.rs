@@ -17,13 +17,16 @@ use crate::model::{GroupKey, LabelKind, Model};
 use crate::rows::{Rows, Starts, Values};
 
 /// What an embedding column may be.
-pub const EMBEDDING_TYPES: &str =
-    "FixedSizeList, List or LargeList of Float32 or Float64";
+pub const EMBEDDING_TYPES: &str = "FixedSizeList, List or LargeList of Float32 or Float64";
 
 /// Checks an embedding column's type without reading any row. Returns the fixed
 /// dimension when the type carries one (`FixedSizeList`), so a mismatch is reported
 /// before any data is read.
-pub fn check_embedding_type(dt: &DataType, column: &str, expected: Option<usize>) -> Result<Option<usize>> {
+pub fn check_embedding_type(
+    dt: &DataType,
+    column: &str,
+    expected: Option<usize>,
+) -> Result<Option<usize>> {
     let (child, fixed) = match dt {
         DataType::FixedSizeList(f, n) => (f.data_type(), Some(*n as usize)),
         DataType::List(f) | DataType::LargeList(f) => (f.data_type(), None),
@@ -56,7 +59,11 @@ fn type_err(column: &str, expected: &str, found: &DataType) -> Error {
 /// A zero-copy view of an embedding column. `expected` is the model's dimension; with
 /// `None` the dimension is taken from the type or from the first non-null row.
 /// A `List` row of the wrong length is an error naming the row.
-pub fn embedding_rows<'a>(array: &'a dyn Array, column: &str, expected: Option<usize>) -> Result<Rows<'a>> {
+pub fn embedding_rows<'a>(
+    array: &'a dyn Array,
+    column: &str,
+    expected: Option<usize>,
+) -> Result<Rows<'a>> {
     let fixed = check_embedding_type(array.data_type(), column, expected)?;
     let len = array.len();
     match array.data_type() {
@@ -65,15 +72,37 @@ pub fn embedding_rows<'a>(array: &'a dyn Array, column: &str, expected: Option<u
             let dim = fixed.expect("fixed size list has a size");
             let child = a.values();
             let validity = merge_child_nulls(a.nulls(), child.as_ref(), |i| i * dim, dim, len);
-            Ok(Rows::from_parts(values_of(child.as_ref()), Starts::Fixed, dim, len, validity))
+            Ok(Rows::from_parts(
+                values_of(child.as_ref()),
+                Starts::Fixed,
+                dim,
+                len,
+                validity,
+            ))
         }
         DataType::List(_) => {
             let a = array.as_list::<i32>();
-            list_rows(a.value_offsets(), a.values().as_ref(), a.nulls(), column, expected, len, |o| Starts::I32(o))
+            list_rows(
+                a.value_offsets(),
+                a.values().as_ref(),
+                a.nulls(),
+                column,
+                expected,
+                len,
+                |o| Starts::I32(o),
+            )
         }
         DataType::LargeList(_) => {
             let a = array.as_list::<i64>();
-            list_rows(a.value_offsets(), a.values().as_ref(), a.nulls(), column, expected, len, |o| Starts::I64(o))
+            list_rows(
+                a.value_offsets(),
+                a.values().as_ref(),
+                a.nulls(),
+                column,
+                expected,
+                len,
+                |o| Starts::I64(o),
+            )
         }
         _ => unreachable!("checked by check_embedding_type"),
     }
@@ -114,7 +143,13 @@ fn list_rows<'a, O: OffsetSizeTrait>(
     } else {
         merge_child_nulls(nulls, child, |i| offsets[i].as_usize(), dim, len)
     };
-    Ok(Rows::from_parts(values_of(child), starts(offsets), dim, len, validity))
+    Ok(Rows::from_parts(
+        values_of(child),
+        starts(offsets),
+        dim,
+        len,
+        validity,
+    ))
 }
 
 fn values_of(child: &dyn Array) -> Values<'_> {
@@ -156,7 +191,10 @@ pub fn group_keys(array: &dyn Array, column: &str) -> Result<Vec<Option<GroupKey
         return Ok(ints.into_iter().map(|v| v.map(GroupKey::Int)).collect());
     }
     if let Some(strs) = str_values(array)? {
-        return Ok(strs.into_iter().map(|v| v.map(|s| GroupKey::Str(s.to_string()))).collect());
+        return Ok(strs
+            .into_iter()
+            .map(|v| v.map(|s| GroupKey::Str(s.to_string())))
+            .collect());
     }
     Err(type_err(column, EXPECTED, array.data_type()))
 }
@@ -197,14 +235,25 @@ fn str_values(array: &dyn Array) -> Result<Option<Vec<Option<&str>>>> {
         DataType::Utf8 => array.as_string::<i32>().iter().collect(),
         DataType::LargeUtf8 => array.as_string::<i64>().iter().collect(),
         DataType::Utf8View => array.as_string_view().iter().collect(),
-        DataType::Dictionary(_, v) if matches!(**v, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) => {
+        DataType::Dictionary(_, v)
+            if matches!(
+                **v,
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+            ) =>
+        {
             let dict = array.as_any_dictionary();
             let Some(values) = str_values(dict.values().as_ref())? else {
                 return Ok(None);
             };
             let keys = dict.normalized_keys();
             (0..array.len())
-                .map(|i| if array.is_null(i) { None } else { values[keys[i]] })
+                .map(|i| {
+                    if array.is_null(i) {
+                        None
+                    } else {
+                        values[keys[i]]
+                    }
+                })
                 .collect()
         }
         _ => return Ok(None),
@@ -217,23 +266,41 @@ pub fn resolve_groups(model: &Model, array: &dyn Array, column: &str) -> Result<
     let kind = model.label_kind();
     if let Some(ints) = int_values(array, column)? {
         if kind == LabelKind::Str {
-            return Err(type_err(column, "a string type (the model's groups are strings)", array.data_type()));
+            return Err(type_err(
+                column,
+                "a string type (the model's groups are strings)",
+                array.data_type(),
+            ));
         }
         return ints
             .into_iter()
-            .map(|v| v.map(|x| model.resolve_int(x, column).map(|g| g as u32)).transpose())
+            .map(|v| {
+                v.map(|x| model.resolve_int(x, column).map(|g| g as u32))
+                    .transpose()
+            })
             .collect();
     }
     if let Some(strs) = str_values(array)? {
         if kind == LabelKind::Int {
-            return Err(type_err(column, "an integer type (the model's groups are integers)", array.data_type()));
+            return Err(type_err(
+                column,
+                "an integer type (the model's groups are integers)",
+                array.data_type(),
+            ));
         }
         return strs
             .into_iter()
-            .map(|v| v.map(|s| model.resolve_str(s, column).map(|g| g as u32)).transpose())
+            .map(|v| {
+                v.map(|s| model.resolve_str(s, column).map(|g| g as u32))
+                    .transpose()
+            })
             .collect();
     }
-    Err(type_err(column, "an integer or string type", array.data_type()))
+    Err(type_err(
+        column,
+        "an integer or string type",
+        array.data_type(),
+    ))
 }
 
 /// `argmax(logits)` per row; null or non-finite logits give `None`.
@@ -246,7 +313,11 @@ pub fn logits_argmax(array: &dyn Array, column: &str) -> Result<Vec<Option<i64>>
 }
 
 /// Routes rows by `argmax(logits)` to the group whose integer label equals it (§4).
-pub fn resolve_groups_from_logits(model: &Model, array: &dyn Array, column: &str) -> Result<Vec<Option<u32>>> {
+pub fn resolve_groups_from_logits(
+    model: &Model,
+    array: &dyn Array,
+    column: &str,
+) -> Result<Vec<Option<u32>>> {
     if model.label_kind() == LabelKind::Str {
         return Err(Error::ColumnType {
             column: column.into(),

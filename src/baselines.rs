@@ -21,14 +21,23 @@ pub struct Reference {
 impl Reference {
     pub fn new(d: usize, groups: Vec<(Option<GroupKey>, Vec<f64>)>) -> Result<Self> {
         if groups.iter().all(|(_, x)| x.is_empty()) {
-            return Err(Error::EmptyInput("the baseline reference (--train) has no rows".into()));
+            return Err(Error::EmptyInput(
+                "the baseline reference (--train) has no rows".into(),
+            ));
         }
-        let index = groups.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect();
+        let index = groups
+            .iter()
+            .enumerate()
+            .map(|(i, (k, _))| (k.clone(), i))
+            .collect();
         Ok(Reference { d, groups, index })
     }
 
     fn all_rows(&self) -> Vec<f64> {
-        self.groups.iter().flat_map(|(_, x)| x.iter().copied()).collect()
+        self.groups
+            .iter()
+            .flat_map(|(_, x)| x.iter().copied())
+            .collect()
     }
 
     /// Reference group index for a query's routed key; `None` (no routing, or a key
@@ -91,13 +100,15 @@ pub fn he(r: &Reference, beta: f64, q: &[f64], route: &[Option<GroupKey>]) -> Ve
         let nq = qs.len() / r.d;
         let mut out = vec![0.0; nq];
         const B: usize = 64;
-        out.par_chunks_mut(B).zip(qs.par_chunks(B * r.d)).for_each(|(o, qb)| {
-            let mut h = vec![0.0; o.len() * n];
-            gemm_abt(qb, o.len(), r.d, x, n, &mut h);
-            for (i, v) in o.iter_mut().enumerate() {
-                *v = log_mean_exp(&h[i * n..(i + 1) * n], beta);
-            }
-        });
+        out.par_chunks_mut(B)
+            .zip(qs.par_chunks(B * r.d))
+            .for_each(|(o, qb)| {
+                let mut h = vec![0.0; o.len() * n];
+                gemm_abt(qb, o.len(), r.d, x, n, &mut h);
+                for (i, v) in o.iter_mut().enumerate() {
+                    *v = log_mean_exp(&h[i * n..(i + 1) * n], beta);
+                }
+            });
         out
     })
 }
@@ -109,7 +120,10 @@ pub fn she(r: &Reference, q: &[f64], route: &[Option<GroupKey>]) -> Vec<f64> {
         .zip(route)
         .map(|(x, key)| match r.route(key) {
             Some(g) => dot(x, &means[g]),
-            None => means.iter().map(|m| dot(x, m)).fold(f64::NEG_INFINITY, f64::max),
+            None => means
+                .iter()
+                .map(|m| dot(x, m))
+                .fold(f64::NEG_INFINITY, f64::max),
         })
         .collect()
 }
@@ -140,7 +154,8 @@ pub fn mahalanobis(r: &Reference, q: &[f64]) -> Result<Vec<f64>> {
         }
         cov[i * d + i] += 1e-6 * trace / d as f64 + 1e-12;
     }
-    let l = cholesky(&cov, d).ok_or_else(|| Error::Model("covariance is not positive definite".into()))?;
+    let l = cholesky(&cov, d)
+        .ok_or_else(|| Error::Model("covariance is not positive definite".into()))?;
     let w = lower_inverse(&l, d);
     // Whitened means and queries: z = W x, distance = ‖z_q − z_c‖².
     let whiten = |x: &[f64]| -> Vec<f64> {
@@ -172,18 +187,20 @@ pub fn knn(r: &Reference, q: &[f64], k: usize) -> Vec<f64> {
     qn.chunks_mut(d).for_each(|row| Normalize::L2.apply(row));
     let mut out = vec![0.0; qn.len() / d];
     const B: usize = 64;
-    out.par_chunks_mut(B).zip(qn.par_chunks(B * d)).for_each(|(o, qb)| {
-        let mut h = vec![0.0; o.len() * n];
-        gemm_abt(qb, o.len(), d, &x, n, &mut h);
-        for (i, v) in o.iter_mut().enumerate() {
-            let row = &mut h[i * n..(i + 1) * n];
-            let qq = norm2(&qb[i * d..(i + 1) * d]);
-            // k-th nearest = k-th largest inner product (both sides unit or zero).
-            let (_, kth, _) = row.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
-            let dist2 = (qq + 1.0 - 2.0 * *kth).max(0.0);
-            *v = -dist2.sqrt();
-        }
-    });
+    out.par_chunks_mut(B)
+        .zip(qn.par_chunks(B * d))
+        .for_each(|(o, qb)| {
+            let mut h = vec![0.0; o.len() * n];
+            gemm_abt(qb, o.len(), d, &x, n, &mut h);
+            for (i, v) in o.iter_mut().enumerate() {
+                let row = &mut h[i * n..(i + 1) * n];
+                let qq = norm2(&qb[i * d..(i + 1) * d]);
+                // k-th nearest = k-th largest inner product (both sides unit or zero).
+                let (_, kth, _) = row.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+                let dist2 = (qq + 1.0 - 2.0 * *kth).max(0.0);
+                *v = -dist2.sqrt();
+            }
+        });
     out
 }
 
@@ -235,7 +252,10 @@ fn per_route(
     keys.sort();
     for g in keys {
         let idx = &buckets[&g];
-        let rows: Vec<f64> = idx.iter().flat_map(|&i| q[i * d..(i + 1) * d].iter().copied()).collect();
+        let rows: Vec<f64> = idx
+            .iter()
+            .flat_map(|&i| q[i * d..(i + 1) * d].iter().copied())
+            .collect();
         for (&i, v) in idx.iter().zip(f(g, &rows)) {
             out[i] = v;
         }

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use arrow_array::builder::{FixedSizeListBuilder, Float32Builder};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, Float64Type, Int32Type, Int64Type};
-use arrow_array::{Array, ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow_array::{
+    Array, ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+};
 use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -21,7 +23,9 @@ use parquet::file::properties::WriterProperties;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::model::{CalibratedOn, Group, GroupKey, LabelKind, Model, ModelParts, Normalize, Provenance};
+use crate::model::{
+    CalibratedOn, Group, GroupKey, LabelKind, Model, ModelParts, Normalize, Provenance,
+};
 
 pub const FORMAT_VERSION: &str = "1";
 const K_VERSION: &str = "reclag.format_version";
@@ -79,7 +83,10 @@ fn schema(model: &Model) -> Schema {
         Field::new("memory", DataType::Int32, false),
         Field::new(
             "vector",
-            DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, true)), model.dim() as i32),
+            DataType::FixedSizeList(
+                Arc::new(Field::new("item", DataType::Float32, true)),
+                model.dim() as i32,
+            ),
             false,
         ),
         Field::new("tau", DataType::Float64, false),
@@ -93,18 +100,30 @@ fn schema(model: &Model) -> Schema {
 pub fn to_bytes(model: &Model) -> Result<Vec<u8>> {
     let schema = Arc::new(schema(model));
     let d = model.dim();
-    let rows: Vec<(&Group, usize)> = model.groups().iter().flat_map(|g| (0..g.m).map(move |i| (g, i))).collect();
+    let rows: Vec<(&Group, usize)> = model
+        .groups()
+        .iter()
+        .flat_map(|g| (0..g.m).map(move |i| (g, i)))
+        .collect();
     let group: ArrayRef = match model.label_kind() {
-        LabelKind::Str => Arc::new(StringArray::from_iter(rows.iter().map(|(g, _)| match &g.key {
-            Some(GroupKey::Str(s)) => Some(s.as_str()),
-            _ => None,
-        }))),
-        _ => Arc::new(Int64Array::from_iter(rows.iter().map(|(g, _)| match &g.key {
-            Some(GroupKey::Int(v)) => Some(*v),
-            _ => None,
-        }))),
+        LabelKind::Str => Arc::new(StringArray::from_iter(rows.iter().map(
+            |(g, _)| match &g.key {
+                Some(GroupKey::Str(s)) => Some(s.as_str()),
+                _ => None,
+            },
+        ))),
+        _ => Arc::new(Int64Array::from_iter(rows.iter().map(
+            |(g, _)| match &g.key {
+                Some(GroupKey::Int(v)) => Some(*v),
+                _ => None,
+            },
+        ))),
     };
-    let mut vb = FixedSizeListBuilder::with_capacity(Float32Builder::with_capacity(rows.len() * d), d as i32, rows.len());
+    let mut vb = FixedSizeListBuilder::with_capacity(
+        Float32Builder::with_capacity(rows.len() * d),
+        d as i32,
+        rows.len(),
+    );
     for (g, i) in &rows {
         for v in &g.xi[i * d..(i + 1) * d] {
             vb.values().append_value(*v as f32);
@@ -113,21 +132,36 @@ pub fn to_bytes(model: &Model) -> Result<Vec<u8>> {
     }
     let cols: Vec<ArrayRef> = vec![
         group,
-        Arc::new(Int32Array::from_iter_values(rows.iter().map(|(_, i)| *i as i32))),
+        Arc::new(Int32Array::from_iter_values(
+            rows.iter().map(|(_, i)| *i as i32),
+        )),
         Arc::new(vb.finish()) as ArrayRef,
-        Arc::new(Float64Array::from_iter_values(rows.iter().map(|(g, _)| g.tau))),
-        Arc::new(Int64Array::from_iter_values(rows.iter().map(|(g, _)| g.n_train as i64))),
-        Arc::new(Int64Array::from_iter_values(rows.iter().map(|(g, _)| g.n_calibration as i64))),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|(g, _)| g.calibrated_on.as_str()))),
+        Arc::new(Float64Array::from_iter_values(
+            rows.iter().map(|(g, _)| g.tau),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|(g, _)| g.n_train as i64),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|(g, _)| g.n_calibration as i64),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|(g, _)| g.calibrated_on.as_str()),
+        )),
     ];
     let arrow_err = |source| Error::Arrow {
         context: "building the model table".into(),
         source,
     };
     let batch = RecordBatch::try_new(schema.clone(), cols).map_err(arrow_err)?;
-    let mut kv: Vec<KeyValue> = meta_pairs(model).into_iter().map(|(k, v)| KeyValue::new(k.to_string(), v)).collect();
+    let mut kv: Vec<KeyValue> = meta_pairs(model)
+        .into_iter()
+        .map(|(k, v)| KeyValue::new(k.to_string(), v))
+        .collect();
     kv.push(KeyValue::new(K_CHECKSUM.to_string(), checksum(model)));
-    let props = WriterProperties::builder().set_key_value_metadata(Some(kv)).build();
+    let props = WriterProperties::builder()
+        .set_key_value_metadata(Some(kv))
+        .build();
     let pq_err = |source| Error::Parquet {
         context: "writing the model file".into(),
         source,
@@ -150,14 +184,26 @@ pub fn save(model: &Model, path: &Path) -> Result<()> {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let io = |context: String| move |source| Error::Io { context, source };
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let mut f = std::fs::File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
-    f.write_all(bytes).map_err(io(format!("writing {}", tmp.display())))?;
-    f.sync_all().map_err(io(format!("syncing {}", tmp.display())))?;
+    f.write_all(bytes)
+        .map_err(io(format!("writing {}", tmp.display())))?;
+    f.sync_all()
+        .map_err(io(format!("syncing {}", tmp.display())))?;
     drop(f);
-    std::fs::rename(&tmp, path).map_err(io(format!("renaming {} to {}", tmp.display(), path.display())))
+    std::fs::rename(&tmp, path).map_err(io(format!(
+        "renaming {} to {}",
+        tmp.display(),
+        path.display()
+    )))
 }
 
 /// Loads a model file from disk, verifying version and checksum.
@@ -175,13 +221,20 @@ pub fn from_bytes(bytes: bytes::Bytes, origin: &Path) -> Result<Model> {
         path: origin.to_path_buf(),
         message,
     };
-    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
-        .map_err(|e| err(format!("not a readable Parquet file (truncated or corrupt?): {e}")))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| {
+        err(format!(
+            "not a readable Parquet file (truncated or corrupt?): {e}"
+        ))
+    })?;
     let kv: Vec<(String, String)> = builder
         .metadata()
         .file_metadata()
         .key_value_metadata()
-        .map(|v| v.iter().filter_map(|k| Some((k.key.clone(), k.value.clone()?))).collect())
+        .map(|v| {
+            v.iter()
+                .filter_map(|k| Some((k.key.clone(), k.value.clone()?)))
+                .collect()
+        })
         .unwrap_or_default();
     let get = |k: &str| kv.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
     let Some(version) = get(K_VERSION) else {
@@ -197,11 +250,16 @@ pub fn from_bytes(bytes: bytes::Bytes, origin: &Path) -> Result<Model> {
     let req = |k: &str| get(k).ok_or_else(|| err(format!("missing metadata key '{k}'")));
     let num = |k: &str| -> Result<f64> {
         let v = req(k)?;
-        v.parse::<f64>().map_err(|_| err(format!("metadata '{k}' = '{v}' is not a number")))
+        v.parse::<f64>()
+            .map_err(|_| err(format!("metadata '{k}' = '{v}' is not a number")))
     };
     let int = |k: &str| -> Result<usize> {
         let v = req(k)?;
-        v.parse::<usize>().map_err(|_| err(format!("metadata '{k}' = '{v}' is not a non-negative integer")))
+        v.parse::<usize>().map_err(|_| {
+            err(format!(
+                "metadata '{k}' = '{v}' is not a non-negative integer"
+            ))
+        })
     };
     let d = int("reclag.dim")?;
     let beta = num("reclag.beta")?;
@@ -217,39 +275,74 @@ pub fn from_bytes(bytes: bytes::Bytes, origin: &Path) -> Result<Model> {
         source: get("reclag.source").unwrap_or_default().to_string(),
     };
 
-    let reader = builder.build().map_err(|e| err(format!("cannot read rows: {e}")))?;
+    let reader = builder
+        .build()
+        .map_err(|e| err(format!("cannot read rows: {e}")))?;
     let mut groups: Vec<Group> = Vec::new();
     for batch in reader {
-        let batch = batch.map_err(|e| err(format!("cannot read rows (truncated or corrupt?): {e}")))?;
+        let batch =
+            batch.map_err(|e| err(format!("cannot read rows (truncated or corrupt?): {e}")))?;
         let col = |name: &str| {
             batch
                 .column_by_name(name)
                 .ok_or_else(|| err(format!("missing column '{name}'")))
         };
         let (group, memory, vector) = (col("group")?, col("memory")?, col("vector")?);
-        let (tau, n_train, n_cal, cal_on) = (col("tau")?, col("n_train")?, col("n_calibration")?, col("calibrated_on")?);
-        let bad = |name: &str, a: &ArrayRef| err(format!("column '{name}' has unexpected type {}", a.data_type()));
-        let memory = memory.as_primitive_opt::<Int32Type>().ok_or_else(|| bad("memory", memory))?;
-        let vector_l = vector.as_fixed_size_list_opt().ok_or_else(|| bad("vector", vector))?;
+        let (tau, n_train, n_cal, cal_on) = (
+            col("tau")?,
+            col("n_train")?,
+            col("n_calibration")?,
+            col("calibrated_on")?,
+        );
+        let bad = |name: &str, a: &ArrayRef| {
+            err(format!(
+                "column '{name}' has unexpected type {}",
+                a.data_type()
+            ))
+        };
+        let memory = memory
+            .as_primitive_opt::<Int32Type>()
+            .ok_or_else(|| bad("memory", memory))?;
+        let vector_l = vector
+            .as_fixed_size_list_opt()
+            .ok_or_else(|| bad("vector", vector))?;
         if vector_l.value_length() as usize != d {
             return Err(err(format!(
                 "column 'vector' has size {} but metadata says dimension {d}",
                 vector_l.value_length()
             )));
         }
-        let vals = vector_l.values().as_primitive_opt::<Float32Type>().ok_or_else(|| bad("vector", vector))?;
-        let tau = tau.as_primitive_opt::<Float64Type>().ok_or_else(|| bad("tau", tau))?;
-        let n_train = n_train.as_primitive_opt::<Int64Type>().ok_or_else(|| bad("n_train", n_train))?;
-        let n_cal = n_cal.as_primitive_opt::<Int64Type>().ok_or_else(|| bad("n_calibration", n_cal))?;
-        let cal_on = cal_on.as_string_opt::<i32>().ok_or_else(|| bad("calibrated_on", cal_on))?;
+        let vals = vector_l
+            .values()
+            .as_primitive_opt::<Float32Type>()
+            .ok_or_else(|| bad("vector", vector))?;
+        let tau = tau
+            .as_primitive_opt::<Float64Type>()
+            .ok_or_else(|| bad("tau", tau))?;
+        let n_train = n_train
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(|| bad("n_train", n_train))?;
+        let n_cal = n_cal
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(|| bad("n_calibration", n_cal))?;
+        let cal_on = cal_on
+            .as_string_opt::<i32>()
+            .ok_or_else(|| bad("calibrated_on", cal_on))?;
         for r in 0..batch.num_rows() {
             let key = match label_type.as_str() {
                 "none" => None,
                 "int64" => Some(GroupKey::Int(
-                    group.as_primitive_opt::<Int64Type>().ok_or_else(|| bad("group", group))?.value(r),
+                    group
+                        .as_primitive_opt::<Int64Type>()
+                        .ok_or_else(|| bad("group", group))?
+                        .value(r),
                 )),
                 "utf8" => Some(GroupKey::Str(
-                    group.as_string_opt::<i32>().ok_or_else(|| bad("group", group))?.value(r).to_string(),
+                    group
+                        .as_string_opt::<i32>()
+                        .ok_or_else(|| bad("group", group))?
+                        .value(r)
+                        .to_string(),
                 )),
                 other => return Err(err(format!("unknown label type '{other}'"))),
             };
@@ -271,7 +364,10 @@ pub fn from_bytes(bytes: bytes::Bytes, origin: &Path) -> Result<Model> {
             }
             let g = groups.last_mut().expect("pushed above");
             if memory.value(r) as usize != g.m {
-                return Err(err(format!("memory index {} out of order at row {r}", memory.value(r))));
+                return Err(err(format!(
+                    "memory index {} out of order at row {r}",
+                    memory.value(r)
+                )));
             }
             let s = r * d;
             g.xi.extend(vals.values()[s..s + d].iter().map(|&v| f64::from(v)));
@@ -279,7 +375,10 @@ pub fn from_bytes(bytes: bytes::Bytes, origin: &Path) -> Result<Model> {
         }
     }
     if groups.len() != n_groups {
-        return Err(err(format!("metadata says {n_groups} groups, file has {}", groups.len())));
+        return Err(err(format!(
+            "metadata says {n_groups} groups, file has {}",
+            groups.len()
+        )));
     }
     let model = Model::new(ModelParts {
         d,

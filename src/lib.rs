@@ -19,7 +19,9 @@ pub mod score;
 pub mod train;
 
 pub use error::{Error, Result};
-pub use model::{CalibratedOn, Group, GroupKey, LabelKind, Model, ModelParts, Normalize, Provenance, lyapunov};
+pub use model::{
+    CalibratedOn, Group, GroupKey, LabelKind, Model, ModelParts, Normalize, Provenance, lyapunov,
+};
 pub use rows::{Rows, Values};
 pub use score::{ScoreOutput, Work};
 pub use train::{Init, NoProgress, Progress, TrainParams, TrainingSet, ValidParams};

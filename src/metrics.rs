@@ -122,7 +122,10 @@ mod tests {
     #[test]
     fn perfect_and_inverted_separation() {
         let r = report(&[3.0, 4.0, 5.0], &[0.0, 1.0]);
-        assert_eq!((r.auroc, r.fpr95, r.aupr_in, r.aupr_out), (1.0, 0.0, 1.0, 1.0));
+        assert_eq!(
+            (r.auroc, r.fpr95, r.aupr_in, r.aupr_out),
+            (1.0, 0.0, 1.0, 1.0)
+        );
         let r = report(&[0.0, 1.0], &[3.0, 4.0]);
         assert_eq!(r.auroc, 0.0);
         assert_eq!(r.fpr95, 1.0);

@@ -156,7 +156,10 @@ impl Model {
             return Err(Error::Model("dimension must be > 0".into()));
         }
         if !(p.beta.is_finite() && p.beta > 0.0) {
-            return Err(Error::Model(format!("beta must be finite and > 0, found {}", p.beta)));
+            return Err(Error::Model(format!(
+                "beta must be finite and > 0, found {}",
+                p.beta
+            )));
         }
         if p.groups.is_empty() {
             return Err(Error::Model("a model needs at least one group".into()));
@@ -171,7 +174,9 @@ impl Model {
             return Err(Error::Model("groups mix label types".into()));
         }
         if kinds[0] == LabelKind::None && p.groups.len() != 1 {
-            return Err(Error::Model("an unlabelled model must have exactly one group".into()));
+            return Err(Error::Model(
+                "an unlabelled model must have exactly one group".into(),
+            ));
         }
         for (i, g) in p.groups.iter().enumerate() {
             if g.m == 0 || g.xi.len() != g.m * p.d {
@@ -184,7 +189,9 @@ impl Model {
                 )));
             }
             if g.xi.iter().any(|v| !v.is_finite()) || g.tau.is_nan() {
-                return Err(Error::Model(format!("group {i} has non-finite memories or tau")));
+                return Err(Error::Model(format!(
+                    "group {i} has non-finite memories or tau"
+                )));
             }
             let dup = match &g.key {
                 Some(GroupKey::Int(v)) => by_int.insert(*v, i).is_some(),
@@ -271,7 +278,10 @@ impl Model {
                 let mut keys: Vec<&GroupKey> =
                     self.groups.iter().filter_map(|g| g.key.as_ref()).collect();
                 keys.sort();
-                keys.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(", ")
+                keys.iter()
+                    .map(|k| k.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             }
         };
         Error::UnknownGroup {

@@ -94,7 +94,10 @@ mod tests {
         }
         let f = Rng::new(1).next_f64();
         assert!((0.0..1.0).contains(&f));
-        assert_ne!(Rng::derive(1, b"a").next_u64(), Rng::derive(1, b"b").next_u64());
+        assert_ne!(
+            Rng::derive(1, b"a").next_u64(),
+            Rng::derive(1, b"b").next_u64()
+        );
     }
 
     #[test]

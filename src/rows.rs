@@ -47,7 +47,10 @@ pub struct Rows<'a> {
 impl<'a> Rows<'a> {
     /// A dense row-major matrix of f32.
     pub fn dense_f32(values: &'a [f32], dim: usize) -> Self {
-        assert!(dim > 0 && values.len() % dim == 0, "values must be a whole number of rows");
+        assert!(
+            dim > 0 && values.len() % dim == 0,
+            "values must be a whole number of rows"
+        );
         Rows {
             values: Values::F32(values),
             starts: Starts::Fixed,
@@ -59,7 +62,10 @@ impl<'a> Rows<'a> {
 
     /// A dense row-major matrix of f64.
     pub fn dense_f64(values: &'a [f64], dim: usize) -> Self {
-        assert!(dim > 0 && values.len() % dim == 0, "values must be a whole number of rows");
+        assert!(
+            dim > 0 && values.len() % dim == 0,
+            "values must be a whole number of rows"
+        );
         Rows {
             values: Values::F64(values),
             starts: Starts::Fixed,

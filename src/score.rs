@@ -102,7 +102,11 @@ impl Model {
                     rows.len()
                 )));
             }
-            if let Some(bad) = g.iter().flatten().find(|&&v| v as usize >= self.groups.len()) {
+            if let Some(bad) = g
+                .iter()
+                .flatten()
+                .find(|&&v| v as usize >= self.groups.len())
+            {
                 return Err(Error::Model(format!(
                     "group index {bad} out of range (model has {} groups)",
                     self.groups.len()
@@ -288,7 +292,11 @@ fn dynamics(
                 res[r] = (true, -1, steps);
                 continue;
             }
-            let diff: f64 = new.iter().zip(old.iter()).map(|(a, b)| (a - b) * (a - b)).sum();
+            let diff: f64 = new
+                .iter()
+                .zip(old.iter())
+                .map(|(a, b)| (a - b) * (a - b))
+                .sum();
             let converged = diff.sqrt() <= tol * (1.0 + norm2(old).sqrt());
             old.copy_from_slice(new);
             hs[r * m..(r + 1) * m].copy_from_slice(&hn[k * m..(k + 1) * m]);

@@ -38,7 +38,10 @@ impl Init {
         match s {
             "random" => Ok(Init::Random),
             "kmeans++" => Ok(Init::KMeansPlusPlus),
-            o => Err(Error::param("init", format!("expected one of random, kmeans++; found '{o}'"))),
+            o => Err(Error::param(
+                "init",
+                format!("expected one of random, kmeans++; found '{o}'"),
+            )),
         }
     }
 }
@@ -98,7 +101,10 @@ impl TrainParams {
             if v.is_finite() && v > 0.0 {
                 Ok(())
             } else {
-                Err(Error::param(name, format!("must be finite and > 0, found {v}")))
+                Err(Error::param(
+                    name,
+                    format!("must be finite and > 0, found {v}"),
+                ))
             }
         };
         if p.memories == 0 {
@@ -121,7 +127,10 @@ impl TrainParams {
             }
         }
         if !(p.ood_rate > 0.0 && p.ood_rate < 1.0) {
-            return Err(Error::param("ood-rate", format!("must be in (0, 1), found {}", p.ood_rate)));
+            return Err(Error::param(
+                "ood-rate",
+                format!("must be in (0, 1), found {}", p.ood_rate),
+            ));
         }
         if !(0.0..1.0).contains(&p.calibration_fraction) {
             return Err(Error::param(
@@ -193,12 +202,20 @@ impl TrainingSet {
 
     /// Rows kept so far, over all groups.
     pub fn rows_kept(&self) -> u64 {
-        self.groups.values().map(|r| (r.rows.len() / self.d) as u64).sum()
+        self.groups
+            .values()
+            .map(|r| (r.rows.len() / self.d) as u64)
+            .sum()
     }
 
     /// Rows offered so far (kept or not), over all groups.
     pub fn rows_seen(&self) -> u64 {
         self.groups.values().map(|r| r.seen).sum()
+    }
+
+    /// The kept rows of each group (row-major f32, `n × d`), in key order.
+    pub fn groups(&self) -> impl Iterator<Item = (&Option<GroupKey>, &[f32])> {
+        self.groups.iter().map(|(k, r)| (k, r.rows.as_slice()))
     }
 
     /// Adds a batch. `labels[i]` is row `i`'s group (`None` = null label, skipped);
@@ -214,12 +231,19 @@ impl TrainingSet {
         }
         let labelled = labels.is_some();
         if *self.labelled.get_or_insert(labelled) != labelled {
-            return Err(Error::param("label", "some inputs have a label column and others do not"));
+            return Err(Error::param(
+                "label",
+                "some inputs have a label column and others do not",
+            ));
         }
         if let Some(l) = labels
             && l.len() != rows.len()
         {
-            return Err(Error::Model(format!("{} labels for {} rows", l.len(), rows.len())));
+            return Err(Error::Model(format!(
+                "{} labels for {} rows",
+                l.len(),
+                rows.len()
+            )));
         }
         let d = self.d;
         for i in 0..rows.len() {
@@ -291,9 +315,15 @@ impl ValidParams {
         let groups: Vec<Group> = fitted.iter().map(|f| f.group.clone()).collect();
         let union_xi: Vec<f64> = groups.iter().flat_map(|g| g.xi.iter().copied()).collect();
         let union_m = groups.iter().map(|g| g.m).sum();
-        let calib_all: Vec<f64> = fitted.iter().flat_map(|f| f.calib.iter().copied()).collect();
-        let tau_star = quantile_lower(&energies(&union_xi, union_m, p.beta, &calib_all, d), p.ood_rate)
-            .ok_or_else(|| Error::EmptyInput("no calibration rows".into()))?;
+        let calib_all: Vec<f64> = fitted
+            .iter()
+            .flat_map(|f| f.calib.iter().copied())
+            .collect();
+        let tau_star = quantile_lower(
+            &energies(&union_xi, union_m, p.beta, &calib_all, d),
+            p.ood_rate,
+        )
+        .ok_or_else(|| Error::EmptyInput("no calibration rows".into()))?;
 
         let training = serde_json::json!({
             "memories": p.memories, "beta": p.beta, "epochs": p.epochs,
@@ -321,7 +351,13 @@ impl ValidParams {
         })
     }
 
-    fn fit_group(&self, key: Option<GroupKey>, raw: &[f32], d: usize, progress: &dyn Progress) -> Result<Fitted> {
+    fn fit_group(
+        &self,
+        key: Option<GroupKey>,
+        raw: &[f32],
+        d: usize,
+        progress: &dyn Progress,
+    ) -> Result<Fitted> {
         let p = &self.0;
         let n = raw.len() / d;
         let label = format!("{key:?}");
@@ -395,7 +431,14 @@ impl ValidParams {
     }
 }
 
-fn init_memories(x: &[f64], d: usize, m: usize, init: Init, init_norm: f64, rng: &mut Rng) -> Vec<f64> {
+fn init_memories(
+    x: &[f64],
+    d: usize,
+    m: usize,
+    init: Init,
+    init_norm: f64,
+    rng: &mut Rng,
+) -> Vec<f64> {
     let n = x.len() / d;
     let chosen: Vec<usize> = match init {
         Init::Random => {
@@ -410,7 +453,14 @@ fn init_memories(x: &[f64], d: usize, m: usize, init: Init, init_norm: f64, rng:
         }
         Init::KMeansPlusPlus => {
             let mut chosen = vec![rng.below(n as u64) as usize];
-            let mut dmin: Vec<f64> = (0..n).map(|i| sqdist(&x[i * d..(i + 1) * d], &x[chosen[0] * d..(chosen[0] + 1) * d])).collect();
+            let mut dmin: Vec<f64> = (0..n)
+                .map(|i| {
+                    sqdist(
+                        &x[i * d..(i + 1) * d],
+                        &x[chosen[0] * d..(chosen[0] + 1) * d],
+                    )
+                })
+                .collect();
             while chosen.len() < m {
                 let total: f64 = dmin.iter().sum();
                 let next = if total > 0.0 {
@@ -492,7 +542,9 @@ pub fn loss_and_grad_into(
         for mu in 0..m {
             logq[mu] = beta * h[mu] - lse;
         }
-        let dist: Vec<f64> = (0..m).map(|mu| (xsq + xi_sq[mu] - 2.0 * h[mu]).max(0.0)).collect();
+        let dist: Vec<f64> = (0..m)
+            .map(|mu| (xsq + xi_sq[mu] - 2.0 * h[mu]).max(0.0))
+            .collect();
         for mu in 0..m {
             lw[mu] = logq[mu] - dist[mu] / 2.0;
         }
@@ -546,7 +598,11 @@ impl Adam {
         self.t += 1;
         let c1 = 1.0 - self.b1.powi(self.t);
         let c2 = 1.0 - self.b2.powi(self.t);
-        for ((th, g), (m, v)) in theta.iter_mut().zip(grad).zip(self.m.iter_mut().zip(self.v.iter_mut())) {
+        for ((th, g), (m, v)) in theta
+            .iter_mut()
+            .zip(grad)
+            .zip(self.m.iter_mut().zip(self.v.iter_mut()))
+        {
             *m = self.b1 * *m + (1.0 - self.b1) * g;
             *v = self.b2 * *v + (1.0 - self.b2) * g * g;
             let mhat = *m / c1;

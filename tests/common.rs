@@ -1,19 +1,28 @@
 use std::path::PathBuf;
 
-use reclag::{Group, GroupKey, Model, ModelParts, Normalize, Provenance, CalibratedOn};
+use reclag::{CalibratedOn, Group, GroupKey, Model, ModelParts, Normalize, Provenance};
 
 /// `../shared` beside the checkout; `None` (with a printed reason) where a user's clone
 /// lacks it. CI always has it, and there `RECLAG_REQUIRE_SHARED=1` turns a skip into a
 /// failure so a broken path cannot silently pass.
 pub fn shared(sub: &str) -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("shared").join(sub);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("shared")
+        .join(sub);
     if p.exists() {
         Some(p)
     } else {
         if std::env::var("RECLAG_REQUIRE_SHARED").is_ok_and(|v| v == "1") {
-            panic!("{} is required (RECLAG_REQUIRE_SHARED=1) but missing", p.display());
+            panic!(
+                "{} is required (RECLAG_REQUIRE_SHARED=1) but missing",
+                p.display()
+            );
         }
-        eprintln!("SKIP: {} not found (tests that need the shared data are skipped)", p.display());
+        eprintln!(
+            "SKIP: {} not found (tests that need the shared data are skipped)",
+            p.display()
+        );
         None
     }
 }
@@ -27,16 +36,31 @@ pub fn mat(v: &serde_json::Value) -> Vec<Vec<f64>> {
     v.as_array()
         .unwrap()
         .iter()
-        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect())
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect()
+        })
         .collect()
 }
 
 pub fn vecf(v: &serde_json::Value) -> Vec<f64> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
 }
 
 /// A model with explicit memories, for golden and property tests.
-pub fn model(groups: Vec<(Option<GroupKey>, Vec<f64>, usize, f64)>, d: usize, beta: f64, tau_star: f64) -> Model {
+pub fn model(
+    groups: Vec<(Option<GroupKey>, Vec<f64>, usize, f64)>,
+    d: usize,
+    beta: f64,
+    tau_star: f64,
+) -> Model {
     Model::new(ModelParts {
         d,
         beta,
@@ -66,4 +90,104 @@ pub fn model(groups: Vec<(Option<GroupKey>, Vec<f64>, usize, f64)>, d: usize, be
 pub fn close(a: f64, b: f64, rel: f64, what: &str) {
     let ok = a == b || (a - b).abs() <= rel * a.abs().max(b.abs());
     assert!(ok, "{what}: got {a}, expected {b} (rel tol {rel})");
+}
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, RecordBatch};
+
+/// Writes one batch to a Parquet file.
+pub fn write_parquet(path: &Path, cols: Vec<(&str, ArrayRef)>) {
+    let batch = RecordBatch::try_from_iter(cols).unwrap();
+    let f = std::fs::File::create(path).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(f, batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+pub fn read_parquet(path: &Path) -> RecordBatch {
+    let f = std::fs::File::open(path).unwrap();
+    let r = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+        .unwrap()
+        .build()
+        .unwrap();
+    let batches: Vec<RecordBatch> = r.map(|b| b.unwrap()).collect();
+    let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| {
+        let f = std::fs::File::open(path).unwrap();
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+            .unwrap()
+            .schema()
+            .clone()
+    });
+    arrow_select::concat::concat_batches(&schema, &batches).unwrap()
+}
+
+/// A `FixedSizeList<Float32, d>` column from rows (a `None` row is null).
+pub fn fsl(rows: &[Option<Vec<f32>>], d: i32) -> ArrayRef {
+    use arrow_array::builder::{FixedSizeListBuilder, Float32Builder};
+    let mut b = FixedSizeListBuilder::new(Float32Builder::new(), d);
+    for r in rows {
+        match r {
+            Some(v) => {
+                b.values().append_slice(v);
+                b.append(true);
+            }
+            None => {
+                b.values().append_slice(&vec![0.0; d as usize]);
+                b.append(false);
+            }
+        }
+    }
+    Arc::new(b.finish())
+}
+
+/// Runs the `reclag` CLI in-process; returns stdout or the error text.
+pub fn cli(args: &[&str]) -> Result<String, String> {
+    let mut out = Vec::new();
+    let mut full = vec!["reclag"];
+    full.extend_from_slice(args);
+    match reclag_pipelines::cli::run(full, &mut out) {
+        Ok(_) => Ok(String::from_utf8(out).unwrap()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[track_caller]
+pub fn cli_ok(args: &[&str]) -> String {
+    cli(args).unwrap_or_else(|e| panic!("reclag {} failed: {e}", args.join(" ")))
+}
+
+#[track_caller]
+pub fn cli_err(args: &[&str]) -> String {
+    match cli(args) {
+        Ok(out) => panic!("reclag {} should fail but printed: {out}", args.join(" ")),
+        Err(e) => e,
+    }
+}
+
+/// Gaussian-ish clusters: `k` labels, `n` rows each, dimension `d`, deterministic.
+pub fn clusters(k: usize, n: usize, d: usize, seed: u64) -> (Vec<Option<Vec<f32>>>, Vec<i64>) {
+    let mut rng = reclag::rng::Rng::new(seed);
+    let centers: Vec<Vec<f32>> = (0..k)
+        .map(|_| {
+            (0..d)
+                .map(|_| (rng.next_f64() * 2.0 - 1.0) as f32)
+                .collect()
+        })
+        .collect();
+    let mut rows = Vec::new();
+    let mut labels = Vec::new();
+    for (c, center) in centers.iter().enumerate() {
+        for _ in 0..n {
+            rows.push(Some(
+                center
+                    .iter()
+                    .map(|v| v + 0.2 * (rng.next_f64() as f32 - 0.5))
+                    .collect(),
+            ));
+            labels.push(c as i64);
+        }
+    }
+    (rows, labels)
 }

@@ -1,5 +1,7 @@
 //! The one integration-test binary (each extra binary would re-link the world).
 
+mod cli;
 mod common;
 mod golden;
 mod properties;
+mod reference;

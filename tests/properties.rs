@@ -10,13 +10,21 @@ use crate::common::model;
 
 fn xi_strategy() -> impl Strategy<Value = (usize, usize, Vec<f64>)> {
     (1usize..8, 1usize..10).prop_flat_map(|(m, d)| {
-        (Just(m), Just(d), proptest::collection::vec(-5.0f64..5.0, m * d))
+        (
+            Just(m),
+            Just(d),
+            proptest::collection::vec(-5.0f64..5.0, m * d),
+        )
     })
 }
 
 fn unit(v: &[f64]) -> Vec<f64> {
     let n = norm2(v).sqrt();
-    if n == 0.0 { v.to_vec() } else { v.iter().map(|x| x / n).collect() }
+    if n == 0.0 {
+        v.to_vec()
+    } else {
+        v.iter().map(|x| x / n).collect()
+    }
 }
 
 proptest! {

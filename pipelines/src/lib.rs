@@ -1,1 +1,14 @@
-pub fn placeholder() {}
+//! IO, jobs and the `reclag` command line around the engine-free core.
+
+pub mod cli;
+pub mod demo;
+pub mod error;
+pub mod eval;
+pub mod inspect;
+pub mod io;
+pub mod progress;
+pub mod route;
+pub mod score;
+pub mod train;
+
+pub use error::{Error, Result};

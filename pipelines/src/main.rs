@@ -1,1 +1,13 @@
-fn main() {}
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let mut stdout = std::io::stdout().lock();
+    match reclag_pipelines::cli::run(std::env::args_os(), &mut stdout) {
+        Ok(code) => code,
+        Err(e) => {
+            let e = anyhow::Error::from(e);
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,395 @@
+//! The `reclag` command line. Argument structs live in the library so tests drive the
+//! exact same parser in-process; `main.rs` only maps errors to exit codes.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use reclag::baselines::Baseline;
+use reclag::{Init, LabelKind, Normalize, TrainParams};
+
+use crate::error::{Error, Result};
+use crate::eval::{EvalJob, parse_named};
+use crate::route::Routing;
+use crate::score::ScoreJob;
+use crate::train::TrainJob;
+
+const ABOUT: &str = "Find out-of-distribution (OOD) rows in tables of embeddings with RecLag.";
+const LONG_ABOUT: &str = "\
+Find out-of-distribution (OOD) rows in tables of embeddings with RecLag, a modern
+Hopfield network whose rectified memory Lagrangian makes the origin an attractor:
+rows that fall into it are OOD.
+
+Typical workflow:
+  reclag train --input train.parquet --embedding embedding --label label --output model.parquet
+  reclag score --model model.parquet --input new.parquet --output scored.parquet --group label
+  reclag eval  --model model.parquet --id test.parquet --ood web=web.parquet --group-from-logits logits
+
+Try it with no data of your own:
+  reclag demo";
+
+#[derive(Parser, Debug)]
+#[command(name = "reclag", version, about = ABOUT, long_about = LONG_ABOUT)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Fit a model from an in-distribution (ID) table.
+    Train(TrainArgs),
+    /// Add OOD scores to every row of a table.
+    Score(ScoreArgs),
+    /// Measure how well the model separates ID from OOD tables (AUROC, FPR95, AUPR).
+    Eval(EvalArgs),
+    /// Show what a model file contains: groups, sizes, thresholds, provenance.
+    Inspect(InspectArgs),
+    /// Train, score and evaluate on a bundled real sample; no network or data needed.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(after_long_help = "\
+Memory: rows are read in batches. Without --max-rows-per-group every valid row is
+kept (4·d bytes each). With --max-rows-per-group N each group keeps a seeded
+uniform sample (reservoir) of at most N rows, so memory is bounded by
+groups × N × d × 4 bytes however large the input is.
+
+Determinism: the same input, parameters and --seed give a byte-identical model.
+
+Example:
+  reclag train --input data/train/ --embedding embedding --label label \\
+      --output model.parquet --max-rows-per-group 100000")]
+pub struct TrainArgs {
+    /// Parquet file(s), directories of them, or globs like dir/*.parquet.
+    #[arg(long, required = true, num_args = 1.., value_name = "PATH")]
+    pub input: Vec<String>,
+    /// Embedding column: FixedSizeList/List/LargeList of Float32 or Float64.
+    #[arg(long, default_value = "embedding", value_name = "COL")]
+    pub embedding: String,
+    /// Class label column (integer or string); one group is fitted per label.
+    /// Without it the whole table is one group.
+    #[arg(long, value_name = "COL")]
+    pub label: Option<String>,
+    /// Where to write the model (one Parquet file, written atomically).
+    #[arg(long, value_name = "MODEL")]
+    pub output: PathBuf,
+    /// Memory patterns per group (M); a group with fewer rows uses one per row.
+    #[arg(long, default_value_t = 10)]
+    pub memories: usize,
+    /// Inverse temperature β.
+    #[arg(long, default_value_t = 5.0)]
+    pub beta: f64,
+    #[arg(long, default_value_t = 50)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 50)]
+    pub batch_size: usize,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Norm the initial memories are rescaled to.
+    #[arg(long, default_value_t = 10.0)]
+    pub init_norm: f64,
+    #[arg(long, value_enum, default_value_t = InitArg::Random)]
+    pub init: InitArg,
+    /// Row preprocessing; l2 divides each row by its norm.
+    #[arg(long, value_enum, default_value_t = NormalizeArg::L2)]
+    pub normalize: NormalizeArg,
+    /// Fraction of held-out ID rows to flag: each τ is this quantile of ID energies.
+    #[arg(long, default_value_t = 0.05)]
+    pub ood_rate: f64,
+    /// Seeded share of each group held out for calibrating τ (never fitted on).
+    /// A group whose share would be under 20 rows is calibrated on its training rows.
+    #[arg(long, default_value_t = 0.1)]
+    pub calibration_fraction: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Keep at most N rows per group (seeded reservoir sample); bounds memory.
+    #[arg(long, value_name = "N")]
+    pub max_rows_per_group: Option<usize>,
+    /// Maximum dynamics steps when scoring with this model.
+    #[arg(long, default_value_t = 16)]
+    pub max_iter: usize,
+    /// Convergence tolerance of the dynamics.
+    #[arg(long, default_value_t = 1e-6)]
+    pub tol: f64,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum InitArg {
+    Random,
+    #[value(name = "kmeans++")]
+    KMeansPlusPlus,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum NormalizeArg {
+    None,
+    L2,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RoutingArgs {
+    /// Route each row to the group named by this column (integer or string);
+    /// null values use the union of all groups.
+    #[arg(long, value_name = "COL", conflicts_with = "group_from_logits")]
+    pub group: Option<String>,
+    /// Route each row to the group whose integer label is argmax of this logits column.
+    #[arg(long, value_name = "COL")]
+    pub group_from_logits: Option<String>,
+}
+
+#[derive(Args, Debug)]
+#[command(after_long_help = "\
+Output columns (added after the input columns):
+  reclag_score            A_β(Ξx) − τ; > 0 is the ID side
+  reclag_energy           A_β(Ξx), the log-mean-exp Hopfield energy
+  reclag_ood_probability  posterior of the OOD component, σ(β(τ − A))
+  reclag_is_ood           the dynamics reached the origin
+  reclag_attractor        memory index the row converged to, −1 if OOD
+Rows with a null embedding or a NaN/inf component get null outputs.
+The output is written to a temporary name and renamed when complete.
+
+Example:
+  reclag score --model model.parquet --input events/ --output scored.parquet \\
+      --group label --keep-columns id,label")]
+pub struct ScoreArgs {
+    #[arg(long, value_name = "MODEL")]
+    pub model: PathBuf,
+    /// Parquet file(s), directories of them, or globs.
+    #[arg(long, required = true, num_args = 1.., value_name = "PATH")]
+    pub input: Vec<String>,
+    #[arg(long, value_name = "OUT.parquet")]
+    pub output: PathBuf,
+    #[arg(long, default_value = "embedding", value_name = "COL")]
+    pub embedding: String,
+    #[command(flatten)]
+    pub routing: RoutingArgs,
+    /// Input columns to copy to the output (default: all).
+    #[arg(long, value_delimiter = ',', value_name = "COL,...")]
+    pub keep_columns: Option<Vec<String>>,
+}
+
+#[derive(Args, Debug)]
+#[command(after_long_help = "\
+Baselines (spec §9) need: he, she, mahalanobis, knn → --train (the ID training
+table, with --label for per-group ones); msp, energy → a logits column.
+
+Example (the protocol of the shared reference numbers):
+  reclag eval --model model.parquet --id id_test.parquet \\
+      --ood mnist=ood_mnist.parquet --ood letters=ood_font_letters.parquet \\
+      --group-from-logits logits --train id_train.parquet --label label \\
+      --baselines he,she,mahalanobis,knn,msp,energy --format json")]
+pub struct EvalArgs {
+    #[arg(long, value_name = "MODEL")]
+    pub model: PathBuf,
+    /// The in-distribution test table(s).
+    #[arg(long, required = true, num_args = 1.., value_name = "PATH")]
+    pub id: Vec<String>,
+    /// An OOD table, named for the report. Repeat for several.
+    #[arg(long, required = true, value_name = "NAME=PATH", value_parser = parse_named)]
+    pub ood: Vec<(String, String)>,
+    #[arg(long, default_value = "embedding", value_name = "COL")]
+    pub embedding: String,
+    #[command(flatten)]
+    pub routing: RoutingArgs,
+    /// Comma-separated: he, she, mahalanobis, knn, msp, energy.
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub baselines: Vec<String>,
+    /// Logits column for msp/energy (default: the --group-from-logits column).
+    #[arg(long, value_name = "COL")]
+    pub logits: Option<String>,
+    /// The ID training table, the reference of he/she/mahalanobis/knn.
+    #[arg(long, num_args = 1.., value_name = "PATH")]
+    pub train: Vec<String>,
+    /// Label column of --train (default: label, when the model has groups).
+    #[arg(long, value_name = "COL")]
+    pub label: Option<String>,
+    /// k of the KNN baseline.
+    #[arg(long, default_value_t = 50)]
+    pub knn_k: usize,
+    /// Cap the baseline reference at N rows per group (seeded sample).
+    #[arg(long, value_name = "N")]
+    pub reference_rows_per_group: Option<usize>,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// The model file.
+    pub model: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Working directory for the sample, the model and the scored output
+    /// (default: a fresh temporary directory, removed afterwards).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+/// Parses `args` (including the program name) and runs the command, writing results
+/// to `out`.
+pub fn run<I, T>(args: I, out: &mut dyn Write) -> Result<ExitCode>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    match Cli::try_parse_from(args) {
+        Ok(cli) => dispatch(cli, out),
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) =>
+        {
+            write!(out, "{e}").map_err(io_err)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Err(Error::Usage(e.to_string())),
+    }
+}
+
+fn io_err(source: std::io::Error) -> Error {
+    Error::Io {
+        context: "writing output".into(),
+        source,
+    }
+}
+
+pub fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<ExitCode> {
+    match cli.command {
+        Command::Train(a) => {
+            let job = train_job(a);
+            let model = crate::train::run(&job)?;
+            writeln!(
+                out,
+                "trained {} group(s), d={}, tau*={:.6}; wrote {}",
+                model.groups().len(),
+                model.dim(),
+                model.tau_star(),
+                job.output.display()
+            )
+            .map_err(io_err)?;
+            for g in model.groups() {
+                if g.m < job.params.memories {
+                    writeln!(
+                        out,
+                        "note: group {} had {} training rows, fewer than --memories {}; it uses {} memories",
+                        g.key.as_ref().map_or("(all)".into(), |k| k.to_string()),
+                        g.n_train,
+                        job.params.memories,
+                        g.m
+                    )
+                    .map_err(io_err)?;
+                }
+            }
+        }
+        Command::Score(a) => {
+            let model = reclag::format::load(&a.model)?;
+            let job = ScoreJob {
+                inputs: a.input,
+                output: a.output,
+                embedding: a.embedding,
+                routing: Routing::from_flags(a.routing.group, a.routing.group_from_logits)?,
+                keep_columns: a.keep_columns,
+            };
+            let s = crate::score::run(&model, &job)?;
+            writeln!(
+                out,
+                "scored {} rows ({} OOD, {} null) into {}",
+                s.rows,
+                s.ood_rows,
+                s.null_rows,
+                job.output.display()
+            )
+            .map_err(io_err)?;
+        }
+        Command::Eval(a) => {
+            let model = reclag::format::load(&a.model)?;
+            let format = a.format;
+            let job = eval_job(a, &model)?;
+            let rows = crate::eval::run(&model, &job)?;
+            match format {
+                Format::Json => writeln!(out, "{}", crate::eval::to_json(&rows)).map_err(io_err)?,
+                Format::Table => write!(out, "{}", crate::eval::to_table(&rows)).map_err(io_err)?,
+            }
+        }
+        Command::Inspect(a) => {
+            let model = reclag::format::load(&a.model)?;
+            let sum = reclag::format::checksum(&model);
+            write!(out, "{}", crate::inspect::render(&model, &sum)).map_err(io_err)?;
+        }
+        Command::Demo(a) => crate::demo::run(a.dir, out)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn train_job(a: TrainArgs) -> TrainJob {
+    TrainJob {
+        inputs: a.input,
+        embedding: a.embedding,
+        label: a.label,
+        output: a.output,
+        max_rows_per_group: a.max_rows_per_group,
+        params: TrainParams {
+            memories: a.memories,
+            beta: a.beta,
+            epochs: a.epochs,
+            batch_size: a.batch_size,
+            lr: a.lr,
+            init_norm: a.init_norm,
+            init: match a.init {
+                InitArg::Random => Init::Random,
+                InitArg::KMeansPlusPlus => Init::KMeansPlusPlus,
+            },
+            normalize: match a.normalize {
+                NormalizeArg::None => Normalize::None,
+                NormalizeArg::L2 => Normalize::L2,
+            },
+            ood_rate: a.ood_rate,
+            calibration_fraction: a.calibration_fraction,
+            seed: a.seed,
+            max_iter: a.max_iter,
+            tol: a.tol,
+            ..TrainParams::default()
+        },
+    }
+}
+
+fn eval_job(a: EvalArgs, model: &reclag::Model) -> Result<EvalJob> {
+    let baselines = a
+        .baselines
+        .iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| Baseline::parse(s.trim()))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let logits = a.logits.or_else(|| a.routing.group_from_logits.clone());
+    let label = match (model.label_kind(), a.label) {
+        (_, Some(l)) => Some(l),
+        (LabelKind::None, None) => None,
+        (_, None) => Some("label".to_string()),
+    };
+    Ok(EvalJob {
+        id: a.id,
+        ood: a.ood,
+        embedding: a.embedding,
+        routing: Routing::from_flags(a.routing.group, a.routing.group_from_logits)?,
+        baselines,
+        logits,
+        train: a.train,
+        label,
+        knn_k: a.knn_k,
+        reference_rows_per_group: a.reference_rows_per_group,
+    })
+}

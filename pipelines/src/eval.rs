@@ -1,0 +1,302 @@
+//! `reclag eval`: AUROC / FPR95 / AUPR of the model and of the §9 baselines, per OOD set.
+
+use std::path::Path;
+
+use reclag::baselines::{self, Baseline, Reference};
+use reclag::metrics::{Report, report};
+use reclag::{GroupKey, Model, ScoreOutput, TrainParams, Work};
+
+use crate::error::{Error, Result};
+use crate::io::{batch_column, expand_inputs, open_all};
+use crate::route::Routing;
+use crate::train::{TrainJob, collect};
+
+#[derive(Clone, Debug)]
+pub struct EvalJob {
+    pub id: Vec<String>,
+    pub ood: Vec<(String, String)>,
+    pub embedding: String,
+    pub routing: Routing,
+    pub baselines: Vec<Baseline>,
+    pub logits: Option<String>,
+    pub train: Vec<String>,
+    pub label: Option<String>,
+    pub knn_k: usize,
+    pub reference_rows_per_group: Option<usize>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvalRow {
+    pub ood_set: String,
+    pub detector: String,
+    pub report: Report,
+}
+
+/// The valid rows of one table: reclag scores, preprocessed embeddings, routes, logits.
+struct Table {
+    scores: Vec<f64>,
+    pre: Vec<f64>,
+    routes: Vec<Option<GroupKey>>,
+    logits: Vec<f64>,
+    classes: usize,
+}
+
+fn load_table(model: &Model, inputs: &[String], job: &EvalJob, want_logits: bool) -> Result<Table> {
+    let files = open_all(&expand_inputs(inputs)?)?;
+    let d = model.dim();
+    let mut t = Table {
+        scores: Vec::new(),
+        pre: Vec::new(),
+        routes: Vec::new(),
+        logits: Vec::new(),
+        classes: 0,
+    };
+    let mut out = ScoreOutput::default();
+    let mut buf = vec![0.0; d];
+    for f in files {
+        let path = f.path.clone();
+        f.column_index(&job.embedding)?;
+        if let Some(c) = job.routing.column() {
+            f.column_index(c)?;
+        }
+        let logits_col = job.logits.as_deref().filter(|_| want_logits);
+        if let Some(c) = logits_col {
+            f.column_index(c)?;
+        }
+        for batch in f.read(None)? {
+            let batch = batch.map_err(|source| Error::Arrow {
+                path: path.clone(),
+                source,
+            })?;
+            let col = batch_column(&batch, &job.embedding, &path)?;
+            let rows = reclag::arrow::embedding_rows(col.as_ref(), &job.embedding, Some(d))
+                .map_err(Error::in_file(&path))?;
+            let groups = job.routing.resolve(model, &batch, &path)?;
+            model.score_into(&rows, groups.as_deref(), Work::EnergyOnly, &mut out)?;
+            let lrows = match logits_col {
+                Some(c) => Some(
+                    reclag::arrow::embedding_rows(
+                        batch_column(&batch, c, &path)?.as_ref(),
+                        c,
+                        None,
+                    )
+                    .map_err(Error::in_file(&path))?,
+                ),
+                None => None,
+            };
+            for i in 0..batch.num_rows() {
+                if !out.valid[i] {
+                    continue;
+                }
+                rows.gather(i, &mut buf);
+                model.normalize().apply(&mut buf);
+                t.pre.extend_from_slice(&buf);
+                t.scores.push(out.score[i]);
+                let g = groups.as_ref().and_then(|g| g[i]);
+                t.routes
+                    .push(g.and_then(|g| model.groups()[g as usize].key.clone()));
+                if let Some(l) = &lrows {
+                    t.classes = l.dim();
+                    let mut lb = vec![0.0; l.dim()];
+                    if !l.gather(i, &mut lb) {
+                        lb.fill(f64::NAN);
+                    }
+                    t.logits.extend_from_slice(&lb);
+                }
+            }
+        }
+    }
+    Ok(t)
+}
+
+fn reference(model: &Model, job: &EvalJob) -> Result<Reference> {
+    let tj = TrainJob {
+        inputs: job.train.clone(),
+        embedding: job.embedding.clone(),
+        label: job.label.clone(),
+        output: Default::default(),
+        params: TrainParams::default(),
+        max_rows_per_group: job.reference_rows_per_group,
+    };
+    let (set, _) = collect(&tj)?;
+    if set.dim() != model.dim() {
+        return Err(Error::Core(reclag::Error::Dimension {
+            column: job.embedding.clone(),
+            expected: model.dim(),
+            found: set.dim(),
+            row: None,
+        }));
+    }
+    let d = set.dim();
+    let groups = set
+        .groups()
+        .map(|(k, rows)| {
+            let mut x: Vec<f64> = rows.iter().map(|&v| f64::from(v)).collect();
+            x.chunks_mut(d).for_each(|r| model.normalize().apply(r));
+            (k.clone(), x)
+        })
+        .collect();
+    Ok(Reference::new(d, groups)?)
+}
+
+fn baseline_scores(
+    b: Baseline,
+    t: &Table,
+    r: Option<&Reference>,
+    model: &Model,
+    k: usize,
+) -> Result<Vec<f64>> {
+    let r = || r.expect("checked: reference present for reference baselines");
+    Ok(match b {
+        Baseline::He => baselines::he(r(), model.beta(), &t.pre, &t.routes),
+        Baseline::She => baselines::she(r(), &t.pre, &t.routes),
+        Baseline::Mahalanobis => baselines::mahalanobis(r(), &t.pre)?,
+        Baseline::Knn => baselines::knn(r(), &t.pre, k),
+        Baseline::Msp => baselines::msp(&t.logits, t.classes),
+        Baseline::Energy => baselines::energy(&t.logits, t.classes),
+    })
+}
+
+pub fn run(model: &Model, job: &EvalJob) -> Result<Vec<EvalRow>> {
+    if job.ood.is_empty() {
+        return Err(Error::Usage("give at least one --ood NAME=PATH".into()));
+    }
+    let needs_ref: Vec<&str> = job
+        .baselines
+        .iter()
+        .filter(|b| !b.needs_logits())
+        .map(|b| b.name())
+        .collect();
+    if !needs_ref.is_empty() && job.train.is_empty() {
+        return Err(Error::Usage(format!(
+            "baselines {} need the ID training table: add --train PATH",
+            needs_ref.join(", ")
+        )));
+    }
+    let want_logits = job.baselines.iter().any(|b| b.needs_logits());
+    if want_logits && job.logits.is_none() {
+        return Err(Error::Usage(
+            "baselines msp and energy need a logits column: add --logits COL (or --group-from-logits COL)".into(),
+        ));
+    }
+    let reference = if needs_ref.is_empty() {
+        None
+    } else {
+        Some(reference(model, job)?)
+    };
+    let id = load_table(model, &job.id, job, want_logits)?;
+    if id.scores.is_empty() {
+        return Err(Error::Usage(format!(
+            "the ID table {} has no non-null rows",
+            job.id.join(", ")
+        )));
+    }
+    let mut id_base = Vec::new();
+    for &b in &job.baselines {
+        id_base.push(baseline_scores(
+            b,
+            &id,
+            reference.as_ref(),
+            model,
+            job.knn_k,
+        )?);
+    }
+    let mut rows = Vec::new();
+    for (name, path) in &job.ood {
+        let ood = load_table(model, std::slice::from_ref(path), job, want_logits)?;
+        rows.push(EvalRow {
+            ood_set: name.clone(),
+            detector: "reclag".into(),
+            report: report(&id.scores, &ood.scores),
+        });
+        for (&b, idb) in job.baselines.iter().zip(&id_base) {
+            let ob = baseline_scores(b, &ood, reference.as_ref(), model, job.knn_k)?;
+            rows.push(EvalRow {
+                ood_set: name.clone(),
+                detector: b.name().into(),
+                report: report(idb, &ob),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+pub fn to_json(rows: &[EvalRow]) -> serde_json::Value {
+    let num = |v: f64| {
+        if v.is_finite() {
+            serde_json::json!(v)
+        } else {
+            serde_json::Value::Null
+        }
+    };
+    serde_json::json!({
+        "results": rows.iter().map(|r| serde_json::json!({
+            "ood_set": r.ood_set,
+            "detector": r.detector,
+            "auroc": num(r.report.auroc),
+            "fpr95": num(r.report.fpr95),
+            "aupr_in": num(r.report.aupr_in),
+            "aupr_out": num(r.report.aupr_out),
+            "n_id": r.report.n_id,
+            "n_ood": r.report.n_ood,
+        })).collect::<Vec<_>>()
+    })
+}
+
+/// A wide table: one line per OOD set, `AUROC / FPR95` per detector.
+pub fn to_table(rows: &[EvalRow]) -> String {
+    let mut detectors: Vec<&str> = Vec::new();
+    let mut sets: Vec<&str> = Vec::new();
+    for r in rows {
+        if !detectors.contains(&r.detector.as_str()) {
+            detectors.push(&r.detector);
+        }
+        if !sets.contains(&r.ood_set.as_str()) {
+            sets.push(&r.ood_set);
+        }
+    }
+    let w0 = sets
+        .iter()
+        .map(|s| s.len())
+        .max()
+        .unwrap_or(0)
+        .max("ood_set".len());
+    let cell = 13;
+    let mut s = format!("{:<w0$}", "ood_set");
+    for d in &detectors {
+        s += &format!(" | {d:^cell$}");
+    }
+    s += "\n";
+    s += &"-".repeat(w0);
+    for _ in &detectors {
+        s += &format!("-+-{}", "-".repeat(cell));
+    }
+    s += "\n";
+    for set in &sets {
+        s += &format!("{set:<w0$}");
+        for d in &detectors {
+            let r = rows.iter().find(|r| r.ood_set == *set && r.detector == *d);
+            let c = r.map_or("-".to_string(), |r| {
+                format!("{:.3} / {:.3}", r.report.auroc, r.report.fpr95)
+            });
+            s += &format!(" | {c:^cell$}");
+        }
+        s += "\n";
+    }
+    s += "cells: AUROC / FPR@95TPR (ID = positive class; higher AUROC and lower FPR are better)\n";
+    s
+}
+
+/// Parses `NAME=PATH`.
+pub fn parse_named(s: &str) -> std::result::Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((n, p)) if !n.is_empty() && !p.is_empty() => Ok((n.to_string(), p.to_string())),
+        _ => Err(format!("expected NAME=PATH, found '{s}'")),
+    }
+}
+
+pub fn name_of(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default()
+}

@@ -1,0 +1,191 @@
+//! `reclag score`: Parquet in, the input columns plus the five per-row outputs out.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, BooleanArray, Float64Array, Int32Array, RecordBatch};
+use arrow_schema::{DataType, Field};
+use reclag::{Model, ScoreOutput, Work};
+
+use crate::error::{Error, Result};
+use crate::io::{AtomicParquet, batch_column, expand_inputs, open_all, schema_with};
+use crate::progress::bar;
+use crate::route::Routing;
+
+pub const OUTPUT_COLUMNS: [&str; 5] = [
+    "reclag_score",
+    "reclag_energy",
+    "reclag_ood_probability",
+    "reclag_is_ood",
+    "reclag_attractor",
+];
+
+pub fn output_fields() -> Vec<Field> {
+    vec![
+        Field::new(OUTPUT_COLUMNS[0], DataType::Float64, true),
+        Field::new(OUTPUT_COLUMNS[1], DataType::Float64, true),
+        Field::new(OUTPUT_COLUMNS[2], DataType::Float64, true),
+        Field::new(OUTPUT_COLUMNS[3], DataType::Boolean, true),
+        Field::new(OUTPUT_COLUMNS[4], DataType::Int32, true),
+    ]
+}
+
+#[derive(Clone, Debug)]
+pub struct ScoreJob {
+    pub inputs: Vec<String>,
+    pub output: PathBuf,
+    pub embedding: String,
+    pub routing: Routing,
+    pub keep_columns: Option<Vec<String>>,
+}
+
+/// Totals of a scoring run.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ScoreSummary {
+    pub rows: u64,
+    pub null_rows: u64,
+    pub ood_rows: u64,
+}
+
+/// Scores one batch's embeddings; rows are null where the embedding is.
+pub fn score_batch(
+    model: &Model,
+    batch: &RecordBatch,
+    embedding: &str,
+    routing: &Routing,
+    work: Work,
+    path: &Path,
+    out: &mut ScoreOutput,
+) -> Result<()> {
+    let col = batch_column(batch, embedding, path)?;
+    let rows = reclag::arrow::embedding_rows(col.as_ref(), embedding, Some(model.dim()))
+        .map_err(Error::in_file(path))?;
+    let groups = routing.resolve(model, batch, path)?;
+    model.score_into(&rows, groups.as_deref(), work, out)?;
+    Ok(())
+}
+
+/// The five output arrays with nulls where the row was null.
+pub fn output_arrays(out: &ScoreOutput) -> Vec<ArrayRef> {
+    let nulls = Some(arrow_buffer_nulls(&out.valid));
+    vec![
+        Arc::new(Float64Array::new(out.score.clone().into(), nulls.clone())),
+        Arc::new(Float64Array::new(out.energy.clone().into(), nulls.clone())),
+        Arc::new(Float64Array::new(
+            out.ood_probability.clone().into(),
+            nulls.clone(),
+        )),
+        Arc::new(BooleanArray::new(
+            out.is_ood.iter().copied().collect(),
+            nulls.clone(),
+        )),
+        Arc::new(Int32Array::new(out.attractor.clone().into(), nulls)),
+    ]
+}
+
+fn arrow_buffer_nulls(valid: &[bool]) -> arrow_buffer::NullBuffer {
+    arrow_buffer::NullBuffer::from(valid.to_vec())
+}
+
+pub fn run(model: &Model, job: &ScoreJob) -> Result<ScoreSummary> {
+    let paths = expand_inputs(&job.inputs)?;
+    let files = open_all(&paths)?;
+    let first = &files[0];
+    // Every check that can fail does so before any row is read.
+    let emb = first.column_index(&job.embedding)?;
+    reclag::arrow::check_embedding_type(
+        first.schema.field(emb).data_type(),
+        &job.embedding,
+        Some(model.dim()),
+    )
+    .map_err(Error::in_file(&first.path))?;
+    if let Some(c) = job.routing.column() {
+        first.column_index(c)?;
+    }
+    let keep: Vec<usize> = match &job.keep_columns {
+        None => (0..first.schema.fields().len()).collect(),
+        Some(cols) => cols
+            .iter()
+            .map(|c| first.column_index(c))
+            .collect::<Result<_>>()?,
+    };
+    for &i in &keep {
+        let name = first.schema.field(i).name();
+        if OUTPUT_COLUMNS.contains(&name.as_str()) {
+            return Err(Error::Usage(format!(
+                "input column '{name}' would be overwritten by the output; drop it with --keep-columns"
+            )));
+        }
+    }
+    let schema = schema_with(&first.schema, &keep, output_fields());
+    let total: u64 = files.iter().map(|f| f.rows).sum();
+    let pb = bar(total, "rows", "scoring");
+    let mut writer = AtomicParquet::create(&job.output, schema.clone())?;
+    let mut out = ScoreOutput::default();
+    let mut summary = ScoreSummary::default();
+    for f in files {
+        let path = f.path.clone();
+        let mut seen = 0usize;
+        for batch in f.read(None)? {
+            let batch = batch.map_err(|source| Error::Arrow {
+                path: path.clone(),
+                source,
+            })?;
+            score_batch(
+                model,
+                &batch,
+                &job.embedding,
+                &job.routing,
+                Work::WithDynamics,
+                &path,
+                &mut out,
+            )
+            .map_err(|e| offset_rows(e, seen))?;
+            let mut cols: Vec<ArrayRef> = keep.iter().map(|&i| batch.column(i).clone()).collect();
+            cols.extend(output_arrays(&out));
+            let ob = RecordBatch::try_new(schema.clone(), cols).map_err(|source| Error::Arrow {
+                path: job.output.clone(),
+                source,
+            })?;
+            writer.write(&ob)?;
+            summary.rows += batch.num_rows() as u64;
+            summary.null_rows += out.valid.iter().filter(|v| !**v).count() as u64;
+            summary.ood_rows += out
+                .valid
+                .iter()
+                .zip(&out.is_ood)
+                .filter(|(v, o)| **v && **o)
+                .count() as u64;
+            seen += batch.num_rows();
+            pb.inc(batch.num_rows() as u64);
+        }
+    }
+    writer.finish()?;
+    pb.finish_and_clear();
+    Ok(summary)
+}
+
+/// Row numbers in core errors are batch-relative; make them file-relative.
+pub fn offset_rows(e: Error, offset: usize) -> Error {
+    match e {
+        Error::InFile {
+            path,
+            source:
+                reclag::Error::Dimension {
+                    column,
+                    expected,
+                    found,
+                    row: Some(r),
+                },
+        } => Error::InFile {
+            path,
+            source: reclag::Error::Dimension {
+                column,
+                expected,
+                found,
+                row: Some(r + offset),
+            },
+        },
+        other => other,
+    }
+}

@@ -1,0 +1,824 @@
+//! The CLI end to end on generated and bundled data: determinism, bounded memory,
+//! output contents, and every bad input the issue lists.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::builder::{Float32Builder, ListBuilder};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, Int32Type};
+use arrow_array::{Array, ArrayRef, Float64Array, Int64Array, StringArray};
+use reclag::{Rows, ScoreOutput, Work};
+
+use crate::common::{cli_err, cli_ok, clusters, fsl, read_parquet, write_parquet};
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// A small labelled table (3 groups × 60 rows, d = 8) and a model trained on it.
+fn fixture(dir: &Path) -> (PathBuf, PathBuf) {
+    let (rows, labels) = clusters(3, 60, 8, 1);
+    let data = dir.join("train.parquet");
+    write_parquet(
+        &data,
+        vec![
+            ("embedding", fsl(&rows, 8)),
+            ("label", Arc::new(Int64Array::from(labels)) as ArrayRef),
+        ],
+    );
+    let model = dir.join("model.parquet");
+    cli_ok(&[
+        "train",
+        "--input",
+        &s(&data),
+        "--label",
+        "label",
+        "--output",
+        &s(&model),
+        "--epochs",
+        "5",
+    ]);
+    (data, model)
+}
+
+#[test]
+fn same_seed_same_bytes_other_seed_other_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sample = reclag_pipelines::demo::write_sample(tmp.path()).unwrap();
+    let train = |seed: &str, out: &str| {
+        let p = tmp.path().join(out);
+        cli_ok(&[
+            "train",
+            "--input",
+            &s(&sample[0]),
+            "--label",
+            "label",
+            "--output",
+            &s(&p),
+            "--seed",
+            seed,
+            "--epochs",
+            "10",
+        ]);
+        std::fs::read(p).unwrap()
+    };
+    let a = train("7", "a.parquet");
+    let b = train("7", "b.parquet");
+    let c = train("8", "c.parquet");
+    assert_eq!(a, b, "same seed must give a byte-identical model");
+    assert_ne!(a, c);
+    // kmeans++ is seeded too.
+    let k1 = tmp.path().join("k1.parquet");
+    let k2 = tmp.path().join("k2.parquet");
+    for k in [&k1, &k2] {
+        cli_ok(&[
+            "train",
+            "--input",
+            &s(&sample[0]),
+            "--label",
+            "label",
+            "--output",
+            &s(k),
+            "--init",
+            "kmeans++",
+            "--epochs",
+            "3",
+        ]);
+    }
+    assert_eq!(std::fs::read(&k1).unwrap(), std::fs::read(&k2).unwrap());
+}
+
+#[test]
+fn max_rows_per_group_bounds_the_sample() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sample = reclag_pipelines::demo::write_sample(tmp.path()).unwrap();
+    let m = tmp.path().join("m.parquet");
+    cli_ok(&[
+        "train",
+        "--input",
+        &s(&sample[0]),
+        "--label",
+        "label",
+        "--output",
+        &s(&m),
+        "--max-rows-per-group",
+        "40",
+        "--epochs",
+        "2",
+    ]);
+    let model = reclag::format::load(&m).unwrap();
+    assert_eq!(model.groups().len(), 10);
+    for g in model.groups() {
+        // Calibrated on its own (40) training rows, as recorded below.
+        assert_eq!((g.n_train, g.n_calibration), (40, 40), "group {:?}", g.key);
+    }
+    let prov: serde_json::Value = serde_json::from_str(&model.provenance().training).unwrap();
+    assert_eq!(prov["rows_seen"], 4000);
+    assert_eq!(prov["rows_kept"], 400);
+    // Fewer than 20 held-out rows: calibrated on the training rows, and recorded.
+    assert!(
+        model
+            .groups()
+            .iter()
+            .all(|g| g.calibrated_on == reclag::CalibratedOn::Train)
+    );
+}
+
+#[test]
+fn model_file_round_trips_and_is_plain_parquet() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, model_path) = fixture(tmp.path());
+    let model = reclag::format::load(&model_path).unwrap();
+    let batch = read_parquet(&model_path);
+    let names: Vec<&str> = batch
+        .schema_ref()
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "group",
+            "memory",
+            "vector",
+            "tau",
+            "n_train",
+            "n_calibration",
+            "calibrated_on"
+        ]
+    );
+    assert_eq!(batch.num_rows(), 30);
+    let tau = batch.column(3).as_primitive::<Float64Type>();
+    assert_eq!(tau.value(0), model.groups()[0].tau);
+    assert_eq!(batch.column(1).as_primitive::<Int32Type>().value(9), 9);
+    let inspect = cli_ok(&["inspect", &s(&model_path)]);
+    assert!(
+        inspect.contains("dimension      8") && inspect.contains(&reclag::format::checksum(&model))
+    );
+    // Re-saving a loaded model reproduces the file exactly.
+    let again = tmp.path().join("again.parquet");
+    reclag::format::save(&model, &again).unwrap();
+    assert_eq!(
+        std::fs::read(&again).unwrap(),
+        std::fs::read(&model_path).unwrap()
+    );
+}
+
+#[test]
+fn score_writes_inputs_plus_outputs_matching_the_core() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, model_path) = fixture(tmp.path());
+    let out = tmp.path().join("scored.parquet");
+    let msg = cli_ok(&[
+        "score",
+        "--model",
+        &s(&model_path),
+        "--input",
+        &s(&data),
+        "--output",
+        &s(&out),
+        "--group",
+        "label",
+    ]);
+    assert!(msg.contains("scored 180 rows"), "{msg}");
+    let b = read_parquet(&out);
+    let names: Vec<&str> = b
+        .schema_ref()
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "embedding",
+            "label",
+            "reclag_score",
+            "reclag_energy",
+            "reclag_ood_probability",
+            "reclag_is_ood",
+            "reclag_attractor"
+        ]
+    );
+    // Same numbers as calling the core directly.
+    let model = reclag::format::load(&model_path).unwrap();
+    let (rows, labels) = clusters(3, 60, 8, 1);
+    let flat: Vec<f32> = rows.iter().flat_map(|r| r.clone().unwrap()).collect();
+    let groups: Vec<Option<u32>> = labels
+        .iter()
+        .map(|&l| Some(model.resolve_int(l, "label").unwrap() as u32))
+        .collect();
+    let mut o = ScoreOutput::default();
+    model
+        .score_into(
+            &Rows::dense_f32(&flat, 8),
+            Some(&groups),
+            Work::WithDynamics,
+            &mut o,
+        )
+        .unwrap();
+    let score = b.column(2).as_primitive::<Float64Type>();
+    let is_ood = b.column(5).as_boolean();
+    let att = b.column(6).as_primitive::<Int32Type>();
+    for i in 0..180 {
+        assert_eq!(score.value(i), o.score[i]);
+        assert_eq!(is_ood.value(i), o.is_ood[i]);
+        assert_eq!(att.value(i), o.attractor[i]);
+    }
+    // Calibrated at ood_rate 0.05 on the training distribution: most rows are ID.
+    let flagged = (0..180).filter(|&i| is_ood.value(i)).count();
+    assert!(flagged < 40, "{flagged} of 180 training rows flagged OOD");
+    // --keep-columns and union mode.
+    let out2 = tmp.path().join("scored2.parquet");
+    cli_ok(&[
+        "score",
+        "--model",
+        &s(&model_path),
+        "--input",
+        &s(&data),
+        "--output",
+        &s(&out2),
+        "--keep-columns",
+        "label",
+    ]);
+    assert_eq!(read_parquet(&out2).num_columns(), 6);
+    // No temporary files are left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty());
+}
+
+#[test]
+fn null_nan_and_inf_rows_get_null_outputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, model_path) = fixture(tmp.path());
+    let good = vec![0.5f32; 8];
+    let mut nan = good.clone();
+    nan[3] = f32::NAN;
+    let mut inf = good.clone();
+    inf[0] = f32::INFINITY;
+    let rows = vec![Some(good.clone()), None, Some(nan), Some(inf), Some(good)];
+    let input = tmp.path().join("in.parquet");
+    write_parquet(&input, vec![("embedding", fsl(&rows, 8))]);
+    let out = tmp.path().join("out.parquet");
+    cli_ok(&[
+        "score",
+        "--model",
+        &s(&model_path),
+        "--input",
+        &s(&input),
+        "--output",
+        &s(&out),
+    ]);
+    let b = read_parquet(&out);
+    for c in 1..6 {
+        let col = b.column(c);
+        assert_eq!(col.null_count(), 3, "column {}", b.schema().field(c).name());
+        assert!(
+            col.is_valid(0)
+                && col.is_null(1)
+                && col.is_null(2)
+                && col.is_null(3)
+                && col.is_valid(4)
+        );
+    }
+}
+
+#[test]
+fn empty_tables() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, model_path) = fixture(tmp.path());
+    let empty = tmp.path().join("empty.parquet");
+    write_parquet(
+        &empty,
+        vec![
+            ("embedding", fsl(&[], 8)),
+            (
+                "label",
+                Arc::new(Int64Array::from(Vec::<i64>::new())) as ArrayRef,
+            ),
+        ],
+    );
+    let e = cli_err(&[
+        "train",
+        "--input",
+        &s(&empty),
+        "--label",
+        "label",
+        "--output",
+        &s(&tmp.path().join("m.parquet")),
+    ]);
+    assert!(
+        e.contains("no training rows") || e.contains("no non-null rows"),
+        "{e}"
+    );
+    assert!(!tmp.path().join("m.parquet").exists());
+    // Scoring an empty table is not an error: an empty output with the full schema.
+    let out = tmp.path().join("out.parquet");
+    let msg = cli_ok(&[
+        "score",
+        "--model",
+        &s(&model_path),
+        "--input",
+        &s(&empty),
+        "--output",
+        &s(&out),
+    ]);
+    assert!(msg.contains("scored 0 rows"), "{msg}");
+    let b = read_parquet(&out);
+    assert_eq!((b.num_rows(), b.num_columns()), (0, 7));
+}
+
+#[test]
+fn group_with_fewer_rows_than_memories() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut rows, mut labels) = clusters(2, 50, 8, 3);
+    let (r3, _) = clusters(1, 3, 8, 9);
+    rows.extend(r3);
+    labels.extend([7, 7, 7]);
+    let data = tmp.path().join("t.parquet");
+    write_parquet(
+        &data,
+        vec![
+            ("embedding", fsl(&rows, 8)),
+            ("label", Arc::new(Int64Array::from(labels)) as ArrayRef),
+        ],
+    );
+    let m = tmp.path().join("m.parquet");
+    let out = cli_ok(&[
+        "train",
+        "--input",
+        &s(&data),
+        "--label",
+        "label",
+        "--output",
+        &s(&m),
+        "--epochs",
+        "3",
+    ]);
+    assert!(
+        out.contains("group 7 had 3 training rows, fewer than --memories 10; it uses 3 memories"),
+        "{out}"
+    );
+    let model = reclag::format::load(&m).unwrap();
+    let g7 = &model.groups()[model.resolve_int(7, "label").unwrap()];
+    assert_eq!(
+        (g7.m, g7.n_train, g7.calibrated_on),
+        (3, 3, reclag::CalibratedOn::Train)
+    );
+}
+
+#[test]
+fn wrong_dimension_names_column_expected_and_found() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, model_path) = fixture(tmp.path());
+    let input = tmp.path().join("d4.parquet");
+    write_parquet(&input, vec![("emb", fsl(&[Some(vec![1.0; 4])], 4))]);
+    let e = cli_err(&[
+        "score",
+        "--model",
+        &s(&model_path),
+        "--input",
+        &s(&input),
+        "--output",
+        &s(&tmp.path().join("o.parquet")),
+        "--embedding",
+        "emb",
+    ]);
+    assert!(
+        e.contains("column 'emb': expected embedding dimension 8, found 4"),
+        "{e}"
+    );
+    assert!(e.contains("d4.parquet"), "{e}");
+    assert!(!tmp.path().join("o.parquet").exists());
+}
+
+#[test]
+fn ragged_list_names_the_row() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, model_path) = fixture(tmp.path());
+    let mut b = ListBuilder::new(Float32Builder::new());
+    for len in [8, 8, 7, 8] {
+        b.values().append_slice(&vec![0.1; len]);
+        b.append(true);
+    }
+    let input = tmp.path().join("ragged.parquet");
+    write_parquet(
+        &input,
+        vec![("embedding", Arc::new(b.finish()) as ArrayRef)],
+    );
+    let e = cli_err(&[
+        "score",
+        "--model",
+        &s(&model_path),
+        "--input",
+        &s(&input),
+        "--output",
+        &s(&tmp.path().join("o.parquet")),
+    ]);
+    assert!(
+        e.contains("expected embedding dimension 8, found 7 at row 2"),
+        "{e}"
+    );
+}
+
+#[test]
+fn list_and_float64_inputs_score_like_fixed_size_f32() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, model_path) = fixture(tmp.path());
+    let (rows, labels) = clusters(3, 60, 8, 1);
+    let mut lb = ListBuilder::new(arrow_array::builder::Float64Builder::new());
+    for r in &rows {
+        lb.values().append_slice(
+            &r.as_ref()
+                .unwrap()
+                .iter()
+                .map(|&v| f64::from(v))
+                .collect::<Vec<_>>(),
+        );
+        lb.append(true);
+    }
+    let list_in = tmp.path().join("list.parquet");
+    write_parquet(
+        &list_in,
+        vec![
+            ("embedding", Arc::new(lb.finish()) as ArrayRef),
+            ("label", Arc::new(Int64Array::from(labels)) as ArrayRef),
+        ],
+    );
+    let (a, b) = (tmp.path().join("a.parquet"), tmp.path().join("b.parquet"));
+    cli_ok(&[
+        "score",
+        "--model",
+        &s(&model_path),
+        "--input",
+        &s(&data),
+        "--output",
+        &s(&a),
+        "--group",
+        "label",
+    ]);
+    cli_ok(&[
+        "score",
+        "--model",
+        &s(&model_path),
+        "--input",
+        &s(&list_in),
+        "--output",
+        &s(&b),
+        "--group",
+        "label",
+    ]);
+    let (a, b) = (read_parquet(&a), read_parquet(&b));
+    for c in 2..7 {
+        assert_eq!(a.column(c).to_data(), b.column(c).to_data(), "column {c}");
+    }
+}
+
+#[test]
+fn unknown_group_names_value_and_known_groups() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, model_path) = fixture(tmp.path());
+    let input = tmp.path().join("g.parquet");
+    write_parquet(
+        &input,
+        vec![
+            (
+                "embedding",
+                fsl(&[Some(vec![0.1; 8]), Some(vec![0.2; 8])], 8),
+            ),
+            ("label", Arc::new(Int64Array::from(vec![1, 42])) as ArrayRef),
+        ],
+    );
+    let e = cli_err(&[
+        "score",
+        "--model",
+        &s(&model_path),
+        "--input",
+        &s(&input),
+        "--output",
+        &s(&tmp.path().join("o.parquet")),
+        "--group",
+        "label",
+    ]);
+    assert!(
+        e.contains("unknown group 42 (column 'label'); the model knows groups: 0, 1, 2"),
+        "{e}"
+    );
+    // A string column against integer groups is a type error, not a lookup miss.
+    let input2 = tmp.path().join("g2.parquet");
+    write_parquet(
+        &input2,
+        vec![
+            ("embedding", fsl(&[Some(vec![0.1; 8])], 8)),
+            ("label", Arc::new(StringArray::from(vec!["a"])) as ArrayRef),
+        ],
+    );
+    let e = cli_err(&[
+        "score",
+        "--model",
+        &s(&model_path),
+        "--input",
+        &s(&input2),
+        "--output",
+        &s(&tmp.path().join("o.parquet")),
+        "--group",
+        "label",
+    ]);
+    assert!(
+        e.contains("column 'label' has type Utf8; expected an integer type"),
+        "{e}"
+    );
+}
+
+#[test]
+fn string_labels_and_null_group_use_union() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (rows, labels) = clusters(2, 40, 8, 5);
+    let names: Vec<Option<&str>> = labels
+        .iter()
+        .map(|&l| Some(if l == 0 { "cat" } else { "dog" }))
+        .collect();
+    let data = tmp.path().join("t.parquet");
+    write_parquet(
+        &data,
+        vec![
+            ("embedding", fsl(&rows, 8)),
+            (
+                "animal",
+                Arc::new(StringArray::from(names.clone())) as ArrayRef,
+            ),
+        ],
+    );
+    let m = tmp.path().join("m.parquet");
+    cli_ok(&[
+        "train",
+        "--input",
+        &s(&data),
+        "--label",
+        "animal",
+        "--output",
+        &s(&m),
+        "--epochs",
+        "3",
+    ]);
+    let q = tmp.path().join("q.parquet");
+    let two = vec![rows[0].clone(), rows[0].clone()];
+    write_parquet(
+        &q,
+        vec![
+            ("embedding", fsl(&two, 8)),
+            (
+                "animal",
+                Arc::new(StringArray::from(vec![Some("cat"), None])) as ArrayRef,
+            ),
+        ],
+    );
+    let o = tmp.path().join("o.parquet");
+    cli_ok(&[
+        "score",
+        "--model",
+        &s(&m),
+        "--input",
+        &s(&q),
+        "--output",
+        &s(&o),
+        "--group",
+        "animal",
+    ]);
+    let b = read_parquet(&o);
+    let energy = b
+        .column_by_name("reclag_energy")
+        .unwrap()
+        .as_primitive::<Float64Type>();
+    let model = reclag::format::load(&m).unwrap();
+    // Row 1 (null group) is scored against the union: its energy matches union mode.
+    let flat: Vec<f32> = rows[0].clone().unwrap();
+    let mut out = ScoreOutput::default();
+    model
+        .score_into(&Rows::dense_f32(&flat, 8), None, Work::EnergyOnly, &mut out)
+        .unwrap();
+    assert_eq!(energy.value(1), out.energy[0]);
+    assert_ne!(energy.value(0), energy.value(1));
+    let e = cli_err(&[
+        "score",
+        "--model",
+        &s(&m),
+        "--input",
+        &s(&q),
+        "--output",
+        &s(&o),
+        "--group-from-logits",
+        "animal",
+    ]);
+    assert!(e.contains("integer groups"), "{e}");
+}
+
+#[test]
+fn unsupported_label_type_is_rejected_before_reading() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("t.parquet");
+    write_parquet(
+        &data,
+        vec![
+            ("embedding", fsl(&[Some(vec![0.1; 8])], 8)),
+            ("label", Arc::new(Float64Array::from(vec![1.5])) as ArrayRef),
+        ],
+    );
+    let e = cli_err(&[
+        "train",
+        "--input",
+        &s(&data),
+        "--label",
+        "label",
+        "--output",
+        &s(&tmp.path().join("m.parquet")),
+    ]);
+    assert!(
+        e.contains("column 'label' has type Float64; expected an integer or string type"),
+        "{e}"
+    );
+}
+
+#[test]
+fn missing_column_lists_available_columns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, model_path) = fixture(tmp.path());
+    let e = cli_err(&[
+        "score",
+        "--model",
+        &s(&model_path),
+        "--input",
+        &s(&data),
+        "--output",
+        &s(&tmp.path().join("o.parquet")),
+        "--embedding",
+        "vec",
+    ]);
+    assert!(
+        e.contains("column 'vec' not found; available columns: embedding, label"),
+        "{e}"
+    );
+    let e = cli_err(&[
+        "train",
+        "--input",
+        &s(&data),
+        "--label",
+        "class",
+        "--output",
+        &s(&tmp.path().join("m.parquet")),
+    ]);
+    assert!(
+        e.contains("column 'class' not found; available columns: embedding, label"),
+        "{e}"
+    );
+}
+
+#[test]
+fn corrupt_truncated_and_foreign_model_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, model_path) = fixture(tmp.path());
+    let bytes = std::fs::read(&model_path).unwrap();
+    let load = |b: &[u8], name: &str| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, b).unwrap();
+        reclag::format::load(&p)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+    let e = load(&bytes[..bytes.len() / 2], "truncated.parquet");
+    assert!(
+        e.contains("truncated.parquet") && e.contains("not a readable Parquet file"),
+        "{e}"
+    );
+    // Flip one byte inside a float of the vector column: the checksum catches it.
+    let model = reclag::format::load(&model_path).unwrap();
+    let needle = (model.groups()[0].xi[0] as f32).to_le_bytes();
+    let pos = bytes
+        .windows(4)
+        .position(|w| w == needle)
+        .expect("memory value stored plain");
+    let mut flipped = bytes.clone();
+    flipped[pos] ^= 0x01;
+    let e = load(&flipped, "flipped.parquet");
+    assert!(
+        e.contains("checksum mismatch") || e.contains("not a readable Parquet file"),
+        "{e}"
+    );
+    // A perfectly good Parquet file that is not a model.
+    let e = reclag::format::load(&data).unwrap_err().to_string();
+    assert!(e.contains("not a reclag model"), "{e}");
+    let e = load(b"garbage", "garbage.parquet");
+    assert!(e.contains("not a readable Parquet file"), "{e}");
+    // The CLI surfaces the same message.
+    let e = cli_err(&["inspect", &s(&tmp.path().join("truncated.parquet"))]);
+    assert!(e.contains("not a readable Parquet file"), "{e}");
+}
+
+#[test]
+fn usage_errors_say_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, model_path) = fixture(tmp.path());
+    let o = s(&tmp.path().join("o.parquet"));
+    let e = cli_err(&[
+        "score",
+        "--model",
+        &s(&model_path),
+        "--input",
+        &s(&data),
+        "--output",
+        &o,
+        "--group",
+        "label",
+        "--group-from-logits",
+        "x",
+    ]);
+    assert!(e.contains("cannot be used with"), "{e}");
+    let e = cli_err(&[
+        "score",
+        "--model",
+        &s(&model_path),
+        "--input",
+        "/nonexistent/x.parquet",
+        "--output",
+        &o,
+    ]);
+    assert!(e.contains("does not exist"), "{e}");
+    let e = cli_err(&[
+        "eval",
+        "--model",
+        &s(&model_path),
+        "--id",
+        &s(&data),
+        "--ood",
+        &format!("x={}", s(&data)),
+        "--baselines",
+        "knn",
+    ]);
+    assert!(
+        e.contains("need the ID training table: add --train PATH"),
+        "{e}"
+    );
+    let e = cli_err(&[
+        "eval",
+        "--model",
+        &s(&model_path),
+        "--id",
+        &s(&data),
+        "--ood",
+        &format!("x={}", s(&data)),
+        "--baselines",
+        "nope",
+    ]);
+    assert!(e.contains("unknown baseline 'nope'"), "{e}");
+    let e = cli_err(&[
+        "train",
+        "--input",
+        &s(&data),
+        "--output",
+        &o,
+        "--ood-rate",
+        "1.5",
+    ]);
+    assert!(e.contains("ood-rate") && e.contains("1.5"), "{e}");
+    let help = cli_ok(&["train", "--help"]);
+    assert!(
+        help.contains("--max-rows-per-group") && help.contains("groups × N × d × 4 bytes"),
+        "{help}"
+    );
+}
+
+#[test]
+fn demo_runs_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = cli_ok(&["demo", "--dir", &s(tmp.path())]);
+    for want in [
+        "trained 10 group(s)",
+        "scored 1000 rows",
+        "mnist",
+        "font_letters",
+        "knn",
+        "demo finished",
+    ] {
+        assert!(out.contains(want), "missing '{want}' in:\n{out}");
+    }
+    // The eval table's reclag cell for mnist is a real AUROC well above chance.
+    let line = out.lines().find(|l| l.starts_with("mnist")).unwrap();
+    let auroc: f64 = line
+        .split('|')
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(auroc > 0.9, "{line}");
+}
