@@ -33,6 +33,21 @@ pub fn softmax_into(h: &[f64], beta: f64, out: &mut [f64]) {
     }
 }
 
+/// `A_β(h)` and `softmax(βh)` (into `p`) from one set of exponentials.
+#[inline]
+pub fn lme_softmax(h: &[f64], beta: f64, p: &mut [f64]) -> f64 {
+    let m = h.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let mut s = 0.0;
+    for (o, &v) in p.iter_mut().zip(h) {
+        let e = (beta * (v - m)).exp();
+        *o = e;
+        s += e;
+    }
+    let inv = 1.0 / s;
+    p.iter_mut().for_each(|o| *o *= inv);
+    m + (s.ln() - (h.len() as f64).ln()) / beta
+}
+
 /// Logistic function without overflow for large |z|.
 #[inline]
 pub fn sigmoid(z: f64) -> f64 {

@@ -113,6 +113,9 @@ pub struct Model {
     pub(crate) tau_star: f64,
     pub(crate) union_xi: Vec<f64>,
     pub(crate) union_m: usize,
+    /// `ΞΞᵀ` per group (and for the union, last), when small enough to pay off; the
+    /// dynamics then run in memory space (see `score::dynamics`).
+    pub(crate) grams: Vec<Option<Vec<f64>>>,
     pub(crate) provenance: Provenance,
     by_int: HashMap<i64, usize>,
     by_str: HashMap<String, usize>,
@@ -207,6 +210,8 @@ impl Model {
         }
         let union_xi: Vec<f64> = p.groups.iter().flat_map(|g| g.xi.iter().copied()).collect();
         let union_m = p.groups.iter().map(|g| g.m).sum();
+        let mut grams: Vec<Option<Vec<f64>>> = p.groups.iter().map(|g| gram(&g.xi, g.m, p.d)).collect();
+        grams.push(gram(&union_xi, union_m, p.d));
         Ok(Model {
             d: p.d,
             beta: p.beta,
@@ -217,6 +222,7 @@ impl Model {
             tau_star: p.tau_star,
             union_xi,
             union_m,
+            grams,
             provenance: p.provenance,
             by_int,
             by_str,
@@ -290,6 +296,17 @@ impl Model {
             known,
         }
     }
+}
+
+/// The Gram matrix `ΞΞᵀ` (`m×m`), or `None` when iterating through `d` is cheaper
+/// (`m > 2d`) or it would be large.
+fn gram(xi: &[f64], m: usize, d: usize) -> Option<Vec<f64>> {
+    if m > 2 * d || m > 1024 {
+        return None;
+    }
+    let mut g = vec![0.0; m * m];
+    crate::kernel::gemm_abt(xi, m, d, xi, m, &mut g);
+    Some(g)
 }
 
 fn key_kind(k: &Option<GroupKey>) -> LabelKind {

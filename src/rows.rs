@@ -116,28 +116,66 @@ impl<'a> Rows<'a> {
     /// when the row is null or has a non-finite component.
     #[inline]
     pub fn gather(&self, i: usize, out: &mut [f64]) -> bool {
+        self.gather_norm(i, out).is_some()
+    }
+
+    /// [`Rows::gather`] that also returns `‖row‖`, computed in the same pass.
+    #[inline]
+    pub fn gather_norm(&self, i: usize, out: &mut [f64]) -> Option<f64> {
         debug_assert_eq!(out.len(), self.dim);
         if let Some(v) = &self.validity
             && v.is_null(i)
         {
-            return false;
+            return None;
         }
         let s = self.start(i);
-        let mut finite = true;
+        let mut sq = 0.0;
         match self.values {
             Values::F32(v) => {
                 for (o, &x) in out.iter_mut().zip(&v[s..s + self.dim]) {
-                    finite &= x.is_finite();
-                    *o = f64::from(x);
+                    let x = f64::from(x);
+                    sq += x * x;
+                    *o = x;
                 }
             }
             Values::F64(v) => {
                 for (o, &x) in out.iter_mut().zip(&v[s..s + self.dim]) {
-                    finite &= x.is_finite();
+                    sq += x * x;
                     *o = x;
                 }
             }
         }
-        finite
+        // Any NaN or ±inf component makes the sum of squares non-finite, so one check
+        // covers every component on the fast path. A non-finite sum can also come from
+        // finite f64 components above ~1e154 overflowing when squared: those rows are
+        // valid, and their norm is recomputed with scaling.
+        if sq.is_finite() {
+            return Some(sq.sqrt());
+        }
+        if !out.iter().all(|v| v.is_finite()) {
+            return None;
+        }
+        let amax = out.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+        let scaled: f64 = out.iter().map(|v| (v / amax) * (v / amax)).sum();
+        Some(amax * scaled.sqrt())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn null_rules_and_huge_finite_rows() {
+        let v = [3.0, 4.0, f64::NAN, 1.0, 1e200, 1e200, f64::INFINITY, 0.0];
+        let rows = Rows::dense_f64(&v, 2);
+        let mut out = [0.0; 2];
+        assert_eq!(rows.gather_norm(0, &mut out), Some(5.0));
+        assert_eq!(rows.gather_norm(1, &mut out), None);
+        let n = rows.gather_norm(2, &mut out).unwrap();
+        assert!((n / (1e200 * 2f64.sqrt()) - 1.0).abs() < 1e-15);
+        assert_eq!(rows.gather_norm(3, &mut out), None);
+        let f = [1.0f32, f32::NEG_INFINITY];
+        assert!(!Rows::dense_f32(&f, 2).gather(0, &mut out));
     }
 }

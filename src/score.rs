@@ -5,13 +5,15 @@
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::kernel::{argmax, gemm_ab, gemm_abt, log_mean_exp, norm2, sigmoid, softmax_into};
+use crate::kernel::{argmax, dot, gemm_ab, gemm_abt, lme_softmax, log_mean_exp, sigmoid, softmax_into};
+use crate::model::Normalize;
 use crate::model::Model;
 use crate::rows::Rows;
 
-/// Rows per parallel task: large enough for an efficient GEMM, small enough that the
-/// f64 scratch of a block stays in L2.
-const BLOCK: usize = 256;
+/// Rows per parallel task. Rows are bucketed by group inside a block, so a block must
+/// be large enough that each group's GEMM is not tiny (1024 measured best at K = 10,
+/// see BENCHMARKS.md).
+const BLOCK: usize = 1024;
 
 /// Caller-owned output buffers (one entry per input row). `valid[i] == false` means the
 /// row's outputs are null; the other entries for that row are unspecified.
@@ -60,6 +62,7 @@ struct Target<'m> {
     xi: &'m [f64],
     m: usize,
     tau: f64,
+    gram: Option<&'m [f64]>,
 }
 
 struct OutChunk<'o> {
@@ -130,6 +133,7 @@ impl Model {
                 xi: &self.union_xi,
                 m: self.union_m,
                 tau: self.tau_star,
+                gram: self.grams[self.groups.len()].as_deref(),
             }
         } else {
             let g = &self.groups[sel];
@@ -137,6 +141,7 @@ impl Model {
                 xi: &g.xi,
                 m: g.m,
                 tau: g.tau,
+                gram: self.grams[sel].as_deref(),
             }
         }
     }
@@ -152,18 +157,10 @@ impl Model {
         let d = self.d;
         let len = c.valid.len();
         let k = self.groups.len();
-        // Selector per row: a group index, or k for the union.
+        // Bucket rows by target first (a group index, or k for the union), so each
+        // row is gathered once, straight into its bucket's contiguous matrix.
         let mut buckets: Vec<Vec<usize>> = vec![Vec::new(); k + 1];
-        let mut x = vec![0.0f64; len * d];
         for i in 0..len {
-            let xr = &mut x[i * d..(i + 1) * d];
-            let ok = rows.gather(start + i, xr);
-            c.valid[i] = ok;
-            if !ok {
-                c.steps[i] = 0;
-                continue;
-            }
-            self.normalize.apply(xr);
             let sel = groups
                 .and_then(|g| g[i])
                 .map(|v| v as usize)
@@ -171,29 +168,59 @@ impl Model {
                 .unwrap_or(k);
             buckets[sel].push(i);
         }
-        let mut xs = Vec::new();
+        let mut xs: Vec<f64> = Vec::with_capacity(len * d);
         let mut hs = Vec::new();
-        for (sel, idx) in buckets.iter().enumerate() {
-            if idx.is_empty() {
+        let mut x0sq = Vec::new();
+        let mut scale = Vec::new();
+        let mut idx = Vec::with_capacity(len);
+        for (sel, rows_in) in buckets.iter().enumerate() {
+            if rows_in.is_empty() {
                 continue;
             }
             let t = self.target(sel);
-            let ns = idx.len();
             xs.clear();
-            for &i in idx {
-                xs.extend_from_slice(&x[i * d..(i + 1) * d]);
+            idx.clear();
+            x0sq.clear();
+            scale.clear();
+            for &i in rows_in {
+                let off = xs.len();
+                xs.resize(off + d, 0.0);
+                let norm = rows.gather_norm(start + i, &mut xs[off..]);
+                c.valid[i] = norm.is_some();
+                let Some(norm) = norm else {
+                    xs.truncate(off);
+                    c.steps[i] = 0;
+                    continue;
+                };
+                // `pre` is linear per row, so it is applied to `h = Ξx` after the GEMM
+                // rather than to the d-vector: `Ξ(x/‖x‖) = (Ξx)/‖x‖`.
+                let s = match self.normalize {
+                    Normalize::L2 if norm > 0.0 => 1.0 / norm,
+                    _ => 1.0,
+                };
+                scale.push(s);
+                x0sq.push((norm * s) * (norm * s));
+                idx.push(i);
+            }
+            let ns = idx.len();
+            if ns == 0 {
+                continue;
             }
             hs.clear();
             hs.resize(ns * t.m, 0.0);
             gemm_abt(&xs, ns, d, t.xi, t.m, &mut hs);
             for (r, &i) in idx.iter().enumerate() {
-                let a = log_mean_exp(&hs[r * t.m..(r + 1) * t.m], self.beta);
+                let h = &mut hs[r * t.m..(r + 1) * t.m];
+                if scale[r] != 1.0 {
+                    h.iter_mut().for_each(|v| *v *= scale[r]);
+                }
+                let a = log_mean_exp(h, self.beta);
                 c.energy[i] = a;
                 c.score[i] = a - t.tau;
                 c.prob[i] = sigmoid(self.beta * (t.tau - a));
             }
             if work == Work::WithDynamics {
-                let res = dynamics(t, d, self.beta, self.max_iter, self.tol, &mut xs, &mut hs);
+                let res = dynamics(t, d, self.beta, self.max_iter, self.tol, &x0sq, &mut hs);
                 for (r, &i) in idx.iter().enumerate() {
                     let (ood, att, steps) = res[r];
                     c.is_ood[i] = ood;
@@ -203,7 +230,7 @@ impl Model {
             } else {
                 // Not computed: `is_ood` is a property of the whole trajectory, so it is
                 // left false/-1 rather than guessed from the first step.
-                for &i in idx {
+                for &i in &idx {
                     c.is_ood[i] = false;
                     c.attractor[i] = -1;
                     c.steps[i] = 0;
@@ -239,25 +266,36 @@ fn split_out(out: &mut ScoreOutput, n: usize) -> Vec<OutChunk<'_>> {
     v
 }
 
-/// Runs §3's dynamics for `n` rows at once. `xs` (`n×d`) holds `x_0` and `hs` (`n×m`)
-/// holds `Ξx_0`; both are overwritten. Returns `(is_ood, attractor, steps)` per row.
+/// Runs §3's dynamics for `n` rows at once, in memory space.
+///
+/// Every state after the first is `x_t = Ξᵀp_{t−1}` with `p = softmax(βh)`, so
+/// `h_{t+1} = Ξx_{t+1} = (ΞΞᵀ)p_t`: one `M×M` product per step instead of two `M×d`
+/// ones, and no `d`-vector is ever formed. The stop rule needs only dot products in
+/// that space: `‖x_{t+1}‖² = p_t·h_{t+1}`, `‖x_t‖² = p_{t−1}·h_t`, and
+/// `‖x_{t+1} − x_t‖² = (p_t − p_{t−1})·(h_{t+1} − h_t)`; for the first step
+/// `‖x_1 − x_0‖² = ‖x_0‖² − 2p_0·h_0 + p_0·h_1`, whose rounding (≈1e-8·‖x_0‖) is far
+/// below the `1e-6·(1+‖x_0‖)` tolerance.
+///
+/// `hs` (`n×m`) holds `Ξx_0` on entry and the final `Ξx` on exit; `x0sq` is `‖x_0‖²`.
+/// Returns `(is_ood, attractor, steps)` per row.
 fn dynamics(
     t: Target<'_>,
     d: usize,
     beta: f64,
     max_iter: usize,
     tol: f64,
-    xs: &mut [f64],
+    x0sq: &[f64],
     hs: &mut [f64],
 ) -> Vec<(bool, i32, u32)> {
     let m = t.m;
-    let n = xs.len() / d;
+    let n = hs.len() / m;
     let mut res = vec![(false, -1i32, 0u32); n];
     let mut active: Vec<usize> = (0..n).collect();
     let mut survivors = Vec::with_capacity(n);
+    let mut prev_p = vec![0.0; n * m];
     let mut p = Vec::with_capacity(n * m);
-    let mut xn = Vec::with_capacity(n * d);
     let mut hn = Vec::with_capacity(n * m);
+    let mut xbuf = Vec::new();
     let mut steps = 0u32;
     while !active.is_empty() && (steps as usize) < max_iter {
         steps += 1;
@@ -265,43 +303,51 @@ fn dynamics(
         p.clear();
         for &r in &active {
             let h = &hs[r * m..(r + 1) * m];
-            if log_mean_exp(h, beta) <= t.tau {
+            let off = p.len();
+            p.resize(off + m, 0.0);
+            if lme_softmax(h, beta, &mut p[off..]) <= t.tau {
                 // The dead zone: this update sends the row to the origin.
-                xs[r * d..(r + 1) * d].fill(0.0);
+                p.truncate(off);
                 res[r] = (true, -1, steps);
             } else {
-                let off = p.len();
-                p.resize(off + m, 0.0);
-                softmax_into(h, beta, &mut p[off..]);
                 survivors.push(r);
             }
         }
         let ns = survivors.len();
-        xn.clear();
-        xn.resize(ns * d, 0.0);
-        gemm_ab(&p, ns, m, t.xi, d, &mut xn);
         hn.clear();
         hn.resize(ns * m, 0.0);
-        gemm_abt(&xn, ns, d, t.xi, m, &mut hn);
+        match t.gram {
+            Some(g) => gemm_ab(&p, ns, m, g, m, &mut hn),
+            None => {
+                xbuf.clear();
+                xbuf.resize(ns * d, 0.0);
+                gemm_ab(&p, ns, m, t.xi, d, &mut xbuf);
+                gemm_abt(&xbuf, ns, d, t.xi, m, &mut hn);
+            }
+        }
         active.clear();
         for (k, &r) in survivors.iter().enumerate() {
-            let new = &xn[k * d..(k + 1) * d];
-            let old = &mut xs[r * d..(r + 1) * d];
-            if new.iter().all(|&v| v == 0.0) {
-                old.fill(0.0);
+            let pk = &p[k * m..(k + 1) * m];
+            let hk = &hn[k * m..(k + 1) * m];
+            let h = &hs[r * m..(r + 1) * m];
+            let new_sq = dot(pk, hk);
+            if new_sq <= 0.0 {
+                // x_{t+1} = Ξᵀp = 0: the trajectory reached the origin.
                 res[r] = (true, -1, steps);
                 continue;
             }
-            let diff: f64 = new
-                .iter()
-                .zip(old.iter())
-                .map(|(a, b)| (a - b) * (a - b))
-                .sum();
-            let converged = diff.sqrt() <= tol * (1.0 + norm2(old).sqrt());
-            old.copy_from_slice(new);
-            hs[r * m..(r + 1) * m].copy_from_slice(&hn[k * m..(k + 1) * m]);
+            let (diff_sq, old_sq) = if steps == 1 {
+                (x0sq[r] - 2.0 * dot(pk, h) + new_sq, x0sq[r])
+            } else {
+                let pp = &prev_p[r * m..(r + 1) * m];
+                let diff: f64 = (0..m).map(|j| (pk[j] - pp[j]) * (hk[j] - h[j])).sum();
+                (diff, dot(pp, h))
+            };
+            let converged = diff_sq.max(0.0).sqrt() <= tol * (1.0 + old_sq.max(0.0).sqrt());
+            hs[r * m..(r + 1) * m].copy_from_slice(hk);
+            prev_p[r * m..(r + 1) * m].copy_from_slice(pk);
             if converged {
-                res[r] = (false, argmax(&hs[r * m..(r + 1) * m]) as i32, steps);
+                res[r] = (false, argmax(hk) as i32, steps);
             } else {
                 active.push(r);
             }
@@ -346,4 +392,51 @@ pub fn step(xi: &[f64], m: usize, beta: f64, tau: f64, x: &[f64]) -> Vec<f64> {
     let mut out = vec![0.0; d];
     gemm_ab(&p, 1, m, xi, d, &mut out);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{CalibratedOn, Group, ModelParts, Normalize, Provenance};
+    use crate::rng::Rng;
+
+    /// The memory-space iteration must agree with iterating the `d`-vectors.
+    #[test]
+    fn gram_and_direct_dynamics_agree() {
+        let mut rng = Rng::new(5);
+        let (d, m, n) = (12, 9, 400);
+        let xi: Vec<f64> = (0..m * d).map(|_| 3.0 * (rng.next_f64() - 0.5)).collect();
+        let x: Vec<f64> = (0..n * d).map(|_| 2.0 * (rng.next_f64() - 0.5)).collect();
+        for tau in [-1e9, -0.5, 0.2, 1.0] {
+            let mut model = Model::new(ModelParts {
+                d,
+                beta: 3.0,
+                normalize: Normalize::None,
+                max_iter: 16,
+                tol: 1e-6,
+                groups: vec![Group {
+                    key: None,
+                    xi: xi.clone(),
+                    m,
+                    tau,
+                    n_train: 0,
+                    n_calibration: 0,
+                    calibrated_on: CalibratedOn::Train,
+                }],
+                tau_star: tau,
+                provenance: Provenance::default(),
+            })
+            .unwrap();
+            assert!(model.grams.iter().all(|g| g.is_some()));
+            let mut a = ScoreOutput::default();
+            model.score_into(&Rows::dense_f64(&x, d), None, Work::WithDynamics, &mut a).unwrap();
+            model.grams.iter_mut().for_each(|g| *g = None);
+            let mut b = ScoreOutput::default();
+            model.score_into(&Rows::dense_f64(&x, d), None, Work::WithDynamics, &mut b).unwrap();
+            assert_eq!(a.is_ood, b.is_ood, "tau {tau}");
+            assert_eq!(a.attractor, b.attractor, "tau {tau}");
+            assert_eq!(a.steps, b.steps, "tau {tau}");
+            assert!(a.is_ood.iter().any(|&o| o) || tau < 0.0);
+        }
+    }
 }
