@@ -13,23 +13,33 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{Array2, ArrayView2};
 use rayon::prelude::*;
 use reclag::rng::Rng;
-use reclag::{CalibratedOn, Group, GroupKey, Model, ModelParts, Normalize, Provenance, Rows, ScoreOutput, Work};
+use reclag::{
+    CalibratedOn, Group, GroupKey, Model, ModelParts, Normalize, Provenance, Rows, ScoreOutput,
+    Work,
+};
 
 const D: usize = 512;
 const K: usize = 10;
 const M: usize = 16;
 
 fn rows() -> usize {
-    std::env::var("RECLAG_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000)
+    std::env::var("RECLAG_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000)
 }
 
 fn fixture(n: usize) -> (Model, Vec<f32>, Vec<Option<u32>>) {
     let mut rng = Rng::new(42);
-    let centers: Vec<Vec<f64>> = (0..K).map(|_| (0..D).map(|_| rng.next_f64() - 0.5).collect()).collect();
+    let centers: Vec<Vec<f64>> = (0..K)
+        .map(|_| (0..D).map(|_| rng.next_f64() - 0.5).collect())
+        .collect();
     let groups = (0..K)
         .map(|g| Group {
             key: Some(GroupKey::Int(g as i64)),
-            xi: (0..M * D).map(|j| centers[g][j % D] * 2.0 + 0.1 * (rng.next_f64() - 0.5)).collect(),
+            xi: (0..M * D)
+                .map(|j| centers[g][j % D] * 2.0 + 0.1 * (rng.next_f64() - 0.5))
+                .collect(),
             m: M,
             tau: 0.5,
             n_train: 0,
@@ -50,14 +60,17 @@ fn fixture(n: usize) -> (Model, Vec<f32>, Vec<Option<u32>>) {
     .unwrap();
     let mut x = vec![0f32; n * D];
     let mut labels = vec![None; n];
-    x.par_chunks_mut(D).zip(labels.par_iter_mut()).enumerate().for_each(|(i, (row, l))| {
-        let mut r = Rng::new(i as u64);
-        let g = i % K;
-        *l = Some(g as u32);
-        for (j, v) in row.iter_mut().enumerate() {
-            *v = (centers[g][j] + 0.3 * (r.next_f64() - 0.5)) as f32;
-        }
-    });
+    x.par_chunks_mut(D)
+        .zip(labels.par_iter_mut())
+        .enumerate()
+        .for_each(|(i, (row, l))| {
+            let mut r = Rng::new(i as u64);
+            let g = i % K;
+            *l = Some(g as u32);
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = (centers[g][j] + 0.3 * (r.next_f64() - 0.5)) as f32;
+            }
+        });
     (model, x, labels)
 }
 
@@ -65,12 +78,17 @@ fn bench(c: &mut Criterion) {
     let n = rows();
     let (model, x, labels) = fixture(n);
     let mut g = c.benchmark_group(format!("score_{n}x{D}_K{K}_M{M}"));
-    g.sample_size(10).measurement_time(Duration::from_secs(20)).throughput(Throughput::Elements(n as u64));
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(20))
+        .throughput(Throughput::Elements(n as u64));
 
     // The FLOP peer: one f32 GEMM (n × d)·(d × M) per row block, same blocking and
     // threads as the kernel, no transcendental work.
     let xi32: Vec<f32> = model.groups()[0].xi.iter().map(|&v| v as f32).collect();
-    let xi_t = ArrayView2::from_shape((M, D), &xi32).unwrap().t().to_owned();
+    let xi_t = ArrayView2::from_shape((M, D), &xi32)
+        .unwrap()
+        .t()
+        .to_owned();
     g.bench_function("sgemm_peer", |b| {
         b.iter(|| {
             x.par_chunks(256 * D).for_each(|blk| {
@@ -98,10 +116,18 @@ fn bench(c: &mut Criterion) {
     let view = Rows::dense_f32(&x, D);
     let mut out = ScoreOutput::default();
     g.bench_function("reclag_energy_only", |b| {
-        b.iter(|| model.score_into(&view, Some(&labels), Work::EnergyOnly, &mut out).unwrap())
+        b.iter(|| {
+            model
+                .score_into(&view, Some(&labels), Work::EnergyOnly, &mut out)
+                .unwrap()
+        })
     });
     g.bench_function("reclag_with_dynamics", |b| {
-        b.iter(|| model.score_into(&view, Some(&labels), Work::WithDynamics, &mut out).unwrap())
+        b.iter(|| {
+            model
+                .score_into(&view, Some(&labels), Work::WithDynamics, &mut out)
+                .unwrap()
+        })
     });
     g.finish();
 }

@@ -26,7 +26,10 @@ fn main() {
         println!("SKIP: {} not found", data.display());
         return;
     }
-    let runs: usize = std::env::var("RECLAG_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let runs: usize = std::env::var("RECLAG_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     let peer = root.join("benches/peers/numpy_reclag.py");
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let tmp = tempfile::tempdir().unwrap();
@@ -44,19 +47,38 @@ fn main() {
         let t0 = Instant::now();
         let (set, source) = collect(&job).unwrap();
         let t1 = Instant::now();
-        let model = job.params.clone().check().unwrap().fit(&set, &source, &reclag::NoProgress).unwrap();
+        let model = job
+            .params
+            .clone()
+            .check()
+            .unwrap()
+            .fit(&set, &source, &reclag::NoProgress)
+            .unwrap();
         r_fit.push(t1.elapsed().as_secs_f64());
         reclag::format::save(&model, &job.output).unwrap();
         r_total.push(t0.elapsed().as_secs_f64());
 
         let t0 = Instant::now();
-        match Command::new(&python).arg(&peer).arg("--train").arg(&data).output() {
+        match Command::new(&python)
+            .arg(&peer)
+            .arg("--train")
+            .arg(&data)
+            .output()
+        {
             Ok(o) if o.status.success() => {
                 p_total.push(t0.elapsed().as_secs_f64());
                 let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
                 p_fit.push(v["fit_seconds"].as_f64().unwrap());
             }
-            Ok(o) => peer_error = Some(String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("").to_string()),
+            Ok(o) => {
+                peer_error = Some(
+                    String::from_utf8_lossy(&o.stderr)
+                        .lines()
+                        .last()
+                        .unwrap_or("")
+                        .to_string(),
+                )
+            }
             Err(e) => peer_error = Some(e.to_string()),
         }
     }
@@ -66,8 +88,22 @@ fn main() {
         println!("| fit only | {:.2} | skipped: {e} | - |", median(r_fit));
         return;
     }
-    let (rf, pf, rt, pt) = (median(r_fit), median(p_fit), median(r_total), median(p_total));
-    println!("| fit only (50 epochs, 10 groups) | {rf:.2} | {pf:.2} | {:.1}x |", pf / rf);
-    println!("| whole job (read + fit + write; numpy: process incl. imports) | {rt:.2} | {pt:.2} | {:.1}x |", pt / rt);
-    println!("(medians of {runs} alternating runs; {} cores)", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    let (rf, pf, rt, pt) = (
+        median(r_fit),
+        median(p_fit),
+        median(r_total),
+        median(p_total),
+    );
+    println!(
+        "| fit only (50 epochs, 10 groups) | {rf:.2} | {pf:.2} | {:.1}x |",
+        pf / rf
+    );
+    println!(
+        "| whole job (read + fit + write; numpy: process incl. imports) | {rt:.2} | {pt:.2} | {:.1}x |",
+        pt / rt
+    );
+    println!(
+        "(medians of {runs} alternating runs; {} cores)",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
 }

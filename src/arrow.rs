@@ -89,7 +89,7 @@ pub fn embedding_rows<'a>(
                 column,
                 expected,
                 len,
-                |o| Starts::I32(o),
+                Starts::I32,
             )
         }
         DataType::LargeList(_) => {
@@ -101,7 +101,7 @@ pub fn embedding_rows<'a>(
                 column,
                 expected,
                 len,
-                |o| Starts::I64(o),
+                Starts::I64,
             )
         }
         _ => unreachable!("checked by check_embedding_type"),

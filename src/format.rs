@@ -215,8 +215,37 @@ pub fn load(path: &Path) -> Result<Model> {
     from_bytes(bytes.into(), path)
 }
 
+/// Runs a Parquet decode of untrusted bytes, turning a panic inside the decoder (some
+/// malformed metadata reaches `panic!` in the parquet crate) into `Err(on_panic(msg))`.
+pub fn guard_decode<T, E>(
+    on_panic: impl FnOnce(String) -> E,
+    f: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown".into());
+            Err(on_panic(msg))
+        }
+    }
+}
+
 /// Parses model bytes; `origin` names the file in errors.
 pub fn from_bytes(bytes: bytes::Bytes, origin: &Path) -> Result<Model> {
+    guard_decode(
+        |msg| Error::ModelFile {
+            path: origin.to_path_buf(),
+            message: format!("not a readable Parquet file (corrupt metadata: {msg})"),
+        },
+        || parse(bytes, origin),
+    )
+}
+
+fn parse(bytes: bytes::Bytes, origin: &Path) -> Result<Model> {
     let err = |message: String| Error::ModelFile {
         path: origin.to_path_buf(),
         message,

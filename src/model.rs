@@ -210,7 +210,8 @@ impl Model {
         }
         let union_xi: Vec<f64> = p.groups.iter().flat_map(|g| g.xi.iter().copied()).collect();
         let union_m = p.groups.iter().map(|g| g.m).sum();
-        let mut grams: Vec<Option<Vec<f64>>> = p.groups.iter().map(|g| gram(&g.xi, g.m, p.d)).collect();
+        let mut grams: Vec<Option<Vec<f64>>> =
+            p.groups.iter().map(|g| gram(&g.xi, g.m, p.d)).collect();
         grams.push(gram(&union_xi, union_m, p.d));
         Ok(Model {
             d: p.d,

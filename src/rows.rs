@@ -48,7 +48,7 @@ impl<'a> Rows<'a> {
     /// A dense row-major matrix of f32.
     pub fn dense_f32(values: &'a [f32], dim: usize) -> Self {
         assert!(
-            dim > 0 && values.len() % dim == 0,
+            dim > 0 && values.len().is_multiple_of(dim),
             "values must be a whole number of rows"
         );
         Rows {
@@ -63,7 +63,7 @@ impl<'a> Rows<'a> {
     /// A dense row-major matrix of f64.
     pub fn dense_f64(values: &'a [f64], dim: usize) -> Self {
         assert!(
-            dim > 0 && values.len() % dim == 0,
+            dim > 0 && values.len().is_multiple_of(dim),
             "values must be a whole number of rows"
         );
         Rows {

@@ -5,9 +5,11 @@
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::kernel::{argmax, dot, gemm_ab, gemm_abt, lme_softmax, log_mean_exp, sigmoid, softmax_into};
-use crate::model::Normalize;
+use crate::kernel::{
+    argmax, dot, gemm_ab, gemm_abt, lme_softmax, log_mean_exp, sigmoid, softmax_into,
+};
 use crate::model::Model;
+use crate::model::Normalize;
 use crate::rows::Rows;
 
 /// Rows per parallel task. Rows are bucketed by group inside a block, so a block must
@@ -429,10 +431,14 @@ mod tests {
             .unwrap();
             assert!(model.grams.iter().all(|g| g.is_some()));
             let mut a = ScoreOutput::default();
-            model.score_into(&Rows::dense_f64(&x, d), None, Work::WithDynamics, &mut a).unwrap();
+            model
+                .score_into(&Rows::dense_f64(&x, d), None, Work::WithDynamics, &mut a)
+                .unwrap();
             model.grams.iter_mut().for_each(|g| *g = None);
             let mut b = ScoreOutput::default();
-            model.score_into(&Rows::dense_f64(&x, d), None, Work::WithDynamics, &mut b).unwrap();
+            model
+                .score_into(&Rows::dense_f64(&x, d), None, Work::WithDynamics, &mut b)
+                .unwrap();
             assert_eq!(a.is_ood, b.is_ood, "tau {tau}");
             assert_eq!(a.attractor, b.attractor, "tau {tau}");
             assert_eq!(a.steps, b.steps, "tau {tau}");

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::kernel::{gemm_abt, gemm_atb, log_mean_exp, norm2};
+use crate::kernel::{gemm_abt, gemm_atb, lme_softmax, norm2};
 use crate::metrics::quantile_lower;
 use crate::model::{CalibratedOn, Group, GroupKey, Model, ModelParts, Normalize, Provenance};
 use crate::rng::Rng;
@@ -501,12 +501,17 @@ fn sqdist(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
 }
 
-/// Reusable buffers for [`loss_and_grad_into`].
+/// Reusable buffers for [`loss_and_grad_into`], so a training step allocates nothing.
 #[derive(Default)]
 pub struct StepScratch {
     h: Vec<f64>,
     c: Vec<f64>,
     wsum: Vec<f64>,
+    xi_sq: Vec<f64>,
+    logq: Vec<f64>,
+    q: Vec<f64>,
+    lw: Vec<f64>,
+    dist: Vec<f64>,
 }
 
 /// Mean loss `ℓ` over a batch and its closed-form gradient w.r.t. `Ξ` (spec §5),
@@ -528,32 +533,30 @@ pub fn loss_and_grad_into(
     s.c.resize(b * m, 0.0);
     s.wsum.clear();
     s.wsum.resize(m, 0.0);
-    let xi_sq: Vec<f64> = xi.chunks(d).map(norm2).collect();
+    s.xi_sq.clear();
+    s.xi_sq.extend(xi.chunks(d).map(norm2));
+    s.logq.resize(m, 0.0);
+    s.q.resize(m, 0.0);
+    s.lw.resize(m, 0.0);
+    s.dist.resize(m, 0.0);
     let dd = d as f64;
     let mut loss = 0.0;
-    let mut logq = vec![0.0; m];
-    let mut lw = vec![0.0; m];
     for r in 0..b {
-        let x = &batch[r * d..(r + 1) * d];
-        let xsq = norm2(x);
+        let xsq = norm2(&batch[r * d..(r + 1) * d]);
         let h = &s.h[r * m..(r + 1) * m];
-        // log q = log_softmax(βh)
-        let lse = log_mean_exp(h, beta) * beta + (m as f64).ln();
-        for mu in 0..m {
-            logq[mu] = beta * h[mu] - lse;
+        // q = softmax(βh) and log q from one set of exponentials.
+        let lse = lme_softmax(h, beta, &mut s.q) * beta + (m as f64).ln();
+        for (mu, &hm) in h.iter().enumerate() {
+            s.logq[mu] = beta * hm - lse;
+            s.dist[mu] = (xsq + s.xi_sq[mu] - 2.0 * hm).max(0.0);
+            s.lw[mu] = s.logq[mu] - s.dist[mu] / 2.0;
         }
-        let dist: Vec<f64> = (0..m)
-            .map(|mu| (xsq + xi_sq[mu] - 2.0 * h[mu]).max(0.0))
-            .collect();
+        let lmax = s.lw.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let z: f64 = s.lw.iter().map(|v| (v - lmax).exp()).sum();
         for mu in 0..m {
-            lw[mu] = logq[mu] - dist[mu] / 2.0;
-        }
-        let lmax = lw.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let z: f64 = lw.iter().map(|v| (v - lmax).exp()).sum();
-        for mu in 0..m {
-            let w = (lw[mu] - lmax).exp() / z;
-            let q = logq[mu].exp();
-            loss += w * (dist[mu] / dd - logq[mu]);
+            let w = (s.lw[mu] - lmax).exp() / z;
+            let q = s.q[mu];
+            loss += w * (s.dist[mu] / dd - s.logq[mu]);
             s.c[r * m + mu] = -(2.0 / dd) * w + beta * (q - w);
             s.wsum[mu] += w;
         }

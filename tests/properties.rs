@@ -102,3 +102,139 @@ proptest! {
         prop_assert!(!out.is_ood[0]);
     }
 }
+
+mod readers {
+    use std::sync::{Arc, OnceLock};
+
+    use arrow_array::builder::{Float32Builder, ListBuilder};
+    use arrow_array::{ArrayRef, Int64Array};
+    use proptest::prelude::*;
+    use reclag::{GroupKey, ScoreOutput, Work};
+
+    use crate::common::{cli, fsl, model, write_parquet};
+
+    fn model_bytes() -> &'static (Vec<u8>, String) {
+        static B: OnceLock<(Vec<u8>, String)> = OnceLock::new();
+        B.get_or_init(|| {
+            let m = model(
+                vec![
+                    (
+                        Some(GroupKey::Int(0)),
+                        (0..24).map(|i| i as f64 * 0.1).collect(),
+                        3,
+                        0.5,
+                    ),
+                    (
+                        Some(GroupKey::Int(4)),
+                        (0..16).map(|i| 1.0 - i as f64 * 0.1).collect(),
+                        2,
+                        0.7,
+                    ),
+                ],
+                8,
+                5.0,
+                0.6,
+            );
+            (
+                reclag::format::to_bytes(&m).unwrap(),
+                reclag::format::checksum(&m),
+            )
+        })
+    }
+
+    fn data_file() -> &'static (tempfile::TempDir, Vec<u8>) {
+        static D: OnceLock<(tempfile::TempDir, Vec<u8>)> = OnceLock::new();
+        D.get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let rows: Vec<Option<Vec<f32>>> =
+                (0..50).map(|i| Some(vec![i as f32 * 0.01; 8])).collect();
+            let p = dir.path().join("data.parquet");
+            write_parquet(
+                &p,
+                vec![
+                    ("embedding", fsl(&rows, 8)),
+                    (
+                        "label",
+                        Arc::new(Int64Array::from(vec![0i64; 50])) as ArrayRef,
+                    ),
+                ],
+            );
+            let bytes = std::fs::read(&p).unwrap();
+            std::fs::write(dir.path().join("model.parquet"), &model_bytes().0).unwrap();
+            (dir, bytes)
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// A damaged model file is an error (or, when the damage misses the content,
+        /// the same model), never a panic.
+        #[test]
+        fn model_reader_survives_damage(cut in 0usize..4096, flips in proptest::collection::vec((0usize..4096, 1u8..=255), 0..4)) {
+            let (good, sum) = model_bytes();
+            let mut b = good.clone();
+            for (pos, x) in flips {
+                let n = b.len();
+                b[pos % n] ^= x;
+            }
+            if cut < b.len() && cut % 3 == 0 {
+                b.truncate(cut);
+            }
+            match reclag::format::from_bytes(b.into(), std::path::Path::new("fuzz.parquet")) {
+                Ok(m) => prop_assert_eq!(&reclag::format::checksum(&m), sum),
+                Err(e) => prop_assert!(e.to_string().starts_with("model file fuzz.parquet:"), "{}", e),
+            }
+        }
+
+        /// A damaged input table fails `reclag score` with an error naming the file.
+        #[test]
+        fn data_reader_survives_damage(cut in 0usize..8192, flips in proptest::collection::vec((0usize..8192, 1u8..=255), 1..4)) {
+            let (dir, good) = data_file();
+            let mut b = good.clone();
+            for (pos, x) in flips {
+                let n = b.len();
+                b[pos % n] ^= x;
+            }
+            if cut < b.len() && cut % 2 == 0 {
+                b.truncate(cut);
+            }
+            let input = dir.path().join(format!("in-{}.parquet", std::process::id()));
+            std::fs::write(&input, &b).unwrap();
+            let out = dir.path().join("out.parquet");
+            let r = cli(&["score", "--model", dir.path().join("model.parquet").to_str().unwrap(), "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap()]);
+            if let Err(e) = r {
+                prop_assert!(!e.is_empty());
+            }
+        }
+
+        /// Arbitrary List columns (ragged, null, NaN) through the Arrow adapter: an
+        /// error iff a non-null row has the wrong length, otherwise null outputs
+        /// exactly for null or non-finite rows.
+        #[test]
+        fn list_adapter_is_total(rows in proptest::collection::vec(proptest::option::of(proptest::collection::vec(prop_oneof![Just(f32::NAN), -3.0f32..3.0], 7..10)), 0..40)) {
+            let mut b = ListBuilder::new(Float32Builder::new());
+            for r in &rows {
+                match r {
+                    Some(v) => { b.values().append_slice(v); b.append(true); }
+                    None => b.append(false),
+                }
+            }
+            let arr = b.finish();
+            let m = model(vec![(None, (0..24).map(|i| (i as f64).sin()).collect(), 3, 0.1)], 8, 5.0, 0.1);
+            let bad_row = rows.iter().position(|r| r.as_ref().is_some_and(|v| v.len() != 8));
+            match reclag::arrow::embedding_rows(&arr, "e", Some(8)) {
+                Err(e) => prop_assert!(bad_row.is_some(), "unexpected error {}", e),
+                Ok(view) => {
+                    prop_assert!(bad_row.is_none());
+                    let mut out = ScoreOutput::default();
+                    m.score_into(&view, None, Work::WithDynamics, &mut out).unwrap();
+                    for (i, r) in rows.iter().enumerate() {
+                        let want = r.as_ref().is_some_and(|v| v.iter().all(|x| x.is_finite()));
+                        prop_assert_eq!(out.valid[i], want);
+                    }
+                }
+            }
+        }
+    }
+}

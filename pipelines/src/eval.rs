@@ -64,10 +64,7 @@ fn load_table(model: &Model, inputs: &[String], job: &EvalJob, want_logits: bool
             f.column_index(c)?;
         }
         for batch in f.read(None)? {
-            let batch = batch.map_err(|source| Error::Arrow {
-                path: path.clone(),
-                source,
-            })?;
+            let batch = batch?;
             let col = batch_column(&batch, &job.embedding, &path)?;
             let rows = reclag::arrow::embedding_rows(col.as_ref(), &job.embedding, Some(d))
                 .map_err(Error::in_file(&path))?;

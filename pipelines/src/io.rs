@@ -8,6 +8,7 @@ use std::sync::Arc;
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{Schema, SchemaRef};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
@@ -124,11 +125,12 @@ impl ParquetFile {
             context: format!("opening {}", path.display()),
             source,
         })?;
-        let builder =
+        let builder = guard(path, || {
             ParquetRecordBatchReaderBuilder::try_new(f).map_err(|source| Error::Parquet {
                 path: path.to_path_buf(),
                 source,
-            })?;
+            })
+        })?;
         let schema = builder.schema().clone();
         let rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
         Ok(ParquetFile {
@@ -145,17 +147,57 @@ impl ParquetFile {
     }
 
     /// Streams batches of only the named columns (in file order).
-    pub fn read(self, columns: Option<&[usize]>) -> Result<ParquetRecordBatchReader> {
-        let mut b = self.builder.with_batch_size(BATCH_ROWS);
-        if let Some(cols) = columns {
-            let mask = ProjectionMask::roots(b.parquet_schema(), cols.iter().copied());
-            b = b.with_projection(mask);
-        }
-        b.build().map_err(|source| Error::Parquet {
-            path: self.path,
-            source,
-        })
+    pub fn read(self, columns: Option<&[usize]>) -> Result<Batches> {
+        let path = self.path;
+        let builder = self.builder;
+        let inner = guard(&path, || {
+            let mut b = builder.with_batch_size(BATCH_ROWS);
+            if let Some(cols) = columns {
+                let mask = ProjectionMask::roots(b.parquet_schema(), cols.iter().copied());
+                b = b.with_projection(mask);
+            }
+            b.build().map_err(|source| Error::Parquet {
+                path: path.clone(),
+                source,
+            })
+        })?;
+        Ok(Batches { inner, path })
     }
+}
+
+/// Record batches of one file. Decoding errors and decoder panics on corrupt pages
+/// both come out as errors naming the file.
+pub struct Batches {
+    inner: ParquetRecordBatchReader,
+    path: PathBuf,
+}
+
+impl Iterator for Batches {
+    type Item = Result<RecordBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let path = &self.path;
+        let inner = &mut self.inner;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.next())) {
+            Ok(None) => None,
+            Ok(Some(r)) => Some(r.map_err(|source| Error::Arrow {
+                path: path.clone(),
+                source,
+            })),
+            Err(_) => Some(Err(corrupt(path, "a data page could not be decoded".into()))),
+        }
+    }
+}
+
+fn corrupt(path: &Path, detail: String) -> Error {
+    Error::Usage(format!(
+        "{}: corrupt Parquet file ({detail}); re-export or restore it",
+        path.display()
+    ))
+}
+
+fn guard<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    reclag::format::guard_decode(|msg| corrupt(path, msg), f)
 }
 
 pub fn column_index(schema: &Schema, column: &str) -> Result<usize, reclag::Error> {

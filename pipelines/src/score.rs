@@ -127,10 +127,7 @@ pub fn run(model: &Model, job: &ScoreJob) -> Result<ScoreSummary> {
         let path = f.path.clone();
         let mut seen = 0usize;
         for batch in f.read(None)? {
-            let batch = batch.map_err(|source| Error::Arrow {
-                path: path.clone(),
-                source,
-            })?;
+            let batch = batch?;
             score_batch(
                 model,
                 &batch,

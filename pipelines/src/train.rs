@@ -50,10 +50,7 @@ pub fn collect(job: &TrainJob) -> Result<(TrainingSet, String)> {
         let path = f.path.clone();
         let mut seen = 0usize;
         for batch in f.read(Some(&cols))? {
-            let batch = batch.map_err(|source| Error::Arrow {
-                path: path.clone(),
-                source,
-            })?;
+            let batch = batch?;
             let col = batch_column(&batch, &job.embedding, &path)?;
             let expected = set.as_ref().map(|s| s.dim());
             let rows = reclag::arrow::embedding_rows(col.as_ref(), &job.embedding, expected)
