@@ -29,19 +29,26 @@ fn rows() -> usize {
         .unwrap_or(1_000_000)
 }
 
+/// Shaped like a trained model: each group's memories point in distinct directions at
+/// norm 10 (the trainer's init norm), 90 % of rows lie near one of their group's
+/// memories and 10 % are random directions. On real data (image_fmnist) ID rows
+/// converge in 2 steps and OOD rows stop after 1; this fixture behaves the same.
 fn fixture(n: usize) -> (Model, Vec<f32>, Vec<Option<u32>>) {
     let mut rng = Rng::new(42);
-    let centers: Vec<Vec<f64>> = (0..K)
-        .map(|_| (0..D).map(|_| rng.next_f64() - 0.5).collect())
+    let unit = |rng: &mut Rng| -> Vec<f64> {
+        let v: Vec<f64> = (0..D).map(|_| rng.next_f64() - 0.5).collect();
+        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        v.into_iter().map(|x| x / norm).collect()
+    };
+    let memories: Vec<Vec<f64>> = (0..K * M)
+        .map(|_| unit(&mut rng).into_iter().map(|x| 10.0 * x).collect())
         .collect();
     let groups = (0..K)
         .map(|g| Group {
             key: Some(GroupKey::Int(g as i64)),
-            xi: (0..M * D)
-                .map(|j| centers[g][j % D] * 2.0 + 0.1 * (rng.next_f64() - 0.5))
-                .collect(),
+            xi: memories[g * M..(g + 1) * M].concat(),
             m: M,
-            tau: 0.5,
+            tau: 2.0,
             n_train: 0,
             n_calibration: 0,
             calibrated_on: CalibratedOn::Holdout,
@@ -54,7 +61,7 @@ fn fixture(n: usize) -> (Model, Vec<f32>, Vec<Option<u32>>) {
         max_iter: 16,
         tol: 1e-6,
         groups,
-        tau_star: 0.5,
+        tau_star: 2.0,
         provenance: Provenance::default(),
     })
     .unwrap();
@@ -67,8 +74,15 @@ fn fixture(n: usize) -> (Model, Vec<f32>, Vec<Option<u32>>) {
             let mut r = Rng::new(i as u64);
             let g = i % K;
             *l = Some(g as u32);
+            let near = &memories[g * M + r.below(M as u64) as usize];
+            let ood = i % 10 == 9;
             for (j, v) in row.iter_mut().enumerate() {
-                *v = (centers[g][j] + 0.3 * (r.next_f64() - 0.5)) as f32;
+                let noise = r.next_f64() - 0.5;
+                *v = if ood {
+                    noise as f32
+                } else {
+                    (near[j] / 10.0 + 0.02 * noise) as f32
+                };
             }
         });
     (model, x, labels)

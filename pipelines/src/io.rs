@@ -184,7 +184,10 @@ impl Iterator for Batches {
                 path: path.clone(),
                 source,
             })),
-            Err(_) => Some(Err(corrupt(path, "a data page could not be decoded".into()))),
+            Err(_) => Some(Err(corrupt(
+                path,
+                "a data page could not be decoded".into(),
+            ))),
         }
     }
 }
