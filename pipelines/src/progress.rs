@@ -9,7 +9,7 @@ pub fn bar(total: u64, unit: &str, message: &str) -> ProgressBar {
     let pb = ProgressBar::with_draw_target(Some(total), draw_target());
     pb.set_style(
         ProgressStyle::with_template(&format!(
-            "{{msg:>10}} [{{bar:30}}] {{human_pos}}/{{human_len}} {unit} ({{per_sec}}, eta {{eta}})"
+            "{{msg:>10}} [{{bar:30}}] {{human_pos}}/{{human_len}} {unit} ({{elapsed}}, eta {{eta}})"
         ))
         .expect("static template")
         .progress_chars("=> "),
