@@ -17,22 +17,6 @@ pub fn log_mean_exp(h: &[f64], beta: f64) -> f64 {
     m + (s.ln() - (h.len() as f64).ln()) / beta
 }
 
-/// `softmax(βh)` into `out`.
-#[inline]
-pub fn softmax_into(h: &[f64], beta: f64, out: &mut [f64]) {
-    let m = h.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let mut s = 0.0;
-    for (o, &v) in out.iter_mut().zip(h) {
-        let e = (beta * (v - m)).exp();
-        *o = e;
-        s += e;
-    }
-    let inv = 1.0 / s;
-    for o in out.iter_mut() {
-        *o *= inv;
-    }
-}
-
 /// `A_β(h)` and `softmax(βh)` (into `p`) from one set of exponentials.
 #[inline]
 pub fn lme_softmax(h: &[f64], beta: f64, p: &mut [f64]) -> f64 {

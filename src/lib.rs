@@ -16,6 +16,7 @@ pub mod model;
 pub mod rng;
 pub mod rows;
 pub mod score;
+mod tile;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -103,6 +103,18 @@ impl<'a> Rows<'a> {
         self.dim
     }
 
+    /// Whether the row is null by the validity bitmap alone (non-finite components are
+    /// detected by the readers).
+    #[inline]
+    pub(crate) fn is_null(&self, i: usize) -> bool {
+        self.validity.as_ref().is_some_and(|v| v.is_null(i))
+    }
+
+    #[inline]
+    pub(crate) fn start_of(&self, i: usize) -> usize {
+        self.start(i)
+    }
+
     #[inline]
     fn start(&self, i: usize) -> usize {
         match self.starts {
@@ -147,6 +159,43 @@ impl<'a> Rows<'a> {
         let scaled: f64 = out.iter().map(|v| (v / amax) * (v / amax)).sum();
         Some(amax * scaled.sqrt())
     }
+}
+
+/// `Some(‖row i‖)`, or `None` when the row is null or non-finite, without copying it.
+impl Rows<'_> {
+    #[inline]
+    pub fn norm(&self, i: usize) -> Option<f64> {
+        if let Some(v) = &self.validity
+            && v.is_null(i)
+        {
+            return None;
+        }
+        let s = self.start(i);
+        let sq = match self.values {
+            Values::F32(v) => sum_sq(&v[s..s + self.dim], f64::from),
+            Values::F64(v) => sum_sq(&v[s..s + self.dim], |x| x),
+        };
+        if sq.is_finite() {
+            return Some(sq.sqrt());
+        }
+        // Same rule as `gather_norm`: NaN/inf → null, finite overflow → scaled norm.
+        let mut buf = vec![0.0; self.dim];
+        self.gather_norm(i, &mut buf)
+    }
+}
+
+#[inline]
+fn sum_sq<T: Copy>(src: &[T], widen: impl Fn(T) -> f64) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let mut i = src.chunks_exact(8);
+    for ic in &mut i {
+        for k in 0..8 {
+            let x = widen(ic[k]);
+            acc[k] += x * x;
+        }
+    }
+    let tail: f64 = i.remainder().iter().map(|&x| widen(x) * widen(x)).sum();
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
 /// Copies `src` into `out` as f64 and returns the sum of squares. Eight independent

@@ -5,16 +5,14 @@
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::kernel::{
-    argmax, dot, gemm_ab, gemm_abt, lme_softmax, log_mean_exp, sigmoid, softmax_into,
-};
+use crate::kernel::{argmax, dot, gemm_ab, gemm_abt, lme_softmax, log_mean_exp, sigmoid};
 use crate::model::Model;
 use crate::model::Normalize;
 use crate::rows::Rows;
+use crate::tile;
 
-/// Rows per parallel task. Rows are bucketed by group inside a block, so a block must
-/// be large enough that each group's GEMM is not tiny (1024 measured best at K = 10,
-/// see BENCHMARKS.md).
+/// Rows per parallel task: enough work per task to amortise the per-block buckets and
+/// scratch buffers, small enough to balance load over threads.
 const BLOCK: usize = 1024;
 
 /// Caller-owned output buffers (one entry per input row). `valid[i] == false` means the
@@ -159,8 +157,8 @@ impl Model {
         let d = self.d;
         let len = c.valid.len();
         let k = self.groups.len();
-        // Bucket rows by target first (a group index, or k for the union), so each
-        // row is gathered once, straight into its bucket's contiguous matrix.
+        // Bucket rows by target first (a group index, or k for the union); each
+        // bucket's rows are then read in place by the tile kernel.
         let mut buckets: Vec<Vec<usize>> = vec![Vec::new(); k + 1];
         for i in 0..len {
             let sel = groups
@@ -170,59 +168,107 @@ impl Model {
                 .unwrap_or(k);
             buckets[sel].push(i);
         }
-        let mut xs: Vec<f64> = Vec::with_capacity(len * d);
         let mut hs = Vec::new();
         let mut x0sq = Vec::new();
+        let mut sq = Vec::new();
+        let mut p0 = Vec::new();
+        let mut a0 = Vec::new();
         let mut scale = Vec::new();
         let mut idx = Vec::with_capacity(len);
+        let mut abs = Vec::with_capacity(len);
         for (sel, rows_in) in buckets.iter().enumerate() {
             if rows_in.is_empty() {
                 continue;
             }
             let t = self.target(sel);
-            xs.clear();
             idx.clear();
+            abs.clear();
+            for &i in rows_in {
+                if rows.is_null(start + i) {
+                    c.valid[i] = false;
+                    c.steps[i] = 0;
+                } else {
+                    idx.push(i);
+                    abs.push(start + i);
+                }
+            }
+            hs.clear();
+            hs.resize(abs.len() * t.m, 0.0);
+            sq.clear();
+            sq.resize(abs.len(), 0.0);
+            tile::dots_in_place(rows, &abs, t.xi, t.m, &mut hs, &mut sq);
+            // Drop non-finite rows (NaN/inf make ‖x‖² non-finite; a finite row whose
+            // square overflowed gets its norm recomputed with scaling).
             x0sq.clear();
             scale.clear();
-            for &i in rows_in {
-                let off = xs.len();
-                xs.resize(off + d, 0.0);
-                let norm = rows.gather_norm(start + i, &mut xs[off..]);
+            let mut kept = 0;
+            for r in 0..idx.len() {
+                let i = idx[r];
+                let norm = if sq[r].is_finite() {
+                    Some(sq[r].sqrt())
+                } else {
+                    rows.norm(start + i)
+                };
                 c.valid[i] = norm.is_some();
                 let Some(norm) = norm else {
-                    xs.truncate(off);
                     c.steps[i] = 0;
                     continue;
                 };
-                // `pre` is linear per row, so it is applied to `h = Ξx` after the GEMM
-                // rather than to the d-vector: `Ξ(x/‖x‖) = (Ξx)/‖x‖`.
+                // `pre` is linear per row, so it is applied to `h = Ξx` after the
+                // product rather than to the d-vector: `Ξ(x/‖x‖) = (Ξx)/‖x‖`.
                 let s = match self.normalize {
                     Normalize::L2 if norm > 0.0 => 1.0 / norm,
                     _ => 1.0,
                 };
                 scale.push(s);
                 x0sq.push((norm * s) * (norm * s));
-                idx.push(i);
+                hs.copy_within(r * t.m..(r + 1) * t.m, kept * t.m);
+                idx[kept] = i;
+                kept += 1;
             }
-            let ns = idx.len();
+            idx.truncate(kept);
+            hs.truncate(kept * t.m);
+            let ns = kept;
             if ns == 0 {
                 continue;
             }
-            hs.clear();
-            hs.resize(ns * t.m, 0.0);
-            gemm_abt(&xs, ns, d, t.xi, t.m, &mut hs);
+            let dyn_work = work == Work::WithDynamics;
+            p0.clear();
+            if dyn_work {
+                p0.resize(ns * t.m, 0.0);
+            }
+            a0.clear();
             for (r, &i) in idx.iter().enumerate() {
                 let h = &mut hs[r * t.m..(r + 1) * t.m];
                 if scale[r] != 1.0 {
                     h.iter_mut().for_each(|v| *v *= scale[r]);
                 }
-                let a = log_mean_exp(h, self.beta);
+                // With dynamics, the first step's softmax shares these exponentials.
+                let a = if dyn_work {
+                    lme_softmax(h, self.beta, &mut p0[r * t.m..(r + 1) * t.m])
+                } else {
+                    log_mean_exp(h, self.beta)
+                };
+                a0.push(a);
                 c.energy[i] = a;
                 c.score[i] = a - t.tau;
                 c.prob[i] = sigmoid(self.beta * (t.tau - a));
             }
             if work == Work::WithDynamics {
-                let res = dynamics(t, d, self.beta, self.max_iter, self.tol, &x0sq, &mut hs);
+                let first = First {
+                    energy: &a0,
+                    p: &p0,
+                };
+                let res = dynamics(
+                    t,
+                    d,
+                    self.beta,
+                    self.max_iter,
+                    self.tol,
+                    &x0sq,
+                    first,
+                    &mut hs,
+                );
                 for (r, &i) in idx.iter().enumerate() {
                     let (ood, att, steps) = res[r];
                     c.is_ood[i] = ood;
@@ -268,6 +314,13 @@ fn split_out(out: &mut ScoreOutput, n: usize) -> Vec<OutChunk<'_>> {
     v
 }
 
+/// `A_β(Ξx_0)` and `softmax(βΞx_0)` per row, already computed with the energies.
+#[derive(Clone, Copy)]
+struct First<'a> {
+    energy: &'a [f64],
+    p: &'a [f64],
+}
+
 /// Runs §3's dynamics for `n` rows at once, in memory space.
 ///
 /// Every state after the first is `x_t = Ξᵀp_{t−1}` with `p = softmax(βh)`, so
@@ -280,6 +333,7 @@ fn split_out(out: &mut ScoreOutput, n: usize) -> Vec<OutChunk<'_>> {
 ///
 /// `hs` (`n×m`) holds `Ξx_0` on entry and the final `Ξx` on exit; `x0sq` is `‖x_0‖²`.
 /// Returns `(is_ood, attractor, steps)` per row.
+#[allow(clippy::too_many_arguments)]
 fn dynamics(
     t: Target<'_>,
     d: usize,
@@ -287,6 +341,7 @@ fn dynamics(
     max_iter: usize,
     tol: f64,
     x0sq: &[f64],
+    first: First<'_>,
     hs: &mut [f64],
 ) -> Vec<(bool, i32, u32)> {
     let m = t.m;
@@ -307,7 +362,13 @@ fn dynamics(
             let h = &hs[r * m..(r + 1) * m];
             let off = p.len();
             p.resize(off + m, 0.0);
-            if lme_softmax(h, beta, &mut p[off..]) <= t.tau {
+            let a = if steps == 1 {
+                p[off..].copy_from_slice(&first.p[r * m..(r + 1) * m]);
+                first.energy[r]
+            } else {
+                lme_softmax(h, beta, &mut p[off..])
+            };
+            if a <= t.tau {
                 // The dead zone: this update sends the row to the origin.
                 p.truncate(off);
                 res[r] = (true, -1, steps);
@@ -386,11 +447,10 @@ pub fn step(xi: &[f64], m: usize, beta: f64, tau: f64, x: &[f64]) -> Vec<f64> {
     let d = x.len();
     let mut h = vec![0.0; m];
     gemm_abt(x, 1, d, xi, m, &mut h);
-    if log_mean_exp(&h, beta) <= tau {
+    let mut p = vec![0.0; m];
+    if lme_softmax(&h, beta, &mut p) <= tau {
         return vec![0.0; d];
     }
-    let mut p = vec![0.0; m];
-    softmax_into(&h, beta, &mut p);
     let mut out = vec![0.0; d];
     gemm_ab(&p, 1, m, xi, d, &mut out);
     out
