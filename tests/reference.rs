@@ -143,5 +143,5 @@ fn image_fmnist_matches_reference() {
 
 #[test]
 fn text_wordnet_matches_reference() {
-    run_suite("text_wordnet", "she,mahalanobis,msp,energy");
+    run_suite("text_wordnet", "he,she,mahalanobis,knn,msp,energy");
 }
