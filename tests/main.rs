@@ -5,3 +5,4 @@ mod common;
 mod golden;
 mod properties;
 mod reference;
+mod sql;

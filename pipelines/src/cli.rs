@@ -47,8 +47,40 @@ pub enum Command {
     Eval(EvalArgs),
     /// Show what a model file contains: groups, sizes, thresholds, provenance.
     Inspect(InspectArgs),
+    /// Run SQL over Parquet tables with the reclag functions (reclag_score, ...).
+    Sql(SqlArgs),
     /// Train, score and evaluate on a bundled real sample; no network or data needed.
     Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(after_long_help = "\
+Functions (each takes model, embedding [, group]; model is a name given with
+--model, or a model file path, as a string literal):
+  reclag_score, reclag_energy, reclag_ood_probability, reclag_is_ood, reclag_attractor
+A NULL or omitted group scores against the union of all groups.
+
+Example:
+  reclag sql --table events=events/ --model prod=model.parquet \\
+    \"SELECT id, reclag_score('prod', embedding, label) AS s FROM events
+     WHERE reclag_is_ood('prod', embedding, label)\" --output flagged.parquet
+
+SHOW FUNCTIONS and information_schema describe the functions.")]
+pub struct SqlArgs {
+    /// The query.
+    pub query: String,
+    /// A table: NAME=PATH to a Parquet file or a directory of them. Repeatable.
+    #[arg(long, value_name = "NAME=PATH", value_parser = parse_named)]
+    pub table: Vec<(String, String)>,
+    /// A model: NAME=PATH to a model file. Repeatable.
+    #[arg(long, value_name = "NAME=PATH", value_parser = parse_named)]
+    pub model: Vec<(String, String)>,
+    /// Write the result here (written to a temporary name, then renamed).
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// table, parquet, csv or ndjson (default: from the --output extension, else table).
+    #[arg(long)]
+    pub format: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -329,6 +361,24 @@ pub fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<ExitCode> {
             let model = reclag::format::load(&a.model)?;
             let sum = reclag::format::checksum(&model);
             write!(out, "{}", crate::inspect::render(&model, &sum)).map_err(io_err)?;
+        }
+        Command::Sql(a) => {
+            let job = crate::sql::SqlJob {
+                format: crate::sql::SqlFormat::choose(a.format.as_deref(), a.output.as_deref())?,
+                query: a.query,
+                tables: a.table,
+                models: a.model,
+                output: a.output,
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|source| Error::Io {
+                    context: "starting the query runtime".into(),
+                    source,
+                })?;
+            let text = rt.block_on(crate::sql::run(&job))?;
+            write!(out, "{text}").map_err(io_err)?;
         }
         Command::Demo(a) => crate::demo::run(a.dir, out)?,
     }

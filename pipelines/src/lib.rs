@@ -9,6 +9,7 @@ pub mod io;
 pub mod progress;
 pub mod route;
 pub mod score;
+pub mod sql;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -1,0 +1,284 @@
+//! SQL end to end: the DataFusion functions against `reclag score`, the `reclag sql`
+//! command, and SQL-specific bad input.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use arrow_array::builder::{Float32Builder, ListBuilder};
+use datafusion::execution::context::SessionContext;
+use datafusion::prelude::{ParquetReadOptions, SessionConfig};
+use reclag_udfs::ModelRegistry;
+
+use crate::common::{cli_ok, read_parquet, shared, write_parquet};
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// One partition, so a single-file scan keeps the file's row order.
+async fn ctx_with(table: &Path, model: &Path) -> SessionContext {
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+    let reg = ModelRegistry::new();
+    reg.register("m", Arc::new(reclag::format::load(model).unwrap()));
+    reclag_udfs::register_all(&ctx, reg);
+    ctx.register_parquet("t", s(table).as_str(), ParquetReadOptions::default())
+        .await
+        .unwrap();
+    ctx
+}
+
+async fn query(ctx: &SessionContext, sql: &str) -> RecordBatch {
+    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    arrow_select::concat::concat_batches(&batches[0].schema(), &batches).unwrap()
+}
+
+async fn query_err(ctx: &SessionContext, sql: &str) -> String {
+    match ctx.sql(sql).await {
+        Err(e) => e.to_string(),
+        Ok(df) => df.collect().await.map(|_| ()).unwrap_err().to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_equals_score_row_for_row_on_text_wordnet() {
+    let Some(dir) = shared("data/text_wordnet") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("m.parquet");
+    let test = dir.join("id_test.parquet");
+    let ood = dir.join("ood_fortunes_en.parquet");
+    cli_ok(&[
+        "train",
+        "--input",
+        &s(&dir.join("id_train.parquet")),
+        "--label",
+        "label",
+        "--output",
+        &s(&model),
+        "--epochs",
+        "5",
+    ]);
+    for (input, group_sql, group_flag) in [
+        (&test, ", label", Some("label")),
+        (&test, "", None),
+        // OOD rows have a NULL label: union mode row by row, in both paths.
+        (&ood, ", label", Some("label")),
+    ] {
+        let scored = tmp.path().join("scored.parquet");
+        let mut args = vec![
+            "score",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            scored.to_str().unwrap(),
+        ];
+        if let Some(g) = group_flag {
+            args.extend(["--group", g]);
+        }
+        cli_ok(&args);
+        let want = read_parquet(&scored);
+        let ctx = ctx_with(input, &model).await;
+        let got = query(
+            &ctx,
+            &format!(
+                "SELECT reclag_score('m', embedding{g}), reclag_energy('m', embedding{g}), \
+                 reclag_ood_probability('m', embedding{g}), reclag_is_ood('m', embedding{g}), \
+                 reclag_attractor('m', embedding{g}) FROM t",
+                g = group_sql
+            ),
+        )
+        .await;
+        assert_eq!(got.num_rows(), want.num_rows());
+        assert!(got.num_rows() > 1000);
+        for (k, name) in reclag_pipelines::score::OUTPUT_COLUMNS.iter().enumerate() {
+            let w = want.column_by_name(name).unwrap();
+            assert_eq!(
+                got.column(k).to_data(),
+                w.to_data(),
+                "{name} differs (group {group_flag:?}, {})",
+                input.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn reclag_sql_command_outputs_and_counts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sample = reclag_pipelines::demo::write_sample(tmp.path()).unwrap();
+    let model = tmp.path().join("m.parquet");
+    cli_ok(&[
+        "train",
+        "--input",
+        &s(&sample[0]),
+        "--label",
+        "label",
+        "--output",
+        &s(&model),
+        "--epochs",
+        "5",
+    ]);
+    let scored = tmp.path().join("scored.parquet");
+    let msg = cli_ok(&[
+        "score",
+        "--model",
+        &s(&model),
+        "--input",
+        &s(&sample[2]),
+        "--output",
+        &s(&scored),
+        "--group-from-logits",
+        "logits",
+    ]);
+    let table = format!("mnist={}", s(&sample[2]));
+    let mref = format!("prod={}", s(&model));
+    // Union mode in SQL, routed mode in score: compare each with its own kind.
+    let out = cli_ok(&[
+        "sql",
+        "--table",
+        &table,
+        "--model",
+        &mref,
+        "SELECT count(*) AS n FROM mnist WHERE reclag_is_ood('prod', embedding)",
+    ]);
+    assert!(out.contains("| n "), "{out}");
+    let union_scored = tmp.path().join("u.parquet");
+    let umsg = cli_ok(&[
+        "score",
+        "--model",
+        &s(&model),
+        "--input",
+        &s(&sample[2]),
+        "--output",
+        &s(&union_scored),
+    ]);
+    let n_ood: String = umsg
+        .split('(')
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        out.contains(&format!("| {n_ood} ")),
+        "sql count vs score '{umsg}':\n{out}"
+    );
+    assert!(msg.contains("scored 500 rows"), "{msg}");
+    for ext in ["parquet", "csv", "ndjson"] {
+        let o = tmp.path().join(format!("r.{ext}"));
+        let m = cli_ok(&[
+            "sql",
+            "--table",
+            &table,
+            "--model",
+            &mref,
+            "SELECT reclag_score('prod', embedding) AS s FROM mnist",
+            "--output",
+            &s(&o),
+        ]);
+        assert!(m.contains("wrote 500 rows"), "{m}");
+        let body = std::fs::read(&o).unwrap();
+        assert!(body.len() > 500, "{ext} output is {} bytes", body.len());
+    }
+    assert_eq!(read_parquet(&tmp.path().join("r.parquet")).num_rows(), 500);
+    let funcs = cli_ok(&["sql", "SHOW FUNCTIONS LIKE 'reclag%'"]);
+    for f in [
+        "reclag_score",
+        "reclag_energy",
+        "reclag_ood_probability",
+        "reclag_is_ood",
+        "reclag_attractor",
+    ] {
+        assert!(
+            funcs.contains(f),
+            "{f} missing from SHOW FUNCTIONS:\n{funcs}"
+        );
+    }
+    assert!(
+        funcs.contains("trajectory reaches the origin"),
+        "descriptions shown:\n{funcs}"
+    );
+    let csv = std::fs::read_to_string(tmp.path().join("r.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 501);
+    let leftovers = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .count();
+    assert_eq!(leftovers, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_bad_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sample = reclag_pipelines::demo::write_sample(tmp.path()).unwrap();
+    let model = tmp.path().join("m.parquet");
+    cli_ok(&[
+        "train",
+        "--input",
+        &s(&sample[0]),
+        "--label",
+        "label",
+        "--output",
+        &s(&model),
+        "--epochs",
+        "2",
+    ]);
+    let ctx = ctx_with(&sample[1], &model).await;
+    let e = query_err(&ctx, "SELECT reclag_score('prod', embedding) FROM t").await;
+    assert!(
+        e.contains("model 'prod' is not registered (registered: m)"),
+        "{e}"
+    );
+    let e = query_err(
+        &ctx,
+        "SELECT reclag_score(CAST(label AS VARCHAR), embedding) FROM t",
+    )
+    .await;
+    assert!(e.contains("must be a string literal"), "{e}");
+    let e = query_err(&ctx, "SELECT reclag_score('m', logits) FROM t").await;
+    assert!(
+        e.contains("column 'logits': expected embedding dimension 128, found 10"),
+        "{e}"
+    );
+    let e = query_err(
+        &ctx,
+        "SELECT reclag_score('m', embedding, label + 100) FROM t",
+    )
+    .await;
+    assert!(
+        e.contains("unknown group") && e.contains("the model knows groups: 0, 1, 2"),
+        "{e}"
+    );
+    // A ragged List column fails at execution, naming the row.
+    let mut b = ListBuilder::new(Float32Builder::new());
+    for len in [128, 127] {
+        b.values().append_slice(&vec![0.1; len]);
+        b.append(true);
+    }
+    let ragged = tmp.path().join("ragged.parquet");
+    write_parquet(
+        &ragged,
+        vec![("v", Arc::new(b.finish()) as arrow_array::ArrayRef)],
+    );
+    ctx.register_parquet("r", s(&ragged).as_str(), ParquetReadOptions::default())
+        .await
+        .unwrap();
+    let e = query_err(&ctx, "SELECT reclag_score('m', v) FROM r").await;
+    assert!(
+        e.contains("column 'v': expected embedding dimension 128, found 127 at row 1"),
+        "{e}"
+    );
+    // A model given by path works without registration.
+    let by_path = format!(
+        "SELECT count(*) FROM t WHERE reclag_score('{}', embedding) > 0",
+        s(&model)
+    );
+    let n = query(&ctx, &by_path).await;
+    assert_eq!(n.num_rows(), 1);
+}
