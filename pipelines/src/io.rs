@@ -276,11 +276,7 @@ impl AtomicParquet {
                 dir.display()
             )));
         }
-        let name = target
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default();
-        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        let tmp = reclag::format::temp_sibling(target);
         let f = File::create(&tmp).map_err(|source| Error::Io {
             context: format!("creating {}", tmp.display()),
             source,

@@ -156,15 +156,7 @@ impl Sink {
         if fmt == SqlFormat::Parquet {
             return Ok(Sink::Parquet(AtomicParquet::create(target, schema)?));
         }
-        let dir = target
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let name = target
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default();
-        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        let tmp = reclag::format::temp_sibling(target);
         let f = File::create(&tmp).map_err(|source| Error::Io {
             context: format!("creating {}", tmp.display()),
             source,
