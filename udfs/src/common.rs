@@ -102,19 +102,24 @@ impl Output {
         }
     }
 
-    fn array(self, out: &ScoreOutput) -> ArrayRef {
-        let nulls = Some(NullBuffer::from(out.valid.clone()));
+    /// Moves this output's column out of `out` (no copy of the values).
+    fn array(self, mut out: ScoreOutput) -> ArrayRef {
+        let nulls = Some(NullBuffer::from(std::mem::take(&mut out.valid)));
+        let take = |v: &mut Vec<f64>| std::mem::take(v).into();
         match self {
-            Output::Score => Arc::new(Float64Array::new(out.score.clone().into(), nulls)),
-            Output::Energy => Arc::new(Float64Array::new(out.energy.clone().into(), nulls)),
+            Output::Score => Arc::new(Float64Array::new(take(&mut out.score), nulls)),
+            Output::Energy => Arc::new(Float64Array::new(take(&mut out.energy), nulls)),
             Output::OodProbability => {
-                Arc::new(Float64Array::new(out.ood_probability.clone().into(), nulls))
+                Arc::new(Float64Array::new(take(&mut out.ood_probability), nulls))
             }
             Output::IsOod => Arc::new(BooleanArray::new(
                 out.is_ood.iter().copied().collect(),
                 nulls,
             )),
-            Output::Attractor => Arc::new(Int32Array::new(out.attractor.clone().into(), nulls)),
+            Output::Attractor => Arc::new(Int32Array::new(
+                std::mem::take(&mut out.attractor).into(),
+                nulls,
+            )),
         }
     }
 }
@@ -284,7 +289,7 @@ impl ScalarUDFImpl for ReclagFunc {
         if let Err(e) = model.score_into(&rows, groups.as_deref(), self.output.work(), &mut out) {
             return exec_err!("{}: {e}", self.name);
         }
-        Ok(ColumnarValue::Array(self.output.array(&out)))
+        Ok(ColumnarValue::Array(self.output.array(out)))
     }
 
     fn documentation(&self) -> Option<&Documentation> {
