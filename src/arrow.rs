@@ -7,7 +7,12 @@ use arrow_array::types::{
     Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, UInt8Type, UInt16Type,
     UInt32Type, UInt64Type,
 };
-use arrow_array::{Array, ArrowPrimitiveType, OffsetSizeTrait, PrimitiveArray};
+use std::sync::Arc;
+
+use arrow_array::{
+    Array, ArrayRef, ArrowPrimitiveType, BooleanArray, Float64Array, Int32Array, OffsetSizeTrait,
+    PrimitiveArray,
+};
 use arrow_buffer::NullBuffer;
 use arrow_schema::DataType;
 
@@ -15,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::kernel::argmax;
 use crate::model::{GroupKey, LabelKind, Model};
 use crate::rows::{Rows, Starts, Values};
+use crate::score::ScoreOutput;
 
 /// What an embedding column may be.
 pub const EMBEDDING_TYPES: &str = "FixedSizeList, List or LargeList of Float32 or Float64";
@@ -335,4 +341,29 @@ pub fn resolve_groups_from_logits(
             .transpose()
         })
         .collect()
+}
+
+/// The five per-row outputs as Arrow arrays, null where the row was null. The values
+/// are moved out of `out`, not copied; this is the one place the output null rule is
+/// applied for every engine.
+pub struct OutputArrays {
+    pub score: ArrayRef,
+    pub energy: ArrayRef,
+    pub ood_probability: ArrayRef,
+    pub is_ood: ArrayRef,
+    pub attractor: ArrayRef,
+}
+
+pub fn output_arrays(out: ScoreOutput) -> OutputArrays {
+    let nulls = Some(NullBuffer::from(out.valid));
+    OutputArrays {
+        score: Arc::new(Float64Array::new(out.score.into(), nulls.clone())),
+        energy: Arc::new(Float64Array::new(out.energy.into(), nulls.clone())),
+        ood_probability: Arc::new(Float64Array::new(out.ood_probability.into(), nulls.clone())),
+        is_ood: Arc::new(BooleanArray::new(
+            out.is_ood.into_iter().collect(),
+            nulls.clone(),
+        )),
+        attractor: Arc::new(Int32Array::new(out.attractor.into(), nulls)),
+    }
 }

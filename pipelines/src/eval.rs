@@ -1,7 +1,5 @@
 //! `reclag eval`: AUROC / FPR95 / AUPR of the model and of the §9 baselines, per OOD set.
 
-use std::path::Path;
-
 use reclag::baselines::{self, Baseline, Reference};
 use reclag::metrics::{Report, report};
 use reclag::{GroupKey, Model, ScoreOutput, TrainParams, Work};
@@ -42,6 +40,7 @@ struct Table {
 }
 
 fn load_table(model: &Model, inputs: &[String], job: &EvalJob, want_logits: bool) -> Result<Table> {
+    let want_pre = job.baselines.iter().any(|b| !b.needs_logits());
     let files = open_all(&expand_inputs(inputs)?)?;
     let d = model.dim();
     let mut t = Table {
@@ -85,9 +84,12 @@ fn load_table(model: &Model, inputs: &[String], job: &EvalJob, want_logits: bool
                 if !out.valid[i] {
                     continue;
                 }
-                rows.gather(i, &mut buf);
-                model.normalize().apply(&mut buf);
-                t.pre.extend_from_slice(&buf);
+                // Preprocessed rows are only needed by the reference baselines.
+                if want_pre {
+                    rows.gather(i, &mut buf);
+                    model.normalize().apply(&mut buf);
+                    t.pre.extend_from_slice(&buf);
+                }
                 t.scores.push(out.score[i]);
                 let g = groups.as_ref().and_then(|g| g[i]);
                 t.routes
@@ -290,10 +292,4 @@ pub fn parse_named(s: &str) -> std::result::Result<(String, String), String> {
         Some((n, p)) if !n.is_empty() && !p.is_empty() => Ok((n.to_string(), p.to_string())),
         _ => Err(format!("expected NAME=PATH, found '{s}'")),
     }
-}
-
-pub fn name_of(path: &Path) -> String {
-    path.file_stem()
-        .map(|s| s.to_string_lossy().to_string())
-        .unwrap_or_default()
 }

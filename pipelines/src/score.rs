@@ -1,9 +1,8 @@
 //! `reclag score`: Parquet in, the input columns plus the five per-row outputs out.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use arrow_array::{ArrayRef, BooleanArray, Float64Array, Int32Array, RecordBatch};
+use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field};
 use reclag::{Model, ScoreOutput, Work};
 
@@ -65,26 +64,10 @@ pub fn score_batch(
     Ok(())
 }
 
-/// The five output arrays with nulls where the row was null.
-pub fn output_arrays(out: &ScoreOutput) -> Vec<ArrayRef> {
-    let nulls = Some(arrow_buffer_nulls(&out.valid));
-    vec![
-        Arc::new(Float64Array::new(out.score.clone().into(), nulls.clone())),
-        Arc::new(Float64Array::new(out.energy.clone().into(), nulls.clone())),
-        Arc::new(Float64Array::new(
-            out.ood_probability.clone().into(),
-            nulls.clone(),
-        )),
-        Arc::new(BooleanArray::new(
-            out.is_ood.iter().copied().collect(),
-            nulls.clone(),
-        )),
-        Arc::new(Int32Array::new(out.attractor.clone().into(), nulls)),
-    ]
-}
-
-fn arrow_buffer_nulls(valid: &[bool]) -> arrow_buffer::NullBuffer {
-    arrow_buffer::NullBuffer::from(valid.to_vec())
+/// The five output arrays, in [`OUTPUT_COLUMNS`] order.
+pub fn output_arrays(out: ScoreOutput) -> Vec<ArrayRef> {
+    let a = reclag::arrow::output_arrays(out);
+    vec![a.score, a.energy, a.ood_probability, a.is_ood, a.attractor]
 }
 
 pub fn run(model: &Model, job: &ScoreJob) -> Result<ScoreSummary> {
@@ -138,14 +121,6 @@ pub fn run(model: &Model, job: &ScoreJob) -> Result<ScoreSummary> {
                 &mut out,
             )
             .map_err(|e| offset_rows(e, seen))?;
-            let mut cols: Vec<ArrayRef> = keep.iter().map(|&i| batch.column(i).clone()).collect();
-            cols.extend(output_arrays(&out));
-            let ob = RecordBatch::try_new(schema.clone(), cols).map_err(|source| Error::Arrow {
-                path: job.output.clone(),
-                source,
-            })?;
-            writer.write(&ob)?;
-            summary.rows += batch.num_rows() as u64;
             summary.null_rows += out.valid.iter().filter(|v| !**v).count() as u64;
             summary.ood_rows += out
                 .valid
@@ -153,6 +128,14 @@ pub fn run(model: &Model, job: &ScoreJob) -> Result<ScoreSummary> {
                 .zip(&out.is_ood)
                 .filter(|(v, o)| **v && **o)
                 .count() as u64;
+            let mut cols: Vec<ArrayRef> = keep.iter().map(|&i| batch.column(i).clone()).collect();
+            cols.extend(output_arrays(std::mem::take(&mut out)));
+            let ob = RecordBatch::try_new(schema.clone(), cols).map_err(|source| Error::Arrow {
+                path: job.output.clone(),
+                source,
+            })?;
+            writer.write(&ob)?;
+            summary.rows += batch.num_rows() as u64;
             seen += batch.num_rows();
             pb.inc(batch.num_rows() as u64);
         }

@@ -8,8 +8,7 @@ use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-use arrow_array::{ArrayRef, BooleanArray, Float64Array, Int32Array};
-use arrow_buffer::NullBuffer;
+use arrow_array::ArrayRef;
 use arrow_schema::{DataType, Field, FieldRef};
 use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
 use datafusion::logical_expr::{
@@ -102,24 +101,14 @@ impl Output {
         }
     }
 
-    /// Moves this output's column out of `out` (no copy of the values).
-    fn array(self, mut out: ScoreOutput) -> ArrayRef {
-        let nulls = Some(NullBuffer::from(std::mem::take(&mut out.valid)));
-        let take = |v: &mut Vec<f64>| std::mem::take(v).into();
+    fn array(self, out: ScoreOutput) -> ArrayRef {
+        let a = reclag::arrow::output_arrays(out);
         match self {
-            Output::Score => Arc::new(Float64Array::new(take(&mut out.score), nulls)),
-            Output::Energy => Arc::new(Float64Array::new(take(&mut out.energy), nulls)),
-            Output::OodProbability => {
-                Arc::new(Float64Array::new(take(&mut out.ood_probability), nulls))
-            }
-            Output::IsOod => Arc::new(BooleanArray::new(
-                out.is_ood.iter().copied().collect(),
-                nulls,
-            )),
-            Output::Attractor => Arc::new(Int32Array::new(
-                std::mem::take(&mut out.attractor).into(),
-                nulls,
-            )),
+            Output::Score => a.score,
+            Output::Energy => a.energy,
+            Output::OodProbability => a.ood_probability,
+            Output::IsOod => a.is_ood,
+            Output::Attractor => a.attractor,
         }
     }
 }
