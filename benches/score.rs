@@ -12,80 +12,18 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array2, ArrayView2};
 use rayon::prelude::*;
-use reclag::rng::Rng;
-use reclag::{
-    CalibratedOn, Group, GroupKey, Model, ModelParts, Normalize, Provenance, Rows, ScoreOutput,
-    Work,
-};
+use reclag::{Rows, ScoreOutput, Work};
 
-const D: usize = 512;
-const K: usize = 10;
-const M: usize = 16;
+#[path = "fixture.rs"]
+mod fixture;
+
+use fixture::{D, K, M, fixture};
 
 fn rows() -> usize {
     std::env::var("RECLAG_BENCH_ROWS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000)
-}
-
-/// Shaped like a trained model: each group's memories point in distinct directions at
-/// norm 10 (the trainer's init norm), 90 % of rows lie near one of their group's
-/// memories and 10 % are random directions. On real data (image_fmnist) ID rows
-/// converge in 2 steps and OOD rows stop after 1; this fixture behaves the same.
-fn fixture(n: usize) -> (Model, Vec<f32>, Vec<Option<u32>>) {
-    let mut rng = Rng::new(42);
-    let unit = |rng: &mut Rng| -> Vec<f64> {
-        let v: Vec<f64> = (0..D).map(|_| rng.next_f64() - 0.5).collect();
-        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
-        v.into_iter().map(|x| x / norm).collect()
-    };
-    let memories: Vec<Vec<f64>> = (0..K * M)
-        .map(|_| unit(&mut rng).into_iter().map(|x| 10.0 * x).collect())
-        .collect();
-    let groups = (0..K)
-        .map(|g| Group {
-            key: Some(GroupKey::Int(g as i64)),
-            xi: memories[g * M..(g + 1) * M].concat(),
-            m: M,
-            tau: 2.0,
-            n_train: 0,
-            n_calibration: 0,
-            calibrated_on: CalibratedOn::Holdout,
-        })
-        .collect();
-    let model = Model::new(ModelParts {
-        d: D,
-        beta: 5.0,
-        normalize: Normalize::L2,
-        max_iter: 16,
-        tol: 1e-6,
-        groups,
-        tau_star: 2.0,
-        provenance: Provenance::default(),
-    })
-    .unwrap();
-    let mut x = vec![0f32; n * D];
-    let mut labels = vec![None; n];
-    x.par_chunks_mut(D)
-        .zip(labels.par_iter_mut())
-        .enumerate()
-        .for_each(|(i, (row, l))| {
-            let mut r = Rng::new(i as u64);
-            let g = i % K;
-            *l = Some(g as u32);
-            let near = &memories[g * M + r.below(M as u64) as usize];
-            let ood = i % 10 == 9;
-            for (j, v) in row.iter_mut().enumerate() {
-                let noise = r.next_f64() - 0.5;
-                *v = if ood {
-                    noise as f32
-                } else {
-                    (near[j] / 10.0 + 0.02 * noise) as f32
-                };
-            }
-        });
-    (model, x, labels)
 }
 
 fn bench(c: &mut Criterion) {

@@ -37,9 +37,10 @@ fn main() {
         inputs: vec![data.display().to_string()],
         embedding: "embedding".into(),
         label: Some("label".into()),
-        output: tmp.path().join("model.parquet"),
+        output: tmp.path().join("model.parquet").display().to_string(),
         params: TrainParams::default(),
         max_rows_per_group: None,
+        stores: Default::default(),
     };
     let (mut r_total, mut r_fit, mut p_total, mut p_fit) = (vec![], vec![], vec![], vec![]);
     let mut peer_error = None;
@@ -55,7 +56,7 @@ fn main() {
             .fit(&set, &source, &reclag::NoProgress)
             .unwrap();
         r_fit.push(t1.elapsed().as_secs_f64());
-        reclag::format::save(&model, &job.output).unwrap();
+        reclag::format::save(&model, std::path::Path::new(&job.output)).unwrap();
         r_total.push(t0.elapsed().as_secs_f64());
 
         let t0 = Instant::now();

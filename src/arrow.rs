@@ -17,6 +17,7 @@ use arrow_buffer::NullBuffer;
 use arrow_schema::DataType;
 
 use crate::error::{Error, Result};
+use crate::explain::Explanation;
 use crate::kernel::argmax;
 use crate::model::{GroupKey, LabelKind, Model};
 use crate::rows::{Rows, Starts, Values};
@@ -366,4 +367,118 @@ pub fn output_arrays(out: ScoreOutput) -> OutputArrays {
         )),
         attractor: Arc::new(Int32Array::new(out.attractor.into(), nulls)),
     }
+}
+
+/// How many of the most similar groups an explanation lists.
+pub const EXPLAIN_TOP_GROUPS: usize = 3;
+
+/// The Arrow type of an explanation: one struct per row (see [`explain_array`]).
+pub fn explain_type() -> DataType {
+    use arrow_schema::{Field, Fields};
+    let near = Fields::from(vec![
+        Field::new("group", DataType::Utf8, true),
+        Field::new("energy", DataType::Float64, false),
+        Field::new("margin", DataType::Float64, false),
+    ]);
+    // Every child is nullable and null where the row is: field access (`e['margin']`)
+    // then yields NULL for a NULL explanation, as it does for the other functions.
+    DataType::Struct(Fields::from(vec![
+        Field::new("group", DataType::Utf8, true),
+        Field::new("nearest_memory", DataType::Int32, true),
+        Field::new("energy", DataType::Float64, true),
+        Field::new("tau", DataType::Float64, true),
+        Field::new("margin", DataType::Float64, true),
+        Field::new("is_ood", DataType::Boolean, true),
+        Field::new("steps", DataType::Int32, true),
+        Field::new_list(
+            "nearest_groups",
+            Field::new_list_field(DataType::Struct(near), false),
+            true,
+        ),
+    ]))
+}
+
+/// Explanations as a struct column, null where the row scores null:
+/// `group` used (null: the union), `nearest_memory` within it, its `energy` A and
+/// threshold `tau`, `margin` = A − τ (the score), `is_ood`, dynamics `steps`, and
+/// `nearest_groups`: the groups with the highest energy, each with its own margin.
+pub fn explain_array(model: &Model, ex: Explanation) -> ArrayRef {
+    use arrow_array::{ListArray, StringArray, StructArray};
+    use arrow_buffer::OffsetBuffer;
+    let DataType::Struct(fields) = explain_type() else {
+        unreachable!("explain_type is a struct")
+    };
+    let n = ex.scores.valid.len();
+    let groups = model.groups();
+    let k = groups.len();
+    let key = |g: usize| groups[g].key.as_ref().map(|k| k.to_string());
+    let top = EXPLAIN_TOP_GROUPS.min(k);
+    let mut near_group = Vec::with_capacity(n * top);
+    let mut near_energy = Vec::with_capacity(n * top);
+    let mut near_margin = Vec::with_capacity(n * top);
+    let mut offsets = Vec::with_capacity(n + 1);
+    offsets.push(0i32);
+    let mut order: Vec<usize> = (0..k).collect();
+    let mut taus = Vec::with_capacity(n);
+    for i in 0..n {
+        taus.push(match ex.group[i] {
+            Some(g) => groups[g as usize].tau,
+            None => model.tau_star(),
+        });
+        if ex.scores.valid[i] {
+            let e = &ex.group_energy[i * k..(i + 1) * k];
+            order.sort_by(|&a, &b| e[b].total_cmp(&e[a]));
+            for &g in &order[..top] {
+                near_group.push(key(g));
+                near_energy.push(e[g]);
+                near_margin.push(e[g] - groups[g].tau);
+            }
+        }
+        offsets.push(near_group.len() as i32);
+    }
+    let DataType::List(item) = fields[7].data_type().clone() else {
+        unreachable!("nearest_groups is a list")
+    };
+    let DataType::Struct(near_fields) = item.data_type().clone() else {
+        unreachable!("nearest_groups items are structs")
+    };
+    let near = StructArray::new(
+        near_fields,
+        vec![
+            Arc::new(StringArray::from(near_group)),
+            Arc::new(Float64Array::from(near_energy)),
+            Arc::new(Float64Array::from(near_margin)),
+        ],
+        None,
+    );
+    let nulls = Some(NullBuffer::from(ex.scores.valid));
+    let nearest_groups = ListArray::new(
+        item,
+        OffsetBuffer::new(offsets.into()),
+        Arc::new(near),
+        nulls.clone(),
+    );
+    let group: StringArray = ex
+        .group
+        .iter()
+        .zip(nulls.iter().flat_map(|n| n.iter()))
+        .map(|(g, valid)| g.filter(|_| valid).and_then(|g| key(g as usize)))
+        .collect();
+    let steps: Vec<i32> = ex.scores.steps.iter().map(|&s| s as i32).collect();
+    let f64s = |v: Vec<f64>| Arc::new(Float64Array::new(v.into(), nulls.clone())) as ArrayRef;
+    let i32s = |v: Vec<i32>| Arc::new(Int32Array::new(v.into(), nulls.clone())) as ArrayRef;
+    Arc::new(StructArray::new(
+        fields,
+        vec![
+            Arc::new(group),
+            i32s(ex.nearest_memory),
+            f64s(ex.scores.energy),
+            f64s(taus),
+            f64s(ex.scores.score),
+            Arc::new(BooleanArray::new(ex.scores.is_ood.into(), nulls.clone())),
+            i32s(steps),
+            Arc::new(nearest_groups),
+        ],
+        nulls,
+    ))
 }

@@ -9,6 +9,7 @@
 pub mod arrow;
 pub mod baselines;
 pub mod error;
+pub mod explain;
 pub mod format;
 pub mod kernel;
 pub mod metrics;
@@ -20,6 +21,7 @@ mod tile;
 pub mod train;
 
 pub use error::{Error, Result};
+pub use explain::Explanation;
 pub use model::{
     CalibratedOn, Group, GroupKey, LabelKind, Model, ModelParts, Normalize, Provenance, lyapunov,
 };

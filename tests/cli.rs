@@ -822,3 +822,94 @@ fn demo_runs_end_to_end() {
         .unwrap();
     assert!(auroc > 0.9, "{line}");
 }
+
+/// An in-memory standard output the test can read back.
+#[derive(Clone, Default)]
+struct SharedBuf(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn run_stdio(args: &[&str], stdin: Vec<u8>) -> (Result<String, String>, Vec<u8>) {
+    use reclag_pipelines::store::{StoreEnv, Stores};
+    let stdout = SharedBuf::default();
+    let stores = Stores::new(StoreEnv::default()).with_stdio(
+        Box::new(std::io::Cursor::new(stdin)),
+        Box::new(stdout.clone()),
+    );
+    let mut out = Vec::new();
+    let mut full = vec!["reclag"];
+    full.extend_from_slice(args);
+    let r = reclag_pipelines::cli::run_in(full, stores, &mut out)
+        .map(|_| String::from_utf8(out).unwrap())
+        .map_err(|e| e.to_string());
+    let bytes = stdout.0.lock().unwrap().clone();
+    (r, bytes)
+}
+
+#[test]
+fn score_streams_arrow_ipc_through_stdin_and_stdout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, model) = fixture(tmp.path());
+    let (data_s, model_s) = (s(&data), s(&model));
+    // Parquet → an Arrow IPC stream on stdout → a second run reading it on stdin →
+    // Parquet: the composed pipeline equals scoring the file directly.
+    let keep = ["--group", "label", "--keep-columns", "embedding,label"];
+    let mut args = vec![
+        "score", "--model", &model_s, "--input", &data_s, "--output", "-",
+    ];
+    args.extend(keep);
+    let (r, ipc) = run_stdio(&args, Vec::new());
+    r.unwrap();
+    let reader = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(ipc.clone()), None)
+        .expect("stdout is an Arrow IPC stream");
+    let n: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+    assert_eq!(n, 180);
+    let piped = tmp.path().join("piped.parquet");
+    let piped_s = s(&piped);
+    let mut args = vec![
+        "score", "--model", &model_s, "--input", "-", "--output", &piped_s,
+    ];
+    args.extend(keep);
+    let (r, _) = run_stdio(&args, ipc);
+    assert!(r.unwrap().contains("scored 180 rows"));
+    let direct = tmp.path().join("direct.parquet");
+    cli_ok(&[
+        "score",
+        "--model",
+        &model_s,
+        "--input",
+        &data_s,
+        "--output",
+        &s(&direct),
+        "--group",
+        "label",
+    ]);
+    assert_eq!(read_parquet(&piped), read_parquet(&direct));
+
+    // Stdin that is not an Arrow stream: a clear error and nothing on stdout.
+    let (r, out) = run_stdio(
+        &[
+            "score", "--model", &model_s, "--input", "-", "--output", "-",
+        ],
+        std::fs::read(&data).unwrap(),
+    );
+    let e = r.unwrap_err();
+    assert!(e.contains("<stdin>: not an Arrow IPC stream"), "{e}");
+    assert!(out.is_empty());
+    // `-` must be the only input.
+    let (r, _) = run_stdio(
+        &[
+            "score", "--model", &model_s, "--input", "-", &data_s, "--output", "-",
+        ],
+        Vec::new(),
+    );
+    assert!(r.unwrap_err().contains("must be the only input"));
+}

@@ -5,4 +5,5 @@ mod common;
 mod golden;
 mod properties;
 mod reference;
+mod s3;
 mod sql;

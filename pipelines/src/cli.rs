@@ -5,6 +5,7 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use reclag::baselines::Baseline;
@@ -14,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::eval::{EvalJob, parse_named};
 use crate::route::Routing;
 use crate::score::ScoreJob;
+use crate::store::{StoreEnv, Stores};
 use crate::train::TrainJob;
 
 const ABOUT: &str = "Find out-of-distribution (OOD) rows in tables of embeddings with RecLag.";
@@ -31,7 +33,7 @@ Try it with no data of your own:
   reclag demo";
 
 #[derive(Parser, Debug)]
-#[command(name = "reclag", version, about = ABOUT, long_about = LONG_ABOUT)]
+#[command(name = "reclag", version, about = ABOUT, long_about = LONG_ABOUT, after_long_help = crate::store::ENV_HELP)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -56,7 +58,7 @@ pub enum Command {
 #[derive(Args, Debug)]
 #[command(after_long_help = "\
 Functions (each takes model, embedding [, group]; model is a name given with
---model, or a model file path, as a string literal):
+--model, or a model file path or URL, as a string literal):
   reclag_score, reclag_energy, reclag_ood_probability, reclag_is_ood, reclag_attractor
 A NULL or omitted group scores against the union of all groups.
 
@@ -69,13 +71,16 @@ SHOW FUNCTIONS and information_schema describe the functions.")]
 pub struct SqlArgs {
     /// The query.
     pub query: String,
-    /// A table: NAME=PATH to a Parquet file or a directory of them. Repeatable.
-    #[arg(long, value_name = "NAME=PATH", value_parser = parse_named)]
+    /// A table: NAME=URL of a Parquet file, a directory or prefix of them, a glob
+    /// (lake/*/part-*.parquet), or a hive-partitioned lake (key=value directories
+    /// become columns). URL: a path, file://, s3://, gs:// or az://. Repeatable.
+    #[arg(long, value_name = "NAME=URL", value_parser = parse_named)]
     pub table: Vec<(String, String)>,
-    /// A model: NAME=PATH to a model file. Repeatable.
-    #[arg(long, value_name = "NAME=PATH", value_parser = parse_named)]
+    /// A model: NAME=URL of a model file (path or object-store URL). Repeatable.
+    #[arg(long, value_name = "NAME=URL", value_parser = parse_named)]
     pub model: Vec<(String, String)>,
-    /// Write the result here (written to a temporary name, then renamed).
+    /// Write the result here: a local file (written to a temporary name, then
+    /// renamed) or, for Parquet, an object-store URL (published when complete).
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// table, parquet, csv or ndjson (default: from the --output extension, else table).
@@ -96,8 +101,9 @@ Example:
   reclag train --input data/train/ --embedding embedding --label label \\
       --output model.parquet --max-rows-per-group 100000")]
 pub struct TrainArgs {
-    /// Parquet file(s), directories of them, or globs like dir/*.parquet.
-    #[arg(long, required = true, num_args = 1.., value_name = "PATH")]
+    /// Parquet file(s), directories or prefixes of them, or globs like dir/*.parquet;
+    /// paths or s3://, gs://, az:// URLs.
+    #[arg(long, required = true, num_args = 1.., value_name = "URL")]
     pub input: Vec<String>,
     /// Embedding column: FixedSizeList/List/LargeList of Float32 or Float64.
     #[arg(long, default_value = "embedding", value_name = "COL")]
@@ -106,9 +112,9 @@ pub struct TrainArgs {
     /// Without it the whole table is one group.
     #[arg(long, value_name = "COL")]
     pub label: Option<String>,
-    /// Where to write the model (one Parquet file, written atomically).
+    /// Where to write the model (one Parquet file, written atomically): a path or URL.
     #[arg(long, value_name = "MODEL")]
-    pub output: PathBuf,
+    pub output: String,
     /// Memory patterns per group (M); a group with fewer rows uses one per row.
     #[arg(long, default_value_t = 10)]
     pub memories: usize,
@@ -183,19 +189,29 @@ Output columns (added after the input columns):
   reclag_is_ood           the dynamics reached the origin
   reclag_attractor        memory index the row converged to, −1 if OOD
 Rows with a null embedding or a NaN/inf component get null outputs.
-The output is written to a temporary name and renamed when complete.
+A local output is written to a temporary name and renamed when complete; an
+object-store output is a multipart upload published only when complete.
 
-Example:
+Memory is bounded: rows stream through in batches of 16384 and output row groups
+are closed at 128 MiB, so peak memory does not grow with the input.
+
+Examples:
   reclag score --model model.parquet --input events/ --output scored.parquet \\
-      --group label --keep-columns id,label")]
+      --group label --keep-columns id,label
+  reclag score --model s3://models/prod.parquet --input 's3://lake/day=*/*.parquet' \\
+      --output s3://lake-scored/today.parquet
+  some-tool --arrow-ipc | reclag score --model m.parquet --input - --output - | next-tool")]
 pub struct ScoreArgs {
+    /// The model file: a path or URL.
     #[arg(long, value_name = "MODEL")]
-    pub model: PathBuf,
-    /// Parquet file(s), directories of them, or globs.
-    #[arg(long, required = true, num_args = 1.., value_name = "PATH")]
+    pub model: String,
+    /// Parquet file(s), directories or prefixes of them, globs, or URLs; `-` reads an
+    /// Arrow IPC stream from stdin.
+    #[arg(long, required = true, num_args = 1.., value_name = "URL")]
     pub input: Vec<String>,
-    #[arg(long, value_name = "OUT.parquet")]
-    pub output: PathBuf,
+    /// A Parquet path or URL; `-` writes an Arrow IPC stream to stdout.
+    #[arg(long, value_name = "OUT")]
+    pub output: String,
     #[arg(long, default_value = "embedding", value_name = "COL")]
     pub embedding: String,
     #[command(flatten)]
@@ -216,8 +232,9 @@ Example (the protocol of the shared reference numbers):
       --group-from-logits logits --train id_train.parquet --label label \\
       --baselines he,she,mahalanobis,knn,msp,energy --format json")]
 pub struct EvalArgs {
+    /// The model file: a path or URL.
     #[arg(long, value_name = "MODEL")]
-    pub model: PathBuf,
+    pub model: String,
     /// The in-distribution test table(s).
     #[arg(long, required = true, num_args = 1.., value_name = "PATH")]
     pub id: Vec<String>,
@@ -258,8 +275,8 @@ pub enum Format {
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
-    /// The model file.
-    pub model: PathBuf,
+    /// The model file: a path or URL.
+    pub model: String,
 }
 
 #[derive(Args, Debug)]
@@ -277,8 +294,27 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
+    run_with(args, StoreEnv::from_process(), out)
+}
+
+/// [`run`] with object stores configured from `env` instead of the process
+/// environment.
+pub fn run_with<I, T>(args: I, env: StoreEnv, out: &mut dyn Write) -> Result<ExitCode>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    run_in(args, Stores::new(env), out)
+}
+
+/// [`run`] against given stores (and their standard input and output).
+pub fn run_in<I, T>(args: I, stores: Stores, out: &mut dyn Write) -> Result<ExitCode>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
     match Cli::try_parse_from(args) {
-        Ok(cli) => dispatch(cli, out),
+        Ok(cli) => dispatch(cli, Arc::new(stores), out),
         Err(e)
             if matches!(
                 e.kind(),
@@ -299,10 +335,10 @@ fn io_err(source: std::io::Error) -> Error {
     }
 }
 
-pub fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<ExitCode> {
+pub fn dispatch(cli: Cli, stores: Arc<Stores>, out: &mut dyn Write) -> Result<ExitCode> {
     match cli.command {
         Command::Train(a) => {
-            let job = train_job(a);
+            let job = train_job(a, stores);
             let model = crate::train::run(&job)?;
             writeln!(
                 out,
@@ -310,7 +346,7 @@ pub fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<ExitCode> {
                 model.groups().len(),
                 model.dim(),
                 model.tau_star(),
-                job.output.display()
+                job.output
             )
             .map_err(io_err)?;
             for g in model.groups() {
@@ -328,29 +364,38 @@ pub fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<ExitCode> {
             }
         }
         Command::Score(a) => {
-            let model = reclag::format::load(&a.model)?;
+            let model = crate::store::load_model(&stores, &a.model)?;
             let job = ScoreJob {
                 inputs: a.input,
                 output: a.output,
                 embedding: a.embedding,
                 routing: Routing::from_flags(a.routing.group, a.routing.group_from_logits)?,
                 keep_columns: a.keep_columns,
+                stores,
             };
             let s = crate::score::run(&model, &job)?;
-            writeln!(
-                out,
+            let msg = format!(
                 "scored {} rows ({} OOD, {} null) into {}",
                 s.rows,
                 s.ood_rows,
                 s.null_rows,
-                job.output.display()
-            )
-            .map_err(io_err)?;
+                if job.output == crate::io::STDIO {
+                    "<stdout>"
+                } else {
+                    &job.output
+                }
+            );
+            // Standard output carries the Arrow stream; the summary must not corrupt it.
+            if job.output == crate::io::STDIO {
+                eprintln!("{msg}");
+            } else {
+                writeln!(out, "{msg}").map_err(io_err)?;
+            }
         }
         Command::Eval(a) => {
-            let model = reclag::format::load(&a.model)?;
+            let model = crate::store::load_model(&stores, &a.model)?;
             let format = a.format;
-            let job = eval_job(a, &model)?;
+            let job = eval_job(a, &model, stores)?;
             let rows = crate::eval::run(&model, &job)?;
             match format {
                 Format::Json => writeln!(out, "{}", crate::eval::to_json(&rows)).map_err(io_err)?,
@@ -358,7 +403,7 @@ pub fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<ExitCode> {
             }
         }
         Command::Inspect(a) => {
-            let model = reclag::format::load(&a.model)?;
+            let model = crate::store::load_model(&stores, &a.model)?;
             let sum = reclag::format::checksum(&model);
             write!(out, "{}", crate::inspect::render(&model, &sum)).map_err(io_err)?;
         }
@@ -369,6 +414,7 @@ pub fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<ExitCode> {
                 tables: a.table,
                 models: a.model,
                 output: a.output,
+                stores,
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -385,13 +431,14 @@ pub fn dispatch(cli: Cli, out: &mut dyn Write) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn train_job(a: TrainArgs) -> TrainJob {
+pub fn train_job(a: TrainArgs, stores: Arc<Stores>) -> TrainJob {
     TrainJob {
         inputs: a.input,
         embedding: a.embedding,
         label: a.label,
         output: a.output,
         max_rows_per_group: a.max_rows_per_group,
+        stores,
         params: TrainParams {
             memories: a.memories,
             beta: a.beta,
@@ -417,7 +464,7 @@ pub fn train_job(a: TrainArgs) -> TrainJob {
     }
 }
 
-fn eval_job(a: EvalArgs, model: &reclag::Model) -> Result<EvalJob> {
+fn eval_job(a: EvalArgs, model: &reclag::Model, stores: Arc<Stores>) -> Result<EvalJob> {
     let baselines = a
         .baselines
         .iter()
@@ -441,5 +488,6 @@ fn eval_job(a: EvalArgs, model: &reclag::Model) -> Result<EvalJob> {
         label,
         knn_k: a.knn_k,
         reference_rows_per_group: a.reference_rows_per_group,
+        stores,
     })
 }

@@ -5,7 +5,7 @@ use reclag::metrics::{Report, report};
 use reclag::{GroupKey, Model, ScoreOutput, TrainParams, Work};
 
 use crate::error::{Error, Result};
-use crate::io::{batch_column, expand_inputs, open_all};
+use crate::io::{batch_column, open_all};
 use crate::route::Routing;
 use crate::train::{TrainJob, collect};
 
@@ -21,6 +21,7 @@ pub struct EvalJob {
     pub label: Option<String>,
     pub knn_k: usize,
     pub reference_rows_per_group: Option<usize>,
+    pub stores: std::sync::Arc<crate::store::Stores>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -41,7 +42,7 @@ struct Table {
 
 fn load_table(model: &Model, inputs: &[String], job: &EvalJob, want_logits: bool) -> Result<Table> {
     let want_pre = job.baselines.iter().any(|b| !b.needs_logits());
-    let files = open_all(&expand_inputs(inputs)?)?;
+    let files = open_all(&job.stores, inputs)?;
     let d = model.dim();
     let mut t = Table {
         scores: Vec::new(),
@@ -116,6 +117,7 @@ fn reference(model: &Model, job: &EvalJob) -> Result<Reference> {
         output: Default::default(),
         params: TrainParams::default(),
         max_rows_per_group: job.reference_rows_per_group,
+        stores: job.stores.clone(),
     };
     let (set, _) = collect(&tj)?;
     if set.dim() != model.dim() {

@@ -1,174 +1,295 @@
-//! Local Parquet IO: input expansion, schema checks that fail before any row is read,
-//! streaming record batches, and atomic output files.
+//! Parquet and Arrow IPC IO over any store: input expansion (files, prefixes, globs),
+//! schema checks that fail before any row is read, streaming record batches, and
+//! outputs that appear whole or not at all.
 
 use std::fs::File;
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{Schema, SchemaRef};
+use futures::StreamExt;
+use object_store::path::Path as ObjPath;
+use parquet::arrow::arrow_reader::ArrowReaderOptions;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
-
-use parquet::arrow::{ArrowWriter, ProjectionMask};
+use parquet::arrow::async_reader::{
+    AsyncFileReader, ParquetRecordBatchStream, ParquetRecordBatchStreamBuilder,
+};
+use parquet::arrow::{ArrowWriter, AsyncArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::properties::WriterProperties;
 
 use crate::error::{Error, Result};
+use crate::store::{Location, Stores, block_on};
 
 pub const BATCH_ROWS: usize = 16 * 1024;
 
-/// Expands inputs: a file is taken as is, a directory contributes every `*.parquet`
-/// below it (sorted, hidden files skipped), and a `*` in the last path component is a
-/// glob within that directory.
-pub fn expand_inputs(inputs: &[String]) -> Result<Vec<PathBuf>> {
+/// A row group is closed once its encoded size passes this, so writer memory stays
+/// bounded however wide the rows (the writer's default closes only at 1M rows, which
+/// is 2 GiB of 512-d embeddings).
+pub const ROW_GROUP_BYTES: usize = 128 << 20;
+
+/// The spec for standard input / standard output (an Arrow IPC stream).
+pub const STDIO: &str = "-";
+
+/// Expands inputs into files: an object is taken as is, a prefix (directory)
+/// contributes every `*.parquet` below it (sorted; names starting with `.` or `_`
+/// skipped, as Spark and Hive writers use them for temporary files), and a key with
+/// `*`, `?` or `[` is a glob (`**` crosses directories).
+pub fn expand_inputs(stores: &Stores, inputs: &[String]) -> Result<Vec<Location>> {
     let mut out = Vec::new();
     for raw in inputs {
-        let p = PathBuf::from(raw);
-        let name = p
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default();
-        if name.contains('*') {
-            let dir = p
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            let mut found: Vec<PathBuf> = read_dir(dir)?
+        if raw == STDIO {
+            return Err(Error::Usage(
+                "'-' (an Arrow IPC stream on stdin) must be the only input".into(),
+            ));
+        }
+        let loc = stores.locate(raw)?;
+        let key = loc.key.as_ref().to_string();
+        if let Some(at) = key.find(['*', '?', '[']) {
+            let prefix = key[..at].rfind('/').map_or("", |i| &key[..i]);
+            let pattern = glob::Pattern::new(&key)
+                .map_err(|e| Error::Usage(format!("input '{raw}' is not a valid glob: {e}")))?;
+            let opts = glob::MatchOptions {
+                require_literal_separator: true,
+                ..Default::default()
+            };
+            let base = loc.child(ObjPath::from(prefix));
+            let found: Vec<Location> = base
+                .list()?
                 .into_iter()
-                .filter(|f| {
-                    f.is_file()
-                        && glob_match(&name, &f.file_name().unwrap_or_default().to_string_lossy())
-                })
+                .filter(|m| pattern.matches_with(m.location.as_ref(), opts))
+                .map(|m| loc.child(m.location))
                 .collect();
-            found.sort();
             if found.is_empty() {
                 return Err(Error::Usage(format!("input '{raw}' matches no files")));
             }
             out.extend(found);
-        } else if p.is_dir() {
-            let mut found = Vec::new();
-            walk(&p, &mut found)?;
-            found.sort();
+        } else if loc.head()?.is_some() {
+            out.push(loc);
+        } else {
+            let prefix = loc.key.as_ref().to_string();
+            let found: Vec<Location> = loc
+                .list()?
+                .into_iter()
+                .filter(|m| {
+                    let rel = m.location.as_ref()[prefix.len()..].trim_start_matches('/');
+                    m.location.extension() == Some("parquet")
+                        && !rel.split('/').any(|c| c.starts_with(['.', '_']))
+                })
+                .map(|m| loc.child(m.location))
+                .collect();
             if found.is_empty() {
-                return Err(Error::Usage(format!(
-                    "input directory '{raw}' contains no .parquet files"
-                )));
+                return Err(Error::Usage(
+                    if loc.is_local() && !Path::new(raw).exists() {
+                        format!(
+                            "input '{raw}' does not exist (expected a Parquet file, a directory of them, or a glob like dir/*.parquet)"
+                        )
+                    } else if loc.is_local() {
+                        format!("input directory '{raw}' contains no .parquet files")
+                    } else {
+                        format!(
+                            "input '{raw}' does not exist: no object with that key and no .parquet objects below it"
+                        )
+                    },
+                ));
             }
             out.extend(found);
-        } else if p.is_file() {
-            out.push(p);
-        } else {
-            return Err(Error::Usage(format!(
-                "input '{raw}' does not exist (expected a Parquet file, a directory of them, or a glob like dir/*.parquet)"
-            )));
         }
     }
     Ok(out)
 }
 
-fn read_dir(dir: &Path) -> Result<Vec<PathBuf>> {
-    let rd = std::fs::read_dir(dir).map_err(|source| Error::Io {
-        context: format!("listing {}", dir.display()),
-        source,
-    })?;
-    Ok(rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    for p in read_dir(dir)? {
-        let hidden = p
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with(['.', '_']));
-        if hidden {
-            continue;
-        }
-        if p.is_dir() {
-            walk(&p, out)?;
-        } else if p.extension().is_some_and(|e| e == "parquet") {
-            out.push(p);
-        }
-    }
-    Ok(())
-}
-
-fn glob_match(pat: &str, s: &str) -> bool {
-    let parts: Vec<&str> = pat.split('*').collect();
-    let mut rest = s;
-    for (i, part) in parts.iter().enumerate() {
-        if i == 0 {
-            if !rest.starts_with(part) {
-                return false;
-            }
-            rest = &rest[part.len()..];
-        } else if i == parts.len() - 1 {
-            return rest.ends_with(part);
-        } else if let Some(pos) = rest.find(part) {
-            rest = &rest[pos + part.len()..];
-        } else {
-            return false;
-        }
-    }
-    rest.is_empty()
-}
-
-/// A Parquet file opened for streaming, with its Arrow schema and row count known.
+/// An input table opened for streaming, with its Arrow schema and (for Parquet) row
+/// count known before any row is read.
 pub struct ParquetFile {
+    /// The file or URL, for messages.
     pub path: PathBuf,
     pub schema: SchemaRef,
+    /// 0 where unknown (an IPC stream).
     pub rows: u64,
-    builder: ParquetRecordBatchReaderBuilder<File>,
+    source: Source,
+}
+
+enum Source {
+    /// Local files use the synchronous reader, which reads pages on demand.
+    Local(ParquetRecordBatchReaderBuilder<File>),
+    /// Remote objects are fetched a row group at a time.
+    Remote(ParquetRecordBatchStreamBuilder<StoreReader>),
+    Ipc(arrow_ipc::reader::StreamReader<BufReader<Box<dyn std::io::Read + Send>>>),
 }
 
 impl ParquetFile {
-    pub fn open(path: &Path) -> Result<Self> {
-        let f = File::open(path).map_err(|source| Error::Io {
-            context: format!("opening {}", path.display()),
-            source,
-        })?;
-        let builder = guard(path, || {
-            ParquetRecordBatchReaderBuilder::try_new(f).map_err(|source| Error::Parquet {
-                path: path.to_path_buf(),
+    pub fn open(loc: &Location) -> Result<Self> {
+        let path = loc.display_path();
+        if let Some(local) = &loc.local {
+            let f = File::open(local).map_err(|source| Error::Io {
+                context: format!("opening {}", path.display()),
                 source,
+            })?;
+            let builder = guard(&path, || {
+                ParquetRecordBatchReaderBuilder::try_new(f).map_err(|source| Error::Parquet {
+                    path: path.clone(),
+                    source,
+                })
+            })?;
+            let schema = builder.schema().clone();
+            let rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
+            return Ok(ParquetFile {
+                path,
+                schema,
+                rows,
+                source: Source::Local(builder),
+            });
+        }
+        let reader = StoreReader {
+            store: loc.store.clone(),
+            key: loc.key.clone(),
+            size: None,
+        };
+        let builder = guard(&path, || {
+            block_on(ParquetRecordBatchStreamBuilder::new(reader)).map_err(|source| {
+                Error::Parquet {
+                    path: path.clone(),
+                    source,
+                }
             })
         })?;
         let schema = builder.schema().clone();
         let rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
         Ok(ParquetFile {
-            path: path.to_path_buf(),
+            path,
             schema,
             rows,
-            builder,
+            source: Source::Remote(builder),
         })
     }
 
-    /// The index of `column`, or an error listing the columns that do exist.
+    /// An Arrow IPC stream on standard input; its schema is read from the stream head.
+    pub fn stdin(stores: &Stores) -> Result<Self> {
+        let path = PathBuf::from("<stdin>");
+        let reader = arrow_ipc::reader::StreamReader::try_new(BufReader::new(stores.stdin()?), None)
+            .map_err(|e| {
+                Error::Usage(format!(
+                    "<stdin>: not an Arrow IPC stream ({e}); pipe in the output of a tool that writes the Arrow IPC stream format, e.g. `reclag score ... --output -`"
+                ))
+            })?;
+        Ok(ParquetFile {
+            path,
+            schema: reader.schema(),
+            rows: 0,
+            source: Source::Ipc(reader),
+        })
+    }
+
     pub fn column_index(&self, column: &str) -> Result<usize> {
         column_index(&self.schema, column).map_err(Error::in_file(&self.path))
     }
 
-    /// Streams batches of only the named columns (in file order).
+    /// Streams batches of the given root columns (all when `None`).
     pub fn read(self, columns: Option<&[usize]>) -> Result<Batches> {
         let path = self.path;
-        let builder = self.builder;
-        let inner = guard(&path, || {
-            let mut b = builder.with_batch_size(BATCH_ROWS);
-            if let Some(cols) = columns {
-                let mask = ProjectionMask::roots(b.parquet_schema(), cols.iter().copied());
-                b = b.with_projection(mask);
-            }
-            b.build().map_err(|source| Error::Parquet {
-                path: path.clone(),
-                source,
-            })
-        })?;
+        let inner = match self.source {
+            Source::Local(builder) => Inner::Local(guard(&path, || {
+                let mut b = builder.with_batch_size(BATCH_ROWS);
+                if let Some(cols) = columns {
+                    let mask = ProjectionMask::roots(b.parquet_schema(), cols.iter().copied());
+                    b = b.with_projection(mask);
+                }
+                b.build().map_err(|source| Error::Parquet {
+                    path: path.clone(),
+                    source,
+                })
+            })?),
+            Source::Remote(builder) => Inner::Remote(guard(&path, || {
+                let mut b = builder.with_batch_size(BATCH_ROWS);
+                if let Some(cols) = columns {
+                    let mask = ProjectionMask::roots(b.parquet_schema(), cols.iter().copied());
+                    b = b.with_projection(mask);
+                }
+                b.build().map_err(|source| Error::Parquet {
+                    path: path.clone(),
+                    source,
+                })
+            })?),
+            Source::Ipc(r) => Inner::Ipc(r, columns.map(<[usize]>::to_vec)),
+        };
         Ok(Batches { inner, path })
     }
 }
 
-/// Record batches of one file. Decoding errors and decoder panics on corrupt pages
+/// Byte ranges of one object for the async Parquet reader: the footer first, then the
+/// projected column chunks of one row group at a time (coalesced by the store).
+struct StoreReader {
+    store: Arc<dyn object_store::ObjectStore>,
+    key: ObjPath,
+    size: Option<u64>,
+}
+
+fn store_err(e: object_store::Error) -> parquet::errors::ParquetError {
+    parquet::errors::ParquetError::External(Box::new(e))
+}
+
+impl AsyncFileReader for StoreReader {
+    fn get_bytes(
+        &mut self,
+        range: std::ops::Range<u64>,
+    ) -> futures::future::BoxFuture<'_, parquet::errors::Result<bytes::Bytes>> {
+        Box::pin(async move {
+            object_store::ObjectStoreExt::get_range(self.store.as_ref(), &self.key, range)
+                .await
+                .map_err(store_err)
+        })
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<std::ops::Range<u64>>,
+    ) -> futures::future::BoxFuture<'_, parquet::errors::Result<Vec<bytes::Bytes>>> {
+        Box::pin(async move {
+            self.store
+                .get_ranges(&self.key, &ranges)
+                .await
+                .map_err(store_err)
+        })
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        _options: Option<&'a ArrowReaderOptions>,
+    ) -> futures::future::BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        Box::pin(async move {
+            let size = match self.size {
+                Some(s) => s,
+                None => {
+                    let meta = object_store::ObjectStoreExt::head(self.store.as_ref(), &self.key)
+                        .await
+                        .map_err(store_err)?;
+                    self.size = Some(meta.size);
+                    meta.size
+                }
+            };
+            let reader = ParquetMetaDataReader::new().with_prefetch_hint(Some(64 << 10));
+            Ok(Arc::new(reader.load_and_finish(self, size).await?))
+        })
+    }
+}
+
+enum Inner {
+    Local(ParquetRecordBatchReader),
+    Remote(ParquetRecordBatchStream<StoreReader>),
+    Ipc(
+        arrow_ipc::reader::StreamReader<BufReader<Box<dyn std::io::Read + Send>>>,
+        Option<Vec<usize>>,
+    ),
+}
+
+/// Record batches of one input. Decoding errors and decoder panics on corrupt pages
 /// both come out as errors naming the file.
 pub struct Batches {
-    inner: ParquetRecordBatchReader,
+    inner: Inner,
     path: PathBuf,
 }
 
@@ -178,7 +299,16 @@ impl Iterator for Batches {
     fn next(&mut self) -> Option<Self::Item> {
         let path = &self.path;
         let inner = &mut self.inner;
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.next())) {
+        let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match inner {
+            Inner::Local(r) => r.next(),
+            Inner::Remote(s) => block_on(s.next())
+                .map(|r| r.map_err(|e| arrow_schema::ArrowError::ExternalError(Box::new(e)))),
+            Inner::Ipc(r, cols) => r.next().map(|b| match cols {
+                Some(c) => b.and_then(|b| b.project(c)),
+                None => b,
+            }),
+        }));
+        match next {
             Ok(None) => None,
             Ok(Some(r)) => Some(r.map_err(|source| Error::Arrow {
                 path: path.clone(),
@@ -219,11 +349,14 @@ pub fn batch_column<'b>(batch: &'b RecordBatch, column: &str, path: &Path) -> Re
 }
 
 /// Opens every input and checks they share the first file's schema, so a mismatch is
-/// reported before any row is processed.
-pub fn open_all(paths: &[PathBuf]) -> Result<Vec<ParquetFile>> {
-    let files: Vec<ParquetFile> = paths
+/// reported before any row is processed. `-` alone reads an Arrow IPC stream on stdin.
+pub fn open_all(stores: &Stores, inputs: &[String]) -> Result<Vec<ParquetFile>> {
+    if inputs.len() == 1 && inputs[0] == STDIO {
+        return Ok(vec![ParquetFile::stdin(stores)?]);
+    }
+    let files: Vec<ParquetFile> = expand_inputs(stores, inputs)?
         .iter()
-        .map(|p| ParquetFile::open(p))
+        .map(ParquetFile::open)
         .collect::<Result<_>>()?;
     if let Some(first) = files.first() {
         for f in &files[1..] {
@@ -281,16 +414,12 @@ impl AtomicParquet {
             context: format!("creating {}", tmp.display()),
             source,
         })?;
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(
-                ZstdLevel::try_new(3).expect("valid level"),
-            ))
-            .build();
-        let writer =
-            ArrowWriter::try_new(f, schema, Some(props)).map_err(|source| Error::Parquet {
+        let writer = ArrowWriter::try_new(f, schema, Some(writer_props())).map_err(|source| {
+            Error::Parquet {
                 path: tmp.clone(),
                 source,
-            })?;
+            }
+        })?;
         Ok(AtomicParquet {
             tmp,
             target: target.to_path_buf(),
@@ -300,10 +429,15 @@ impl AtomicParquet {
 
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         let w = self.writer.as_mut().expect("not finished");
-        w.write(batch).map_err(|source| Error::Parquet {
+        let e = |source| Error::Parquet {
             path: self.tmp.clone(),
             source,
-        })
+        };
+        w.write(batch).map_err(e)?;
+        if w.in_progress_size() > ROW_GROUP_BYTES {
+            w.flush().map_err(e)?;
+        }
+        Ok(())
     }
 
     pub fn finish(mut self) -> Result<()> {
@@ -343,16 +477,142 @@ pub fn schema_with(base: &Schema, keep: &[usize], extra: Vec<arrow_schema::Field
     Arc::new(Schema::new(fields))
 }
 
+fn writer_props() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3).expect("valid level"),
+        ))
+        .build()
+}
+
+/// Where a result table goes. Every kind appears whole or not at all: a local file is
+/// written under a temporary sibling and renamed; an object is a multipart upload that
+/// the store publishes only on completion (an unfinished one is never visible); stdout
+/// is an Arrow IPC stream, for Unix pipelines.
+pub enum Sink {
+    Local(AtomicParquet),
+    Remote {
+        writer: Box<AsyncArrowWriter<object_store::buffered::BufWriter>>,
+        path: PathBuf,
+    },
+    Stdout(arrow_ipc::writer::StreamWriter<std::io::BufWriter<Box<dyn std::io::Write + Send>>>),
+}
+
+impl Sink {
+    pub fn create(stores: &Stores, spec: &str, schema: SchemaRef) -> Result<Self> {
+        if spec == STDIO {
+            let w = arrow_ipc::writer::StreamWriter::try_new(
+                std::io::BufWriter::new(stores.stdout()?),
+                &schema,
+            )
+            .map_err(|source| Error::Arrow {
+                path: "<stdout>".into(),
+                source,
+            })?;
+            return Ok(Sink::Stdout(w));
+        }
+        let loc = stores.locate(spec)?;
+        if let Some(p) = &loc.local {
+            return Ok(Sink::Local(AtomicParquet::create(p, schema)?));
+        }
+        let path = loc.display_path();
+        let upload = object_store::buffered::BufWriter::new(loc.store.clone(), loc.key.clone());
+        let writer =
+            AsyncArrowWriter::try_new(upload, schema, Some(writer_props())).map_err(|source| {
+                Error::Parquet {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+        Ok(Sink::Remote {
+            writer: Box::new(writer),
+            path,
+        })
+    }
+
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        match self {
+            Sink::Local(w) => w.write(batch),
+            Sink::Remote { writer, path } => block_on(async {
+                writer.write(batch).await?;
+                if writer.in_progress_size() > ROW_GROUP_BYTES {
+                    writer.flush().await?;
+                }
+                Ok(())
+            })
+            .map_err(|source| Error::Parquet {
+                path: path.clone(),
+                source,
+            }),
+            Sink::Stdout(w) => w.write(batch).map_err(stdout_err),
+        }
+    }
+
+    pub fn finish(self) -> Result<()> {
+        match self {
+            Sink::Local(w) => w.finish(),
+            Sink::Remote { writer, path } => block_on(writer.close())
+                .map(|_| ())
+                .map_err(|source| Error::Parquet { path, source }),
+            Sink::Stdout(mut w) => {
+                w.finish().map_err(stdout_err)?;
+                use std::io::Write;
+                w.get_mut().flush().map_err(|source| Error::Io {
+                    context: "writing to stdout".into(),
+                    source,
+                })
+            }
+        }
+    }
+}
+
+fn stdout_err(source: arrow_schema::ArrowError) -> Error {
+    Error::Arrow {
+        path: "<stdout>".into(),
+        source,
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::glob_match;
+    use super::*;
+    use crate::store::StoreEnv;
 
     #[test]
-    fn globs() {
-        assert!(glob_match("*.parquet", "a.parquet"));
-        assert!(glob_match("part-*.parquet", "part-001.parquet"));
-        assert!(!glob_match("part-*.parquet", "x-001.parquet"));
-        assert!(!glob_match("*.parquet", "a.parquet.tmp"));
-        assert!(glob_match("a*b*c", "aXXbYYc"));
+    fn expands_dirs_and_globs_skipping_hidden_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for f in [
+            "a.parquet",
+            "b.parquet",
+            "_tmp.parquet",
+            "x.csv",
+            "p=1/c.parquet",
+            ".hidden/d.parquet",
+        ] {
+            let p = d.join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, b"").unwrap();
+        }
+        let stores = Stores::new(StoreEnv::default());
+        let names = |spec: &str| -> Vec<String> {
+            expand_inputs(&stores, &[spec.to_string()])
+                .unwrap()
+                .iter()
+                .map(|l| l.key.as_ref().rsplit('/').next().unwrap().to_string())
+                .collect()
+        };
+        let root = d.to_string_lossy().to_string();
+        assert_eq!(names(&root), ["a.parquet", "b.parquet", "c.parquet"]);
+        assert_eq!(
+            names(&format!("{root}/*.parquet")),
+            ["_tmp.parquet", "a.parquet", "b.parquet"]
+        );
+        assert_eq!(names(&format!("{root}/p=*/*.parquet")), ["c.parquet"]);
+        assert_eq!(names(&format!("{root}/**/c.parquet")), ["c.parquet"]);
+        let e = expand_inputs(&stores, &[format!("{root}/nope*.parquet")]).unwrap_err();
+        assert!(e.to_string().contains("matches no files"), "{e}");
+        let e = expand_inputs(&stores, &[format!("{root}/missing")]).unwrap_err();
+        assert!(e.to_string().contains("does not exist"), "{e}");
     }
 }

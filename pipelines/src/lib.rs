@@ -10,6 +10,7 @@ pub mod progress;
 pub mod route;
 pub mod score;
 pub mod sql;
+pub mod store;
 pub mod train;
 
 pub use error::{Error, Result};

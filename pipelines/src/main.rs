@@ -1,7 +1,8 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let mut stdout = std::io::stdout().lock();
+    // Not locked: `reclag score --output -` writes its Arrow stream to stdout too.
+    let mut stdout = std::io::stdout();
     match reclag_pipelines::cli::run(std::env::args_os(), &mut stdout) {
         Ok(code) => code,
         Err(e) => {

@@ -1,15 +1,17 @@
 //! `reclag score`: Parquet in, the input columns plus the five per-row outputs out.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field};
 use reclag::{Model, ScoreOutput, Work};
 
 use crate::error::{Error, Result};
-use crate::io::{AtomicParquet, batch_column, expand_inputs, open_all, schema_with};
+use crate::io::{Sink, batch_column, open_all, schema_with};
 use crate::progress::bar;
 use crate::route::Routing;
+use crate::store::Stores;
 
 pub const OUTPUT_COLUMNS: [&str; 5] = [
     "reclag_score",
@@ -32,10 +34,12 @@ pub fn output_fields() -> Vec<Field> {
 #[derive(Clone, Debug)]
 pub struct ScoreJob {
     pub inputs: Vec<String>,
-    pub output: PathBuf,
+    /// A path, an object-store URL, or `-` for an Arrow IPC stream on stdout.
+    pub output: String,
     pub embedding: String,
     pub routing: Routing,
     pub keep_columns: Option<Vec<String>>,
+    pub stores: Arc<Stores>,
 }
 
 /// Totals of a scoring run.
@@ -71,8 +75,7 @@ pub fn output_arrays(out: ScoreOutput) -> Vec<ArrayRef> {
 }
 
 pub fn run(model: &Model, job: &ScoreJob) -> Result<ScoreSummary> {
-    let paths = expand_inputs(&job.inputs)?;
-    let files = open_all(&paths)?;
+    let files = open_all(&job.stores, &job.inputs)?;
     let first = &files[0];
     // Every check that can fail does so before any row is read.
     let emb = first.column_index(&job.embedding)?;
@@ -103,45 +106,119 @@ pub fn run(model: &Model, job: &ScoreJob) -> Result<ScoreSummary> {
     let schema = schema_with(&first.schema, &keep, output_fields());
     let total: u64 = files.iter().map(|f| f.rows).sum();
     let pb = bar(total, "rows", "scoring");
-    let mut writer = AtomicParquet::create(&job.output, schema.clone())?;
+    let sink = Sink::create(&job.stores, &job.output, schema.clone())?;
+    let summary = pipeline(model, job, files, &keep, schema, sink, &pb)?;
+    pb.finish_and_clear();
+    Ok(summary)
+}
+
+/// Batches in flight between stages. Two per queue keep every stage busy while
+/// bounding memory to a handful of batches, whatever the input size.
+const QUEUE: usize = 2;
+
+/// Decode, score and encode overlap: a reader thread decodes batches, the calling
+/// thread scores them (rayon inside the core), and a writer thread encodes and uploads.
+/// Each stage is sequential, so output order equals input order and a re-run gives
+/// the same bytes. The first error stops every stage and the output is not published.
+fn pipeline(
+    model: &Model,
+    job: &ScoreJob,
+    files: Vec<crate::io::ParquetFile>,
+    keep: &[usize],
+    schema: arrow_schema::SchemaRef,
+    mut sink: Sink,
+    pb: &indicatif::ProgressBar,
+) -> Result<ScoreSummary> {
+    use std::sync::mpsc::sync_channel;
+    let (to_score, scored_rx) = sync_channel::<Result<(usize, RecordBatch)>>(QUEUE);
+    let (to_write, write_rx) = sync_channel::<RecordBatch>(QUEUE);
+    let paths: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            for (i, f) in files.into_iter().enumerate() {
+                let batches = match f.read(None) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = to_score.send(Err(e));
+                        return;
+                    }
+                };
+                for b in batches {
+                    let stop = b.is_err();
+                    // A closed channel means the consumer stopped on an error.
+                    if to_score.send(b.map(|b| (i, b))).is_err() || stop {
+                        return;
+                    }
+                }
+            }
+        });
+        let writer = scope.spawn(move || -> Result<Sink> {
+            for b in write_rx {
+                sink.write(&b)?;
+            }
+            Ok(sink)
+        });
+        let scored = score_all(model, job, &paths, keep, &schema, scored_rx, &to_write, pb);
+        drop(to_write);
+        // The writer's own error is the root cause when it stopped first.
+        let sink = writer.join().expect("the writer thread does not panic");
+        let summary = scored?;
+        sink?.finish()?;
+        Ok(summary)
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn score_all(
+    model: &Model,
+    job: &ScoreJob,
+    paths: &[PathBuf],
+    keep: &[usize],
+    schema: &arrow_schema::SchemaRef,
+    batches: std::sync::mpsc::Receiver<Result<(usize, RecordBatch)>>,
+    to_write: &std::sync::mpsc::SyncSender<RecordBatch>,
+    pb: &indicatif::ProgressBar,
+) -> Result<ScoreSummary> {
     let mut out = ScoreOutput::default();
     let mut summary = ScoreSummary::default();
-    for f in files {
-        let path = f.path.clone();
-        let mut seen = 0usize;
-        for batch in f.read(None)? {
-            let batch = batch?;
-            score_batch(
-                model,
-                &batch,
-                &job.embedding,
-                &job.routing,
-                Work::WithDynamics,
-                &path,
-                &mut out,
-            )
-            .map_err(|e| offset_rows(e, seen))?;
-            summary.null_rows += out.valid.iter().filter(|v| !**v).count() as u64;
-            summary.ood_rows += out
-                .valid
-                .iter()
-                .zip(&out.is_ood)
-                .filter(|(v, o)| **v && **o)
-                .count() as u64;
-            let mut cols: Vec<ArrayRef> = keep.iter().map(|&i| batch.column(i).clone()).collect();
-            cols.extend(output_arrays(std::mem::take(&mut out)));
-            let ob = RecordBatch::try_new(schema.clone(), cols).map_err(|source| Error::Arrow {
-                path: job.output.clone(),
-                source,
-            })?;
-            writer.write(&ob)?;
-            summary.rows += batch.num_rows() as u64;
-            seen += batch.num_rows();
-            pb.inc(batch.num_rows() as u64);
+    let (mut file, mut seen) = (usize::MAX, 0usize);
+    for item in batches {
+        let (i, batch) = item?;
+        if i != file {
+            (file, seen) = (i, 0);
+        }
+        let path = &paths[i];
+        score_batch(
+            model,
+            &batch,
+            &job.embedding,
+            &job.routing,
+            Work::WithDynamics,
+            path,
+            &mut out,
+        )
+        .map_err(|e| offset_rows(e, seen))?;
+        summary.null_rows += out.valid.iter().filter(|v| !**v).count() as u64;
+        summary.ood_rows += out
+            .valid
+            .iter()
+            .zip(&out.is_ood)
+            .filter(|(v, o)| **v && **o)
+            .count() as u64;
+        let mut cols: Vec<ArrayRef> = keep.iter().map(|&i| batch.column(i).clone()).collect();
+        cols.extend(output_arrays(std::mem::take(&mut out)));
+        let ob = RecordBatch::try_new(schema.clone(), cols).map_err(|source| Error::Arrow {
+            path: PathBuf::from(&job.output),
+            source,
+        })?;
+        summary.rows += batch.num_rows() as u64;
+        seen += batch.num_rows();
+        pb.inc(batch.num_rows() as u64);
+        if to_write.send(ob).is_err() {
+            // The writer failed; its error is reported by the caller.
+            break;
         }
     }
-    writer.finish()?;
-    pb.finish_and_clear();
     Ok(summary)
 }
 

@@ -5,13 +5,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::arrow::util::pretty::pretty_format_batches;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
 use datafusion::execution::context::SessionContext;
-use datafusion::prelude::{ParquetReadOptions, SessionConfig};
+use datafusion::prelude::SessionConfig;
 use futures::StreamExt;
 use reclag_udfs::ModelRegistry;
 
 use crate::error::{Error, Result};
-use crate::io::AtomicParquet;
+use crate::store::{Location, Stores};
 
 /// Output format of a query's result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +68,7 @@ pub struct SqlJob {
     pub models: Vec<(String, String)>,
     pub output: Option<PathBuf>,
     pub format: SqlFormat,
+    pub stores: Arc<Stores>,
 }
 
 fn df_err(e: datafusion::error::DataFusionError) -> Error {
@@ -74,23 +79,89 @@ fn df_err(e: datafusion::error::DataFusionError) -> Error {
 pub async fn session(job: &SqlJob) -> Result<SessionContext> {
     // information_schema makes `SHOW FUNCTIONS` describe the reclag functions.
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_information_schema(true));
-    let registry = ModelRegistry::new();
-    for (name, path) in &job.models {
-        let model = reclag::format::load(Path::new(path))?;
+    let stores = job.stores.clone();
+    let registry = ModelRegistry::with_loader(Box::new(move |url: &str| {
+        crate::store::load_model(&stores, url).map_err(|e| e.to_string())
+    }));
+    for (name, url) in &job.models {
+        let model = crate::store::load_model(&job.stores, url)?;
         registry.register(name.clone(), Arc::new(model));
     }
     reclag_udfs::register_all(&ctx, registry);
-    for (name, path) in &job.tables {
-        if !Path::new(path).exists() {
-            return Err(Error::Usage(format!(
-                "table '{name}': {path} does not exist"
-            )));
-        }
-        ctx.register_parquet(name.as_str(), path.as_str(), ParquetReadOptions::default())
-            .await
-            .map_err(df_err)?;
+    for (name, spec) in &job.tables {
+        let loc = job
+            .stores
+            .locate(spec)
+            .map_err(|e| Error::Usage(format!("table '{name}': {e}")))?;
+        register_table(&ctx, name, &loc).await?;
     }
     Ok(ctx)
+}
+
+/// Registers a Parquet file, prefix, glob or hive-partitioned lake (`key=value`
+/// directories become columns) as a table.
+pub async fn register_table(ctx: &SessionContext, name: &str, loc: &Location) -> Result<()> {
+    ctx.register_object_store(&loc.base, loc.store.clone());
+    let key = loc.key.as_ref();
+    let dir_url = |prefix: &str| -> Result<url::Url> {
+        let s = if prefix.is_empty() {
+            loc.base.to_string()
+        } else {
+            format!("{}{}/", loc.base, prefix.trim_end_matches('/'))
+        };
+        url::Url::parse(&s).map_err(|e| Error::Usage(format!("table '{name}': {e}")))
+    };
+    let table_url = if let Some(at) = key.find(['*', '?', '[']) {
+        let cut = key[..at].rfind('/').map_or(0, |i| i + 1);
+        // DataFusion matches the glob against the path with its `key=value`
+        // segments removed (they become partition columns), so those segments must
+        // leave the pattern too. Only `key=*` can be dropped without changing which
+        // files match; a narrower one is a filter on the partition column.
+        let mut kept = Vec::new();
+        for seg in key[cut..].split('/') {
+            match seg.split_once('=') {
+                Some((_, "*")) => {}
+                Some((col, _)) => {
+                    return Err(Error::Usage(format!(
+                        "table '{name}': {}: a glob may not narrow the partition segment '{seg}'; use '{col}=*' and filter with WHERE {col} ... (partitions are pruned)",
+                        loc.display
+                    )));
+                }
+                None => kept.push(seg),
+            }
+        }
+        let glob = glob::Pattern::new(&kept.join("/")).map_err(|e| {
+            Error::Usage(format!(
+                "table '{name}': {} is not a valid glob: {e}",
+                loc.display
+            ))
+        })?;
+        ListingTableUrl::try_new(dir_url(&key[..cut])?, Some(glob)).map_err(df_err)?
+    } else if loc.head()?.is_some() {
+        ListingTableUrl::parse(loc.url()).map_err(df_err)?
+    } else {
+        if loc.list()?.is_empty() {
+            return Err(Error::Usage(format!(
+                "table '{name}': {} does not exist (expected a Parquet file, a directory or prefix of them, a glob, or a hive-partitioned lake)",
+                loc.display
+            )));
+        }
+        ListingTableUrl::try_new(dir_url(key)?, None).map_err(df_err)?
+    };
+    let options =
+        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    let state = ctx.state();
+    let config = ListingTableConfig::new(table_url)
+        .with_listing_options(options)
+        .infer_partitions_from_path(&state)
+        .await
+        .map_err(|e| Error::Usage(format!("table '{name}' ({}): {e}", loc.display)))?
+        .infer_schema(&state)
+        .await
+        .map_err(|e| Error::Usage(format!("table '{name}' ({}): {e}", loc.display)))?;
+    let table = ListingTable::try_new(config).map_err(df_err)?;
+    ctx.register_table(name, Arc::new(table)).map_err(df_err)?;
+    Ok(())
 }
 
 /// Runs the query; returns the rendered table (for `Table`) or a one-line summary.
@@ -111,9 +182,26 @@ pub async fn run(job: &SqlJob) -> Result<String> {
         (_, None) => Err(Error::Usage(
             "--format parquet/csv/ndjson needs --output FILE".into(),
         )),
-        (fmt, Some(out)) => {
+        (SqlFormat::Parquet, Some(out)) => {
             let mut rows = 0usize;
-            let mut sink = Sink::create(fmt, out, schema)?;
+            let mut sink = crate::io::Sink::create(&job.stores, &out.to_string_lossy(), schema)?;
+            while let Some(b) = stream.next().await {
+                let b = b.map_err(df_err)?;
+                rows += b.num_rows();
+                sink.write(&b)?;
+            }
+            sink.finish()?;
+            Ok(format!("wrote {rows} rows to {}\n", out.display()))
+        }
+        (fmt, Some(out)) => {
+            if out.to_string_lossy().contains("://") {
+                return Err(Error::Usage(format!(
+                    "{}: CSV and NDJSON results are written to local files only; write Parquet to object storage",
+                    out.display()
+                )));
+            }
+            let mut rows = 0usize;
+            let mut sink = Sink::create(fmt, out)?;
             while let Some(b) = stream.next().await {
                 let b = b.map_err(df_err)?;
                 rows += b.num_rows();
@@ -127,8 +215,7 @@ pub async fn run(job: &SqlJob) -> Result<String> {
 
 /// A result file written under a temporary name and renamed when complete.
 enum Sink {
-    Parquet(AtomicParquet),
-    Csv(datafusion::arrow::csv::Writer<File>, Tmp),
+    Csv(Box<datafusion::arrow::csv::Writer<File>>, Tmp),
     Json(datafusion::arrow::json::LineDelimitedWriter<File>, Tmp),
 }
 
@@ -148,14 +235,7 @@ impl Drop for Tmp {
 }
 
 impl Sink {
-    fn create(
-        fmt: SqlFormat,
-        target: &Path,
-        schema: datafusion::arrow::datatypes::SchemaRef,
-    ) -> Result<Self> {
-        if fmt == SqlFormat::Parquet {
-            return Ok(Sink::Parquet(AtomicParquet::create(target, schema)?));
-        }
+    fn create(fmt: SqlFormat, target: &Path) -> Result<Self> {
         let tmp = reclag::format::temp_sibling(target);
         let f = File::create(&tmp).map_err(|source| Error::Io {
             context: format!("creating {}", tmp.display()),
@@ -167,7 +247,7 @@ impl Sink {
             done: false,
         };
         Ok(match fmt {
-            SqlFormat::Csv => Sink::Csv(datafusion::arrow::csv::Writer::new(f), t),
+            SqlFormat::Csv => Sink::Csv(Box::new(datafusion::arrow::csv::Writer::new(f)), t),
             _ => Sink::Json(datafusion::arrow::json::LineDelimitedWriter::new(f), t),
         })
     }
@@ -177,7 +257,6 @@ impl Sink {
             Error::Usage(format!("writing the result: {e}"))
         };
         match self {
-            Sink::Parquet(w) => w.write(b),
             Sink::Csv(w, _) => w.write(b).map_err(arrow),
             Sink::Json(w, _) => w.write(b).map_err(arrow),
         }
@@ -193,7 +272,6 @@ impl Sink {
             Ok(())
         };
         match self {
-            Sink::Parquet(w) => w.finish(),
             Sink::Csv(w, t) => {
                 drop(w.into_inner());
                 rename(t)

@@ -1,27 +1,29 @@
 //! `reclag train`: stream Parquet rows into a bounded training set, fit, save.
 
-use std::path::PathBuf;
-
 use reclag::{GroupKey, Model, TrainParams, TrainingSet};
 
 use crate::error::{Error, Result};
-use crate::io::{batch_column, expand_inputs, open_all};
+use std::sync::Arc;
+
+use crate::io::{batch_column, open_all};
 use crate::progress::{TrainBar, bar};
+use crate::store::Stores;
 
 #[derive(Clone, Debug)]
 pub struct TrainJob {
     pub inputs: Vec<String>,
     pub embedding: String,
     pub label: Option<String>,
-    pub output: PathBuf,
+    /// A path or object-store URL.
+    pub output: String,
     pub params: TrainParams,
     pub max_rows_per_group: Option<usize>,
+    pub stores: Arc<Stores>,
 }
 
 /// Reads the training rows of `job` (bounded by `max_rows_per_group`).
 pub fn collect(job: &TrainJob) -> Result<(TrainingSet, String)> {
-    let paths = expand_inputs(&job.inputs)?;
-    let files = open_all(&paths)?;
+    let files = open_all(&job.stores, &job.inputs)?;
     let first = &files[0];
     let emb = first.column_index(&job.embedding)?;
     let fixed = reclag::arrow::check_embedding_type(
@@ -104,6 +106,7 @@ pub fn run(job: &TrainJob) -> Result<Model> {
     let pb = bar(0, "epochs", "training");
     let model = params.fit(&set, &source, &TrainBar(pb.clone()))?;
     pb.finish_and_clear();
-    reclag::format::save(&model, &job.output)?;
+    let bytes = reclag::format::to_bytes(&model)?;
+    job.stores.locate(&job.output)?.put(bytes.into())?;
     Ok(model)
 }

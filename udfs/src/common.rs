@@ -17,17 +17,39 @@ use datafusion::logical_expr::{
 };
 use reclag::{Model, ScoreOutput, Work};
 
-/// Models visible to SQL: registered names, plus files loaded on first use and cached
-/// by path for the life of the session.
-#[derive(Debug, Default)]
+/// Loads a model from a path or URL. The pipelines crate installs one that reaches
+/// object stores; the default reads local files.
+pub type ModelLoader = dyn Fn(&str) -> std::result::Result<Model, String> + Send + Sync;
+
+/// Models visible to SQL: registered names, plus models given by path or URL, loaded
+/// on first use and cached for the life of the session under the URL, with the
+/// checksum they were loaded with (what a serialized plan pins).
+#[derive(Default)]
 pub struct ModelRegistry {
     named: RwLock<HashMap<String, Arc<Model>>>,
     loaded: RwLock<HashMap<String, Arc<Model>>>,
+    loader: Option<Box<ModelLoader>>,
+}
+
+impl std::fmt::Debug for ModelRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelRegistry")
+            .field("models", &self.models())
+            .finish()
+    }
 }
 
 impl ModelRegistry {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// A registry that loads path and URL model arguments with `loader`.
+    pub fn with_loader(loader: Box<ModelLoader>) -> Arc<Self> {
+        Arc::new(ModelRegistry {
+            loader: Some(loader),
+            ..Default::default()
+        })
     }
 
     /// Makes `model` available as `name` in SQL (`reclag_score('name', ...)`).
@@ -38,7 +60,23 @@ impl ModelRegistry {
             .insert(name.into(), model);
     }
 
-    /// A registered name, else a model file path (loaded once, then cached).
+    /// `(name or URL, checksum)` of every model known so far, sorted.
+    pub fn models(&self) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = [&self.named, &self.loaded]
+            .iter()
+            .flat_map(|m| {
+                m.read()
+                    .expect("registry lock")
+                    .iter()
+                    .map(|(k, m)| (k.clone(), reclag::format::checksum(m)))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// A registered name, else a model file path or URL (loaded once, then cached).
     pub fn resolve(&self, name: &str) -> std::result::Result<Arc<Model>, String> {
         if let Some(m) = self.named.read().expect("registry lock").get(name) {
             return Ok(m.clone());
@@ -46,7 +84,8 @@ impl ModelRegistry {
         if let Some(m) = self.loaded.read().expect("registry lock").get(name) {
             return Ok(m.clone());
         }
-        let looks_like_path = name.contains('/') || name.ends_with(".parquet");
+        let looks_like_path =
+            name.contains('/') || name.ends_with(".parquet") || name.contains("://");
         if !looks_like_path {
             let mut known: Vec<String> = self
                 .named
@@ -57,7 +96,7 @@ impl ModelRegistry {
                 .collect();
             known.sort();
             return Err(format!(
-                "model '{name}' is not registered (registered: {}); register it or pass a model file path",
+                "model '{name}' is not registered (registered: {}); register it or pass a model file path or URL",
                 if known.is_empty() {
                     "none".into()
                 } else {
@@ -65,7 +104,11 @@ impl ModelRegistry {
                 }
             ));
         }
-        let m = Arc::new(reclag::format::load(Path::new(name)).map_err(|e| e.to_string())?);
+        let model = match &self.loader {
+            Some(load) => load(name)?,
+            None => reclag::format::load(Path::new(name)).map_err(|e| e.to_string())?,
+        };
+        let m = Arc::new(model);
         self.loaded
             .write()
             .expect("registry lock")
@@ -82,6 +125,7 @@ pub enum Output {
     OodProbability,
     IsOod,
     Attractor,
+    Explain,
 }
 
 impl Output {
@@ -90,13 +134,14 @@ impl Output {
             Output::Score | Output::Energy | Output::OodProbability => DataType::Float64,
             Output::IsOod => DataType::Boolean,
             Output::Attractor => DataType::Int32,
+            Output::Explain => reclag::arrow::explain_type(),
         }
     }
 
     /// Only the trajectory outputs pay for the dynamics.
     fn work(self) -> Work {
         match self {
-            Output::IsOod | Output::Attractor => Work::WithDynamics,
+            Output::IsOod | Output::Attractor | Output::Explain => Work::WithDynamics,
             _ => Work::EnergyOnly,
         }
     }
@@ -108,7 +153,7 @@ impl Output {
             Output::Energy => a.energy,
             Output::OodProbability => a.ood_probability,
             Output::IsOod => a.is_ood,
-            Output::Attractor => a.attractor,
+            Output::Attractor | Output::Explain => a.attractor,
         }
     }
 }
@@ -274,8 +319,18 @@ impl ScalarUDFImpl for ReclagFunc {
                 }
             }
         };
+        if self.output == Output::Explain {
+            let mut ex = reclag::Explanation::default();
+            if let Err(e) = off_reactor(|| model.explain_into(&rows, groups.as_deref(), &mut ex)) {
+                return exec_err!("{}: {e}", self.name);
+            }
+            return Ok(ColumnarValue::Array(reclag::arrow::explain_array(
+                &model, ex,
+            )));
+        }
         let mut out = ScoreOutput::default();
-        if let Err(e) = model.score_into(&rows, groups.as_deref(), self.output.work(), &mut out) {
+        let work = self.output.work();
+        if let Err(e) = off_reactor(|| model.score_into(&rows, groups.as_deref(), work, &mut out)) {
             return exec_err!("{}: {e}", self.name);
         }
         Ok(ColumnarValue::Array(self.output.array(out)))
@@ -283,6 +338,19 @@ impl ScalarUDFImpl for ReclagFunc {
 
     fn documentation(&self) -> Option<&Documentation> {
         Some(self.doc)
+    }
+}
+
+/// DataFusion evaluates functions on its tokio workers, and the kernel fans a batch
+/// out on rayon while the calling worker waits. `block_in_place` hands that worker's
+/// queued tasks (IO, other partitions) to another worker for the duration, so CPU
+/// work never stalls the reactor.
+fn off_reactor<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 

@@ -7,12 +7,13 @@
 //! ```
 //!
 //! Each function takes `(model, embedding [, group])`. `model` is a string literal: a
-//! name registered in the [`ModelRegistry`], or a model file path. Types are checked
+//! name registered in the [`ModelRegistry`], or a model file path or URL. Types are checked
 //! when the query is planned; each batch makes one call into the core.
 
 pub mod attractor;
 pub mod common;
 pub mod energy;
+pub mod explain;
 pub mod is_ood;
 pub mod ood_probability;
 pub mod score;
@@ -30,7 +31,8 @@ pub fn register_all(ctx: &SessionContext, models: Arc<ModelRegistry>) {
         energy::udf(models.clone()),
         ood_probability::udf(models.clone()),
         is_ood::udf(models.clone()),
-        attractor::udf(models),
+        attractor::udf(models.clone()),
+        explain::udf(models),
     ] {
         ctx.register_udf(udf);
     }
@@ -209,6 +211,7 @@ mod tests {
             "reclag_ood_probability",
             "reclag_is_ood",
             "reclag_attractor",
+            "reclag_explain",
         ] {
             let udf = ctx.udf(name).unwrap();
             let doc = udf.documentation().expect("documented");

@@ -1,0 +1,340 @@
+//! Parquet → OOD scores, end to end, each figure against a peer measured in the same
+//! run (these machines are noisy; ratios are what carry over):
+//!
+//! - **decode floor**: read the file with the same reader `reclag score` uses and
+//!   discard every batch;
+//! - **score**: `reclag score` Parquet → Parquet (keeping `id`), routed by `label`;
+//! - **sql**: `SELECT count(*) FROM t WHERE reclag_is_ood('m', embedding, label)`
+//!   through DataFusion, against `reclag score`;
+//! - **memory**: peak RSS of `reclag score --input - --output -` streaming 1M and 10M
+//!   generated rows (no disk), each in a fresh process.
+//!
+//!     cargo bench --bench throughput
+//!
+//! `RECLAG_BENCH_ROWS` sets the Parquet table size (default 1M × 512, K = 10, M = 16;
+//! the file is generated once under `target/bench-data/`); `RECLAG_BENCH_RSS_ROWS` the
+//! streamed sizes (default `1000000,10000000`); `RECLAG_BENCH_RUNS` the repeats.
+
+#[path = "fixture.rs"]
+mod fixture;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arrow_array::builder::{FixedSizeListBuilder, Float32Builder};
+use arrow_array::{ArrayRef, Int64Array, RecordBatch};
+use arrow_schema::SchemaRef;
+use fixture::D;
+use reclag_pipelines::io::ParquetFile;
+use reclag_pipelines::route::Routing;
+use reclag_pipelines::score::ScoreJob;
+use reclag_pipelines::sql::{SqlFormat, SqlJob};
+use reclag_pipelines::store::{StoreEnv, Stores};
+
+const GEN_BATCH: usize = 16 * 1024;
+
+fn env_usize(key: &str, default: usize) -> usize {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn batch(start: usize, n: usize) -> RecordBatch {
+    let (x, labels) = fixture::rows(start, n);
+    let mut b =
+        FixedSizeListBuilder::with_capacity(Float32Builder::with_capacity(n * D), D as i32, n);
+    b.values().append_slice(&x);
+    for _ in 0..n {
+        b.append(true);
+    }
+    RecordBatch::try_from_iter([
+        (
+            "id",
+            Arc::new(Int64Array::from_iter_values(
+                start as i64..(start + n) as i64,
+            )) as ArrayRef,
+        ),
+        ("embedding", Arc::new(b.finish()) as ArrayRef),
+        ("label", Arc::new(Int64Array::from(labels)) as ArrayRef),
+    ])
+    .unwrap()
+}
+
+fn bench_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let target = exe
+        .ancestors()
+        .find(|p| p.file_name().is_some_and(|n| n == "target"))
+        .map(Path::to_path_buf)
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = target.join("bench-data");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The table as a lake writer would leave it: snappy, 64Ki-row row groups.
+fn table(n: usize) -> PathBuf {
+    let path = bench_dir().join(format!("emb-{n}x{D}.parquet"));
+    if path.exists() {
+        return path;
+    }
+    eprintln!("generating {} ...", path.display());
+    let tmp = path.with_extension("tmp");
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(64 * 1024))
+        .build();
+    let f = std::fs::File::create(&tmp).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(f, batch(0, 1).schema(), Some(props)).unwrap();
+    let mut start = 0;
+    while start < n {
+        let len = GEN_BATCH.min(n - start);
+        w.write(&batch(start, len)).unwrap();
+        start += len;
+    }
+    w.close().unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    path
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn decode(path: &Path) -> usize {
+    let stores = Stores::new(StoreEnv::default());
+    let loc = stores.locate(&path.display().to_string()).unwrap();
+    let mut rows = 0;
+    for b in ParquetFile::open(&loc).unwrap().read(None).unwrap() {
+        rows += std::hint::black_box(b.unwrap()).num_rows();
+    }
+    rows
+}
+
+fn score(model: &reclag::Model, path: &Path, out: &Path) -> u64 {
+    let job = ScoreJob {
+        inputs: vec![path.display().to_string()],
+        output: out.display().to_string(),
+        embedding: "embedding".into(),
+        routing: Routing::from_flags(Some("label".into()), None).unwrap(),
+        keep_columns: Some(vec!["id".into()]),
+        stores: Arc::new(Stores::new(StoreEnv::default())),
+    };
+    reclag_pipelines::score::run(model, &job).unwrap().ood_rows
+}
+
+fn sql_count(rt: &tokio::runtime::Runtime, path: &Path, model: &Path) -> u64 {
+    let job = SqlJob {
+        query: "SELECT count(*) AS n FROM t WHERE reclag_is_ood('m', embedding, label)".into(),
+        tables: vec![("t".into(), path.display().to_string())],
+        models: vec![("m".into(), model.display().to_string())],
+        output: None,
+        format: SqlFormat::Table,
+        stores: Arc::new(Stores::new(StoreEnv::default())),
+    };
+    let text = rt.block_on(reclag_pipelines::sql::run(&job)).unwrap();
+    text.lines()
+        .filter_map(|l| l.trim_matches(|c| c == '|' || c == ' ').parse().ok())
+        .next()
+        .expect("a count in the result")
+}
+
+/// An Arrow IPC stream of generated rows, produced as it is read (nothing is held
+/// but the batch being encoded).
+struct IpcSource {
+    next: usize,
+    end: usize,
+    buf: Arc<Mutex<Vec<u8>>>,
+    pos: usize,
+    writer: Option<arrow_ipc::writer::StreamWriter<Shared>>,
+}
+
+#[derive(Clone)]
+struct Shared(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Shared {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl IpcSource {
+    fn new(n: usize) -> Self {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let schema: SchemaRef = batch(0, 1).schema();
+        let writer =
+            arrow_ipc::writer::StreamWriter::try_new(Shared(buf.clone()), &schema).unwrap();
+        IpcSource {
+            next: 0,
+            end: n,
+            buf,
+            pos: 0,
+            writer: Some(writer),
+        }
+    }
+}
+
+impl Read for IpcSource {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            {
+                let buf = self.buf.lock().unwrap();
+                if self.pos < buf.len() {
+                    let k = out.len().min(buf.len() - self.pos);
+                    out[..k].copy_from_slice(&buf[self.pos..self.pos + k]);
+                    self.pos += k;
+                    return Ok(k);
+                }
+            }
+            self.buf.lock().unwrap().clear();
+            self.pos = 0;
+            if self.next < self.end {
+                let len = GEN_BATCH.min(self.end - self.next);
+                let b = batch(self.next, len);
+                self.next += len;
+                self.writer.as_mut().unwrap().write(&b).unwrap();
+            } else if let Some(mut w) = self.writer.take() {
+                w.finish().unwrap();
+            } else {
+                return Ok(0);
+            }
+        }
+    }
+}
+
+fn peak_rss_kb() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Child mode: `reclag score --input - --output -` over `n` streamed rows.
+fn child(n: usize, model: &Path) {
+    let stores = Stores::new(StoreEnv::default())
+        .with_stdio(Box::new(IpcSource::new(n)), Box::new(std::io::sink()));
+    let t0 = Instant::now();
+    let mut out = Vec::new();
+    let m = model.display().to_string();
+    let args = [
+        "reclag",
+        "score",
+        "--model",
+        &m,
+        "--input",
+        "-",
+        "--output",
+        "-",
+        "--group",
+        "label",
+        "--keep-columns",
+        "id",
+    ];
+    reclag_pipelines::cli::run_in(args, stores, &mut out).unwrap();
+    println!(
+        "rows={n} secs={:.3} peak_rss_kb={}",
+        t0.elapsed().as_secs_f64(),
+        peak_rss_kb()
+    );
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else is accepted.
+    let dir = bench_dir();
+    let model_path = dir.join("model-K10-M16-d512.parquet");
+    if !model_path.exists() {
+        reclag::format::save(&fixture::model(), &model_path).unwrap();
+    }
+    if let Ok(n) = std::env::var("RECLAG_THROUGHPUT_CHILD") {
+        child(n.parse().unwrap(), &model_path);
+        return;
+    }
+    let model = reclag::format::load(&model_path).unwrap();
+    let n = env_usize("RECLAG_BENCH_ROWS", 1_000_000);
+    let runs = env_usize("RECLAG_BENCH_RUNS", 3);
+    let path = table(n);
+    let out = dir.join("scored.parquet");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let threads = rayon::current_num_threads();
+    println!("# Parquet → scores, {n} × {D}, K = 10, M = 16, {threads} threads");
+    let (mut t_dec, mut t_score, mut t_sql) = (vec![], vec![], vec![]);
+    let mut counts = (0, 0);
+    for _ in 0..runs {
+        let t0 = Instant::now();
+        assert_eq!(decode(&path), n);
+        t_dec.push(t0.elapsed().as_secs_f64());
+        let t0 = Instant::now();
+        counts.0 = score(&model, &path, &out);
+        t_score.push(t0.elapsed().as_secs_f64());
+        let t0 = Instant::now();
+        counts.1 = sql_count(&rt, &path, &model_path);
+        t_sql.push(t0.elapsed().as_secs_f64());
+    }
+    assert_eq!(
+        counts.0, counts.1,
+        "SQL and score disagree on the OOD count"
+    );
+    let rate = |t: f64| n as f64 / t;
+    let (dec, sc, sq) = (median(t_dec), median(t_score), median(t_sql));
+    println!("| step | median s | rows/s | ratio |");
+    println!("|---|---|---|---|");
+    println!(
+        "| decode floor (same reader, discard) | {dec:.2} | {:.0} | 1.00 |",
+        rate(dec)
+    );
+    println!(
+        "| reclag score Parquet → Parquet | {sc:.2} | {:.0} | {:.2} of decode |",
+        rate(sc),
+        dec / sc
+    );
+    println!(
+        "| SQL count(*) WHERE reclag_is_ood | {sq:.2} | {:.0} | {:.2} of score |",
+        rate(sq),
+        sc / sq
+    );
+    println!("(OOD rows: {})", counts.0);
+
+    let sizes: Vec<usize> = std::env::var("RECLAG_BENCH_RSS_ROWS")
+        .unwrap_or_else(|_| "1000000,10000000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    println!("\n# Peak RSS of `reclag score --input - --output -` (streamed, d = {D})");
+    println!("| rows | input bytes | s | rows/s | peak RSS MiB |");
+    println!("|---|---|---|---|---|");
+    for rows in sizes {
+        let o = std::process::Command::new(std::env::current_exe().unwrap())
+            .env("RECLAG_THROUGHPUT_CHILD", rows.to_string())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let line = String::from_utf8_lossy(&o.stdout).to_string();
+        let field = |k: &str| -> f64 {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(k))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(f64::NAN)
+        };
+        let (secs, kb) = (field("secs="), field("peak_rss_kb="));
+        println!(
+            "| {rows} | {:.1} GiB | {secs:.1} | {:.0} | {:.0} |",
+            (rows * D * 4) as f64 / (1u64 << 30) as f64,
+            rows as f64 / secs,
+            kb / 1024.0
+        );
+    }
+}
