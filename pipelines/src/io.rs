@@ -193,26 +193,14 @@ impl ParquetFile {
         let path = self.path;
         let inner = match self.source {
             Source::Local(builder) => Inner::Local(guard(&path, || {
-                let mut b = builder.with_batch_size(BATCH_ROWS);
-                if let Some(cols) = columns {
-                    let mask = ProjectionMask::roots(b.parquet_schema(), cols.iter().copied());
-                    b = b.with_projection(mask);
-                }
-                b.build().map_err(|source| Error::Parquet {
-                    path: path.clone(),
-                    source,
-                })
+                configure(builder, columns)
+                    .build()
+                    .map_err(parquet_err(&path))
             })?),
             Source::Remote(builder) => Inner::Remote(guard(&path, || {
-                let mut b = builder.with_batch_size(BATCH_ROWS);
-                if let Some(cols) = columns {
-                    let mask = ProjectionMask::roots(b.parquet_schema(), cols.iter().copied());
-                    b = b.with_projection(mask);
-                }
-                b.build().map_err(|source| Error::Parquet {
-                    path: path.clone(),
-                    source,
-                })
+                configure(builder, columns)
+                    .build()
+                    .map_err(parquet_err(&path))
             })?),
             Source::Ipc(r) => Inner::Ipc(r, columns.map(<[usize]>::to_vec)),
         };
@@ -274,6 +262,28 @@ impl AsyncFileReader for StoreReader {
             let reader = ParquetMetaDataReader::new().with_prefetch_hint(Some(64 << 10));
             Ok(Arc::new(reader.load_and_finish(self, size).await?))
         })
+    }
+}
+
+/// Batch size and column projection, the same for local and remote readers.
+fn configure<T>(
+    builder: parquet::arrow::arrow_reader::ArrowReaderBuilder<T>,
+    columns: Option<&[usize]>,
+) -> parquet::arrow::arrow_reader::ArrowReaderBuilder<T> {
+    let b = builder.with_batch_size(BATCH_ROWS);
+    match columns {
+        Some(cols) => {
+            let mask = ProjectionMask::roots(b.parquet_schema(), cols.iter().copied());
+            b.with_projection(mask)
+        }
+        None => b,
+    }
+}
+
+fn parquet_err(path: &Path) -> impl FnOnce(parquet::errors::ParquetError) -> Error + '_ {
+    move |source| Error::Parquet {
+        path: path.to_path_buf(),
+        source,
     }
 }
 

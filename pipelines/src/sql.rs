@@ -182,26 +182,22 @@ pub async fn run(job: &SqlJob) -> Result<String> {
         (_, None) => Err(Error::Usage(
             "--format parquet/csv/ndjson needs --output FILE".into(),
         )),
-        (SqlFormat::Parquet, Some(out)) => {
-            let mut rows = 0usize;
-            let mut sink = crate::io::Sink::create(&job.stores, &out.to_string_lossy(), schema)?;
-            while let Some(b) = stream.next().await {
-                let b = b.map_err(df_err)?;
-                rows += b.num_rows();
-                sink.write(&b)?;
-            }
-            sink.finish()?;
-            Ok(format!("wrote {rows} rows to {}\n", out.display()))
-        }
         (fmt, Some(out)) => {
-            if out.to_string_lossy().contains("://") {
+            let mut rows = 0usize;
+            let mut sink = if fmt == SqlFormat::Parquet {
+                Sink::Parquet(crate::io::Sink::create(
+                    &job.stores,
+                    &out.to_string_lossy(),
+                    schema,
+                )?)
+            } else if out.to_string_lossy().contains("://") {
                 return Err(Error::Usage(format!(
                     "{}: CSV and NDJSON results are written to local files only; write Parquet to object storage",
                     out.display()
                 )));
-            }
-            let mut rows = 0usize;
-            let mut sink = Sink::create(fmt, out)?;
+            } else {
+                Sink::create(fmt, out)?
+            };
             while let Some(b) = stream.next().await {
                 let b = b.map_err(df_err)?;
                 rows += b.num_rows();
@@ -213,8 +209,11 @@ pub async fn run(job: &SqlJob) -> Result<String> {
     }
 }
 
-/// A result file written under a temporary name and renamed when complete.
+/// A query result: Parquet through the shared writer (any store), or CSV/NDJSON written
+/// under a temporary name and renamed when complete.
 enum Sink {
+    /// Local, object store or stdout, through the shared writer.
+    Parquet(crate::io::Sink),
     Csv(Box<datafusion::arrow::csv::Writer<File>>, Tmp),
     Json(datafusion::arrow::json::LineDelimitedWriter<File>, Tmp),
 }
@@ -257,6 +256,7 @@ impl Sink {
             Error::Usage(format!("writing the result: {e}"))
         };
         match self {
+            Sink::Parquet(w) => w.write(b),
             Sink::Csv(w, _) => w.write(b).map_err(arrow),
             Sink::Json(w, _) => w.write(b).map_err(arrow),
         }
@@ -272,6 +272,7 @@ impl Sink {
             Ok(())
         };
         match self {
+            Sink::Parquet(w) => w.finish(),
             Sink::Csv(w, t) => {
                 drop(w.into_inner());
                 rename(t)
