@@ -49,44 +49,55 @@ impl Model {
         let (union_xi, union_m) = self.union_memories();
         let valid = &out.scores.valid;
         let chosen = &out.group;
+        // The union is every group's memories in order, so one product of a block of
+        // rows with it gives each group's `Ξ_g x` as a slice of each row.
+        let offsets: Vec<usize> = self
+            .groups()
+            .iter()
+            .scan(0, |o, g| {
+                let start = *o;
+                *o += g.m;
+                Some(start)
+            })
+            .collect();
         out.nearest_memory
             .par_chunks_mut(BLOCK)
             .zip(out.group_energy.par_chunks_mut(BLOCK * k))
             .enumerate()
             .for_each(|(b, (near, energy))| {
-                let mut x = vec![0.0; d];
-                let mut h = Vec::new();
-                for (r, nm) in near.iter_mut().enumerate() {
+                near.fill(-1);
+                energy.fill(f64::NAN);
+                let mut x = vec![0.0; near.len() * d];
+                let mut kept = Vec::with_capacity(near.len());
+                for r in 0..near.len() {
                     let i = b * BLOCK + r;
-                    let e = &mut energy[r * k..(r + 1) * k];
-                    if !valid[i] {
-                        *nm = -1;
-                        e.fill(f64::NAN);
-                        continue;
-                    }
-                    let Some(norm) = rows.gather_norm(i, &mut x) else {
-                        *nm = -1;
-                        e.fill(f64::NAN);
+                    let xr = &mut x[kept.len() * d..(kept.len() + 1) * d];
+                    let Some(norm) = rows.gather_norm(i, xr).filter(|_| valid[i]) else {
                         continue;
                     };
                     if self.normalize() == Normalize::L2 && norm > 0.0 {
-                        x.iter_mut().for_each(|v| *v /= norm);
+                        xr.iter_mut().for_each(|v| *v /= norm);
                     }
-                    for (g, eg) in self.groups().iter().zip(e.iter_mut()) {
-                        h.resize(g.m, 0.0);
-                        gemm_abt(&x, 1, d, &g.xi, g.m, &mut h);
-                        *eg = log_mean_exp(&h, self.beta());
+                    kept.push(r);
+                }
+                let mut h = vec![0.0; kept.len() * union_m];
+                gemm_abt(
+                    &x[..kept.len() * d],
+                    kept.len(),
+                    d,
+                    union_xi,
+                    union_m,
+                    &mut h,
+                );
+                for (hr, &r) in h.chunks_exact(union_m).zip(&kept) {
+                    let slice = |g: usize| &hr[offsets[g]..offsets[g] + self.groups()[g].m];
+                    for (g, e) in energy[r * k..(r + 1) * k].iter_mut().enumerate() {
+                        *e = log_mean_exp(slice(g), self.beta());
                     }
-                    let (xi, m) = match chosen[i] {
-                        Some(g) => {
-                            let g = &self.groups()[g as usize];
-                            (&g.xi[..], g.m)
-                        }
-                        None => (union_xi, union_m),
-                    };
-                    h.resize(m, 0.0);
-                    gemm_abt(&x, 1, d, xi, m, &mut h);
-                    *nm = argmax(&h) as i32;
+                    near[r] = match chosen[b * BLOCK + r] {
+                        Some(g) => argmax(slice(g as usize)),
+                        None => argmax(hr),
+                    } as i32;
                 }
             });
         Ok(())

@@ -61,14 +61,14 @@ pub fn expand_inputs(stores: &Stores, inputs: &[String]) -> Result<Vec<Location>
                 .list()?
                 .into_iter()
                 .filter(|m| pattern.matches_with(m.location.as_ref(), opts))
-                .map(|m| loc.child(m.location))
+                .map(|m| loc.child(m.location).with_size(m.size))
                 .collect();
             if found.is_empty() {
                 return Err(Error::Usage(format!("input '{raw}' matches no files")));
             }
             out.extend(found);
-        } else if loc.head()?.is_some() {
-            out.push(loc);
+        } else if let Some(meta) = loc.head()? {
+            out.push(loc.with_size(meta.size));
         } else {
             let prefix = loc.key.as_ref().to_string();
             let found: Vec<Location> = loc
@@ -79,7 +79,7 @@ pub fn expand_inputs(stores: &Stores, inputs: &[String]) -> Result<Vec<Location>
                     m.location.extension() == Some("parquet")
                         && !rel.split('/').any(|c| c.starts_with(['.', '_']))
                 })
-                .map(|m| loc.child(m.location))
+                .map(|m| loc.child(m.location).with_size(m.size))
                 .collect();
             if found.is_empty() {
                 return Err(Error::Usage(
@@ -147,7 +147,7 @@ impl ParquetFile {
         let reader = StoreReader {
             store: loc.store.clone(),
             key: loc.key.clone(),
-            size: None,
+            size: loc.size,
         };
         let builder = guard(&path, || {
             block_on(ParquetRecordBatchStreamBuilder::new(reader)).map_err(|source| {

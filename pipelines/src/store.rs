@@ -148,6 +148,7 @@ impl Stores {
             key,
             local,
             display: spec.to_string(),
+            size: None,
         })
     }
 
@@ -184,6 +185,9 @@ pub struct Location {
     pub local: Option<PathBuf>,
     /// As the user wrote it, for messages.
     pub display: String,
+    /// The object size where a listing or HEAD already returned it, so the reader
+    /// does not ask again.
+    pub size: Option<u64>,
 }
 
 impl Location {
@@ -204,7 +208,13 @@ impl Location {
             local: self.local.as_ref().map(|_| PathBuf::from(&display)),
             key,
             display,
+            size: None,
         }
+    }
+
+    pub fn with_size(mut self, size: u64) -> Location {
+        self.size = Some(size);
+        self
     }
 
     /// The full URL DataFusion understands.
