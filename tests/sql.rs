@@ -282,3 +282,150 @@ async fn sql_bad_input() {
     let n = query(&ctx, &by_path).await;
     assert_eq!(n.num_rows(), 1);
 }
+
+/// A plan that uses the reclag functions is serialized with datafusion-proto, the way
+/// Ballista ships it, and decoded in a fresh session that has neither the functions
+/// nor the models registered. The decoded plan (logical and physical) gives the same
+/// rows; a model file changed after planning is refused when the plan is decoded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serialized_plans_pin_models_by_url_and_checksum() {
+    use datafusion::physical_plan::collect;
+    use datafusion_proto::bytes::{
+        logical_plan_from_bytes_with_extension_codec, logical_plan_to_bytes_with_extension_codec,
+        physical_plan_from_bytes_with_extension_codec, physical_plan_to_bytes_with_extension_codec,
+    };
+    use reclag_pipelines::sql::{SqlFormat, SqlJob, model_registry, session};
+    use reclag_pipelines::store::Stores;
+    use reclag_udfs::ReclagCodec;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let sample = reclag_pipelines::demo::write_sample(tmp.path()).unwrap();
+    let model = tmp.path().join("m.parquet");
+    let other = tmp.path().join("other.parquet");
+    for (out, epochs) in [(&model, "5"), (&other, "2")] {
+        cli_ok(&[
+            "train",
+            "--input",
+            &s(&sample[0]),
+            "--label",
+            "label",
+            "--output",
+            &s(out),
+            "--epochs",
+            epochs,
+        ]);
+    }
+    let stores = Arc::new(Stores::default());
+    let job = SqlJob {
+        query: String::new(),
+        tables: vec![("t".into(), s(&sample[1]))],
+        models: vec![("prod".into(), s(&model))],
+        output: None,
+        format: SqlFormat::Table,
+        stores: stores.clone(),
+    };
+    let ctx = session(&job).await.unwrap();
+    // A registered name (group mode), a path literal (union mode) and a struct field.
+    let sql = format!(
+        "SELECT reclag_score('prod', embedding, label) AS s, \
+                reclag_is_ood('{}', embedding) AS o, \
+                reclag_explain('prod', embedding)['nearest_memory'] AS nm \
+         FROM t ORDER BY s, o, nm",
+        s(&model)
+    );
+    let df = ctx.sql(&sql).await.unwrap();
+    let logical = df.logical_plan().clone();
+    let physical = df.clone().create_physical_plan().await.unwrap();
+    let expected = df.collect().await.unwrap();
+    let expected = arrow_select::concat::concat_batches(&expected[0].schema(), &expected).unwrap();
+    assert_eq!(expected.num_rows(), 1000);
+    let ood = arrow_array::cast::AsArray::as_boolean(expected.column(1)).true_count();
+    assert!(ood > 0 && ood < 1000, "a mix of ID and OOD rows: {ood}");
+
+    let encoder = ReclagCodec::new(reclag_udfs::ModelRegistry::new());
+    let lbytes = logical_plan_to_bytes_with_extension_codec(&logical, &encoder).unwrap();
+    let pbytes = physical_plan_to_bytes_with_extension_codec(physical, &encoder).unwrap();
+
+    // The executing side: a bare session, and a registry that loads through object_store.
+    let fresh = || {
+        let ctx = SessionContext::new();
+        let codec = ReclagCodec::new(model_registry(stores.clone()));
+        (ctx, codec)
+    };
+    let concat =
+        |b: Vec<RecordBatch>| arrow_select::concat::concat_batches(&b[0].schema(), &b).unwrap();
+
+    let (ctx2, codec2) = fresh();
+    assert!(
+        ctx2.sql(&sql).await.is_err(),
+        "the fresh session knows no table or function"
+    );
+    let plan =
+        logical_plan_from_bytes_with_extension_codec(&lbytes, &ctx2.task_ctx(), &codec2).unwrap();
+    let got = concat(
+        ctx2.execute_logical_plan(plan)
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(got, expected, "logical plan round trip");
+    // Both keys were pinned by the file's absolute URL and checksum.
+    let sha = reclag::format::checksum(&reclag::format::load(&model).unwrap());
+    let pinned = codec2.registry().pins();
+    assert_eq!(pinned.len(), 2, "{pinned:?}");
+    let url = url_of(&model);
+    for p in &pinned {
+        assert_eq!(
+            (p.url.as_deref(), p.sha256.as_str()),
+            (Some(url.as_str()), sha.as_str())
+        );
+    }
+    assert_eq!(
+        pinned.iter().map(|p| p.key.as_str()).collect::<Vec<_>>(),
+        vec![s(&model).as_str(), "prod"]
+    );
+
+    let (ctx3, codec3) = fresh();
+    let plan =
+        physical_plan_from_bytes_with_extension_codec(&pbytes, &ctx3.task_ctx(), &codec3).unwrap();
+    let got = concat(collect(plan, ctx3.task_ctx()).await.unwrap());
+    assert_eq!(got, expected, "physical plan round trip");
+
+    // The model file changes after planning: decoding refuses the plan, naming the
+    // model, its URL and both checksums.
+    std::fs::copy(&other, &model).unwrap();
+    let other_sha = reclag::format::checksum(&reclag::format::load(&other).unwrap());
+    assert_ne!(sha, other_sha);
+    let (ctx4, codec4) = fresh();
+    let e = logical_plan_from_bytes_with_extension_codec(&lbytes, &ctx4.task_ctx(), &codec4)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&url)
+            && e.contains(&sha)
+            && e.contains(&other_sha)
+            && e.contains("changed after the plan was made"),
+        "{e}"
+    );
+    let e = physical_plan_from_bytes_with_extension_codec(&pbytes, &ctx4.task_ctx(), &codec4)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("changed after the plan was made"), "{e}");
+
+    // The model file is gone: the error names the pinned model and the file.
+    std::fs::remove_file(&model).unwrap();
+    let (ctx5, codec5) = fresh();
+    let e = logical_plan_from_bytes_with_extension_codec(&lbytes, &ctx5.task_ctx(), &codec5)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("pinned by the plan") && e.contains("m.parquet"),
+        "{e}"
+    );
+}
+
+fn url_of(p: &Path) -> String {
+    url::Url::from_file_path(p).unwrap().to_string()
+}

@@ -75,17 +75,23 @@ fn df_err(e: datafusion::error::DataFusionError) -> Error {
     Error::Usage(e.to_string())
 }
 
+/// A model registry that loads path and URL models through `stores`. A process that
+/// executes serialized plans gives this to [`reclag_udfs::ReclagCodec`], so the models
+/// a plan pins are fetched from wherever they live.
+pub fn model_registry(stores: Arc<Stores>) -> Arc<ModelRegistry> {
+    ModelRegistry::with_loader(Box::new(move |spec: &str| {
+        crate::store::load_model_from(&stores, spec).map_err(|e| e.to_string())
+    }))
+}
+
 /// A session with the tables and models of `job` registered.
 pub async fn session(job: &SqlJob) -> Result<SessionContext> {
     // information_schema makes `SHOW FUNCTIONS` describe the reclag functions.
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_information_schema(true));
-    let stores = job.stores.clone();
-    let registry = ModelRegistry::with_loader(Box::new(move |url: &str| {
-        crate::store::load_model(&stores, url).map_err(|e| e.to_string())
-    }));
-    for (name, url) in &job.models {
-        let model = crate::store::load_model(&job.stores, url)?;
-        registry.register(name.clone(), Arc::new(model));
+    let registry = model_registry(job.stores.clone());
+    for (name, spec) in &job.models {
+        let (model, url) = crate::store::load_model_from(&job.stores, spec)?;
+        registry.register_from(name.clone(), url, Arc::new(model));
     }
     reclag_udfs::register_all(&ctx, registry);
     for (name, spec) in &job.tables {

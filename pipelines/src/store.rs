@@ -283,12 +283,25 @@ impl Location {
 
 /// Loads a model file from a path or URL, verifying its checksum.
 pub fn load_model(stores: &Stores, spec: &str) -> Result<reclag::Model> {
+    Ok(load_model_from(stores, spec)?.0)
+}
+
+/// Loads a model and gives the absolute URL it came from, which is what a serialized
+/// plan records so another process can load the same model.
+pub fn load_model_from(stores: &Stores, spec: &str) -> Result<(reclag::Model, String)> {
     let loc = stores.locate(spec)?;
-    if let Some(p) = &loc.local {
-        return Ok(reclag::format::load(p)?);
+    match &loc.local {
+        // `from_file_path` percent-encodes, so a path with spaces or `%` survives the
+        // trip through a URL.
+        Some(p) => Ok((
+            reclag::format::load(p)?,
+            Url::from_file_path(p).map_or_else(|_| loc.url(), |u| u.to_string()),
+        )),
+        None => Ok((
+            reclag::format::from_bytes(loc.get()?, &loc.display_path())?,
+            loc.url(),
+        )),
     }
-    let bytes = loc.get()?;
-    Ok(reclag::format::from_bytes(bytes, &loc.display_path())?)
 }
 
 /// The shared IO runtime for blocking callers. Its two workers only drive network and

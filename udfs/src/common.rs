@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use arrow_array::ArrayRef;
@@ -15,19 +15,44 @@ use datafusion::logical_expr::{
     ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature,
     TypeSignature, Volatility,
 };
-use reclag::{Model, ScoreOutput, Work};
+use reclag::{Model, Rows, ScoreOutput, Work};
 
-/// Loads a model from a path or URL. The pipelines crate installs one that reaches
-/// object stores; the default reads local files.
-pub type ModelLoader = dyn Fn(&str) -> std::result::Result<Model, String> + Send + Sync;
+/// Loads a model from a path or URL and says where it came from, as an absolute URL
+/// another process can load it from again. The pipelines crate installs one that
+/// reaches object stores; the default reads local files.
+pub type ModelLoader = dyn Fn(&str) -> std::result::Result<(Model, String), String> + Send + Sync;
+
+/// A model as a serialized plan carries it: the key SQL uses for it (a registered name
+/// or the path/URL literal), where to load it from (`None` for a model registered from
+/// memory), and the checksum it had when the plan was built.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ModelPin {
+    pub key: String,
+    pub url: Option<String>,
+    pub sha256: String,
+}
+
+#[derive(Debug)]
+struct Entry {
+    model: Arc<Model>,
+    /// Computed once: a plan encodes it, and hashing Ξ per query would cost a pass
+    /// over every memory.
+    sha256: String,
+    url: Option<String>,
+    /// A registered name (listed in errors), not a path or URL literal.
+    named: bool,
+}
 
 /// Models visible to SQL: registered names, plus models given by path or URL, loaded
 /// on first use and cached for the life of the session under the URL, with the
 /// checksum they were loaded with (what a serialized plan pins).
 #[derive(Default)]
 pub struct ModelRegistry {
-    named: RwLock<HashMap<String, Arc<Model>>>,
-    loaded: RwLock<HashMap<String, Arc<Model>>>,
+    entries: RwLock<HashMap<String, Entry>>,
+    /// Names a decoded plan used for models it could not carry (registered from
+    /// memory where it was built), with the checksum it expects: the error for a
+    /// missing name then says what to register.
+    expected: RwLock<HashMap<String, String>>,
     loader: Option<Box<ModelLoader>>,
 }
 
@@ -37,6 +62,31 @@ impl std::fmt::Debug for ModelRegistry {
             .field("models", &self.models())
             .finish()
     }
+}
+
+fn looks_like_path(key: &str) -> bool {
+    key.contains('/') || key.ends_with(".parquet") || key.contains("://")
+}
+
+/// The default loader: local files only, named by path or `file://` URL.
+fn load_local(spec: &str) -> std::result::Result<(Model, String), String> {
+    let path = if spec.starts_with("file://") {
+        url::Url::parse(spec)
+            .ok()
+            .and_then(|u| u.to_file_path().ok())
+            .ok_or_else(|| format!("'{spec}' is not a valid file:// URL"))?
+    } else if spec.contains("://") {
+        return Err(format!(
+            "'{spec}': this session reads models from local files only; load object-store models through a registry with a loader (the reclag CLI installs one)"
+        ));
+    } else {
+        PathBuf::from(spec)
+    };
+    let model = reclag::format::load(&path).map_err(|e| e.to_string())?;
+    let abs = std::fs::canonicalize(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let url = url::Url::from_file_path(&abs)
+        .map_err(|()| format!("{}: not an absolute path", abs.display()))?;
+    Ok((model, url.to_string()))
 }
 
 impl ModelRegistry {
@@ -52,47 +102,129 @@ impl ModelRegistry {
         })
     }
 
-    /// Makes `model` available as `name` in SQL (`reclag_score('name', ...)`).
+    fn load(&self, spec: &str) -> std::result::Result<(Model, String), String> {
+        match &self.loader {
+            Some(load) => load(spec),
+            None => load_local(spec),
+        }
+    }
+
+    fn insert(&self, key: String, model: Arc<Model>, url: Option<String>, named: bool) {
+        let sha256 = reclag::format::checksum(&model);
+        self.entries.write().expect("registry lock").insert(
+            key,
+            Entry {
+                model,
+                sha256,
+                url,
+                named,
+            },
+        );
+    }
+
+    /// Makes `model` available as `name` in SQL (`reclag_score('name', ...)`). A plan
+    /// using it can be serialized but carries only its checksum; the executing
+    /// session must register the same model under the same name. Prefer
+    /// [`register_from`](Self::register_from) when the model came from a file.
     pub fn register(&self, name: impl Into<String>, model: Arc<Model>) {
-        self.named
-            .write()
-            .expect("registry lock")
-            .insert(name.into(), model);
+        self.insert(name.into(), model, None, true);
+    }
+
+    /// Like [`register`](Self::register), remembering the absolute URL the model was
+    /// loaded from, so a serialized plan can reload it anywhere.
+    pub fn register_from(
+        &self,
+        name: impl Into<String>,
+        url: impl Into<String>,
+        model: Arc<Model>,
+    ) {
+        self.insert(name.into(), model, Some(url.into()), true);
     }
 
     /// `(name or URL, checksum)` of every model known so far, sorted.
     pub fn models(&self) -> Vec<(String, String)> {
-        let mut v: Vec<(String, String)> = [&self.named, &self.loaded]
+        let mut v: Vec<(String, String)> = self
+            .entries
+            .read()
+            .expect("registry lock")
             .iter()
-            .flat_map(|m| {
-                m.read()
-                    .expect("registry lock")
-                    .iter()
-                    .map(|(k, m)| (k.clone(), reclag::format::checksum(m)))
-                    .collect::<Vec<_>>()
+            .map(|(k, e)| (k.clone(), e.sha256.clone()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Every model this session has resolved, as a serialized plan pins it.
+    pub fn pins(&self) -> Vec<ModelPin> {
+        let mut v: Vec<ModelPin> = self
+            .entries
+            .read()
+            .expect("registry lock")
+            .iter()
+            .map(|(k, e)| ModelPin {
+                key: k.clone(),
+                url: e.url.clone(),
+                sha256: e.sha256.clone(),
             })
             .collect();
         v.sort();
         v
     }
 
+    /// Makes `pin` resolvable here, refusing a model whose checksum differs from the
+    /// pinned one. A pin with a URL is loaded now (once per key), so a changed or
+    /// missing model file fails the plan before any row is read, not halfway through
+    /// a distributed query.
+    pub fn pin(&self, pin: &ModelPin) -> std::result::Result<(), String> {
+        if let Some(e) = self.entries.read().expect("registry lock").get(&pin.key) {
+            if e.sha256 == pin.sha256 {
+                return Ok(());
+            }
+            return Err(format!(
+                "model '{}' on this session has checksum {}, but the plan was built with checksum {}; register the model the plan was built with, or plan the query again",
+                pin.key, e.sha256, pin.sha256
+            ));
+        }
+        let Some(url) = &pin.url else {
+            self.expected
+                .write()
+                .expect("registry lock")
+                .insert(pin.key.clone(), pin.sha256.clone());
+            return Ok(());
+        };
+        let (model, url) = self
+            .load(url)
+            .map_err(|e| format!("model '{}' pinned by the plan: {e}", pin.key))?;
+        let sha = reclag::format::checksum(&model);
+        if sha != pin.sha256 {
+            return Err(format!(
+                "model '{}' at {url} has checksum {sha}, but the plan was built with checksum {}: the model changed after the plan was made; plan the query again, or restore the model file",
+                pin.key, pin.sha256
+            ));
+        }
+        let named = !looks_like_path(&pin.key);
+        self.insert(pin.key.clone(), Arc::new(model), Some(url), named);
+        Ok(())
+    }
+
     /// A registered name, else a model file path or URL (loaded once, then cached).
     pub fn resolve(&self, name: &str) -> std::result::Result<Arc<Model>, String> {
-        if let Some(m) = self.named.read().expect("registry lock").get(name) {
-            return Ok(m.clone());
+        if let Some(e) = self.entries.read().expect("registry lock").get(name) {
+            return Ok(e.model.clone());
         }
-        if let Some(m) = self.loaded.read().expect("registry lock").get(name) {
-            return Ok(m.clone());
-        }
-        let looks_like_path =
-            name.contains('/') || name.ends_with(".parquet") || name.contains("://");
-        if !looks_like_path {
+        if !looks_like_path(name) {
+            if let Some(sha) = self.expected.read().expect("registry lock").get(name) {
+                return Err(format!(
+                    "model '{name}' is not registered; the plan was built with a model registered from memory under that name (checksum {sha}), so the plan could not carry it: register the same model here, or register it from a file or URL where the plan is built"
+                ));
+            }
             let mut known: Vec<String> = self
-                .named
+                .entries
                 .read()
                 .expect("registry lock")
-                .keys()
-                .cloned()
+                .iter()
+                .filter(|(_, e)| e.named)
+                .map(|(k, _)| k.clone())
                 .collect();
             known.sort();
             return Err(format!(
@@ -104,15 +236,9 @@ impl ModelRegistry {
                 }
             ));
         }
-        let model = match &self.loader {
-            Some(load) => load(name)?,
-            None => reclag::format::load(Path::new(name)).map_err(|e| e.to_string())?,
-        };
+        let (model, url) = self.load(name)?;
         let m = Arc::new(model);
-        self.loaded
-            .write()
-            .expect("registry lock")
-            .insert(name.to_string(), m.clone());
+        self.insert(name.to_string(), m.clone(), Some(url), false);
         Ok(m)
     }
 }
@@ -129,7 +255,7 @@ pub enum Output {
 }
 
 impl Output {
-    fn data_type(self) -> DataType {
+    pub(crate) fn data_type(self) -> DataType {
         match self {
             Output::Score | Output::Energy | Output::OodProbability => DataType::Float64,
             Output::IsOod => DataType::Boolean,
@@ -144,6 +270,37 @@ impl Output {
             Output::IsOod | Output::Attractor | Output::Explain => Work::WithDynamics,
             _ => Work::EnergyOnly,
         }
+    }
+
+    /// The SQL function that returns this output; Polars expressions use the same name
+    /// in their messages and output column.
+    pub fn function_name(self) -> &'static str {
+        match self {
+            Output::Score => "reclag_score",
+            Output::Energy => "reclag_energy",
+            Output::OodProbability => "reclag_ood_probability",
+            Output::IsOod => "reclag_is_ood",
+            Output::Attractor => "reclag_attractor",
+            Output::Explain => "reclag_explain",
+        }
+    }
+
+    /// The one core call per batch that SQL and Polars share: the same rows and groups
+    /// give the same array, nulls included.
+    pub fn evaluate(
+        self,
+        model: &Model,
+        rows: &Rows<'_>,
+        groups: Option<&[Option<u32>]>,
+    ) -> reclag::Result<ArrayRef> {
+        if self == Output::Explain {
+            let mut ex = reclag::Explanation::default();
+            model.explain_into(rows, groups, &mut ex)?;
+            return Ok(reclag::arrow::explain_array(model, ex));
+        }
+        let mut out = ScoreOutput::default();
+        model.score_into(rows, groups, self.work(), &mut out)?;
+        Ok(self.array(out))
     }
 
     fn array(self, out: ScoreOutput) -> ArrayRef {
@@ -209,6 +366,11 @@ impl ReclagFunc {
             registry,
             doc,
         }
+    }
+
+    /// The registry this function resolves models in (what a plan codec pins).
+    pub fn registry(&self) -> &Arc<ModelRegistry> {
+        &self.registry
     }
 
     fn model_from_literal(&self, v: Option<&ScalarValue>) -> Result<Arc<Model>> {
@@ -319,21 +481,10 @@ impl ScalarUDFImpl for ReclagFunc {
                 }
             }
         };
-        if self.output == Output::Explain {
-            let mut ex = reclag::Explanation::default();
-            if let Err(e) = off_reactor(|| model.explain_into(&rows, groups.as_deref(), &mut ex)) {
-                return exec_err!("{}: {e}", self.name);
-            }
-            return Ok(ColumnarValue::Array(reclag::arrow::explain_array(
-                &model, ex,
-            )));
+        match off_reactor(|| self.output.evaluate(&model, &rows, groups.as_deref())) {
+            Ok(a) => Ok(ColumnarValue::Array(a)),
+            Err(e) => exec_err!("{}: {e}", self.name),
         }
-        let mut out = ScoreOutput::default();
-        let work = self.output.work();
-        if let Err(e) = off_reactor(|| model.score_into(&rows, groups.as_deref(), work, &mut out)) {
-            return exec_err!("{}: {e}", self.name);
-        }
-        Ok(ColumnarValue::Array(self.output.array(out)))
     }
 
     fn documentation(&self) -> Option<&Documentation> {

@@ -11,29 +11,41 @@
 //! when the query is planned; each batch makes one call into the core.
 
 pub mod attractor;
+#[cfg(feature = "proto")]
+pub mod codec;
 pub mod common;
 pub mod energy;
 pub mod explain;
 pub mod is_ood;
 pub mod ood_probability;
+#[cfg(feature = "polars")]
+pub mod polars;
 pub mod score;
 
 use std::sync::Arc;
 
 use datafusion::execution::context::SessionContext;
+use datafusion::logical_expr::ScalarUDF;
 
-pub use common::{ModelRegistry, Output};
+#[cfg(feature = "proto")]
+pub use codec::ReclagCodec;
+pub use common::{ModelPin, ModelRegistry, Output};
 
-/// Registers every reclag function on `ctx`, resolving models through `models`.
-pub fn register_all(ctx: &SessionContext, models: Arc<ModelRegistry>) {
-    for udf in [
+/// Every reclag function, resolving models through `models`.
+pub fn functions(models: Arc<ModelRegistry>) -> Vec<ScalarUDF> {
+    vec![
         score::udf(models.clone()),
         energy::udf(models.clone()),
         ood_probability::udf(models.clone()),
         is_ood::udf(models.clone()),
         attractor::udf(models.clone()),
         explain::udf(models),
-    ] {
+    ]
+}
+
+/// Registers every reclag function on `ctx`, resolving models through `models`.
+pub fn register_all(ctx: &SessionContext, models: Arc<ModelRegistry>) {
+    for udf in functions(models) {
         ctx.register_udf(udf);
     }
 }
@@ -56,7 +68,11 @@ pub(crate) mod test_util {
     pub const TAU: f64 = 0.8;
 
     pub fn model() -> Model {
-        // Two memories along the axes of a 3-d space.
+        model_tau(TAU)
+    }
+
+    /// Two memories along the axes of a 3-d space, with threshold `tau`.
+    pub fn model_tau(tau: f64) -> Model {
         Model::new(ModelParts {
             d: 3,
             beta: 5.0,
@@ -67,12 +83,12 @@ pub(crate) mod test_util {
                 key: None,
                 xi: vec![2.0, 0.0, 0.0, 0.0, 2.0, 0.0],
                 m: 2,
-                tau: TAU,
+                tau,
                 n_train: 0,
                 n_calibration: 0,
                 calibrated_on: CalibratedOn::Train,
             }],
-            tau_star: TAU,
+            tau_star: tau,
             provenance: Provenance::default(),
         })
         .unwrap()
