@@ -6,6 +6,8 @@
 //! - **score**: `reclag score` Parquet → Parquet (keeping `id`), routed by `label`;
 //! - **sql**: `SELECT count(*) FROM t WHERE reclag_is_ood('m', embedding, label)`
 //!   through DataFusion, against `reclag score`;
+//! - **polars**: `scan_parquet → filter(is_ood(embedding, label)) → count` through
+//!   Polars' streaming engine, against the SQL path;
 //! - **memory**: peak RSS of `reclag score --input - --output -` streaming 1M and 10M
 //!   generated rows (no disk), each in a fresh process.
 //!
@@ -143,6 +145,31 @@ fn sql_count(rt: &tokio::runtime::Runtime, path: &Path, model: &Path) -> u64 {
         .expect("a count in the result")
 }
 
+fn polars_count(path: &Path, model: &Arc<reclag::Model>) -> u64 {
+    use polars::prelude::*;
+    let lf = LazyFrame::scan_parquet(
+        PlRefPath::new(path.display().to_string().as_str()),
+        ScanArgsParquet::default(),
+    )
+    .unwrap()
+    .filter(reclag_udfs::polars::is_ood(
+        col("embedding"),
+        model,
+        Some(col("label")),
+    ))
+    .select([len()]);
+    let df = lf
+        .collect_with_engine(Engine::Streaming)
+        .unwrap()
+        .unwrap_single();
+    df.column("len")
+        .unwrap()
+        .get(0)
+        .unwrap()
+        .extract::<u64>()
+        .unwrap()
+}
+
 /// An Arrow IPC stream of generated rows, produced as it is read (nothing is held
 /// but the batch being encoded).
 struct IpcSource {
@@ -271,8 +298,9 @@ fn main() {
         .unwrap();
     let threads = rayon::current_num_threads();
     println!("# Parquet → scores, {n} × {D}, K = 10, M = 16, {threads} threads");
-    let (mut t_dec, mut t_score, mut t_sql) = (vec![], vec![], vec![]);
-    let mut counts = (0, 0);
+    let (mut t_dec, mut t_score, mut t_sql, mut t_pl) = (vec![], vec![], vec![], vec![]);
+    let mut counts = (0, 0, 0);
+    let shared_model = Arc::new(model.clone());
     for _ in 0..runs {
         let t0 = Instant::now();
         assert_eq!(decode(&path), n);
@@ -283,10 +311,17 @@ fn main() {
         let t0 = Instant::now();
         counts.1 = sql_count(&rt, &path, &model_path);
         t_sql.push(t0.elapsed().as_secs_f64());
+        let t0 = Instant::now();
+        counts.2 = polars_count(&path, &shared_model);
+        t_pl.push(t0.elapsed().as_secs_f64());
     }
     assert_eq!(
         counts.0, counts.1,
         "SQL and score disagree on the OOD count"
+    );
+    assert_eq!(
+        counts.0, counts.2,
+        "Polars and score disagree on the OOD count"
     );
     let rate = |t: f64| n as f64 / t;
     let (dec, sc, sq) = (median(t_dec), median(t_score), median(t_sql));
@@ -305,6 +340,12 @@ fn main() {
         "| SQL count(*) WHERE reclag_is_ood | {sq:.2} | {:.0} | {:.2} of score |",
         rate(sq),
         sc / sq
+    );
+    let pl = median(t_pl);
+    println!(
+        "| Polars filter(is_ood) count, streaming | {pl:.2} | {:.0} | {:.2} of SQL |",
+        rate(pl),
+        sq / pl
     );
     println!("(OOD rows: {})", counts.0);
 

@@ -3,6 +3,7 @@
 mod cli;
 mod common;
 mod golden;
+mod polars_exprs;
 mod properties;
 mod reference;
 mod s3;

@@ -51,8 +51,42 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Run SQL over Parquet tables with the reclag functions (reclag_score, ...).
     Sql(SqlArgs),
+    /// Keep only the in-distribution rows of a Parquet dataset (or only the OOD ones).
+    Filter(FilterArgs),
     /// Train, score and evaluate on a bundled real sample; no network or data needed.
     Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(after_long_help = "\
+Every input column is kept. Rows whose embedding is null or non-finite are neither ID
+nor OOD and are kept by neither --keep id nor --keep ood; the summary counts them with
+the rows dropped. Runs on Polars' streaming engine, so memory stays bounded for data
+larger than RAM. The output is written to a temporary name and renamed when complete.
+
+Examples:
+  reclag filter --model model.parquet --input 'new/*.parquet' --group label \\
+      --keep id --output clean.parquet
+  reclag filter --model model.parquet --input new/ --keep ood --output quarantine.parquet")]
+pub struct FilterArgs {
+    /// The model file: a path or URL.
+    #[arg(long, value_name = "MODEL")]
+    pub model: String,
+    /// Local Parquet file(s), directories of them, or globs.
+    #[arg(long, required = true, num_args = 1.., value_name = "PATH")]
+    pub input: Vec<String>,
+    /// Which rows to keep: id (the model accepts them) or ood (quarantine).
+    #[arg(long, value_enum)]
+    pub keep: crate::filter::Keep,
+    /// The output Parquet file (local).
+    #[arg(long, value_name = "OUT")]
+    pub output: String,
+    #[arg(long, default_value = "embedding", value_name = "COL")]
+    pub embedding: String,
+    /// Route each row to the group named by this column (integer or string class
+    /// label); a null label, or no --group, scores against the union of all groups.
+    #[arg(long, value_name = "COL")]
+    pub group: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -391,6 +425,31 @@ pub fn dispatch(cli: Cli, stores: Arc<Stores>, out: &mut dyn Write) -> Result<Ex
             } else {
                 writeln!(out, "{msg}").map_err(io_err)?;
             }
+        }
+        Command::Filter(a) => {
+            let model = Arc::new(crate::store::load_model(&stores, &a.model)?);
+            let job = crate::filter::FilterJob {
+                inputs: a.input,
+                output: a.output,
+                embedding: a.embedding,
+                group: a.group,
+                keep: a.keep,
+                stores,
+            };
+            let s = crate::filter::run(&model, &job)?;
+            writeln!(
+                out,
+                "kept {} of {} rows ({}) from {} file(s) into {}",
+                s.rows_kept,
+                s.rows_in,
+                match job.keep {
+                    crate::filter::Keep::Id => "in-distribution",
+                    crate::filter::Keep::Ood => "OOD",
+                },
+                s.files,
+                job.output
+            )
+            .map_err(io_err)?;
         }
         Command::Eval(a) => {
             let model = crate::store::load_model(&stores, &a.model)?;

@@ -4,6 +4,7 @@ pub mod cli;
 pub mod demo;
 pub mod error;
 pub mod eval;
+pub mod filter;
 pub mod inspect;
 pub mod io;
 pub mod progress;
