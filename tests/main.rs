@@ -2,6 +2,7 @@
 
 mod cli;
 mod common;
+mod drift;
 mod golden;
 mod polars_exprs;
 mod properties;

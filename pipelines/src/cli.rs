@@ -53,8 +53,70 @@ pub enum Command {
     Sql(SqlArgs),
     /// Keep only the in-distribution rows of a Parquet dataset (or only the OOD ones).
     Filter(FilterArgs),
+    /// Detect drift in a partitioned lake, partition by partition (for nightly jobs).
+    #[command(subcommand)]
+    Drift(DriftCommand),
     /// Train, score and evaluate on a bundled real sample; no network or data needed.
     Demo(DemoArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DriftCommand {
+    /// Score every partition not processed yet, test its OOD rate, publish metrics,
+    /// the worst rows and report.html. Exit code 0: no drift; 2: drift; 1: error.
+    Run(DriftRunArgs),
+    /// Run a drift job now and then every --every, for machines without cron or a
+    /// scheduler; one JSON line per run. SIGTERM or Ctrl-C stop it cleanly (a run in
+    /// progress stops before its next partition).
+    Watch(DriftWatchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DriftWatchArgs {
+    /// The job spec (TOML); see `reclag drift run --help`.
+    pub job: PathBuf,
+    /// How often: 30s, 15m, 6h, 24h, 1d, 1h30m.
+    #[arg(long, default_value = "24h", value_name = "DURATION")]
+    pub every: String,
+}
+
+#[derive(Args, Debug)]
+#[command(after_long_help = "\
+The job spec (TOML; examples in pipelines/jobs/):
+
+  [source]
+  url = \"s3://lake/events\"        # or a local path
+  partitioning = \"hive:date\"      # directories date=YYYY-MM-DD
+  embedding = \"embedding\"
+  group = \"label\"                 # optional: per-group rates and routing
+  [model]
+  url = \"models/prod.parquet\"
+  [output]
+  url = \"drift-out/\"              # metrics/, worst/, report.html, _state.json
+  [alert]
+  alpha = 0.01                     # one-sided binomial test against the calibrated rate
+  min_rows = 100
+  # max_rate = 0.2                 # also alert above this absolute OOD rate
+  # expected_rate = 0.05           # default: the model's calibration ood_rate
+  [report]
+  top_k = 20                       # worst rows kept per partition
+
+Outputs are committed per partition; a killed run rerun gives the same bytes, and
+partitions already processed are skipped. Query the metrics with
+  reclag sql --table m=drift-out/metrics/ \"SELECT * FROM m WHERE drift\"
+Prints one JSON line: the partitions processed, skipped (and why) and drifted.")]
+pub struct DriftRunArgs {
+    /// The job spec (TOML).
+    pub job: PathBuf,
+    /// Process only this partition value (e.g. 2026-11-21), if not done yet.
+    #[arg(long, conflicts_with = "since", value_name = "P")]
+    pub partition: Option<String>,
+    /// Process partitions with values ≥ P (in sort order) that are not done yet.
+    #[arg(long, value_name = "P")]
+    pub since: Option<String>,
+    /// Check the spec, the model and the lake, and list what would be processed.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Args, Debug)]
@@ -362,6 +424,29 @@ where
     }
 }
 
+/// Resolves on SIGTERM (systemd, Kubernetes, `kill`) or Ctrl-C.
+async fn terminated() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
 fn io_err(source: std::io::Error) -> Error {
     Error::Io {
         context: "writing output".into(),
@@ -450,6 +535,46 @@ pub fn dispatch(cli: Cli, stores: Arc<Stores>, out: &mut dyn Write) -> Result<Ex
                 job.output
             )
             .map_err(io_err)?;
+        }
+        Command::Drift(DriftCommand::Watch(a)) => {
+            let spec = crate::drift::DriftSpec::from_file(&a.job)?;
+            let every = crate::drift::watch::parse_every(&a.every)?;
+            let job = crate::drift::DriftJob::new(spec, stores);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|source| Error::Io {
+                    context: "starting the scheduler".into(),
+                    source,
+                })?;
+            rt.block_on(crate::drift::watch::watch(
+                job,
+                every,
+                terminated(),
+                |r| match r {
+                    Ok(s) => {
+                        let _ = writeln!(out, "{}", s.json_line());
+                        let _ = out.flush();
+                    }
+                    Err(e) => eprintln!("error: {e} (watching on; next run in {})", a.every),
+                },
+            ));
+        }
+        Command::Drift(DriftCommand::Run(a)) => {
+            let spec = crate::drift::DriftSpec::from_file(&a.job)?;
+            let select = match (a.partition, a.since) {
+                (Some(p), _) => crate::drift::Select::Only(p),
+                (None, Some(p)) => crate::drift::Select::Since(p),
+                (None, None) => crate::drift::Select::All,
+            };
+            let summary = crate::drift::DriftJob::new(spec, stores)
+                .select(select)
+                .dry_run(a.dry_run)
+                .run()?;
+            writeln!(out, "{}", summary.json_line()).map_err(io_err)?;
+            if summary.drift {
+                return Ok(ExitCode::from(crate::drift::EXIT_DRIFT));
+            }
         }
         Command::Eval(a) => {
             let model = crate::store::load_model(&stores, &a.model)?;

@@ -2,6 +2,7 @@
 
 pub mod cli;
 pub mod demo;
+pub mod drift;
 pub mod error;
 pub mod eval;
 pub mod filter;

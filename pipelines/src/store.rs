@@ -238,6 +238,13 @@ impl Location {
     /// go to a temporary sibling and are renamed; object stores publish a PUT atomically.
     pub fn put(&self, bytes: Bytes) -> Result<()> {
         if let Some(p) = &self.local {
+            // Object stores have no directories; on disk, make them as a PUT would.
+            if let Some(dir) = p.parent() {
+                std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+                    context: format!("creating {}", dir.display()),
+                    source,
+                })?;
+            }
             return reclag::format::write_atomic(p, &bytes).map_err(Error::from);
         }
         block_on(self.store.put(&self.key, PutPayload::from(bytes)))
@@ -260,6 +267,17 @@ impl Location {
             .map_err(|e| self.error("listing", e))?;
         all.sort_by(|a, b| a.location.cmp(&b.location));
         Ok(all)
+    }
+
+    /// The "directories" directly below this key (common prefixes), sorted; on local
+    /// disk these include empty directories.
+    pub fn list_dirs(&self) -> Result<Vec<ObjPath>> {
+        let prefix = (!self.key.as_ref().is_empty()).then_some(&self.key);
+        let mut dirs = block_on(self.store.list_with_delimiter(prefix))
+            .map_err(|e| self.error("listing", e))?
+            .common_prefixes;
+        dirs.sort();
+        Ok(dirs)
     }
 
     /// An object-store error turned into a message that says what to check.

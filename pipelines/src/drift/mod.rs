@@ -1,0 +1,1065 @@
+//! `reclag drift run`: score each new partition of a lake, test its OOD rate against
+//! the model's calibrated rate, and publish metrics, the worst rows and a report.
+//!
+//! Every output is a pure function of (spec, model, partition data), and each is
+//! written whole under its final name (temporary name + rename on disk, a single PUT
+//! on object stores). The state file, written last for each partition, only records
+//! which partitions are done. So a run killed at any point and rerun rewrites the same
+//! bytes for the partition it was in and never duplicates a row.
+
+pub mod report;
+pub mod spec;
+pub mod stats;
+pub mod watch;
+pub mod webhook;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arrow_array::builder::{BooleanBuilder, Float64Builder, StringBuilder, UInt64Builder};
+use arrow_array::{Array, ArrayRef, RecordBatch, StringArray, UInt32Array};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use bytes::Bytes;
+use reclag::{Model, ScoreOutput, Work};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::io::ParquetFile;
+use crate::route::Routing;
+use crate::store::{Location, Stores};
+pub use spec::{DriftSpec, Partitioning};
+
+/// Exit code of a run that found drift (0: none, 1: error).
+pub const EXIT_DRIFT: u8 = 2;
+pub const STATE_FILE: &str = "_state.json";
+/// Score quantiles kept per partition for the report's histograms (0.5 % steps).
+const QUANTILES: usize = 201;
+
+/// Which partitions a run considers; partitions already processed are skipped in every
+/// mode, so reruns add nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum Select {
+    #[default]
+    All,
+    Only(String),
+    Since(String),
+}
+
+/// Called with a checkpoint name (`"metrics:<partition>"`, `"worst:<partition>"`,
+/// `"state:<partition>"`) after that output is written; returning `true` stops the run
+/// there as if the process had died. Crash tests use it.
+pub type FaultHook = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+/// The run's notion of now; only the stdout summary and `watch` use it, never the
+/// outputs, which must be byte-identical across reruns.
+pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
+/// A drift run: build with [`DriftJob::new`], adjust, then [`DriftJob::run`].
+pub struct DriftJob {
+    spec: DriftSpec,
+    stores: Arc<Stores>,
+    select: Select,
+    dry_run: bool,
+    clock: Clock,
+    fault: Option<FaultHook>,
+    cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
+
+/// What a partition contributed, as recorded in the state file and the summary.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PartitionRecord {
+    pub partition: String,
+    /// `"done"` or `"skipped"`.
+    pub status: String,
+    /// Why a partition was skipped (shown in the report).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub rows: u64,
+    #[serde(default)]
+    pub ood_rows: u64,
+    #[serde(default)]
+    pub ood_rate: f64,
+    #[serde(default)]
+    pub expected_rate: f64,
+    #[serde(default)]
+    pub p_value: f64,
+    #[serde(default)]
+    pub drift: bool,
+    /// Groups whose own test alerted.
+    #[serde(default)]
+    pub drift_groups: Vec<String>,
+    /// Score quantiles at 0.5 % steps, for the report's histogram.
+    #[serde(default)]
+    pub score_quantiles: Vec<f64>,
+    #[serde(default)]
+    pub groups: Vec<GroupRecord>,
+    /// The most OOD rows, their scalar columns as text, for the report's table.
+    #[serde(default)]
+    pub worst: Vec<WorstRow>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    pub group: String,
+    pub rows: u64,
+    pub ood_rows: u64,
+    pub ood_rate: f64,
+    pub p_value: f64,
+    pub drift: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorstRow {
+    pub score: f64,
+    pub columns: Vec<(String, String)>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub version: u32,
+    pub model_sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<ReferenceRecord>,
+    pub partitions: BTreeMap<String, PartitionRecord>,
+}
+
+/// The reference data's OOD rates, measured once and kept with the state so every
+/// partition is judged against the same numbers.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReferenceRecord {
+    pub url: String,
+    pub rows: u64,
+    /// Counts, not rates, so a rerun that reads the state back judges with exactly
+    /// the same numbers.
+    pub ood_rows: u64,
+    /// Group → (rows, OOD rows).
+    pub groups: BTreeMap<String, (u64, u64)>,
+    pub score_quantiles: Vec<f64>,
+}
+
+impl ReferenceRecord {
+    pub fn ood_rate(&self) -> f64 {
+        self.ood_rows as f64 / self.rows.max(1) as f64
+    }
+}
+
+/// A reference group with fewer rows than this uses the overall reference rate.
+const MIN_REFERENCE_GROUP_ROWS: u64 = 20;
+
+/// The compact form of a partition in the stdout summary.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PartitionBrief {
+    pub partition: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub rows: u64,
+    pub ood_rows: u64,
+    pub ood_rate: f64,
+    pub expected_rate: f64,
+    pub p_value: f64,
+    pub drift_groups: Vec<String>,
+}
+
+impl From<&PartitionRecord> for PartitionBrief {
+    fn from(r: &PartitionRecord) -> Self {
+        PartitionBrief {
+            partition: r.partition.clone(),
+            reason: r.reason.clone(),
+            rows: r.rows,
+            ood_rows: r.ood_rows,
+            ood_rate: r.ood_rate,
+            expected_rate: r.expected_rate,
+            p_value: r.p_value,
+            drift_groups: r.drift_groups.clone(),
+        }
+    }
+}
+
+/// The one-line JSON a run prints.
+#[derive(Clone, Debug, Serialize)]
+pub struct DriftSummary {
+    pub started_at_unix: u64,
+    pub source: String,
+    pub output: String,
+    pub model_sha256: String,
+    pub dry_run: bool,
+    /// Partitions this run would process (dry run) or processed (skipped ones included).
+    pub partitions: Vec<String>,
+    pub skipped: Vec<PartitionBrief>,
+    pub drifted: Vec<PartitionBrief>,
+    pub already_done: usize,
+    pub drift: bool,
+    /// Set when the run stopped early at a shutdown request (between partitions).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
+    /// What happened to the webhook POST, when one is configured and due.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
+}
+
+impl DriftSummary {
+    pub fn json_line(&self) -> String {
+        serde_json::to_string(self).expect("the summary serializes")
+    }
+}
+
+/// Statistics of one group (or the whole partition) while its rows stream by.
+#[derive(Default)]
+struct Acc {
+    rows: u64,
+    null_rows: u64,
+    ood_rows: u64,
+    score_sum: f64,
+    energies: Vec<f64>,
+    scores: Vec<f64>,
+}
+
+impl Acc {
+    fn add(&mut self, out: &ScoreOutput, i: usize) {
+        self.rows += 1;
+        if !out.valid[i] {
+            self.null_rows += 1;
+            return;
+        }
+        // The rate the calibration controls: A ≤ τ (score ≤ 0), the MAP decision of
+        // the first step. The trajectory flag can differ (in union mode it reaches
+        // the origin far more often), so it is not what τ's quantile promises.
+        self.ood_rows += u64::from(out.score[i] <= 0.0);
+        self.score_sum += out.score[i];
+        self.energies.push(out.energy[i]);
+        self.scores.push(out.score[i]);
+    }
+
+    fn scored(&self) -> u64 {
+        self.rows - self.null_rows
+    }
+}
+
+/// The worst rows seen so far: original columns plus the score, with the keys that
+/// make their order total (score, file, row) so reruns pick the same rows.
+struct Worst {
+    k: usize,
+    batch: Option<RecordBatch>,
+    keys: Vec<(f64, u32, u64)>,
+}
+
+impl Worst {
+    fn offer(
+        &mut self,
+        batch: &RecordBatch,
+        out: &ScoreOutput,
+        file: u32,
+        base: u64,
+    ) -> Result<()> {
+        if self.k == 0 {
+            return Ok(());
+        }
+        let mut cand: Vec<(f64, u32, u64)> = (0..batch.num_rows())
+            .filter(|&i| out.valid[i])
+            .map(|i| (out.score[i], file, base + i as u64))
+            .collect();
+        let order = |a: &(f64, u32, u64), b: &(f64, u32, u64)| {
+            a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2))
+        };
+        if cand.len() > self.k {
+            cand.select_nth_unstable_by(self.k - 1, order);
+            cand.truncate(self.k);
+        }
+        if cand.is_empty() {
+            return Ok(());
+        }
+        let idx = UInt32Array::from_iter_values(cand.iter().map(|c| (c.2 - base) as u32));
+        let mut cols: Vec<ArrayRef> = batch
+            .columns()
+            .iter()
+            .map(|c| arrow_select::take::take(c, &idx, None))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(arrow_err)?;
+        cols.push(Arc::new(arrow_array::Float64Array::from_iter_values(
+            cand.iter().map(|c| c.0),
+        )));
+        let mut fields: Vec<Field> = batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new("reclag_score", DataType::Float64, true));
+        let part = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).map_err(arrow_err)?;
+        let merged = match self.batch.take() {
+            None => part,
+            Some(prev) => {
+                if prev.schema() != part.schema() {
+                    return Err(Error::Usage(format!(
+                        "the files of one partition have different columns: {} vs {}",
+                        schema_names(&prev.schema()),
+                        schema_names(&part.schema())
+                    )));
+                }
+                arrow_select::concat::concat_batches(&prev.schema(), [&prev, &part])
+                    .map_err(arrow_err)?
+            }
+        };
+        self.keys.extend(cand);
+        let mut order_idx: Vec<usize> = (0..self.keys.len()).collect();
+        order_idx.sort_by(|&a, &b| order(&self.keys[a], &self.keys[b]));
+        order_idx.truncate(self.k);
+        let take = UInt32Array::from_iter_values(order_idx.iter().map(|&i| i as u32));
+        self.keys = order_idx.iter().map(|&i| self.keys[i]).collect();
+        let cols = merged
+            .columns()
+            .iter()
+            .map(|c| arrow_select::take::take(c, &take, None))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(arrow_err)?;
+        self.batch = Some(RecordBatch::try_new(merged.schema(), cols).map_err(arrow_err)?);
+        Ok(())
+    }
+}
+
+fn schema_names(s: &Schema) -> String {
+    s.fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn arrow_err(e: arrow_schema::ArrowError) -> Error {
+    Error::Usage(format!("assembling the worst rows: {e}"))
+}
+
+/// A partition: its value (`2026-11-21`) and its directory.
+struct Partition {
+    value: String,
+    dir: Location,
+}
+
+/// What processing a partition produced.
+enum Processed {
+    Done {
+        record: Box<PartitionRecord>,
+        metrics: RecordBatch,
+        worst: Option<RecordBatch>,
+    },
+    Skipped(String),
+}
+
+impl DriftJob {
+    pub fn new(spec: DriftSpec, stores: Arc<Stores>) -> Self {
+        DriftJob {
+            spec,
+            stores,
+            select: Select::All,
+            dry_run: false,
+            clock: Arc::new(SystemTime::now),
+            fault: None,
+            cancel: None,
+        }
+    }
+
+    pub fn select(mut self, select: Select) -> Self {
+        self.select = select;
+        self
+    }
+
+    pub fn dry_run(mut self, dry_run: bool) -> Self {
+        self.dry_run = dry_run;
+        self
+    }
+
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    pub fn fault_hook(mut self, hook: FaultHook) -> Self {
+        self.fault = Some(hook);
+        self
+    }
+
+    /// When the flag is set the run stops before its next partition; everything it
+    /// finished stays committed (SIGTERM handling for `watch`).
+    pub fn cancel_flag(mut self, flag: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.cancel = Some(flag);
+        self
+    }
+
+    pub fn spec(&self) -> &DriftSpec {
+        &self.spec
+    }
+
+    fn out(&self, rel: &str) -> Result<Location> {
+        let base = self.spec.output.url.trim_end_matches('/');
+        self.stores.locate(&format!("{base}/{rel}"))
+    }
+
+    fn checkpoint(&self, name: &str) -> Result<()> {
+        if self.fault.as_ref().is_some_and(|f| f(name)) {
+            return Err(Error::Usage(format!("fault injected after {name}")));
+        }
+        Ok(())
+    }
+
+    fn load_state(&self) -> Result<State> {
+        let loc = self.out(STATE_FILE)?;
+        match loc.head()? {
+            None => Ok(State {
+                version: 1,
+                ..Default::default()
+            }),
+            Some(_) => {
+                let bytes = loc.get()?;
+                serde_json::from_slice(&bytes).map_err(|e| {
+                    Error::Usage(format!(
+                        "{}: not a reclag drift state file ({e}); point output.url at a new location or delete the file to start over",
+                        loc.display
+                    ))
+                })
+            }
+        }
+    }
+
+    fn partitions(&self) -> Result<Vec<Partition>> {
+        let Partitioning::Hive { key } = self.spec.partitioning().map_err(Error::Usage)?;
+        let root = self
+            .stores
+            .locate(self.spec.source.url.trim_end_matches('/'))?;
+        let prefix = format!("{key}=");
+        let mut parts = Vec::new();
+        for dir in root.list_dirs()? {
+            let Some(name) = dir.filename() else { continue };
+            let Some(value) = name.strip_prefix(&prefix) else {
+                continue;
+            };
+            parts.push(Partition {
+                value: value.to_string(),
+                dir: root.child(dir.clone()),
+            });
+        }
+        if parts.is_empty() {
+            return Err(Error::Usage(format!(
+                "{}: no partitions {prefix}VALUE below it; check source.url and source.partitioning",
+                root.display
+            )));
+        }
+        parts.sort_by(|a, b| a.value.cmp(&b.value));
+        Ok(parts)
+    }
+
+    /// Runs the job: every selected partition not yet in the state, in order.
+    pub fn run(&self) -> Result<DriftSummary> {
+        let started = (self.clock)()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let (model, _) = crate::store::load_model_from(&self.stores, &self.spec.model.url)
+            .map_err(|e| Error::Usage(format!("model.url: {e}")))?;
+        let sha = reclag::format::checksum(&model);
+        let mut state = self.load_state()?;
+        if !state.model_sha256.is_empty() && state.model_sha256 != sha {
+            return Err(Error::Usage(format!(
+                "{}: this output was produced with model {}, but model.url now has checksum {sha}; use a new output.url for the new model (metrics from two models are not comparable)",
+                self.spec.output.url, state.model_sha256
+            )));
+        }
+        state.model_sha256 = sha.clone();
+        if let Some(r) = &self.spec.reference {
+            match &state.reference {
+                Some(have) if have.url == r.url => {}
+                Some(have) => {
+                    return Err(Error::Usage(format!(
+                        "{}: this output was judged against reference {}, but reference.url is now {}; use a new output.url (rates against two references are not comparable)",
+                        self.spec.output.url, have.url, r.url
+                    )));
+                }
+                None if !self.dry_run => {
+                    state.reference = Some(self.measure_reference(&model, &r.url)?)
+                }
+                None => {}
+            }
+        }
+        let all = self.partitions()?;
+        let known: Vec<&str> = all.iter().map(|p| p.value.as_str()).collect();
+        if let Select::Only(p) | Select::Since(p) = &self.select
+            && !known.contains(&p.as_str())
+            && matches!(self.select, Select::Only(_))
+        {
+            return Err(Error::Usage(format!(
+                "--partition {p}: no such partition (found: {})",
+                known.join(", ")
+            )));
+        }
+        let selected: Vec<&Partition> = all
+            .iter()
+            .filter(|p| match &self.select {
+                Select::All => true,
+                Select::Only(v) => &p.value == v,
+                Select::Since(v) => p.value.as_str() >= v.as_str(),
+            })
+            .collect();
+        let already_done = selected
+            .iter()
+            .filter(|p| state.partitions.contains_key(&p.value))
+            .count();
+        let todo: Vec<&Partition> = selected
+            .into_iter()
+            .filter(|p| !state.partitions.contains_key(&p.value))
+            .collect();
+        let mut summary = DriftSummary {
+            started_at_unix: started,
+            source: self.spec.source.url.clone(),
+            output: self.spec.output.url.clone(),
+            model_sha256: sha,
+            dry_run: self.dry_run,
+            partitions: todo.iter().map(|p| p.value.clone()).collect(),
+            skipped: vec![],
+            drifted: vec![],
+            already_done,
+            drift: false,
+            interrupted: false,
+            webhook: None,
+        };
+        if self.dry_run {
+            return Ok(summary);
+        }
+        // From here on, `partitions` lists what this run actually processed.
+        summary.partitions.clear();
+        let bar = crate::progress::bar(todo.len() as u64, "partitions", "drift");
+        for part in todo {
+            if self
+                .cancel
+                .as_ref()
+                .is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst))
+            {
+                summary.interrupted = true;
+                break;
+            }
+            let record = match self.process(&model, part, &state)? {
+                Processed::Skipped(reason) => {
+                    let r = PartitionRecord {
+                        partition: part.value.clone(),
+                        status: "skipped".into(),
+                        reason: Some(reason),
+                        rows: 0,
+                        ood_rows: 0,
+                        ood_rate: 0.0,
+                        expected_rate: 0.0,
+                        p_value: 1.0,
+                        drift: false,
+                        drift_groups: vec![],
+                        score_quantiles: vec![],
+                        groups: vec![],
+                        worst: vec![],
+                    };
+                    summary.skipped.push((&r).into());
+                    r
+                }
+                Processed::Done {
+                    record,
+                    metrics,
+                    worst,
+                } => {
+                    let name = format!("part-{}.parquet", file_safe(&part.value));
+                    self.out(&format!("metrics/{name}"))?
+                        .put(parquet_bytes(&metrics)?)?;
+                    self.checkpoint(&format!("metrics:{}", part.value))?;
+                    if let Some(w) = worst {
+                        self.out(&format!("worst/{name}"))?
+                            .put(parquet_bytes(&w)?)?;
+                    }
+                    self.checkpoint(&format!("worst:{}", part.value))?;
+                    if record.drift {
+                        summary.drifted.push(record.as_ref().into());
+                    }
+                    *record
+                }
+            };
+            summary.partitions.push(part.value.clone());
+            state.partitions.insert(part.value.clone(), record);
+            self.save_state(&state)?;
+            self.checkpoint(&format!("state:{}", part.value))?;
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let html = report::render(&self.spec, &state);
+        self.out("report.html")?.put(Bytes::from(html))?;
+        summary.drift = !summary.drifted.is_empty();
+        if let Some(w) = &self.spec.webhook
+            && (summary.drift || w.on == "always")
+        {
+            summary.webhook = Some(match webhook::post(w, &summary.json_line()) {
+                Ok(attempts) => format!("delivered (attempt {attempts})"),
+                Err(e) => {
+                    eprintln!("warning: {e}");
+                    format!("failed: {e}")
+                }
+            });
+        }
+        Ok(summary)
+    }
+
+    fn save_state(&self, state: &State) -> Result<()> {
+        let mut text = serde_json::to_string_pretty(state).expect("the state serializes");
+        text.push('\n');
+        self.out(STATE_FILE)?.put(Bytes::from(text))
+    }
+
+    /// Scores every row of `inputs` against the model (the reference data).
+    fn measure_reference(&self, model: &Model, url: &str) -> Result<ReferenceRecord> {
+        let routing = self.routing();
+        let k = model.groups().len();
+        let mut whole = Acc::default();
+        let mut groups: Vec<Acc> = (0..k).map(|_| Acc::default()).collect();
+        let mut out = ScoreOutput::default();
+        let files = crate::io::open_all(&self.stores, &[url.to_string()])
+            .map_err(|e| Error::Usage(format!("reference.url: {e}")))?;
+        for file in files {
+            let path = file.path.clone();
+            let mut base = 0usize;
+            for batch in file.read(None)? {
+                let batch = batch?;
+                crate::score::score_batch(
+                    model,
+                    &batch,
+                    &self.spec.source.embedding,
+                    &routing,
+                    Work::EnergyOnly,
+                    &path,
+                    &mut out,
+                )
+                .map_err(|e| crate::score::offset_rows(e, base))?;
+                let g = routing.resolve(model, &batch, &path)?;
+                for i in 0..batch.num_rows() {
+                    whole.add(&out, i);
+                    if let Some(Some(gi)) = g.as_ref().map(|g| g[i]) {
+                        groups[gi as usize].add(&out, i);
+                    }
+                }
+                base += batch.num_rows();
+            }
+        }
+        if whole.scored() == 0 {
+            return Err(Error::Usage(format!(
+                "reference.url {url}: no scorable rows; point it at in-distribution data with the '{}' column",
+                self.spec.source.embedding
+            )));
+        }
+        whole.scores.sort_by(f64::total_cmp);
+        Ok(ReferenceRecord {
+            url: url.to_string(),
+            rows: whole.scored(),
+            ood_rows: whole.ood_rows,
+            groups: groups
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| a.scored() > 0)
+                .map(|(gi, a)| (group_name(model, gi), (a.scored(), a.ood_rows)))
+                .collect(),
+            score_quantiles: quantiles(&whole.scores),
+        })
+    }
+
+    fn routing(&self) -> Routing {
+        match &self.spec.source.group {
+            Some(g) => Routing::Column(g.clone()),
+            None => Routing::Union,
+        }
+    }
+
+    fn process(&self, model: &Model, part: &Partition, state: &State) -> Result<Processed> {
+        let files: Vec<Location> = part
+            .dir
+            .list()?
+            .into_iter()
+            .filter(|m| {
+                m.location.filename().is_some_and(|n| {
+                    n.ends_with(".parquet") && !n.starts_with('_') && !n.starts_with('.')
+                })
+            })
+            .map(|m| part.dir.child(m.location.clone()).with_size(m.size))
+            .collect();
+        if files.is_empty() {
+            return Ok(Processed::Skipped(format!(
+                "no Parquet files in {}",
+                part.dir.display
+            )));
+        }
+        let emb = &self.spec.source.embedding;
+        let routing = self.routing();
+        let k = model.groups().len();
+        let mut whole = Acc::default();
+        let mut groups: Vec<Acc> = (0..k).map(|_| Acc::default()).collect();
+        let mut worst = Worst {
+            k: self.spec.report.top_k,
+            batch: None,
+            keys: vec![],
+        };
+        let mut out = ScoreOutput::default();
+        for (fi, loc) in files.iter().enumerate() {
+            let file = ParquetFile::open(loc)?;
+            let path = file.path.clone();
+            let Ok(field) = file.schema.field_with_name(emb) else {
+                return Ok(Processed::Skipped(format!(
+                    "{}: no embedding column '{emb}' (columns: {})",
+                    path.display(),
+                    schema_names(&file.schema)
+                )));
+            };
+            if let Err(e) =
+                reclag::arrow::check_embedding_type(field.data_type(), emb, Some(model.dim()))
+            {
+                return Ok(Processed::Skipped(format!("{}: {e}", path.display())));
+            }
+            if let Some(g) = routing.column()
+                && file.schema.field_with_name(g).is_err()
+            {
+                return Ok(Processed::Skipped(format!(
+                    "{}: no group column '{g}' (columns: {})",
+                    path.display(),
+                    schema_names(&file.schema)
+                )));
+            }
+            let mut base = 0u64;
+            for batch in file.read(None)? {
+                let batch = batch?;
+                crate::score::score_batch(
+                    model,
+                    &batch,
+                    emb,
+                    &routing,
+                    Work::EnergyOnly,
+                    &path,
+                    &mut out,
+                )
+                .map_err(|e| crate::score::offset_rows(e, base as usize))?;
+                let g = routing.resolve(model, &batch, &path)?;
+                for i in 0..batch.num_rows() {
+                    whole.add(&out, i);
+                    if let Some(Some(gi)) = g.as_ref().map(|g| g[i]) {
+                        groups[gi as usize].add(&out, i);
+                    }
+                }
+                worst.offer(&batch, &out, fi as u32, base)?;
+                base += batch.num_rows() as u64;
+            }
+        }
+        if whole.rows == 0 {
+            return Ok(Processed::Skipped(format!(
+                "no rows in {} file(s) under {}",
+                files.len(),
+                part.dir.display
+            )));
+        }
+        let expected = expected_rate(model, &self.spec, state.reference.as_ref(), None);
+        let alert = &self.spec.alert;
+        let present = groups.iter().filter(|g| g.scored() > 0).count().max(1);
+        let mut metrics = MetricsBuilder::default();
+        let verdict = |acc: &Acc, level: f64, expected: f64| -> (f64, f64, bool) {
+            let n = acc.scored();
+            let rate = if n == 0 {
+                0.0
+            } else {
+                acc.ood_rows as f64 / n as f64
+            };
+            let p = stats::binomial_sf(acc.ood_rows, n, expected);
+            let drift =
+                n >= alert.min_rows && (p < level || alert.max_rate.is_some_and(|m| rate > m));
+            (rate, p, drift)
+        };
+        let (rate, p, drift) = verdict(&whole, alert.alpha, expected);
+        metrics.push(&part.value, None, &mut whole, expected, rate, p, drift);
+        let mut drift_groups = vec![];
+        let mut group_records = vec![];
+        for (gi, acc) in groups.iter_mut().enumerate() {
+            if acc.rows == 0 {
+                continue;
+            }
+            // Bonferroni across the groups present, so ten groups do not make ten
+            // chances of a false alarm.
+            let name = group_name(model, gi);
+            let g_expected =
+                expected_rate(model, &self.spec, state.reference.as_ref(), Some(&name));
+            let (rate, p, gdrift) = verdict(acc, alert.alpha / present as f64, g_expected);
+            if gdrift {
+                drift_groups.push(name.clone());
+            }
+            group_records.push(GroupRecord {
+                group: name.clone(),
+                rows: acc.rows,
+                ood_rows: acc.ood_rows,
+                ood_rate: rate,
+                p_value: p,
+                drift: gdrift,
+            });
+            metrics.push(&part.value, Some(&name), acc, g_expected, rate, p, gdrift);
+        }
+        let mut scores = std::mem::take(&mut whole.scores);
+        scores.sort_by(f64::total_cmp);
+        let score_quantiles = quantiles(&scores);
+        let worst = match worst.batch {
+            Some(b) => Some(self.explain_worst(model, &part.value, b, &routing)?),
+            None => None,
+        };
+        let record = PartitionRecord {
+            partition: part.value.clone(),
+            status: "done".into(),
+            reason: None,
+            rows: whole.rows,
+            ood_rows: whole.ood_rows,
+            ood_rate: rate,
+            expected_rate: expected,
+            p_value: p,
+            drift: drift || !drift_groups.is_empty(),
+            drift_groups,
+            score_quantiles,
+            groups: group_records,
+            worst: worst.as_ref().map(worst_preview).unwrap_or_default(),
+        };
+        Ok(Processed::Done {
+            record: Box::new(record),
+            metrics: metrics.finish()?,
+            worst,
+        })
+    }
+
+    /// Adds the partition and `reclag_explain` to the worst rows.
+    fn explain_worst(
+        &self,
+        model: &Model,
+        partition: &str,
+        batch: RecordBatch,
+        routing: &Routing,
+    ) -> Result<RecordBatch> {
+        let path = PathBuf::from(partition);
+        let col = crate::io::batch_column(&batch, &self.spec.source.embedding, &path)?;
+        let rows = reclag::arrow::embedding_rows(
+            col.as_ref(),
+            &self.spec.source.embedding,
+            Some(model.dim()),
+        )
+        .map_err(Error::in_file(&path))?;
+        let groups = routing.resolve(model, &batch, &path)?;
+        let mut ex = reclag::Explanation::default();
+        model.explain_into(&rows, groups.as_deref(), &mut ex)?;
+        let explain = reclag::arrow::explain_array(model, ex);
+        let mut fields: Vec<Field> = vec![Field::new("partition", DataType::Utf8, false)];
+        fields.extend(batch.schema().fields().iter().map(|f| f.as_ref().clone()));
+        fields.push(Field::new(
+            "reclag_explain",
+            explain.data_type().clone(),
+            true,
+        ));
+        let mut cols: Vec<ArrayRef> = vec![Arc::new(StringArray::from(vec![
+            partition;
+            batch.num_rows()
+        ]))];
+        cols.extend(batch.columns().iter().cloned());
+        cols.push(explain);
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).map_err(arrow_err)
+    }
+}
+
+/// The worst rows' scalar columns as text (embeddings and other lists are left out).
+fn worst_preview(batch: &RecordBatch) -> Vec<WorstRow> {
+    use datafusion::arrow::util::display::array_value_to_string;
+    let score = batch.column_by_name("reclag_score").and_then(|c| {
+        c.as_any()
+            .downcast_ref::<arrow_array::Float64Array>()
+            .cloned()
+    });
+    let shown: Vec<(String, &ArrayRef)> = batch
+        .schema()
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .filter(|(f, _)| {
+            !f.data_type().is_nested() && f.name() != "partition" && f.name() != "reclag_score"
+        })
+        .map(|(f, c)| (f.name().clone(), c))
+        .take(6)
+        .collect();
+    (0..batch.num_rows())
+        .map(|i| WorstRow {
+            score: score.as_ref().map_or(f64::NAN, |s| s.value(i)),
+            columns: shown
+                .iter()
+                .map(|(n, c)| {
+                    let v = if c.is_null(i) {
+                        "null".to_string()
+                    } else {
+                        array_value_to_string(c, i).unwrap_or_default()
+                    };
+                    (n.clone(), v)
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+fn quantiles(sorted: &[f64]) -> Vec<f64> {
+    (0..QUANTILES)
+        .filter_map(|i| stats::quantile_sorted(sorted, i as f64 / (QUANTILES - 1) as f64))
+        .collect()
+}
+
+/// The OOD rate in-distribution rows should show, for the whole partition (`group`
+/// `None`) or one group: `alert.expected_rate` if set; else the reference's rate (the
+/// group's own when the reference has enough of its rows); else the `ood_rate` the
+/// model was calibrated at.
+pub fn expected_rate(
+    model: &Model,
+    spec: &DriftSpec,
+    reference: Option<&ReferenceRecord>,
+    group: Option<&str>,
+) -> f64 {
+    if let Some(r) = spec.alert.expected_rate {
+        return r;
+    }
+    if let Some(r) = reference {
+        return group
+            .and_then(|g| r.groups.get(g))
+            .filter(|(n, _)| *n >= MIN_REFERENCE_GROUP_ROWS)
+            .map_or(r.ood_rate(), |(n, ood)| *ood as f64 / *n as f64);
+    }
+    serde_json::from_str::<serde_json::Value>(&model.provenance().training)
+        .ok()
+        .and_then(|v| v.get("ood_rate").and_then(|r| r.as_f64()))
+        .unwrap_or(0.05)
+}
+
+fn group_name(model: &Model, gi: usize) -> String {
+    match &model.groups()[gi].key {
+        Some(reclag::GroupKey::Int(v)) => v.to_string(),
+        Some(reclag::GroupKey::Str(v)) => v.clone(),
+        None => gi.to_string(),
+    }
+}
+
+/// Partition values become file names; anything but `[A-Za-z0-9._-]` is escaped.
+fn file_safe(value: &str) -> String {
+    value
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c.to_string()
+            } else {
+                format!("%{:02X}", c as u32)
+            }
+        })
+        .collect()
+}
+
+/// The metrics table schema: one row per partition × group; the whole partition has a
+/// null group.
+pub fn metrics_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("partition", DataType::Utf8, false),
+        Field::new("group", DataType::Utf8, true),
+        Field::new("rows", DataType::UInt64, false),
+        Field::new("null_rows", DataType::UInt64, false),
+        Field::new("ood_rows", DataType::UInt64, false),
+        Field::new("ood_rate", DataType::Float64, true),
+        Field::new("expected_rate", DataType::Float64, false),
+        Field::new("p_value", DataType::Float64, false),
+        Field::new("energy_p05", DataType::Float64, true),
+        Field::new("energy_p50", DataType::Float64, true),
+        Field::new("energy_p95", DataType::Float64, true),
+        Field::new("mean_score", DataType::Float64, true),
+        Field::new("drift", DataType::Boolean, false),
+    ]))
+}
+
+#[derive(Default)]
+struct MetricsBuilder {
+    partition: StringBuilder,
+    group: StringBuilder,
+    rows: UInt64Builder,
+    null_rows: UInt64Builder,
+    ood_rows: UInt64Builder,
+    ood_rate: Float64Builder,
+    expected: Float64Builder,
+    p_value: Float64Builder,
+    e05: Float64Builder,
+    e50: Float64Builder,
+    e95: Float64Builder,
+    mean_score: Float64Builder,
+    drift: BooleanBuilder,
+}
+
+impl MetricsBuilder {
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        partition: &str,
+        group: Option<&str>,
+        acc: &mut Acc,
+        expected: f64,
+        rate: f64,
+        p: f64,
+        drift: bool,
+    ) {
+        let n = acc.scored();
+        self.partition.append_value(partition);
+        self.group.append_option(group);
+        self.rows.append_value(acc.rows);
+        self.null_rows.append_value(acc.null_rows);
+        self.ood_rows.append_value(acc.ood_rows);
+        self.ood_rate.append_option((n > 0).then_some(rate));
+        self.expected.append_value(expected);
+        self.p_value.append_value(p);
+        acc.energies.sort_by(f64::total_cmp);
+        for (b, q) in [
+            (&mut self.e05, 0.05),
+            (&mut self.e50, 0.5),
+            (&mut self.e95, 0.95),
+        ] {
+            b.append_option(stats::quantile_sorted(&acc.energies, q));
+        }
+        self.mean_score
+            .append_option((n > 0).then(|| acc.score_sum / n as f64));
+        self.drift.append_value(drift);
+    }
+
+    fn finish(mut self) -> Result<RecordBatch> {
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(self.partition.finish()),
+            Arc::new(self.group.finish()),
+            Arc::new(self.rows.finish()),
+            Arc::new(self.null_rows.finish()),
+            Arc::new(self.ood_rows.finish()),
+            Arc::new(self.ood_rate.finish()),
+            Arc::new(self.expected.finish()),
+            Arc::new(self.p_value.finish()),
+            Arc::new(self.e05.finish()),
+            Arc::new(self.e50.finish()),
+            Arc::new(self.e95.finish()),
+            Arc::new(self.mean_score.finish()),
+            Arc::new(self.drift.finish()),
+        ];
+        RecordBatch::try_new(metrics_schema(), cols).map_err(arrow_err)
+    }
+}
+
+/// A whole Parquet file in memory (metrics and worst rows are small), so it can be
+/// published with one atomic write.
+fn parquet_bytes(batch: &RecordBatch) -> Result<Bytes> {
+    let mut buf = Vec::new();
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
+        .build();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), Some(props))
+        .map_err(|source| Error::Parquet {
+            path: PathBuf::from("<drift output>"),
+            source,
+        })?;
+    w.write(batch)
+        .and_then(|()| w.close().map(|_| ()))
+        .map_err(|source| Error::Parquet {
+            path: PathBuf::from("<drift output>"),
+            source,
+        })?;
+    Ok(Bytes::from(buf))
+}

@@ -1,0 +1,134 @@
+//! The statistics of a drift verdict: the one-sided binomial test and quantiles.
+
+/// `ln Γ(x)` for `x > 0` (Lanczos, g = 7; relative error below 1e-13).
+fn ln_gamma(x: f64) -> f64 {
+    const G: [f64; 9] = [
+        0.999_999_999_999_809_9,
+        676.520_368_121_885_1,
+        -1_259.139_216_722_402_8,
+        771.323_428_777_653_1,
+        -176.615_029_162_140_6,
+        12.507_343_278_686_905,
+        -0.138_571_095_265_720_12,
+        9.984_369_578_019_572e-6,
+        1.505_632_735_149_311_6e-7,
+    ];
+    if x < 0.5 {
+        // Reflection keeps the series in its accurate range.
+        return (std::f64::consts::PI / (std::f64::consts::PI * x).sin()).ln() - ln_gamma(1.0 - x);
+    }
+    let x = x - 1.0;
+    let mut a = G[0];
+    let t = x + 7.5;
+    for (i, g) in G.iter().enumerate().skip(1) {
+        a += g / (x + i as f64);
+    }
+    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + a.ln()
+}
+
+fn ln_pmf(i: u64, n: u64, ln_p: f64, ln_q: f64) -> f64 {
+    let (i, n) = (i as f64, n as f64);
+    ln_gamma(n + 1.0) - ln_gamma(i + 1.0) - ln_gamma(n - i + 1.0) + i * ln_p + (n - i) * ln_q
+}
+
+/// `P(X ≥ k)` for `X ~ Binomial(n, p)`: the p-value of seeing `k` or more OOD rows in
+/// `n` when the model's calibrated rate is `p`. The tail is summed from whichever side
+/// is short, term by term in log space, so it stays exact far into the tail (where
+/// the drift verdicts are made) without an incomplete-beta library.
+pub fn binomial_sf(k: u64, n: u64, p: f64) -> f64 {
+    if k == 0 {
+        return 1.0;
+    }
+    if k > n || p <= 0.0 {
+        return 0.0;
+    }
+    if p >= 1.0 {
+        return 1.0;
+    }
+    let (ln_p, ln_q) = (p.ln(), (-p).ln_1p());
+    let mean = n as f64 * p;
+    let sum_from = |range: &mut dyn Iterator<Item = u64>| {
+        let mut s = 0.0;
+        for i in range {
+            let t = ln_pmf(i, n, ln_p, ln_q).exp();
+            s += t;
+            if t < s * 1e-17 {
+                break;
+            }
+        }
+        s
+    };
+    if k as f64 > mean {
+        sum_from(&mut (k..=n)).min(1.0)
+    } else {
+        (1.0 - sum_from(&mut (0..k).rev())).clamp(0.0, 1.0)
+    }
+}
+
+/// The `q`-quantile of sorted values, by linear interpolation between order statistics
+/// (NumPy's default), so reported percentiles match what users compute themselves.
+pub fn quantile_sorted(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let h = q.clamp(0.0, 1.0) * (sorted.len() - 1) as f64;
+    let (lo, hi) = (h.floor() as usize, h.ceil() as usize);
+    Some(sorted[lo] + (h - lo as f64) * (sorted[hi] - sorted[lo]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Exact tails of small binomials, by summing the pmf with integer binomials.
+    fn exact(k: u64, n: u64, p: f64) -> f64 {
+        let mut c = 1.0f64;
+        let mut total = 0.0;
+        for i in 0..=n {
+            if i > 0 {
+                c = c * (n - i + 1) as f64 / i as f64;
+            }
+            if i >= k {
+                total += c * p.powi(i as i32) * (1.0 - p).powi((n - i) as i32);
+            }
+        }
+        total
+    }
+
+    #[test]
+    fn binomial_tail_matches_exact_sums() {
+        assert!((binomial_sf(8, 10, 0.5) - 56.0 / 1024.0).abs() < 1e-14);
+        for (n, p) in [(20, 0.05), (50, 0.3), (60, 0.9)] {
+            for k in 0..=n {
+                let (got, want) = (binomial_sf(k, n, p), exact(k, n, p));
+                assert!(
+                    (got - want).abs() <= 1e-12 * want.max(1e-300) + 1e-15,
+                    "k={k} n={n} p={p}: {got} vs {want}"
+                );
+            }
+        }
+        assert_eq!(binomial_sf(0, 5, 0.1), 1.0);
+        assert_eq!(binomial_sf(6, 5, 0.1), 0.0);
+        // Far tail: 200 OOD rows in 1000 at a 5% rate is astronomically unlikely, but
+        // still a positive, finite number rather than 0 or NaN.
+        let far = binomial_sf(200, 1000, 0.05);
+        assert!(far > 0.0 && far < 1e-50, "{far}");
+        // Monotone in k.
+        let mut last = 1.0;
+        for k in 0..=120 {
+            let v = binomial_sf(k, 1000, 0.05);
+            assert!(v <= last + 1e-15, "k={k}");
+            last = v;
+        }
+    }
+
+    #[test]
+    fn quantiles_interpolate_like_numpy() {
+        let v = [1.0, 2.0, 3.0, 4.0];
+        assert_eq!(quantile_sorted(&v, 0.5), Some(2.5));
+        assert_eq!(quantile_sorted(&v, 0.0), Some(1.0));
+        assert_eq!(quantile_sorted(&v, 1.0), Some(4.0));
+        assert!((quantile_sorted(&v, 0.05).unwrap() - 1.15).abs() < 1e-12);
+        assert_eq!(quantile_sorted(&[], 0.5), None);
+    }
+}
