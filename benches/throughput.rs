@@ -8,6 +8,8 @@
 //!   through DataFusion, against `reclag score`;
 //! - **polars**: `scan_parquet → filter(is_ood(embedding, label)) → count` through
 //!   Polars' streaming engine, against the SQL path;
+//! - **drift**: `reclag drift run` over a lake of 10 daily partitions × 100k rows,
+//!   against `reclag score` over the same files;
 //! - **memory**: peak RSS of `reclag score --input - --output -` streaming 1M and 10M
 //!   generated rows (no disk), each in a fresh process.
 //!
@@ -80,8 +82,24 @@ fn bench_dir() -> PathBuf {
 /// The table as a lake writer would leave it: snappy, 64Ki-row row groups.
 fn table(n: usize) -> PathBuf {
     let path = bench_dir().join(format!("emb-{n}x{D}.parquet"));
+    write_table(&path, 0, n);
+    path
+}
+
+/// A hive lake of `parts` daily partitions of `per` rows each.
+fn lake(parts: usize, per: usize) -> PathBuf {
+    let root = bench_dir().join(format!("lake-{parts}x{per}x{D}"));
+    for p in 0..parts {
+        let dir = root.join(format!("date=2026-11-{:02}", p + 1));
+        std::fs::create_dir_all(&dir).unwrap();
+        write_table(&dir.join("part-0.parquet"), p * per, per);
+    }
+    root
+}
+
+fn write_table(path: &Path, first: usize, n: usize) {
     if path.exists() {
-        return path;
+        return;
     }
     eprintln!("generating {} ...", path.display());
     let tmp = path.with_extension("tmp");
@@ -91,15 +109,45 @@ fn table(n: usize) -> PathBuf {
         .build();
     let f = std::fs::File::create(&tmp).unwrap();
     let mut w = parquet::arrow::ArrowWriter::try_new(f, batch(0, 1).schema(), Some(props)).unwrap();
-    let mut start = 0;
-    while start < n {
-        let len = GEN_BATCH.min(n - start);
+    let mut start = first;
+    while start < first + n {
+        let len = GEN_BATCH.min(first + n - start);
         w.write(&batch(start, len)).unwrap();
         start += len;
     }
     w.close().unwrap();
-    std::fs::rename(&tmp, &path).unwrap();
-    path
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// `reclag score` over every partition of the lake into one file, keeping `id`.
+fn score_lake(model: &reclag::Model, root: &Path, out: &Path) -> u64 {
+    let job = ScoreJob {
+        inputs: vec![format!("{}/date=*/*.parquet", root.display())],
+        output: out.display().to_string(),
+        embedding: "embedding".into(),
+        routing: Routing::from_flags(Some("label".into()), None).unwrap(),
+        keep_columns: Some(vec!["id".into()]),
+        stores: Arc::new(Stores::new(StoreEnv::default())),
+    };
+    reclag_pipelines::score::run(model, &job).unwrap().rows
+}
+
+/// A drift run over every partition, from an empty output location.
+fn drift_lake(root: &Path, model: &Path, out: &Path) -> usize {
+    let _ = std::fs::remove_dir_all(out);
+    let spec = reclag_pipelines::drift::DriftSpec::parse(&format!(
+        "[source]\nurl = \"{}\"\npartitioning = \"hive:date\"\ngroup = \"label\"\n\
+         [model]\nurl = \"{}\"\n[output]\nurl = \"{}\"\n",
+        root.display(),
+        model.display(),
+        out.display()
+    ))
+    .unwrap();
+    let s =
+        reclag_pipelines::drift::DriftJob::new(spec, Arc::new(Stores::new(StoreEnv::default())))
+            .run()
+            .unwrap();
+    s.partitions.len()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -348,6 +396,36 @@ fn main() {
         sq / pl
     );
     println!("(OOD rows: {})", counts.0);
+
+    let parts = env_usize("RECLAG_BENCH_LAKE_PARTS", 10);
+    let per = env_usize("RECLAG_BENCH_LAKE_ROWS", 100_000);
+    let root = lake(parts, per);
+    let (mut t_ls, mut t_dr) = (vec![], vec![]);
+    for _ in 0..runs {
+        let t0 = Instant::now();
+        assert_eq!(score_lake(&model, &root, &out), (parts * per) as u64);
+        t_ls.push(t0.elapsed().as_secs_f64());
+        let t0 = Instant::now();
+        assert_eq!(
+            drift_lake(&root, &model_path, &dir.join("drift-out")),
+            parts
+        );
+        t_dr.push(t0.elapsed().as_secs_f64());
+    }
+    let (ls, dr) = (median(t_ls), median(t_dr));
+    let lrate = |t: f64| (parts * per) as f64 / t;
+    println!("\n# Drift run vs score over a lake of {parts} partitions × {per} rows × {D}");
+    println!("| step | median s | rows/s | ratio |");
+    println!("|---|---|---|---|");
+    println!(
+        "| reclag score over the lake (keep id) | {ls:.2} | {:.0} | 1.00 |",
+        lrate(ls)
+    );
+    println!(
+        "| reclag drift run (metrics, worst rows, report) | {dr:.2} | {:.0} | {:.2}× the time of score (target ≤ 1.25) |",
+        lrate(dr),
+        dr / ls
+    );
 
     let sizes: Vec<usize> = std::env::var("RECLAG_BENCH_RSS_ROWS")
         .unwrap_or_else(|_| "1000000,10000000".into())

@@ -191,3 +191,21 @@ pub fn clusters(k: usize, n: usize, d: usize, seed: u64) -> (Vec<Option<Vec<f32>
     }
     (rows, labels)
 }
+
+/// `reclag train --input IN --label label --output OUT --epochs N`, the way the tests
+/// make their models; returns the model as loaded from OUT.
+#[track_caller]
+pub fn train_model(input: &Path, out: &Path, epochs: u32) -> Arc<reclag::Model> {
+    cli_ok(&[
+        "train",
+        "--input",
+        &input.display().to_string(),
+        "--label",
+        "label",
+        "--output",
+        &out.display().to_string(),
+        "--epochs",
+        &epochs.to_string(),
+    ]);
+    Arc::new(reclag::format::load(out).unwrap())
+}

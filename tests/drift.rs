@@ -11,7 +11,7 @@ use arrow_array::RecordBatch;
 use reclag_pipelines::drift::{DriftJob, DriftSpec, Select};
 use reclag_pipelines::store::{StoreEnv, Stores};
 
-use crate::common::{cli_ok, read_parquet, shared};
+use crate::common::{cli_ok, read_parquet, shared, train_model};
 
 pub const DRIFTED: [&str; 2] = ["2026-11-07", "2026-11-09"];
 
@@ -104,17 +104,31 @@ fn write_lake(root: &Path, files: &[(String, Vec<u8>)]) {
 /// Trains the model at `out` and writes the reference rows beside it.
 fn train(dir: &Path, out: &Path) {
     std::fs::write(out.with_file_name("reference.parquet"), reference_file(dir)).unwrap();
-    cli_ok(&[
-        "train",
-        "--input",
-        &s(&dir.join("id_train.parquet")),
-        "--label",
-        "label",
-        "--output",
-        &s(out),
-        "--epochs",
-        "5",
-    ]);
+    train_model(&dir.join("id_train.parquet"), out, 5);
+}
+
+/// A trained model (with its reference rows) and a lake of the given partitions, in a
+/// temporary directory; `None` where ../shared is absent.
+struct Setup {
+    dir: std::path::PathBuf,
+    tmp: tempfile::TempDir,
+    model: std::path::PathBuf,
+    lake: std::path::PathBuf,
+}
+
+fn setup(parts: std::ops::Range<usize>) -> Option<Setup> {
+    let dir = shared("data/image_fmnist")?;
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("m.parquet");
+    train(&dir, &model);
+    let lake = tmp.path().join("lake");
+    write_lake(&lake, &lake_files(&dir)[parts]);
+    Some(Setup {
+        dir,
+        tmp,
+        model,
+        lake,
+    })
 }
 
 /// `reclag drift run ...` in-process: (exit code, stdout or error text).
@@ -160,15 +174,16 @@ fn names(v: &serde_json::Value) -> Vec<String> {
 
 #[test]
 fn drift_flags_exactly_the_injected_partitions_and_reruns_add_nothing() {
-    let Some(dir) = shared("data/image_fmnist") else {
+    let Some(Setup {
+        dir,
+        tmp,
+        model,
+        lake,
+    }) = setup(0..9)
+    else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let model = tmp.path().join("m.parquet");
-    train(&dir, &model);
-    let lake = tmp.path().join("lake");
     let files = lake_files(&dir);
-    write_lake(&lake, &files[..9]);
     let out = tmp.path().join("out");
     let job = tmp.path().join("job.toml");
     std::fs::write(&job, spec_text(&s(&lake), &s(&model), &s(&out))).unwrap();
@@ -290,14 +305,15 @@ fn drift_flags_exactly_the_injected_partitions_and_reruns_add_nothing() {
 
 #[test]
 fn a_crash_at_any_checkpoint_reruns_to_the_same_bytes() {
-    let Some(dir) = shared("data/image_fmnist") else {
+    let Some(Setup {
+        dir: _,
+        tmp,
+        model,
+        lake,
+    }) = setup(0..4)
+    else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let model = tmp.path().join("m.parquet");
-    train(&dir, &model);
-    let lake = tmp.path().join("lake");
-    write_lake(&lake, &lake_files(&dir)[..4]);
     let stores = Arc::new(Stores::new(StoreEnv::default()));
     let job = |out: &Path| {
         let spec = DriftSpec::parse(&spec_text(&s(&lake), &s(&model), &s(out))).unwrap();
@@ -343,14 +359,15 @@ fn a_crash_at_any_checkpoint_reruns_to_the_same_bytes() {
 
 #[test]
 fn drift_bad_specs_and_odd_partitions_are_explained() {
-    let Some(dir) = shared("data/image_fmnist") else {
+    let Some(Setup {
+        dir: _,
+        tmp,
+        model,
+        lake,
+    }) = setup(0..2)
+    else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let model = tmp.path().join("m.parquet");
-    train(&dir, &model);
-    let lake = tmp.path().join("lake");
-    write_lake(&lake, &lake_files(&dir)[..2]);
     let out = tmp.path().join("out");
     let good = spec_text(&s(&lake), &s(&model), &s(&out));
 
@@ -546,14 +563,15 @@ fn hook_server(statuses: Vec<u16>) -> (String, Arc<std::sync::Mutex<Vec<String>>
 
 #[test]
 fn webhook_posts_the_summary_with_retries() {
-    let Some(dir) = shared("data/image_fmnist") else {
+    let Some(Setup {
+        dir: _,
+        tmp,
+        model,
+        lake,
+    }) = setup(5..7)
+    else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let model = tmp.path().join("m.parquet");
-    train(&dir, &model);
-    let lake = tmp.path().join("lake");
-    write_lake(&lake, &lake_files(&dir)[5..7]);
     let stores = Arc::new(Stores::new(StoreEnv::default()));
     let run = |out: &str, url: &str| {
         let text = format!(
@@ -598,14 +616,15 @@ fn webhook_posts_the_summary_with_retries() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_runs_on_an_interval_and_stops_cleanly() {
-    let Some(dir) = shared("data/image_fmnist") else {
+    let Some(Setup {
+        dir,
+        tmp,
+        model,
+        lake,
+    }) = setup(0..3)
+    else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let model = tmp.path().join("m.parquet");
-    train(&dir, &model);
-    let lake = tmp.path().join("lake");
-    write_lake(&lake, &lake_files(&dir)[..3]);
     let spec = DriftSpec::parse(&spec_text(
         &s(&lake),
         &s(&model),
@@ -651,9 +670,6 @@ async fn watch_runs_on_an_interval_and_stops_cleanly() {
 /// loads, and the screenshot has real content.
 #[test]
 fn the_report_renders_in_headless_chromium() {
-    let Some(dir) = shared("data/image_fmnist") else {
-        return;
-    };
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     if !Path::new(&chromium).exists() {
         let msg = format!("{chromium} not found (apt-get install chromium)");
@@ -663,11 +679,12 @@ fn the_report_renders_in_headless_chromium() {
         eprintln!("SKIP: {msg}; report rendering not tested");
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let model = tmp.path().join("m.parquet");
-    train(&dir, &model);
-    let lake = tmp.path().join("lake");
-    write_lake(&lake, &lake_files(&dir));
+    let Some(Setup {
+        tmp, model, lake, ..
+    }) = setup(0..10)
+    else {
+        return;
+    };
     let out = tmp.path().join("out");
     let job = tmp.path().join("job.toml");
     std::fs::write(&job, spec_text(&s(&lake), &s(&model), &s(&out))).unwrap();

@@ -11,7 +11,7 @@ use datafusion::prelude::{ParquetReadOptions, SessionConfig};
 use polars::prelude::*;
 use reclag_udfs::polars as rp;
 
-use crate::common::{cli_err, cli_ok, fsl, shared, write_parquet};
+use crate::common::{cli_err, cli_ok, fsl, shared, train_model, write_parquet};
 
 fn s(p: &Path) -> String {
     p.display().to_string()
@@ -22,18 +22,7 @@ fn scan(p: &Path) -> LazyFrame {
 }
 
 fn train(input: &Path, out: &Path) -> Arc<reclag::Model> {
-    cli_ok(&[
-        "train",
-        "--input",
-        &s(input),
-        "--label",
-        "label",
-        "--output",
-        &s(out),
-        "--epochs",
-        "5",
-    ]);
-    Arc::new(reclag::format::load(out).unwrap())
+    train_model(input, out, 5)
 }
 
 type Exprs = fn(Expr, &Arc<reclag::Model>, Option<Expr>) -> Expr;
@@ -395,78 +384,36 @@ fn reclag_filter_bad_input() {
     let (_, table) = toy(tmp.path());
     let model = s(&tmp.path().join("toy-model.parquet"));
     let out = s(&tmp.path().join("out.parquet"));
-    let e = cli_err(&[
-        "filter",
-        "--model",
-        &model,
-        "--input",
-        &s(&table),
-        "--keep",
-        "id",
-        "--output",
-        &out,
-        "--embedding",
-        "emb",
-    ]);
+    let input = s(&table);
+    // `reclag filter --model M --input T` plus `rest`.
+    let args = |rest: &[&str]| -> Vec<String> {
+        ["filter", "--model", &model, "--input", &input]
+            .iter()
+            .chain(rest)
+            .map(|a| a.to_string())
+            .collect()
+    };
+    let err = |rest: &[&str]| {
+        let a = args(rest);
+        cli_err(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let e = err(&["--keep", "id", "--output", &out, "--embedding", "emb"]);
     assert!(
         e.contains("no embedding column 'emb'") && e.contains("toy.parquet"),
         "{e}"
     );
-    let e = cli_err(&[
-        "filter",
-        "--model",
-        &model,
-        "--input",
-        &s(&table),
-        "--keep",
-        "id",
-        "--output",
-        &out,
-        "--group",
-        "cls",
-    ]);
+    let e = err(&["--keep", "id", "--output", &out, "--group", "cls"]);
     assert!(e.contains("no group column 'cls'"), "{e}");
-    let e = cli_err(&[
-        "filter",
-        "--model",
-        &model,
-        "--input",
-        &s(&table),
-        "--keep",
-        "maybe",
-        "--output",
-        &out,
-    ]);
+    let e = err(&["--keep", "maybe", "--output", &out]);
     assert!(
         e.contains("maybe") && e.contains("id") && e.contains("ood"),
         "{e}"
     );
-    let e = cli_err(&[
-        "filter",
-        "--model",
-        &model,
-        "--input",
-        &s(&table),
-        "--keep",
-        "id",
-        "--output",
-        "s3://b/x.parquet",
-    ]);
+    let e = err(&["--keep", "id", "--output", "s3://b/x.parquet"]);
     assert!(e.contains("writes local Parquet"), "{e}");
     assert!(!Path::new(&out).exists(), "nothing written on error");
     // The toy table has a null and a NaN embedding: kept on neither side.
-    let msg = cli_ok(&[
-        "filter",
-        "--model",
-        &model,
-        "--input",
-        &s(&table),
-        "--keep",
-        "id",
-        "--output",
-        &out,
-        "--group",
-        "label",
-    ]);
+    let a = args(&["--keep", "id", "--output", &out, "--group", "label"]);
+    let msg = cli_ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(msg.contains("kept 1 of 4 rows"), "{msg}");
 }

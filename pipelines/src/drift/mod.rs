@@ -617,29 +617,14 @@ impl DriftJob {
         let files = crate::io::open_all(&self.stores, &[url.to_string()])
             .map_err(|e| Error::Usage(format!("reference.url: {e}")))?;
         for file in files {
-            let path = file.path.clone();
-            let mut base = 0usize;
-            for batch in file.read(None)? {
-                let batch = batch?;
-                crate::score::score_batch(
-                    model,
-                    &batch,
-                    &self.spec.source.embedding,
-                    &routing,
-                    Work::EnergyOnly,
-                    &path,
-                    &mut out,
-                )
-                .map_err(|e| crate::score::offset_rows(e, base))?;
-                let g = routing.resolve(model, &batch, &path)?;
-                for i in 0..batch.num_rows() {
-                    whole.add(&out, i);
-                    if let Some(Some(gi)) = g.as_ref().map(|g| g[i]) {
-                        groups[gi as usize].add(&out, i);
-                    }
-                }
-                base += batch.num_rows();
-            }
+            self.accumulate(
+                model,
+                &routing,
+                file,
+                (&mut whole, &mut groups),
+                None,
+                &mut out,
+            )?;
         }
         if whole.scored() == 0 {
             return Err(Error::Usage(format!(
@@ -660,6 +645,46 @@ impl DriftJob {
                 .collect(),
             score_quantiles: quantiles(&whole.scores),
         })
+    }
+
+    /// Scores every row of `file` into the partition's and its group's statistics, and
+    /// offers the rows to the worst-rows list (file `fi`).
+    fn accumulate(
+        &self,
+        model: &Model,
+        routing: &Routing,
+        file: ParquetFile,
+        (whole, groups): (&mut Acc, &mut [Acc]),
+        mut worst: Option<(&mut Worst, u32)>,
+        out: &mut ScoreOutput,
+    ) -> Result<()> {
+        let path = file.path.clone();
+        let mut base = 0u64;
+        for batch in file.read(None)? {
+            let batch = batch?;
+            crate::score::score_batch(
+                model,
+                &batch,
+                &self.spec.source.embedding,
+                routing,
+                Work::EnergyOnly,
+                &path,
+                out,
+            )
+            .map_err(|e| crate::score::offset_rows(e, base as usize))?;
+            let g = routing.resolve(model, &batch, &path)?;
+            for i in 0..batch.num_rows() {
+                whole.add(out, i);
+                if let Some(Some(gi)) = g.as_ref().map(|g| g[i]) {
+                    groups[gi as usize].add(out, i);
+                }
+            }
+            if let Some((w, fi)) = worst.as_mut() {
+                w.offer(&batch, out, *fi, base)?;
+            }
+            base += batch.num_rows() as u64;
+        }
+        Ok(())
     }
 
     fn routing(&self) -> Routing {
@@ -722,29 +747,14 @@ impl DriftJob {
                     schema_names(&file.schema)
                 )));
             }
-            let mut base = 0u64;
-            for batch in file.read(None)? {
-                let batch = batch?;
-                crate::score::score_batch(
-                    model,
-                    &batch,
-                    emb,
-                    &routing,
-                    Work::EnergyOnly,
-                    &path,
-                    &mut out,
-                )
-                .map_err(|e| crate::score::offset_rows(e, base as usize))?;
-                let g = routing.resolve(model, &batch, &path)?;
-                for i in 0..batch.num_rows() {
-                    whole.add(&out, i);
-                    if let Some(Some(gi)) = g.as_ref().map(|g| g[i]) {
-                        groups[gi as usize].add(&out, i);
-                    }
-                }
-                worst.offer(&batch, &out, fi as u32, base)?;
-                base += batch.num_rows() as u64;
-            }
+            self.accumulate(
+                model,
+                &routing,
+                file,
+                (&mut whole, &mut groups),
+                Some((&mut worst, fi as u32)),
+                &mut out,
+            )?;
         }
         if whole.rows == 0 {
             return Ok(Processed::Skipped(format!(
