@@ -655,12 +655,46 @@ impl DriftJob {
         routing: &Routing,
         file: ParquetFile,
         (whole, groups): (&mut Acc, &mut [Acc]),
-        mut worst: Option<(&mut Worst, u32)>,
+        worst: Option<(&mut Worst, u32)>,
         out: &mut ScoreOutput,
     ) -> Result<()> {
         let path = file.path.clone();
+        // Decoding overlaps scoring: a reader thread stays up to two batches ahead,
+        // as in `reclag score`. Dropping the receiver on an error stops the reader.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<RecordBatch>>(2);
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                let batches = match file.read(None) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                for b in batches {
+                    let stop = b.is_err();
+                    if tx.send(b).is_err() || stop {
+                        return;
+                    }
+                }
+            });
+            self.accumulate_batches(model, routing, &path, rx, (whole, groups), worst, out)
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn accumulate_batches(
+        &self,
+        model: &Model,
+        routing: &Routing,
+        path: &std::path::Path,
+        batches: std::sync::mpsc::Receiver<Result<RecordBatch>>,
+        (whole, groups): (&mut Acc, &mut [Acc]),
+        mut worst: Option<(&mut Worst, u32)>,
+        out: &mut ScoreOutput,
+    ) -> Result<()> {
         let mut base = 0u64;
-        for batch in file.read(None)? {
+        for batch in batches {
             let batch = batch?;
             crate::score::score_batch(
                 model,
@@ -668,11 +702,11 @@ impl DriftJob {
                 &self.spec.source.embedding,
                 routing,
                 Work::EnergyOnly,
-                &path,
+                path,
                 out,
             )
             .map_err(|e| crate::score::offset_rows(e, base as usize))?;
-            let g = routing.resolve(model, &batch, &path)?;
+            let g = routing.resolve(model, &batch, path)?;
             for i in 0..batch.num_rows() {
                 whole.add(out, i);
                 if let Some(Some(gi)) = g.as_ref().map(|g| g[i]) {
