@@ -10,7 +10,7 @@ use datafusion::execution::context::SessionContext;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig};
 use reclag_udfs::ModelRegistry;
 
-use crate::common::{cli_ok, read_parquet, shared, write_parquet};
+use crate::common::{cli_ok, read_parquet, shared, train_model, write_parquet};
 
 fn s(p: &Path) -> String {
     p.display().to_string()
@@ -111,17 +111,7 @@ fn reclag_sql_command_outputs_and_counts() {
     let tmp = tempfile::tempdir().unwrap();
     let sample = reclag_pipelines::demo::write_sample(tmp.path()).unwrap();
     let model = tmp.path().join("m.parquet");
-    cli_ok(&[
-        "train",
-        "--input",
-        &s(&sample[0]),
-        "--label",
-        "label",
-        "--output",
-        &s(&model),
-        "--epochs",
-        "5",
-    ]);
+    train_model(&sample[0], &model, 5);
     let scored = tmp.path().join("scored.parquet");
     let msg = cli_ok(&[
         "score",
@@ -302,18 +292,8 @@ async fn serialized_plans_pin_models_by_url_and_checksum() {
     let sample = reclag_pipelines::demo::write_sample(tmp.path()).unwrap();
     let model = tmp.path().join("m.parquet");
     let other = tmp.path().join("other.parquet");
-    for (out, epochs) in [(&model, "5"), (&other, "2")] {
-        cli_ok(&[
-            "train",
-            "--input",
-            &s(&sample[0]),
-            "--label",
-            "label",
-            "--output",
-            &s(out),
-            "--epochs",
-            epochs,
-        ]);
+    for (out, epochs) in [(&model, 5), (&other, 2)] {
+        train_model(&sample[0], out, epochs);
     }
     let stores = Arc::new(Stores::default());
     let job = SqlJob {
