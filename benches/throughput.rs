@@ -33,7 +33,7 @@ use arrow_schema::SchemaRef;
 use fixture::D;
 use reclag_pipelines::io::ParquetFile;
 use reclag_pipelines::route::Routing;
-use reclag_pipelines::score::ScoreJob;
+use reclag_pipelines::score::{ScoreJob, ScoreSummary};
 use reclag_pipelines::sql::{SqlFormat, SqlJob};
 use reclag_pipelines::store::{StoreEnv, Stores};
 
@@ -119,19 +119,6 @@ fn write_table(path: &Path, first: usize, n: usize) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-/// `reclag score` over every partition of the lake into one file, keeping `id`.
-fn score_lake(model: &reclag::Model, root: &Path, out: &Path) -> u64 {
-    let job = ScoreJob {
-        inputs: vec![format!("{}/date=*/*.parquet", root.display())],
-        output: out.display().to_string(),
-        embedding: "embedding".into(),
-        routing: Routing::from_flags(Some("label".into()), None).unwrap(),
-        keep_columns: Some(vec!["id".into()]),
-        stores: Arc::new(Stores::new(StoreEnv::default())),
-    };
-    reclag_pipelines::score::run(model, &job).unwrap().rows
-}
-
 /// A drift run over every partition, from an empty output location.
 fn drift_lake(root: &Path, model: &Path, out: &Path) -> usize {
     let _ = std::fs::remove_dir_all(out);
@@ -165,16 +152,18 @@ fn decode(path: &Path) -> usize {
     rows
 }
 
-fn score(model: &reclag::Model, path: &Path, out: &Path) -> u64 {
+/// `reclag score` of `input` (a file or a glob) into `out`, keeping `id`, routed by
+/// `label`.
+fn score(model: &reclag::Model, input: String, out: &Path) -> ScoreSummary {
     let job = ScoreJob {
-        inputs: vec![path.display().to_string()],
+        inputs: vec![input],
         output: out.display().to_string(),
         embedding: "embedding".into(),
         routing: Routing::from_flags(Some("label".into()), None).unwrap(),
         keep_columns: Some(vec!["id".into()]),
         stores: Arc::new(Stores::new(StoreEnv::default())),
     };
-    reclag_pipelines::score::run(model, &job).unwrap().ood_rows
+    reclag_pipelines::score::run(model, &job).unwrap()
 }
 
 fn sql_count(rt: &tokio::runtime::Runtime, path: &Path, model: &Path) -> u64 {
@@ -354,7 +343,7 @@ fn main() {
         assert_eq!(decode(&path), n);
         t_dec.push(t0.elapsed().as_secs_f64());
         let t0 = Instant::now();
-        counts.0 = score(&model, &path, &out);
+        counts.0 = score(&model, path.display().to_string(), &out).ood_rows;
         t_score.push(t0.elapsed().as_secs_f64());
         let t0 = Instant::now();
         counts.1 = sql_count(&rt, &path, &model_path);
@@ -403,7 +392,8 @@ fn main() {
     let (mut t_ls, mut t_dr) = (vec![], vec![]);
     for _ in 0..runs {
         let t0 = Instant::now();
-        assert_eq!(score_lake(&model, &root, &out), (parts * per) as u64);
+        let lake_glob = format!("{}/date=*/*.parquet", root.display());
+        assert_eq!(score(&model, lake_glob, &out).rows, (parts * per) as u64);
         t_ls.push(t0.elapsed().as_secs_f64());
         let t0 = Instant::now();
         assert_eq!(

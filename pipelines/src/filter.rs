@@ -74,38 +74,16 @@ fn local_inputs(model: &Model, job: &FilterJob) -> Result<(Vec<PathBuf>, u64)> {
             )));
         };
         let file = ParquetFile::open(&loc)?;
-        let field = file.schema.field_with_name(&job.embedding).map_err(|_| {
-            Error::Usage(format!(
-                "{}: no embedding column '{}' (columns: {}); choose one with --embedding",
-                file.path.display(),
-                job.embedding,
-                names(&file)
-            ))
-        })?;
-        reclag::arrow::check_embedding_type(field.data_type(), &job.embedding, Some(model.dim()))
-            .map_err(Error::in_file(&file.path))?;
-        if let Some(g) = &job.group
-            && file.schema.field_with_name(g).is_err()
-        {
-            return Err(Error::Usage(format!(
-                "{}: no group column '{g}' (columns: {}); omit --group to score against the union of all groups",
-                file.path.display(),
-                names(&file)
-            )));
-        }
+        file.check_scoring_columns(model.dim(), &job.embedding, job.group.as_deref())
+            .map_err(|e| {
+                Error::Usage(format!(
+                    "{e}; name the columns with --embedding and --group (no --group scores against the union of all groups)"
+                ))
+            })?;
         rows += file.rows;
         paths.push(local);
     }
     Ok((paths, rows))
-}
-
-fn names(file: &ParquetFile) -> String {
-    file.schema
-        .fields()
-        .iter()
-        .map(|f| f.name().as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Runs the split. The output is written under a temporary name beside it and renamed

@@ -70,17 +70,7 @@ pub fn expand_inputs(stores: &Stores, inputs: &[String]) -> Result<Vec<Location>
         } else if let Some(meta) = loc.head()? {
             out.push(loc.with_size(meta.size));
         } else {
-            let prefix = loc.key.as_ref().to_string();
-            let found: Vec<Location> = loc
-                .list()?
-                .into_iter()
-                .filter(|m| {
-                    let rel = m.location.as_ref()[prefix.len()..].trim_start_matches('/');
-                    m.location.extension() == Some("parquet")
-                        && !rel.split('/').any(|c| c.starts_with(['.', '_']))
-                })
-                .map(|m| loc.child(m.location).with_size(m.size))
-                .collect();
+            let found = parquet_files_below(&loc)?;
             if found.is_empty() {
                 return Err(Error::Usage(
                     if loc.is_local() && !Path::new(raw).exists() {
@@ -100,6 +90,22 @@ pub fn expand_inputs(stores: &Stores, inputs: &[String]) -> Result<Vec<Location>
         }
     }
     Ok(out)
+}
+
+/// The `.parquet` objects below a directory or prefix, sorted, leaving out hidden ones
+/// (a `.` or `_` name anywhere below it: `_SUCCESS`, `.tmp` files, `_state.json` dirs).
+pub fn parquet_files_below(loc: &Location) -> Result<Vec<Location>> {
+    let prefix = loc.key.as_ref().to_string();
+    Ok(loc
+        .list()?
+        .into_iter()
+        .filter(|m| {
+            let rel = m.location.as_ref()[prefix.len()..].trim_start_matches('/');
+            m.location.extension() == Some("parquet")
+                && !rel.split('/').any(|c| c.starts_with(['.', '_']))
+        })
+        .map(|m| loc.child(m.location).with_size(m.size))
+        .collect())
 }
 
 /// An input table opened for streaming, with its Arrow schema and (for Parquet) row
@@ -186,6 +192,41 @@ impl ParquetFile {
 
     pub fn column_index(&self, column: &str) -> Result<usize> {
         column_index(&self.schema, column).map_err(Error::in_file(&self.path))
+    }
+
+    /// Checks from the footer alone that the file has what scoring needs: the
+    /// embedding column, of a list type with the model's dimension, and the group
+    /// column. The message names the file and lists its columns.
+    pub fn check_scoring_columns(
+        &self,
+        dim: usize,
+        embedding: &str,
+        group: Option<&str>,
+    ) -> std::result::Result<(), String> {
+        let columns = || {
+            self.schema
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let path = self.path.display();
+        let Ok(field) = self.schema.field_with_name(embedding) else {
+            return Err(format!(
+                "{path}: no embedding column '{embedding}' (columns: {})",
+                columns()
+            ));
+        };
+        reclag::arrow::check_embedding_type(field.data_type(), embedding, Some(dim))
+            .map_err(|e| format!("{path}: {e}"))?;
+        match group {
+            Some(g) if self.schema.field_with_name(g).is_err() => Err(format!(
+                "{path}: no group column '{g}' (columns: {})",
+                columns()
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Streams batches of the given root columns (all when `None`).
@@ -356,6 +397,31 @@ pub fn column_index(schema: &Schema, column: &str) -> Result<usize, reclag::Erro
 pub fn batch_column<'b>(batch: &'b RecordBatch, column: &str, path: &Path) -> Result<&'b ArrayRef> {
     let i = column_index(batch.schema_ref(), column).map_err(Error::in_file(path))?;
     Ok(batch.column(i))
+}
+
+/// Decodes `files` in order, sending `(file index, batch)` to `tx`; meant for a thread
+/// of its own, so decoding runs ahead of whatever consumes the batches (a bounded
+/// channel limits how far). Stops after the first error, or when the receiver is
+/// dropped (the consumer stopped on an error).
+pub fn read_ahead(
+    files: Vec<ParquetFile>,
+    tx: std::sync::mpsc::SyncSender<Result<(usize, RecordBatch)>>,
+) {
+    for (i, f) in files.into_iter().enumerate() {
+        let batches = match f.read(None) {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
+        for b in batches {
+            let stop = b.is_err();
+            if tx.send(b.map(|b| (i, b))).is_err() || stop {
+                return;
+            }
+        }
+    }
 }
 
 /// Opens every input and checks they share the first file's schema, so a mismatch is

@@ -50,7 +50,8 @@ pub struct ScoreSummary {
     pub ood_rows: u64,
 }
 
-/// Scores one batch's embeddings; rows are null where the embedding is.
+/// Scores one batch's embeddings; rows are null where the embedding is. Returns each
+/// row's group (`None` for all-union), for callers that aggregate by group.
 pub fn score_batch(
     model: &Model,
     batch: &RecordBatch,
@@ -59,13 +60,13 @@ pub fn score_batch(
     work: Work,
     path: &Path,
     out: &mut ScoreOutput,
-) -> Result<()> {
+) -> Result<Option<Vec<Option<u32>>>> {
     let col = batch_column(batch, embedding, path)?;
     let rows = reclag::arrow::embedding_rows(col.as_ref(), embedding, Some(model.dim()))
         .map_err(Error::in_file(path))?;
     let groups = routing.resolve(model, batch, path)?;
     model.score_into(&rows, groups.as_deref(), work, out)?;
-    Ok(())
+    Ok(groups)
 }
 
 /// The five output arrays, in [`OUTPUT_COLUMNS`] order.
@@ -134,24 +135,7 @@ fn pipeline(
     let (to_write, write_rx) = sync_channel::<RecordBatch>(QUEUE);
     let paths: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
     std::thread::scope(|scope| {
-        scope.spawn(move || {
-            for (i, f) in files.into_iter().enumerate() {
-                let batches = match f.read(None) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        let _ = to_score.send(Err(e));
-                        return;
-                    }
-                };
-                for b in batches {
-                    let stop = b.is_err();
-                    // A closed channel means the consumer stopped on an error.
-                    if to_score.send(b.map(|b| (i, b))).is_err() || stop {
-                        return;
-                    }
-                }
-            }
-        });
+        scope.spawn(move || crate::io::read_ahead(files, to_score));
         let writer = scope.spawn(move || -> Result<Sink> {
             for b in write_rx {
                 sink.write(&b)?;

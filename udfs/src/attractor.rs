@@ -19,7 +19,6 @@ fn documentation() -> &'static Documentation {
 /// `reclag_attractor`, resolving models through `registry`.
 pub fn udf(registry: Arc<ModelRegistry>) -> ScalarUDF {
     ScalarUDF::new_from_impl(ReclagFunc::new(
-        "reclag_attractor",
         Output::Attractor,
         registry,
         documentation(),

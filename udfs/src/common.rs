@@ -338,12 +338,7 @@ impl Hash for ReclagFunc {
 }
 
 impl ReclagFunc {
-    pub fn new(
-        name: &'static str,
-        output: Output,
-        registry: Arc<ModelRegistry>,
-        doc: &'static Documentation,
-    ) -> Self {
+    pub fn new(output: Output, registry: Arc<ModelRegistry>, doc: &'static Documentation) -> Self {
         // `Any` comes first so arguments are taken exactly as they are (an `Exact` list
         // signature would coerce a FixedSizeList to List and hide its dimension from
         // the planning checks). The `Exact` entries after it are never chosen for real
@@ -360,7 +355,7 @@ impl ReclagFunc {
             Volatility::Immutable,
         );
         ReclagFunc {
-            name,
+            name: output.function_name(),
             output,
             signature,
             registry,

@@ -18,12 +18,7 @@ fn documentation() -> &'static Documentation {
 
 /// `reclag_energy`, resolving models through `registry`.
 pub fn udf(registry: Arc<ModelRegistry>) -> ScalarUDF {
-    ScalarUDF::new_from_impl(ReclagFunc::new(
-        "reclag_energy",
-        Output::Energy,
-        registry,
-        documentation(),
-    ))
+    ScalarUDF::new_from_impl(ReclagFunc::new(Output::Energy, registry, documentation()))
 }
 
 #[cfg(test)]

@@ -18,12 +18,7 @@ fn documentation() -> &'static Documentation {
 
 /// `reclag_explain`, resolving models through `registry`.
 pub fn udf(registry: Arc<ModelRegistry>) -> ScalarUDF {
-    ScalarUDF::new_from_impl(ReclagFunc::new(
-        "reclag_explain",
-        Output::Explain,
-        registry,
-        documentation(),
-    ))
+    ScalarUDF::new_from_impl(ReclagFunc::new(Output::Explain, registry, documentation()))
 }
 
 #[cfg(test)]

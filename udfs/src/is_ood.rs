@@ -18,12 +18,7 @@ fn documentation() -> &'static Documentation {
 
 /// `reclag_is_ood`, resolving models through `registry`.
 pub fn udf(registry: Arc<ModelRegistry>) -> ScalarUDF {
-    ScalarUDF::new_from_impl(ReclagFunc::new(
-        "reclag_is_ood",
-        Output::IsOod,
-        registry,
-        documentation(),
-    ))
+    ScalarUDF::new_from_impl(ReclagFunc::new(Output::IsOod, registry, documentation()))
 }
 
 #[cfg(test)]

@@ -19,7 +19,6 @@ fn documentation() -> &'static Documentation {
 /// `reclag_ood_probability`, resolving models through `registry`.
 pub fn udf(registry: Arc<ModelRegistry>) -> ScalarUDF {
     ScalarUDF::new_from_impl(ReclagFunc::new(
-        "reclag_ood_probability",
         Output::OodProbability,
         registry,
         documentation(),

@@ -18,12 +18,7 @@ fn documentation() -> &'static Documentation {
 
 /// `reclag_score`, resolving models through `registry`.
 pub fn udf(registry: Arc<ModelRegistry>) -> ScalarUDF {
-    ScalarUDF::new_from_impl(ReclagFunc::new(
-        "reclag_score",
-        Output::Score,
-        registry,
-        documentation(),
-    ))
+    ScalarUDF::new_from_impl(ReclagFunc::new(Output::Score, registry, documentation()))
 }
 
 #[cfg(test)]

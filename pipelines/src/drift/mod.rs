@@ -483,9 +483,8 @@ impl DriftJob {
         }
         let all = self.partitions()?;
         let known: Vec<&str> = all.iter().map(|p| p.value.as_str()).collect();
-        if let Select::Only(p) | Select::Since(p) = &self.select
+        if let Select::Only(p) = &self.select
             && !known.contains(&p.as_str())
-            && matches!(self.select, Select::Only(_))
         {
             return Err(Error::Usage(format!(
                 "--partition {p}: no such partition (found: {})",
@@ -613,19 +612,9 @@ impl DriftJob {
         let k = model.groups().len();
         let mut whole = Acc::default();
         let mut groups: Vec<Acc> = (0..k).map(|_| Acc::default()).collect();
-        let mut out = ScoreOutput::default();
         let files = crate::io::open_all(&self.stores, &[url.to_string()])
             .map_err(|e| Error::Usage(format!("reference.url: {e}")))?;
-        for file in files {
-            self.accumulate(
-                model,
-                &routing,
-                file,
-                (&mut whole, &mut groups),
-                None,
-                &mut out,
-            )?;
-        }
+        self.accumulate(model, &routing, files, (&mut whole, &mut groups), None)?;
         if whole.scored() == 0 {
             return Err(Error::Usage(format!(
                 "reference.url {url}: no scorable rows; point it at in-distribution data with the '{}' column",
@@ -647,78 +636,52 @@ impl DriftJob {
         })
     }
 
-    /// Scores every row of `file` into the partition's and its group's statistics, and
-    /// offers the rows to the worst-rows list (file `fi`).
+    /// Scores every row of `files` into the partition's and its groups' statistics,
+    /// and offers the rows to the worst-rows list. Decoding overlaps scoring as in
+    /// `reclag score`: a reader thread stays up to two batches ahead.
     fn accumulate(
         &self,
         model: &Model,
         routing: &Routing,
-        file: ParquetFile,
+        files: Vec<ParquetFile>,
         (whole, groups): (&mut Acc, &mut [Acc]),
-        worst: Option<(&mut Worst, u32)>,
-        out: &mut ScoreOutput,
+        mut worst: Option<&mut Worst>,
     ) -> Result<()> {
-        let path = file.path.clone();
-        // Decoding overlaps scoring: a reader thread stays up to two batches ahead,
-        // as in `reclag score`. Dropping the receiver on an error stops the reader.
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<RecordBatch>>(2);
+        let paths: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
+        let (tx, rx) = std::sync::mpsc::sync_channel(2);
         std::thread::scope(|scope| {
-            scope.spawn(move || {
-                let batches = match file.read(None) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
-                };
-                for b in batches {
-                    let stop = b.is_err();
-                    if tx.send(b).is_err() || stop {
-                        return;
+            scope.spawn(move || crate::io::read_ahead(files, tx));
+            let mut out = ScoreOutput::default();
+            let (mut file, mut base) = (usize::MAX, 0u64);
+            // Returning early drops `rx`, which stops the reader.
+            for item in rx {
+                let (fi, batch) = item?;
+                if fi != file {
+                    (file, base) = (fi, 0);
+                }
+                let g = crate::score::score_batch(
+                    model,
+                    &batch,
+                    &self.spec.source.embedding,
+                    routing,
+                    Work::EnergyOnly,
+                    &paths[fi],
+                    &mut out,
+                )
+                .map_err(|e| crate::score::offset_rows(e, base as usize))?;
+                for i in 0..batch.num_rows() {
+                    whole.add(&out, i);
+                    if let Some(Some(gi)) = g.as_ref().map(|g| g[i]) {
+                        groups[gi as usize].add(&out, i);
                     }
                 }
-            });
-            self.accumulate_batches(model, routing, &path, rx, (whole, groups), worst, out)
+                if let Some(w) = worst.as_deref_mut() {
+                    w.offer(&batch, &out, fi as u32, base)?;
+                }
+                base += batch.num_rows() as u64;
+            }
+            Ok(())
         })
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn accumulate_batches(
-        &self,
-        model: &Model,
-        routing: &Routing,
-        path: &std::path::Path,
-        batches: std::sync::mpsc::Receiver<Result<RecordBatch>>,
-        (whole, groups): (&mut Acc, &mut [Acc]),
-        mut worst: Option<(&mut Worst, u32)>,
-        out: &mut ScoreOutput,
-    ) -> Result<()> {
-        let mut base = 0u64;
-        for batch in batches {
-            let batch = batch?;
-            crate::score::score_batch(
-                model,
-                &batch,
-                &self.spec.source.embedding,
-                routing,
-                Work::EnergyOnly,
-                path,
-                out,
-            )
-            .map_err(|e| crate::score::offset_rows(e, base as usize))?;
-            let g = routing.resolve(model, &batch, path)?;
-            for i in 0..batch.num_rows() {
-                whole.add(out, i);
-                if let Some(Some(gi)) = g.as_ref().map(|g| g[i]) {
-                    groups[gi as usize].add(out, i);
-                }
-            }
-            if let Some((w, fi)) = worst.as_mut() {
-                w.offer(&batch, out, *fi, base)?;
-            }
-            base += batch.num_rows() as u64;
-        }
-        Ok(())
     }
 
     fn routing(&self) -> Routing {
@@ -729,24 +692,13 @@ impl DriftJob {
     }
 
     fn process(&self, model: &Model, part: &Partition, state: &State) -> Result<Processed> {
-        let files: Vec<Location> = part
-            .dir
-            .list()?
-            .into_iter()
-            .filter(|m| {
-                m.location.filename().is_some_and(|n| {
-                    n.ends_with(".parquet") && !n.starts_with('_') && !n.starts_with('.')
-                })
-            })
-            .map(|m| part.dir.child(m.location.clone()).with_size(m.size))
-            .collect();
+        let files = crate::io::parquet_files_below(&part.dir)?;
         if files.is_empty() {
             return Ok(Processed::Skipped(format!(
                 "no Parquet files in {}",
                 part.dir.display
             )));
         }
-        let emb = &self.spec.source.embedding;
         let routing = self.routing();
         let k = model.groups().len();
         let mut whole = Acc::default();
@@ -756,40 +708,25 @@ impl DriftJob {
             batch: None,
             keys: vec![],
         };
-        let mut out = ScoreOutput::default();
-        for (fi, loc) in files.iter().enumerate() {
+        let mut opened = Vec::with_capacity(files.len());
+        for loc in &files {
             let file = ParquetFile::open(loc)?;
-            let path = file.path.clone();
-            let Ok(field) = file.schema.field_with_name(emb) else {
-                return Ok(Processed::Skipped(format!(
-                    "{}: no embedding column '{emb}' (columns: {})",
-                    path.display(),
-                    schema_names(&file.schema)
-                )));
-            };
-            if let Err(e) =
-                reclag::arrow::check_embedding_type(field.data_type(), emb, Some(model.dim()))
-            {
-                return Ok(Processed::Skipped(format!("{}: {e}", path.display())));
+            if let Err(reason) = file.check_scoring_columns(
+                model.dim(),
+                &self.spec.source.embedding,
+                routing.column(),
+            ) {
+                return Ok(Processed::Skipped(reason));
             }
-            if let Some(g) = routing.column()
-                && file.schema.field_with_name(g).is_err()
-            {
-                return Ok(Processed::Skipped(format!(
-                    "{}: no group column '{g}' (columns: {})",
-                    path.display(),
-                    schema_names(&file.schema)
-                )));
-            }
-            self.accumulate(
-                model,
-                &routing,
-                file,
-                (&mut whole, &mut groups),
-                Some((&mut worst, fi as u32)),
-                &mut out,
-            )?;
+            opened.push(file);
         }
+        self.accumulate(
+            model,
+            &routing,
+            opened,
+            (&mut whole, &mut groups),
+            Some(&mut worst),
+        )?;
         if whole.rows == 0 {
             return Ok(Processed::Skipped(format!(
                 "no rows in {} file(s) under {}",
