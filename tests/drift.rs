@@ -36,6 +36,14 @@ pub fn reference_file(dir: &Path) -> Vec<u8> {
 /// in the 7th and 9th, 100 rows (20 %) are replaced by MNIST digits (OOD). Returns
 /// (partition value, Parquet bytes).
 pub fn lake_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    lake_batches(dir)
+        .into_iter()
+        .map(|(v, b)| (v, parquet_bytes(&b)))
+        .collect()
+}
+
+/// The rows of [`lake_files`], by day.
+pub fn lake_batches(dir: &Path) -> Vec<(String, RecordBatch)> {
     let id = read_parquet(&dir.join("id_test.parquet"));
     let ood = read_parquet(&dir.join("ood_mnist.parquet"));
     (1..=10)
@@ -52,7 +60,7 @@ pub fn lake_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
             } else {
                 rows
             };
-            (value, parquet_bytes(&batch))
+            (value, batch)
         })
         .collect()
 }
@@ -737,4 +745,301 @@ fn the_report_renders_in_headless_chromium() {
     if let Ok(keep) = std::env::var("RECLAG_KEEP_SCREENSHOT") {
         std::fs::copy(&shot, keep).unwrap();
     }
+}
+
+/// Unix seconds of 2026-11-`day` 00:00 UTC.
+fn nov(day: i64) -> i64 {
+    (20_757 + day) * 86_400
+}
+
+/// `b` with an `event_time` column (microseconds, UTC).
+fn with_time(b: &RecordBatch, ts: Vec<Option<i64>>) -> RecordBatch {
+    use arrow_array::{ArrayRef, TimestampMicrosecondArray};
+    let mut fields: Vec<arrow_schema::Field> = b
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(arrow_schema::Field::new(
+        "event_time",
+        arrow_schema::DataType::Timestamp(arrow_schema::TimeUnit::Microsecond, Some("UTC".into())),
+        true,
+    ));
+    let mut cols = b.columns().to_vec();
+    cols.push(Arc::new(TimestampMicrosecondArray::from(ts).with_timezone("UTC")) as ArrayRef);
+    RecordBatch::try_new(Arc::new(arrow_schema::Schema::new(fields)), cols).unwrap()
+}
+
+/// The same ten days as one flat lake partitioned by an `event_time` column: three
+/// files whose boundaries cut through days, 300-row row groups, and five rows with a
+/// null timestamp (which belong to no window).
+fn write_time_lake(root: &Path, days: &[(String, RecordBatch)]) -> Vec<std::path::PathBuf> {
+    let mut stamped = vec![];
+    for (i, (_, b)) in days.iter().enumerate() {
+        let start = nov(i as i64 + 1) * 1_000_000;
+        let ts: Vec<Option<i64>> = (0..b.num_rows() as i64)
+            .map(|j| Some(start + j * 172_000_000))
+            .collect();
+        stamped.push(with_time(b, ts));
+    }
+    let nulls = with_time(&days[0].1.slice(0, 5), vec![None; 5]);
+    let schema = stamped[0].schema();
+    let all = arrow_select::concat::concat_batches(&schema, &stamped).unwrap();
+    std::fs::create_dir_all(root).unwrap();
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_max_row_group_row_count(Some(300))
+        .build();
+    let cuts = [(0, 2250), (2250, 4000), (4000, 5000)];
+    cuts.iter()
+        .enumerate()
+        .map(|(i, &(a, b))| {
+            let path = root.join(format!("events-{i}.parquet"));
+            let f = std::fs::File::create(&path).unwrap();
+            let mut w =
+                parquet::arrow::ArrowWriter::try_new(f, schema.clone(), Some(props.clone()))
+                    .unwrap();
+            w.write(&all.slice(a, b - a)).unwrap();
+            if i == 2 {
+                w.write(&nulls).unwrap();
+            }
+            w.close().unwrap();
+            path
+        })
+        .collect()
+}
+
+/// Zeroes every byte of a Parquet file between its magic and its footer: any read of
+/// a data page now fails, while the footer still opens.
+fn wreck_pages(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let n = bytes.len();
+    let footer = u32::from_le_bytes(bytes[n - 8..n - 4].try_into().unwrap()) as usize;
+    bytes[4..n - 8 - footer].fill(0);
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn time_windows_cut_a_flat_lake_like_its_hive_layout() {
+    let Some(Setup {
+        dir,
+        tmp,
+        model,
+        lake,
+    }) = setup(0..10)
+    else {
+        return;
+    };
+    let tlake = tmp.path().join("tlake");
+    let files = write_time_lake(&tlake, &lake_batches(&dir));
+    let stores = Arc::new(Stores::new(StoreEnv::default()));
+    let hive_out = tmp.path().join("hive-out");
+    let hive = DriftSpec::parse(&spec_text(&s(&lake), &s(&model), &s(&hive_out))).unwrap();
+    DriftJob::new(hive, stores.clone()).run().unwrap();
+
+    let out = tmp.path().join("out");
+    let text = spec_text(&s(&tlake), &s(&model), &s(&out)).replace(
+        "partitioning = \"hive:date\"",
+        "partitioning = \"time:event_time\"\nwindow = \"1d\"\nlateness = \"2h\"",
+    );
+    let spec = DriftSpec::parse(&text).unwrap();
+    let at = |secs: i64| -> reclag_pipelines::drift::Clock {
+        Arc::new(move || std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs as u64))
+    };
+    let run = |now: i64| {
+        DriftJob::new(spec.clone(), stores.clone())
+            .clock(at(now))
+            .run()
+            .unwrap()
+    };
+
+    // 2026-11-11 01:00: the 10th has ended but is inside its 2 h lateness.
+    let first = run(nov(11) + 3_600);
+    let days: Vec<String> = (1..=9).map(|d| format!("2026-11-{d:02}")).collect();
+    assert_eq!(first.partitions, days);
+    assert_eq!(first.pending, ["2026-11-10"]);
+    let drifted: Vec<&str> = first.drifted.iter().map(|p| p.partition.as_str()).collect();
+    assert_eq!(drifted, DRIFTED);
+    // Same rows, same order: each window's metrics are byte for byte those of its
+    // hive partition (the five null-timestamp rows landed nowhere).
+    let metrics = |root: &Path, day: &str| {
+        std::fs::read(root.join(format!("metrics/part-{day}.parquet"))).unwrap()
+    };
+    for d in &days {
+        assert!(metrics(&out, d) == metrics(&hive_out, d), "{d}");
+    }
+
+    // Later, the 10th is due. The first two files hold nothing newer than the 8th,
+    // so their pages are never read: wrecking them changes nothing.
+    wreck_pages(&files[0]);
+    wreck_pages(&files[1]);
+    let second = run(nov(11) + 3 * 3_600);
+    assert_eq!(second.partitions, ["2026-11-10"]);
+    assert!(second.pending.is_empty() && !second.drift, "{second:?}");
+    assert_eq!(second.already_done, 9);
+    assert!(metrics(&out, "2026-11-10") == metrics(&hive_out, "2026-11-10"));
+
+    // Late rows for a processed day are not counted, and a rerun changes no byte.
+    let before = snapshot(&out);
+    std::fs::copy(&files[2], tlake.join("late.parquet")).unwrap();
+    let third = run(nov(12));
+    assert!(third.partitions.is_empty(), "{third:?}");
+    assert_eq!(third.already_done, 10);
+    assert_eq!(snapshot(&out), before);
+
+    // A timestamp column of the wrong type names the file, the column and its type.
+    let bad = tmp.path().join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(bad.join("x.parquet"), &lake_files(&dir)[0].1).unwrap();
+    let bad_spec = DriftSpec::parse(
+        &text
+            .replace(&s(&tlake), &s(&bad))
+            .replace("time:event_time", "time:label"),
+    )
+    .unwrap();
+    let e = DriftJob::new(bad_spec, stores.clone())
+        .run()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("x.parquet: column 'label' is Int64")
+            && e.contains("expects a timestamp or date column"),
+        "{e}"
+    );
+}
+
+/// Not a test of its own: the child process of
+/// `sigterm_stops_a_watch_process_between_partitions`, which re-runs this test binary
+/// to get a real process to signal. Runs the CLI with the JSON arguments in
+/// `RECLAG_CHILD_ARGS` and exits with its exit code.
+#[test]
+#[ignore = "child-process entry point, started by sigterm_stops_a_watch_process_between_partitions"]
+fn cli_child_process() {
+    let Ok(args) = std::env::var("RECLAG_CHILD_ARGS") else {
+        return;
+    };
+    let args: Vec<String> = serde_json::from_str(&args).unwrap();
+    let mut out = std::io::stdout();
+    let code = match reclag_pipelines::cli::run(args, &mut out) {
+        Ok(c) if c == ExitCode::SUCCESS => 0,
+        Ok(c) if c == ExitCode::from(2) => 2,
+        Ok(_) => 3,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) with a pid this test spawned and still owns (not yet reaped).
+    let r = unsafe { libc::kill(pid as libc::pid_t, sig) };
+    assert_eq!(r, 0, "kill({pid}, {sig})");
+}
+
+fn state_partitions(out: &Path) -> Option<usize> {
+    let bytes = std::fs::read(out.join("_state.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    Some(v["partitions"].as_object()?.len())
+}
+
+/// `reclag drift watch` as a real process: frozen (SIGSTOP) right after its first
+/// partition commits, sent SIGTERM, then resumed. It finishes the partition in hand,
+/// stops before the next, prints an interrupted summary and exits 0; a later run
+/// completes the lake with outputs byte-identical to an uninterrupted run.
+#[test]
+fn sigterm_stops_a_watch_process_between_partitions() {
+    let Some(Setup {
+        tmp, model, lake, ..
+    }) = setup(0..10)
+    else {
+        return;
+    };
+    let out = tmp.path().join("out");
+    let job = tmp.path().join("job.toml");
+    std::fs::write(&job, spec_text(&s(&lake), &s(&model), &s(&out))).unwrap();
+    let (code, _) = drift_cli(&[&s(&job)]);
+    assert_eq!(code, ExitCode::from(2));
+    let uninterrupted = snapshot(&out);
+    std::fs::remove_dir_all(&out).unwrap();
+
+    let args = serde_json::json!(["reclag", "drift", "watch", s(&job), "--every", "1h"]);
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "drift::cli_child_process",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+            "-q",
+        ])
+        .env("RECLAG_CHILD_ARGS", args.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let at_stop = loop {
+        if let Some(n) = state_partitions(&out).filter(|&n| n >= 1) {
+            signal(pid, libc::SIGSTOP);
+            break state_partitions(&out).unwrap_or(n);
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the watch exited before its first partition"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no partition in 120 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    };
+    signal(pid, libc::SIGTERM);
+    signal(pid, libc::SIGCONT);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the watch did not exit after SIGTERM");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(0), "{stdout}\n{stderr}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no summary line: {stdout}\n{stderr}"));
+    let summary = json(line);
+    assert_eq!(summary["interrupted"], true, "{line}");
+    let done = summary["partitions"].as_array().unwrap().len();
+    assert!(
+        (at_stop..10).contains(&done),
+        "stopped after {at_stop} partition(s), then did {done}: {line}"
+    );
+    assert_eq!(
+        state_partitions(&out),
+        Some(done),
+        "the state lists what ran"
+    );
+    assert!(out.join("report.html").exists());
+
+    let (code, line) = drift_cli(&[&s(&job)]);
+    assert_eq!(code, ExitCode::from(2), "{line}");
+    assert_eq!(
+        json(&line)["partitions"].as_array().unwrap().len(),
+        10 - done,
+        "{line}"
+    );
+    assert!(
+        snapshot(&out) == uninterrupted,
+        "outputs differ from an uninterrupted run"
+    );
 }

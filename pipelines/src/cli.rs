@@ -86,7 +86,10 @@ The job spec (TOML; examples in pipelines/jobs/):
 
   [source]
   url = \"s3://lake/events\"        # or a local path
-  partitioning = \"hive:date\"      # directories date=YYYY-MM-DD
+  partitioning = \"hive:date\"      # directories date=YYYY-MM-DD, or:
+  # partitioning = \"time:event_time\" # a timestamp column cut into UTC windows
+  # window = \"1d\"                   #   of this length (6h, 30m, ...), processed
+  # lateness = \"2h\"                 #   once closed (end + lateness ≤ now)
   embedding = \"embedding\"
   group = \"label\"                 # optional: per-group rates and routing
   [model]

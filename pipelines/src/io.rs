@@ -117,6 +117,8 @@ pub struct ParquetFile {
     /// 0 where unknown (an IPC stream).
     pub rows: u64,
     source: Source,
+    /// Read only these row groups (all when `None`).
+    row_groups: Option<Vec<usize>>,
 }
 
 enum Source {
@@ -148,6 +150,7 @@ impl ParquetFile {
                 schema,
                 rows,
                 source: Source::Local(builder),
+                row_groups: None,
             });
         }
         let reader = StoreReader {
@@ -170,6 +173,7 @@ impl ParquetFile {
             schema,
             rows,
             source: Source::Remote(builder),
+            row_groups: None,
         })
     }
 
@@ -187,6 +191,7 @@ impl ParquetFile {
             schema: reader.schema(),
             rows: 0,
             source: Source::Ipc(reader),
+            row_groups: None,
         })
     }
 
@@ -229,17 +234,36 @@ impl ParquetFile {
         }
     }
 
+    /// The Parquet footer (`None` for an IPC stream).
+    pub fn metadata(
+        &self,
+    ) -> Option<(&ParquetMetaData, &parquet::schema::types::SchemaDescriptor)> {
+        match &self.source {
+            Source::Local(b) => Some((b.metadata().as_ref(), b.parquet_schema())),
+            Source::Remote(b) => Some((b.metadata().as_ref(), b.parquet_schema())),
+            Source::Ipc(_) => None,
+        }
+    }
+
+    /// Restricts reading to these row groups (in the given order); a time-window
+    /// drift job reads only the row groups that hold its window.
+    pub fn with_row_groups(mut self, row_groups: Vec<usize>) -> Self {
+        self.row_groups = Some(row_groups);
+        self
+    }
+
     /// Streams batches of the given root columns (all when `None`).
     pub fn read(self, columns: Option<&[usize]>) -> Result<Batches> {
         let path = self.path;
+        let rgs = self.row_groups;
         let inner = match self.source {
             Source::Local(builder) => Inner::Local(guard(&path, || {
-                configure(builder, columns)
+                configure(builder, columns, rgs)
                     .build()
                     .map_err(parquet_err(&path))
             })?),
             Source::Remote(builder) => Inner::Remote(guard(&path, || {
-                configure(builder, columns)
+                configure(builder, columns, rgs)
                     .build()
                     .map_err(parquet_err(&path))
             })?),
@@ -306,12 +330,17 @@ impl AsyncFileReader for StoreReader {
     }
 }
 
-/// Batch size and column projection, the same for local and remote readers.
+/// Batch size, column projection and row groups, the same for local and remote
+/// readers.
 fn configure<T>(
     builder: parquet::arrow::arrow_reader::ArrowReaderBuilder<T>,
     columns: Option<&[usize]>,
+    row_groups: Option<Vec<usize>>,
 ) -> parquet::arrow::arrow_reader::ArrowReaderBuilder<T> {
-    let b = builder.with_batch_size(BATCH_ROWS);
+    let mut b = builder.with_batch_size(BATCH_ROWS);
+    if let Some(rgs) = row_groups {
+        b = b.with_row_groups(rgs);
+    }
     match columns {
         Some(cols) => {
             let mask = ProjectionMask::roots(b.parquet_schema(), cols.iter().copied());

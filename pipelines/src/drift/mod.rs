@@ -12,6 +12,7 @@ pub mod spec;
 pub mod stats;
 pub mod watch;
 pub mod webhook;
+pub mod window;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -51,8 +52,9 @@ pub enum Select {
 /// `"state:<partition>"`) after that output is written; returning `true` stops the run
 /// there as if the process had died. Crash tests use it.
 pub type FaultHook = Arc<dyn Fn(&str) -> bool + Send + Sync>;
-/// The run's notion of now; only the stdout summary and `watch` use it, never the
-/// outputs, which must be byte-identical across reruns.
+/// The run's notion of now. It decides which time windows have closed (and the
+/// summary's start time), never what an output holds: each output is a function of
+/// its window's rows alone, so reruns stay byte-identical.
 pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 
 /// A drift run: build with [`DriftJob::new`], adjust, then [`DriftJob::run`].
@@ -190,6 +192,10 @@ pub struct DriftSummary {
     pub skipped: Vec<PartitionBrief>,
     pub drifted: Vec<PartitionBrief>,
     pub already_done: usize,
+    /// Time windows with rows that are still open (end + lateness after now); a later
+    /// run processes them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<String>,
     pub drift: bool,
     /// Set when the run stopped early at a shutdown request (between partitions).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -252,12 +258,13 @@ impl Worst {
         out: &ScoreOutput,
         file: u32,
         base: u64,
+        mask: Option<&[bool]>,
     ) -> Result<()> {
         if self.k == 0 {
             return Ok(());
         }
         let mut cand: Vec<(f64, u32, u64)> = (0..batch.num_rows())
-            .filter(|&i| out.valid[i])
+            .filter(|&i| out.valid[i] && mask.is_none_or(|m| m[i]))
             .map(|i| (out.score[i], file, base + i as u64))
             .collect();
         let order = |a: &(f64, u32, u64), b: &(f64, u32, u64)| {
@@ -331,10 +338,37 @@ fn arrow_err(e: arrow_schema::ArrowError) -> Error {
     Error::Usage(format!("assembling the worst rows: {e}"))
 }
 
-/// A partition: its value (`2026-11-21`) and its directory.
+/// A partition: its value (`2026-11-21`) and where its rows are.
 struct Partition {
     value: String,
-    dir: Location,
+    source: PartSource,
+}
+
+enum PartSource {
+    /// A hive directory.
+    Dir(Location),
+    /// A time window: row groups of files, and a filter on the timestamp column.
+    Window(window::Window),
+    /// A time window already in the state (its rows are not looked at again).
+    Done,
+}
+
+impl Partition {
+    fn describe(&self) -> String {
+        match &self.source {
+            PartSource::Dir(dir) => dir.display.clone(),
+            _ => format!("window {}", self.value),
+        }
+    }
+}
+
+/// A file and the row groups to read (all when `None`).
+type FileRowGroups = (Location, Option<Vec<usize>>);
+
+/// The partitions a run can see, and time windows that are not closed yet.
+struct Found {
+    parts: Vec<Partition>,
+    pending: Vec<String>,
 }
 
 /// What processing a partition produced.
@@ -422,11 +456,22 @@ impl DriftJob {
         }
     }
 
-    fn partitions(&self) -> Result<Vec<Partition>> {
-        let Partitioning::Hive { key } = self.spec.partitioning().map_err(Error::Usage)?;
+    fn selected(&self, value: &str) -> bool {
+        match &self.select {
+            Select::All => true,
+            Select::Only(v) => value == v,
+            Select::Since(v) => value >= v.as_str(),
+        }
+    }
+
+    fn partitions(&self, state: &State, now: i64) -> Result<Found> {
         let root = self
             .stores
             .locate(self.spec.source.url.trim_end_matches('/'))?;
+        let key = match self.spec.partitioning().map_err(Error::Usage)? {
+            Partitioning::Hive { key } => key,
+            Partitioning::Time(tw) => return self.windows(&root, &tw, state, now),
+        };
         let prefix = format!("{key}=");
         let mut parts = Vec::new();
         for dir in root.list_dirs()? {
@@ -436,7 +481,7 @@ impl DriftJob {
             };
             parts.push(Partition {
                 value: value.to_string(),
-                dir: root.child(dir.clone()),
+                source: PartSource::Dir(root.child(dir.clone())),
             });
         }
         if parts.is_empty() {
@@ -446,7 +491,54 @@ impl DriftJob {
             )));
         }
         parts.sort_by(|a, b| a.value.cmp(&b.value));
-        Ok(parts)
+        Ok(Found {
+            parts,
+            pending: vec![],
+        })
+    }
+
+    /// The closed, selected time windows not yet in the state (found from the
+    /// timestamp column), plus the state's windows, so `--partition` and the summary
+    /// see every window the job knows.
+    fn windows(
+        &self,
+        root: &Location,
+        tw: &window::TimeWindows,
+        state: &State,
+        now: i64,
+    ) -> Result<Found> {
+        let files = crate::io::parquet_files_below(root)?;
+        if files.is_empty() {
+            return Err(Error::Usage(format!(
+                "{}: no Parquet files below it; check source.url",
+                root.display
+            )));
+        }
+        let found = tw.discover(&files, |w| {
+            let label = tw.label(w);
+            !state.partitions.contains_key(&label) && self.selected(&label)
+        })?;
+        let mut parts: Vec<Partition> = state
+            .partitions
+            .keys()
+            .map(|value| Partition {
+                value: value.clone(),
+                source: PartSource::Done,
+            })
+            .collect();
+        let mut pending = vec![];
+        for (index, w) in found {
+            if tw.closed(index, now) {
+                parts.push(Partition {
+                    value: tw.label(index),
+                    source: PartSource::Window(w),
+                });
+            } else {
+                pending.push(tw.label(index));
+            }
+        }
+        parts.sort_by(|a, b| a.value.cmp(&b.value));
+        Ok(Found { parts, pending })
     }
 
     /// Runs the job: every selected partition not yet in the state, in order.
@@ -481,7 +573,10 @@ impl DriftJob {
                 None => {}
             }
         }
-        let all = self.partitions()?;
+        let Found {
+            parts: all,
+            pending,
+        } = self.partitions(&state, started as i64)?;
         let known: Vec<&str> = all.iter().map(|p| p.value.as_str()).collect();
         if let Select::Only(p) = &self.select
             && !known.contains(&p.as_str())
@@ -491,14 +586,7 @@ impl DriftJob {
                 known.join(", ")
             )));
         }
-        let selected: Vec<&Partition> = all
-            .iter()
-            .filter(|p| match &self.select {
-                Select::All => true,
-                Select::Only(v) => &p.value == v,
-                Select::Since(v) => p.value.as_str() >= v.as_str(),
-            })
-            .collect();
+        let selected: Vec<&Partition> = all.iter().filter(|p| self.selected(&p.value)).collect();
         let already_done = selected
             .iter()
             .filter(|p| state.partitions.contains_key(&p.value))
@@ -517,6 +605,7 @@ impl DriftJob {
             skipped: vec![],
             drifted: vec![],
             already_done,
+            pending,
             drift: false,
             interrupted: false,
             webhook: None,
@@ -614,7 +703,14 @@ impl DriftJob {
         let mut groups: Vec<Acc> = (0..k).map(|_| Acc::default()).collect();
         let files = crate::io::open_all(&self.stores, &[url.to_string()])
             .map_err(|e| Error::Usage(format!("reference.url: {e}")))?;
-        self.accumulate(model, &routing, files, (&mut whole, &mut groups), None)?;
+        self.accumulate(
+            model,
+            &routing,
+            files,
+            (&mut whole, &mut groups),
+            None,
+            None,
+        )?;
         if whole.scored() == 0 {
             return Err(Error::Usage(format!(
                 "reference.url {url}: no scorable rows; point it at in-distribution data with the '{}' column",
@@ -646,6 +742,7 @@ impl DriftJob {
         files: Vec<ParquetFile>,
         (whole, groups): (&mut Acc, &mut [Acc]),
         mut worst: Option<&mut Worst>,
+        window: Option<(&window::TimeWindows, i64)>,
     ) -> Result<()> {
         let paths: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
         let (tx, rx) = std::sync::mpsc::sync_channel(2);
@@ -653,6 +750,7 @@ impl DriftJob {
             scope.spawn(move || crate::io::read_ahead(files, tx));
             let mut out = ScoreOutput::default();
             let (mut file, mut base) = (usize::MAX, 0u64);
+            let (mut idx, mut keep) = (vec![], vec![]);
             // Returning early drops `rx`, which stops the reader.
             for item in rx {
                 let (fi, batch) = item?;
@@ -669,14 +767,31 @@ impl DriftJob {
                     &mut out,
                 )
                 .map_err(|e| crate::score::offset_rows(e, base as usize))?;
+                // A time window takes the rows whose timestamp falls in it. The whole
+                // batch is scored first, so an error names the row in its file.
+                let mask = match window {
+                    Some((tw, w)) => {
+                        tw.indices(
+                            crate::io::batch_column(&batch, &tw.column, &paths[fi])?,
+                            &mut idx,
+                        );
+                        keep.clear();
+                        keep.extend(idx.iter().map(|x| *x == Some(w)));
+                        Some(keep.as_slice())
+                    }
+                    None => None,
+                };
                 for i in 0..batch.num_rows() {
+                    if mask.is_some_and(|m| !m[i]) {
+                        continue;
+                    }
                     whole.add(&out, i);
                     if let Some(Some(gi)) = g.as_ref().map(|g| g[i]) {
                         groups[gi as usize].add(&out, i);
                     }
                 }
                 if let Some(w) = worst.as_deref_mut() {
-                    w.offer(&batch, &out, fi as u32, base)?;
+                    w.offer(&batch, &out, fi as u32, base, mask)?;
                 }
                 base += batch.num_rows() as u64;
             }
@@ -692,11 +807,35 @@ impl DriftJob {
     }
 
     fn process(&self, model: &Model, part: &Partition, state: &State) -> Result<Processed> {
-        let files = crate::io::parquet_files_below(&part.dir)?;
+        let (files, window): (Vec<FileRowGroups>, _) = match &part.source {
+            PartSource::Dir(dir) => (
+                crate::io::parquet_files_below(dir)?
+                    .into_iter()
+                    .map(|l| (l, None))
+                    .collect(),
+                None,
+            ),
+            PartSource::Window(w) => (
+                w.files
+                    .iter()
+                    .map(|(l, rgs)| (l.clone(), Some(rgs.clone())))
+                    .collect(),
+                match self.spec.partitioning().map_err(Error::Usage)? {
+                    Partitioning::Time(tw) => Some((tw, w.index)),
+                    Partitioning::Hive { .. } => None,
+                },
+            ),
+            PartSource::Done => {
+                return Err(Error::Usage(format!(
+                    "internal: window {} is already processed",
+                    part.value
+                )));
+            }
+        };
         if files.is_empty() {
             return Ok(Processed::Skipped(format!(
                 "no Parquet files in {}",
-                part.dir.display
+                part.describe()
             )));
         }
         let routing = self.routing();
@@ -709,8 +848,11 @@ impl DriftJob {
             keys: vec![],
         };
         let mut opened = Vec::with_capacity(files.len());
-        for loc in &files {
-            let file = ParquetFile::open(loc)?;
+        for (loc, rgs) in &files {
+            let mut file = ParquetFile::open(loc)?;
+            if let Some(rgs) = rgs {
+                file = file.with_row_groups(rgs.clone());
+            }
             if let Err(reason) = file.check_scoring_columns(
                 model.dim(),
                 &self.spec.source.embedding,
@@ -726,12 +868,13 @@ impl DriftJob {
             opened,
             (&mut whole, &mut groups),
             Some(&mut worst),
+            window.as_ref().map(|(tw, w)| (tw, *w)),
         )?;
         if whole.rows == 0 {
             return Ok(Processed::Skipped(format!(
-                "no rows in {} file(s) under {}",
+                "no rows in {} file(s) of {}",
                 files.len(),
-                part.dir.display
+                part.describe()
             )));
         }
         let expected = expected_rate(model, &self.spec, state.reference.as_ref(), None);

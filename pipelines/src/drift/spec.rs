@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use super::window::TimeWindows;
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -37,7 +38,15 @@ pub struct SourceSpec {
     /// The lake root: a path or an object-store URL.
     pub url: String,
     /// `hive:KEY`: directories `KEY=VALUE` are the partitions, in sorted order.
+    /// `time:COLUMN`: the rows' timestamp column cuts the lake into UTC windows of
+    /// `window` (e.g. `1d`, `6h`).
     pub partitioning: String,
+    /// The window length of `time:` partitioning: `1d`, `6h`, `30m`, ...
+    pub window: Option<String>,
+    /// With `time:` partitioning, wait this long after a window ends before
+    /// processing it, for rows that arrive late (default `0s`). Rows that arrive after
+    /// their window was processed are not counted.
+    pub lateness: Option<String>,
     #[serde(default = "default_embedding")]
     pub embedding: String,
     /// Route rows by this column (class label); omitted: the union of all groups.
@@ -145,6 +154,32 @@ fn default_on() -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Partitioning {
     Hive { key: String },
+    Time(TimeWindows),
+}
+
+/// Parses `30s`, `15m`, `6h`, `1d` (or a combination such as `1h30m`).
+pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
+    let mut total = 0u64;
+    let mut num = String::new();
+    for c in s.trim().chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: u64 = num.parse().ok()?;
+        num.clear();
+        total = total.checked_add(n.checked_mul(match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => return None,
+        })?)?;
+    }
+    if !num.is_empty() || total == 0 {
+        return None;
+    }
+    Some(std::time::Duration::from_secs(total))
 }
 
 impl DriftSpec {
@@ -209,18 +244,54 @@ impl DriftSpec {
     }
 
     pub fn partitioning(&self) -> std::result::Result<Partitioning, String> {
-        let p = self.source.partitioning.as_str();
+        let src = &self.source;
+        let p = src.partitioning.as_str();
+        let name_ok = |key: &str| {
+            !key.is_empty()
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        };
+        let duration = |key: &str, v: &str| {
+            parse_duration(v)
+                .map(|d| d.as_secs() as i64)
+                .ok_or_else(|| {
+                    format!(
+                        "source.{key} = '{v}': expected a duration such as 1d, 6h, 30m or 1h30m"
+                    )
+                })
+        };
         match p.split_once(':') {
-            Some(("hive", key))
-                if !key.is_empty()
-                    && key
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') =>
-            {
+            Some(("hive", key)) if name_ok(key) => {
+                for (k, v) in [("window", &src.window), ("lateness", &src.lateness)] {
+                    if v.is_some() {
+                        return Err(format!(
+                            "source.{k} applies only to partitioning = 'time:COLUMN' (this source is '{p}'); remove it"
+                        ));
+                    }
+                }
                 Ok(Partitioning::Hive { key: key.into() })
             }
+            Some(("time", column)) if !column.is_empty() => {
+                let Some(window) = &src.window else {
+                    return Err(format!(
+                        "source.partitioning = '{p}' needs source.window, the window length: e.g. window = \"1d\" for daily partitions"
+                    ));
+                };
+                let window = duration("window", window)?;
+                let lateness = match &src.lateness {
+                    Some(l) if l.trim() == "0" || l.trim() == "0s" => 0,
+                    Some(l) => duration("lateness", l)?,
+                    None => 0,
+                };
+                Ok(Partitioning::Time(TimeWindows {
+                    column: column.into(),
+                    window,
+                    lateness,
+                }))
+            }
             _ => Err(format!(
-                "source.partitioning = '{p}': expected 'hive:KEY' (directories KEY=VALUE, e.g. 'hive:date' for date=2026-11-21/)"
+                "source.partitioning = '{p}': expected 'hive:KEY' (directories KEY=VALUE, e.g. 'hive:date' for date=2026-11-21/) or 'time:COLUMN' with source.window (a timestamp column cut into UTC windows, e.g. 'time:event_time' and window = \"1d\")"
             )),
         }
     }
@@ -249,6 +320,15 @@ mod tests {
                 "{name}"
             );
         }
+        let spec = DriftSpec::parse(include_str!("../../jobs/hourly-time.toml")).unwrap();
+        assert_eq!(
+            spec.partitioning().unwrap(),
+            Partitioning::Time(TimeWindows {
+                column: "event_time".into(),
+                window: 3600,
+                lateness: 900
+            })
+        );
     }
 
     #[test]
@@ -275,5 +355,43 @@ mod tests {
         }
         let e = DriftSpec::parse(&min.replace("hive:day", "hive:")).unwrap_err();
         assert!(e.contains("expected 'hive:KEY'"), "{e}");
+        assert!(e.contains("or 'time:COLUMN'"), "{e}");
+    }
+
+    #[test]
+    fn time_partitioning_needs_a_window_and_hive_refuses_one() {
+        let min =
+            "[source]\nurl='l'\npartitioning='time:ts'\n[model]\nurl='m'\n[output]\nurl='o'\n";
+        let e = DriftSpec::parse(min).unwrap_err();
+        assert!(e.contains("needs source.window"), "{e}");
+        let with = |extra: &str| {
+            min.replace(
+                "partitioning='time:ts'\n",
+                &format!("partitioning='time:ts'\n{extra}\n"),
+            )
+        };
+        let s = DriftSpec::parse(&with("window='6h'\nlateness='90m'")).unwrap();
+        assert_eq!(
+            s.partitioning().unwrap(),
+            Partitioning::Time(TimeWindows {
+                column: "ts".into(),
+                window: 6 * 3600,
+                lateness: 90 * 60
+            })
+        );
+        let e = DriftSpec::parse(&with("window='daily'")).unwrap_err();
+        assert!(
+            e.contains("source.window = 'daily': expected a duration"),
+            "{e}"
+        );
+        let e = DriftSpec::parse(
+            &min.replace("time:ts", "hive:date")
+                .replace("[model]", "window='1d'\n[model]"),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("source.window applies only to partitioning = 'time:COLUMN'"),
+            "{e}"
+        );
     }
 }

@@ -10,32 +10,11 @@ use crate::error::{Error, Result};
 
 /// Parses `30s`, `15m`, `6h`, `1d` (or a combination such as `1h30m`).
 pub fn parse_every(s: &str) -> Result<Duration> {
-    let bad = || {
+    super::spec::parse_duration(s).ok_or_else(|| {
         Error::Usage(format!(
             "--every {s}: expected a duration such as 30s, 15m, 6h, 24h or 1d"
         ))
-    };
-    let mut total = 0u64;
-    let mut num = String::new();
-    for c in s.trim().chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let n: u64 = num.parse().map_err(|_| bad())?;
-        num.clear();
-        total += n * match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            _ => return Err(bad()),
-        };
-    }
-    if !num.is_empty() || total == 0 {
-        return Err(bad());
-    }
-    Ok(Duration::from_secs(total))
+    })
 }
 
 /// Runs `job` now and then every `every` until `shutdown` resolves. Each run happens
