@@ -318,6 +318,9 @@ pub struct ScoreArgs {
     /// Input columns to copy to the output (default: all).
     #[arg(long, value_delimiter = ',', value_name = "COL,...")]
     pub keep_columns: Option<Vec<String>>,
+    /// Benchmarks only: decode the input and discard it (writes nothing).
+    #[arg(long, hide = true)]
+    pub decode_only: bool,
 }
 
 #[derive(Args, Debug)]
@@ -494,6 +497,7 @@ pub fn dispatch(cli: Cli, stores: Arc<Stores>, out: &mut dyn Write) -> Result<Ex
                 routing: Routing::from_flags(a.routing.group, a.routing.group_from_logits)?,
                 keep_columns: a.keep_columns,
                 stores,
+                decode_only: a.decode_only,
             };
             let s = crate::score::run(&model, &job)?;
             let msg = format!(

@@ -11,7 +11,7 @@ use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{Schema, SchemaRef};
 use futures::StreamExt;
 use object_store::path::Path as ObjPath;
-use parquet::arrow::arrow_reader::ArrowReaderOptions;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::async_reader::{
     AsyncFileReader, ParquetRecordBatchStream, ParquetRecordBatchStreamBuilder,
@@ -122,8 +122,9 @@ pub struct ParquetFile {
 }
 
 enum Source {
-    /// Local files use the synchronous reader, which reads pages on demand.
-    Local(ParquetRecordBatchReaderBuilder<File>),
+    /// Local files use the synchronous reader, which reads pages on demand (and the
+    /// file handle again for the fast list path).
+    Local(ParquetRecordBatchReaderBuilder<File>, Option<PathBuf>),
     /// Remote objects are fetched a row group at a time.
     Remote(ParquetRecordBatchStreamBuilder<StoreReader>),
     Ipc(arrow_ipc::reader::StreamReader<BufReader<Box<dyn std::io::Read + Send>>>),
@@ -149,7 +150,7 @@ impl ParquetFile {
                 path,
                 schema,
                 rows,
-                source: Source::Local(builder),
+                source: Source::Local(builder, Some(local.clone())),
                 row_groups: None,
             });
         }
@@ -239,7 +240,7 @@ impl ParquetFile {
         &self,
     ) -> Option<(&ParquetMetaData, &parquet::schema::types::SchemaDescriptor)> {
         match &self.source {
-            Source::Local(b) => Some((b.metadata().as_ref(), b.parquet_schema())),
+            Source::Local(b, _) => Some((b.metadata().as_ref(), b.parquet_schema())),
             Source::Remote(b) => Some((b.metadata().as_ref(), b.parquet_schema())),
             Source::Ipc(_) => None,
         }
@@ -257,7 +258,24 @@ impl ParquetFile {
         let path = self.path;
         let rgs = self.row_groups;
         let inner = match self.source {
-            Source::Local(builder) => Inner::Local(guard(&path, || {
+            Source::Local(builder, Some(file)) if fast_decode() => {
+                let meta = ArrowReaderMetadata::try_new(
+                    builder.metadata().clone(),
+                    ArrowReaderOptions::new(),
+                )
+                .map_err(parquet_err(&path))?;
+                match crate::fastlist::plan(&meta, columns) {
+                    Some(plan) => Inner::Fast(crate::fastlist::FastReader::new(
+                        file, meta, plan, rgs, BATCH_ROWS,
+                    )),
+                    None => Inner::Local(guard(&path, || {
+                        configure(builder, columns, rgs)
+                            .build()
+                            .map_err(parquet_err(&path))
+                    })?),
+                }
+            }
+            Source::Local(builder, _) => Inner::Local(guard(&path, || {
                 configure(builder, columns, rgs)
                     .build()
                     .map_err(parquet_err(&path))
@@ -330,6 +348,12 @@ impl AsyncFileReader for StoreReader {
     }
 }
 
+/// The fast path for `FixedSizeList<Float32>` columns is on unless
+/// `RECLAG_FAST_DECODE=0` (benchmarks measure both; tests compare both).
+pub fn fast_decode() -> bool {
+    std::env::var("RECLAG_FAST_DECODE").map_or(true, |v| v != "0")
+}
+
 /// Batch size, column projection and row groups, the same for local and remote
 /// readers.
 fn configure<T>(
@@ -359,6 +383,7 @@ fn parquet_err(path: &Path) -> impl FnOnce(parquet::errors::ParquetError) -> Err
 
 enum Inner {
     Local(ParquetRecordBatchReader),
+    Fast(crate::fastlist::FastReader),
     Remote(ParquetRecordBatchStream<StoreReader>),
     Ipc(
         arrow_ipc::reader::StreamReader<BufReader<Box<dyn std::io::Read + Send>>>,
@@ -381,6 +406,9 @@ impl Iterator for Batches {
         let inner = &mut self.inner;
         let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match inner {
             Inner::Local(r) => r.next(),
+            Inner::Fast(r) => r
+                .next()
+                .map(|r| r.map_err(|e| arrow_schema::ArrowError::ExternalError(Box::new(e)))),
             Inner::Remote(s) => block_on(s.next())
                 .map(|r| r.map_err(|e| arrow_schema::ArrowError::ExternalError(Box::new(e)))),
             Inner::Ipc(r, cols) => r.next().map(|b| match cols {

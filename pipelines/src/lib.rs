@@ -5,6 +5,7 @@ pub mod demo;
 pub mod drift;
 pub mod error;
 pub mod eval;
+pub mod fastlist;
 pub mod filter;
 pub mod inspect;
 pub mod io;

@@ -1,0 +1,760 @@
+//! A fast path for the column that dominates every embedding table:
+//! `FixedSizeList<Float32, d>` stored PLAIN. The general Arrow reader rebuilds the list
+//! from its repetition and definition levels one value at a time, which `perf` showed
+//! to be most of the decode time. Here each page's levels are only *checked* run by
+//! run (a list always starts at a multiple of `d`; no value is null), and the values
+//! are copied straight from the decompressed page into one buffer that the batches
+//! share without copies. Other columns go through the general reader, and so does any
+//! row group this path cannot prove it handles exactly (a dictionary page, a null, an
+//! unexpected level pattern): the fast path returns `None` and nothing is guessed.
+//!
+//! The next row group is decoded on a second thread while the current one is consumed,
+//! so decoding uses two cores where the general reader uses one.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, FixedSizeListArray, Float32Array, RecordBatch};
+use arrow_buffer::ScalarBuffer;
+use arrow_schema::{DataType, Field, SchemaRef};
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
+use parquet::basic::Encoding;
+use parquet::column::page::Page;
+use parquet::file::metadata::ColumnChunkMetaData;
+use parquet::file::serialized_reader::SerializedPageReader;
+
+/// A row group's embedding buffer larger than this goes through the general reader,
+/// which streams, so memory stays bounded for files with huge row groups.
+const MAX_FAST_BYTES: usize = 256 << 20;
+
+/// Row-group buffers kept for reuse: one being consumed, one decoded ahead, one in the
+/// consumer's queue.
+const POOL: usize = 3;
+
+/// A `FixedSizeList<Float32>` root column the fast path can take.
+#[derive(Clone, Debug)]
+struct ListColumn {
+    root: usize,
+    leaf: usize,
+    dim: usize,
+    item: Arc<Field>,
+    max_def: i16,
+}
+
+/// The columns of a file the fast path applies to, or `None` when none does.
+pub fn plan(meta: &ArrowReaderMetadata, columns: Option<&[usize]>) -> Option<Plan> {
+    let schema = meta.schema();
+    let pschema = meta.metadata().file_metadata().schema_descr();
+    let roots: Vec<usize> = match columns {
+        Some(c) => {
+            let mut c = c.to_vec();
+            c.sort_unstable();
+            c.dedup();
+            c
+        }
+        None => (0..schema.fields().len()).collect(),
+    };
+    let mut lists = vec![];
+    for &root in &roots {
+        let DataType::FixedSizeList(item, dim) = schema.field(root).data_type() else {
+            continue;
+        };
+        if item.data_type() != &DataType::Float32 || *dim <= 0 {
+            continue;
+        }
+        // The root's single leaf.
+        let leaves: Vec<usize> = (0..pschema.num_columns())
+            .filter(|&i| pschema.get_column_root_idx(i) == root)
+            .collect();
+        let [leaf] = leaves[..] else { continue };
+        let desc = pschema.column(leaf);
+        if desc.max_rep_level() != 1 {
+            continue;
+        }
+        lists.push(ListColumn {
+            root,
+            leaf,
+            dim: *dim as usize,
+            item: item.clone(),
+            max_def: desc.max_def_level(),
+        });
+    }
+    if lists.is_empty() {
+        return None;
+    }
+    let others: Vec<usize> = roots
+        .iter()
+        .copied()
+        .filter(|r| !lists.iter().any(|l| l.root == *r))
+        .collect();
+    let projected = Arc::new(schema.project(&roots).ok()?);
+    Some(Plan {
+        roots,
+        lists,
+        others,
+        projected,
+    })
+}
+
+pub struct Plan {
+    roots: Vec<usize>,
+    lists: Vec<ListColumn>,
+    others: Vec<usize>,
+    projected: SchemaRef,
+}
+
+type Decoded = parquet::errors::Result<Vec<RecordBatch>>;
+
+/// Recycles row-group buffers. A fresh 128 MiB buffer per row group cost more in page
+/// faults (the kernel zeroing new pages) than the copy into it: `perf` put a third of
+/// decode time there. Arrow frees a buffer through its owner, which hands it back.
+#[derive(Default)]
+struct Pool {
+    free: std::sync::Mutex<Vec<Vec<f32>>>,
+}
+
+impl Pool {
+    fn take(&self, cap: usize) -> Vec<f32> {
+        let mut v = self
+            .free
+            .lock()
+            .ok()
+            .and_then(|mut f| f.pop())
+            .unwrap_or_default();
+        v.clear();
+        v.reserve(cap);
+        v
+    }
+}
+
+/// The owner of a pooled buffer while Arrow arrays use it.
+struct Lease {
+    vec: Vec<f32>,
+    pool: Arc<Pool>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.vec);
+        if let Ok(mut f) = self.pool.free.lock()
+            && f.len() < POOL
+        {
+            f.push(v);
+        }
+    }
+}
+
+fn leased(vec: Vec<f32>, pool: &Arc<Pool>) -> ScalarBuffer<f32> {
+    let len = vec.len();
+    let ptr = std::ptr::NonNull::new(vec.as_ptr() as *mut u8).expect("a Vec's pointer is non-null");
+    let owner = Arc::new(Lease {
+        vec,
+        pool: pool.clone(),
+    });
+    // SAFETY: `ptr` points at `len` initialised f32s (4·len bytes, aligned for f32)
+    // owned by `owner`'s Vec, whose heap allocation does not move when the Vec does
+    // and is not touched again until the owner drops, after the last Buffer does.
+    let buffer = unsafe { arrow_buffer::Buffer::from_custom_allocation(ptr, len * 4, owner) };
+    ScalarBuffer::new(buffer, 0, len)
+}
+
+/// Record batches of the given row groups, the list columns decoded by the fast path.
+pub struct FastReader {
+    /// Each decoding thread opens its own handle: clones of one `File` share a seek
+    /// offset, and the Parquet reader seeks.
+    path: PathBuf,
+    meta: ArrowReaderMetadata,
+    plan: Arc<Plan>,
+    batch_rows: usize,
+    pending: VecDeque<usize>,
+    ready: VecDeque<RecordBatch>,
+    ahead: Option<std::thread::JoinHandle<Decoded>>,
+    pool: Arc<Pool>,
+}
+
+impl FastReader {
+    pub fn new(
+        path: PathBuf,
+        meta: ArrowReaderMetadata,
+        plan: Plan,
+        row_groups: Option<Vec<usize>>,
+        batch_rows: usize,
+    ) -> Self {
+        let n = meta.metadata().num_row_groups();
+        FastReader {
+            path,
+            meta,
+            plan: Arc::new(plan),
+            batch_rows,
+            pending: row_groups.unwrap_or_else(|| (0..n).collect()).into(),
+            ready: VecDeque::new(),
+            ahead: None,
+            pool: Arc::default(),
+        }
+    }
+
+    pub fn schema(&self) -> SchemaRef {
+        self.plan.projected.clone()
+    }
+
+    fn spawn(&mut self) -> parquet::errors::Result<()> {
+        let Some(rg) = self.pending.pop_front() else {
+            return Ok(());
+        };
+        let path = self.path.clone();
+        let meta = self.meta.clone();
+        let plan = self.plan.clone();
+        let batch_rows = self.batch_rows;
+        let pool = self.pool.clone();
+        self.ahead = Some(std::thread::spawn(move || {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                row_group(&path, &meta, &plan, rg, batch_rows, &pool)
+            }))
+            .unwrap_or_else(|_| {
+                Err(parquet::errors::ParquetError::General(
+                    "a data page could not be decoded".into(),
+                ))
+            })
+        }));
+        Ok(())
+    }
+}
+
+impl Iterator for FastReader {
+    type Item = parquet::errors::Result<RecordBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(b) = self.ready.pop_front() {
+                return Some(Ok(b));
+            }
+            if self.ahead.is_none()
+                && let Err(e) = self.spawn()
+            {
+                return Some(Err(e));
+            }
+            let handle = self.ahead.take()?;
+            // Start the next row group before waiting on this one.
+            if let Err(e) = self.spawn() {
+                return Some(Err(e));
+            }
+            match handle.join() {
+                Ok(Ok(batches)) => self.ready.extend(batches),
+                Ok(Err(e)) => {
+                    self.pending.clear();
+                    self.ahead = None;
+                    return Some(Err(e));
+                }
+                Err(_) => {
+                    return Some(Err(parquet::errors::ParquetError::General(
+                        "the decoding thread failed".into(),
+                    )));
+                }
+            }
+        }
+    }
+}
+
+/// One row group as batches: the fast path for the list columns where it applies,
+/// the general reader for everything else.
+fn row_group(
+    path: &Path,
+    meta: &ArrowReaderMetadata,
+    plan: &Plan,
+    rg: usize,
+    batch_rows: usize,
+    pool: &Arc<Pool>,
+) -> Decoded {
+    let md = meta.metadata().row_group(rg);
+    let rows = md.num_rows().max(0) as usize;
+    let shared = Arc::new(File::open(path)?);
+    let mut lists = Vec::with_capacity(plan.lists.len());
+    for l in &plan.lists {
+        match decode_list(&shared, md.column(l.leaf), rows, l, pool.take(rows * l.dim))? {
+            Some(values) => lists.push(leased(values, pool)),
+            None => return general(File::open(path)?, meta, &plan.roots, rg, batch_rows),
+        }
+    }
+    let others: Vec<RecordBatch> = if plan.others.is_empty() {
+        vec![]
+    } else {
+        general(File::open(path)?, meta, &plan.others, rg, batch_rows)?
+    };
+    let mut out = Vec::with_capacity(rows.div_ceil(batch_rows));
+    let mut start = 0;
+    let mut k = 0;
+    while start < rows {
+        let n = match others.get(k) {
+            Some(b) => b.num_rows(),
+            None => batch_rows.min(rows - start),
+        };
+        let mut cols: Vec<ArrayRef> = Vec::with_capacity(plan.roots.len());
+        let (mut li, mut oi) = (0, 0);
+        for &root in &plan.roots {
+            if let Some(l) = plan.lists.get(li).filter(|l| l.root == root) {
+                let values = lists[li].slice(start * l.dim, n * l.dim);
+                cols.push(Arc::new(FixedSizeListArray::new(
+                    l.item.clone(),
+                    l.dim as i32,
+                    Arc::new(Float32Array::new(values, None)),
+                    None,
+                )));
+                li += 1;
+            } else {
+                cols.push(others[k].column(oi).clone());
+                oi += 1;
+            }
+        }
+        out.push(RecordBatch::try_new(plan.projected.clone(), cols)?);
+        start += n;
+        k += 1;
+    }
+    Ok(out)
+}
+
+/// The general Arrow reader over one row group and some root columns.
+fn general(
+    file: File,
+    meta: &ArrowReaderMetadata,
+    roots: &[usize],
+    rg: usize,
+    batch_rows: usize,
+) -> Decoded {
+    let b = ParquetRecordBatchReaderBuilder::new_with_metadata(file, meta.clone());
+    let mask = ProjectionMask::roots(b.parquet_schema(), roots.iter().copied());
+    b.with_projection(mask)
+        .with_row_groups(vec![rg])
+        .with_batch_size(batch_rows)
+        .build()?
+        .map(|r| r.map_err(|e| parquet::errors::ParquetError::External(Box::new(e))))
+        .collect()
+}
+
+/// The values of a list column chunk, or `None` when the chunk is not a dense PLAIN
+/// `FixedSizeList` this path can copy exactly.
+fn decode_list(
+    file: &Arc<File>,
+    chunk: &ColumnChunkMetaData,
+    rows: usize,
+    l: &ListColumn,
+    mut values: Vec<f32>,
+) -> parquet::errors::Result<Option<Vec<f32>>> {
+    let total = rows * l.dim;
+    if total * 4 > MAX_FAST_BYTES {
+        return Ok(None);
+    }
+    let def_width = bit_width(l.max_def);
+    let rules = Rules {
+        dim: l.dim,
+        max_def: l.max_def as u32,
+    };
+    let pages = SerializedPageReader::new(file.clone(), chunk, rows, None)?;
+    for page in pages {
+        let page = page?;
+        let start = values.len();
+        let ok = match &page {
+            Page::DataPage {
+                buf,
+                num_values,
+                encoding,
+                def_level_encoding,
+                rep_level_encoding,
+                ..
+            } => {
+                let n = *num_values as usize;
+                if *encoding != Encoding::PLAIN
+                    || *rep_level_encoding != Encoding::RLE
+                    || (l.max_def > 0 && *def_level_encoding != Encoding::RLE)
+                {
+                    return Ok(None);
+                }
+                let Some((rep, rest)) = prefixed(buf) else {
+                    return Ok(None);
+                };
+                let (def, vals) = if l.max_def > 0 {
+                    let Some(p) = prefixed(rest) else {
+                        return Ok(None);
+                    };
+                    p
+                } else {
+                    (&[][..], rest)
+                };
+                check(rep, def, n, start, def_width, &rules) && copy_values(vals, n, &mut values)
+            }
+            Page::DataPageV2 {
+                buf,
+                num_values,
+                encoding,
+                num_nulls,
+                def_levels_byte_len,
+                rep_levels_byte_len,
+                ..
+            } => {
+                let n = *num_values as usize;
+                let (r, d) = (*rep_levels_byte_len as usize, *def_levels_byte_len as usize);
+                if *encoding != Encoding::PLAIN || *num_nulls != 0 || buf.len() < r + d {
+                    return Ok(None);
+                }
+                let (rep, def, vals) = (&buf[..r], &buf[r..r + d], &buf[r + d..]);
+                check(rep, def, n, start, def_width, &rules) && copy_values(vals, n, &mut values)
+            }
+            // A dictionary (or anything else) goes through the general reader.
+            _ => false,
+        };
+        if !ok {
+            return Ok(None);
+        }
+    }
+    Ok((values.len() == total).then_some(values))
+}
+
+/// The repetition and definition levels of `n` values starting at value `start` of
+/// the chunk follow the dense-list rules.
+fn check(rep: &[u8], def: &[u8], n: usize, start: usize, def_width: u32, r: &Rules) -> bool {
+    levels_ok(
+        rep,
+        n,
+        1,
+        |i, v| r.rep(start + i, v),
+        |i, c, v| r.rep_run(start + i, c, v),
+    ) && (r.max_def == 0
+        || levels_ok(
+            def,
+            n,
+            def_width,
+            |_, v| v == r.max_def,
+            |_, _, v| v == r.max_def,
+        ))
+}
+
+/// A v1 level section: a 4-byte little-endian length, then that many bytes.
+fn prefixed(buf: &[u8]) -> Option<(&[u8], &[u8])> {
+    let len = u32::from_le_bytes(buf.get(..4)?.try_into().ok()?) as usize;
+    let end = 4usize.checked_add(len)?;
+    Some((buf.get(4..end)?, &buf[end..]))
+}
+
+fn copy_values(vals: &[u8], n: usize, out: &mut Vec<f32>) -> bool {
+    let Some(bytes) = vals.get(..n * 4) else {
+        return false;
+    };
+    out.extend(
+        bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+    );
+    true
+}
+
+fn bit_width(max: i16) -> u32 {
+    16 - (max as u16).leading_zeros()
+}
+
+/// Checks the first `n` levels of an RLE / bit-packed hybrid stream: bit-packed values
+/// one by one with `want(i, v)`, RLE runs whole with `run(i, count, v)` (the common
+/// case: about two runs per row, so the check costs nothing next to the copy).
+fn levels_ok(
+    mut buf: &[u8],
+    n: usize,
+    width: u32,
+    want: impl Fn(usize, u32) -> bool,
+    run: impl Fn(usize, usize, u32) -> bool,
+) -> bool {
+    if width == 0 || width > 16 {
+        return false;
+    }
+    let value_bytes = width.div_ceil(8) as usize;
+    let mut i = 0usize;
+    while i < n {
+        let Some((header, used)) = varint(buf) else {
+            return false;
+        };
+        buf = &buf[used..];
+        if header & 1 == 0 {
+            let count = (header >> 1) as usize;
+            let Some(raw) = buf.get(..value_bytes) else {
+                return false;
+            };
+            let mut v = 0u32;
+            for (k, b) in raw.iter().enumerate() {
+                v |= u32::from(*b) << (8 * k);
+            }
+            buf = &buf[value_bytes..];
+            let count = count.min(n - i);
+            if count == 0 {
+                return false;
+            }
+            if !run(i, count, v) {
+                return false;
+            }
+            i += count;
+        } else {
+            let groups = (header >> 1) as usize;
+            let bytes = groups * width as usize;
+            let Some(packed) = buf.get(..bytes) else {
+                return false;
+            };
+            buf = &buf[bytes..];
+            let count = (groups * 8).min(n - i);
+            for k in 0..count {
+                let bit = k * width as usize;
+                let mut v = 0u32;
+                for b in 0..width as usize {
+                    let at = bit + b;
+                    v |= u32::from((packed[at / 8] >> (at % 8)) & 1) << b;
+                }
+                if !want(i + k, v) {
+                    return false;
+                }
+            }
+            i += count;
+        }
+    }
+    true
+}
+
+/// The level rules of a dense list column, by value and by run: a repetition level is
+/// 0 exactly at the first value of each row (multiples of `dim`), a definition level
+/// is always the maximum.
+struct Rules {
+    dim: usize,
+    max_def: u32,
+}
+
+impl Rules {
+    fn rep(&self, p: usize, v: u32) -> bool {
+        v == u32::from(!p.is_multiple_of(self.dim))
+    }
+
+    /// A run of `count` copies of `v` from position `p`, decided without walking it.
+    fn rep_run(&self, p: usize, count: usize, v: u32) -> bool {
+        let off = p % self.dim;
+        match v {
+            0 => self.dim == 1 || (count == 1 && off == 0),
+            1 => off != 0 && off + count <= self.dim,
+            _ => false,
+        }
+    }
+}
+
+fn varint(buf: &[u8]) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for (k, b) in buf.iter().enumerate().take(10) {
+        v |= u64::from(b & 0x7f) << (7 * k);
+        if b & 0x80 == 0 {
+            return Some((v, k + 1));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::Array;
+    use parquet::arrow::ArrowWriter;
+    use parquet::file::properties::{WriterProperties, WriterVersion};
+    use proptest::prelude::*;
+
+    /// Rows of `dim` floats; every `null_every`-th row null when set.
+    fn batch(
+        rows: usize,
+        dim: usize,
+        item_nullable: bool,
+        null_every: Option<usize>,
+    ) -> RecordBatch {
+        let item = Arc::new(Field::new("item", DataType::Float32, item_nullable));
+        let values = Float32Array::from_iter_values((0..rows * dim).map(|i| i as f32 * 0.5 - 3.0));
+        let nulls = null_every.map(|k| (0..rows).map(|r| r % k != 1).collect::<Vec<_>>().into());
+        let list = FixedSizeListArray::new(item.clone(), dim as i32, Arc::new(values), nulls);
+        let id = arrow_array::Int64Array::from_iter_values(0..rows as i64);
+        let schema = Arc::new(arrow_schema::Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("embedding", list.data_type().clone(), true),
+        ]));
+        RecordBatch::try_new(schema, vec![Arc::new(id), Arc::new(list)]).unwrap()
+    }
+
+    struct Case {
+        rows: usize,
+        dim: usize,
+        rg: usize,
+        page_rows: usize,
+        v2: bool,
+        dict: bool,
+        snappy: bool,
+        item_nullable: bool,
+        null_every: Option<usize>,
+    }
+
+    fn write(case: &Case) -> (tempfile::NamedTempFile, RecordBatch) {
+        let b = batch(case.rows, case.dim, case.item_nullable, case.null_every);
+        let props = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(case.rg))
+            .set_data_page_row_count_limit(case.page_rows)
+            .set_write_batch_size(case.page_rows.max(1))
+            .set_dictionary_enabled(case.dict)
+            .set_writer_version(if case.v2 {
+                WriterVersion::PARQUET_2_0
+            } else {
+                WriterVersion::PARQUET_1_0
+            })
+            .set_compression(if case.snappy {
+                parquet::basic::Compression::SNAPPY
+            } else {
+                parquet::basic::Compression::UNCOMPRESSED
+            })
+            .build();
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let mut w = ArrowWriter::try_new(f.reopen().unwrap(), b.schema(), Some(props)).unwrap();
+        w.write(&b).unwrap();
+        w.close().unwrap();
+        (f, b)
+    }
+
+    fn meta(f: &tempfile::NamedTempFile) -> ArrowReaderMetadata {
+        ArrowReaderMetadata::load(&f.reopen().unwrap(), Default::default()).unwrap()
+    }
+
+    /// What the fast reader returns, concatenated, and whether every row group took
+    /// the fast path.
+    fn fast(f: &tempfile::NamedTempFile, batch_rows: usize) -> (RecordBatch, bool) {
+        let m = meta(f);
+        let plan = plan(&m, None).expect("a FixedSizeList<Float32> column");
+        let l = plan.lists[0].clone();
+        let file = Arc::new(f.reopen().unwrap());
+        let all_fast = (0..m.metadata().num_row_groups()).all(|rg| {
+            let md = m.metadata().row_group(rg);
+            decode_list(&file, md.column(l.leaf), md.num_rows() as usize, &l, vec![])
+                .unwrap()
+                .is_some()
+        });
+        let schema = plan.projected.clone();
+        let batches: Vec<RecordBatch> =
+            FastReader::new(f.path().to_path_buf(), m, plan, None, batch_rows)
+                .map(|b| b.unwrap())
+                .collect();
+        assert!(batches.iter().all(|b| b.num_rows() <= batch_rows));
+        (
+            arrow_select::concat::concat_batches(&schema, &batches).unwrap(),
+            all_fast,
+        )
+    }
+
+    #[test]
+    fn dense_plain_lists_take_the_fast_path_and_equal_the_written_rows() {
+        for (v2, snappy, item_nullable) in [
+            (false, true, true),
+            (true, false, false),
+            (true, true, true),
+        ] {
+            let case = Case {
+                rows: 2_000,
+                dim: 24,
+                rg: 700,
+                page_rows: 100,
+                v2,
+                dict: false,
+                snappy,
+                item_nullable,
+                null_every: None,
+            };
+            let (f, want) = write(&case);
+            let (got, all_fast) = fast(&f, 256);
+            assert!(all_fast, "v2={v2} snappy={snappy}");
+            assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn dictionaries_and_nulls_fall_back_to_the_general_reader_with_the_same_rows() {
+        for (dict, null_every) in [(true, None), (false, Some(7))] {
+            let case = Case {
+                rows: 1_000,
+                dim: 8,
+                rg: 300,
+                page_rows: 64,
+                v2: false,
+                dict,
+                snappy: true,
+                item_nullable: true,
+                null_every,
+            };
+            let (f, want) = write(&case);
+            let (got, all_fast) = fast(&f, 128);
+            assert!(
+                !all_fast,
+                "dict={dict} nulls={null_every:?} must not take the fast path"
+            );
+            assert_eq!(got, want);
+            assert_eq!(got.column(1).null_count(), want.column(1).null_count());
+        }
+    }
+
+    #[test]
+    fn rep_runs_are_decided_exactly() {
+        let r = Rules {
+            dim: 512,
+            max_def: 1,
+        };
+        assert!(r.rep_run(1, 511, 1));
+        assert!(!r.rep_run(1, 512, 1), "a run of 1s over a row start");
+        assert!(!r.rep_run(0, 2, 1));
+        assert!(r.rep_run(512, 1, 0));
+        assert!(!r.rep_run(512, 2, 0), "two row starts in a row");
+        assert!(!r.rep_run(3, 1, 0));
+        let one = Rules { dim: 1, max_def: 1 };
+        assert!(one.rep_run(0, 100, 0));
+        assert!(!one.rep_run(0, 1, 1));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// Any shape the writer produces reads back as written, through the fast path
+        /// or the fallback.
+        #[test]
+        fn any_layout_reads_back_as_written(
+            rows in 0usize..600,
+            dim in 1usize..40,
+            rg in 1usize..300,
+            page_rows in 1usize..80,
+            v2 in any::<bool>(),
+            dict in any::<bool>(),
+            snappy in any::<bool>(),
+            item_nullable in any::<bool>(),
+            nulls in proptest::option::of(2usize..9),
+            batch_rows in 1usize..200,
+        ) {
+            let case = Case { rows, dim, rg, page_rows, v2, dict, snappy, item_nullable, null_every: nulls };
+            let (f, want) = write(&case);
+            let (got, _) = fast(&f, batch_rows);
+            prop_assert_eq!(got, want);
+        }
+
+        /// Corrupt bytes anywhere give an error or a fallback, never a panic or rows
+        /// that differ silently in count.
+        #[test]
+        fn corrupt_pages_never_panic(at in 0.0f64..1.0, byte in any::<u8>()) {
+            let case = Case { rows: 300, dim: 16, rg: 100, page_rows: 50, v2: false, dict: false, snappy: false, item_nullable: true, null_every: None };
+            let (f, _) = write(&case);
+            let mut bytes = std::fs::read(f.path()).unwrap();
+            let n = bytes.len();
+            let footer = u32::from_le_bytes(bytes[n - 8..n - 4].try_into().unwrap()) as usize;
+            let pos = 4 + ((n - 12 - footer) as f64 * at) as usize;
+            bytes[pos] = byte;
+            std::fs::write(f.path(), &bytes).unwrap();
+            let m = meta(&f);
+            let plan = plan(&m, None).unwrap();
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                FastReader::new(f.path().to_path_buf(), m, plan, None, 64).try_fold(0usize, |acc, b| b.map(|b| acc + b.num_rows()))
+            }));
+            let r = r.expect("no panic escapes the reader");
+            if let Ok(rows) = r {
+                prop_assert_eq!(rows, 300);
+            }
+        }
+    }
+}
