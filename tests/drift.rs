@@ -674,6 +674,20 @@ async fn watch_runs_on_an_interval_and_stops_cleanly() {
     assert_eq!(state["partitions"].as_object().unwrap().len(), 3);
 }
 
+/// The ten-day lake run once through `reclag drift run` (exit 2: the injected days):
+/// (its temporary directory, the output, the job spec).
+fn drifted_lake() -> Option<(tempfile::TempDir, std::path::PathBuf, std::path::PathBuf)> {
+    let Setup {
+        tmp, model, lake, ..
+    } = setup(0..10)?;
+    let out = tmp.path().join("out");
+    let job = tmp.path().join("job.toml");
+    std::fs::write(&job, spec_text(&s(&lake), &s(&model), &s(&out))).unwrap();
+    let (code, line) = drift_cli(&[&s(&job)]);
+    assert_eq!(code, ExitCode::from(2), "{line}");
+    Some((tmp, out, job))
+}
+
 /// The report renders in headless Chromium with no console errors and no failed
 /// loads, and the screenshot has real content.
 #[test]
@@ -687,17 +701,9 @@ fn the_report_renders_in_headless_chromium() {
         eprintln!("SKIP: {msg}; report rendering not tested");
         return;
     }
-    let Some(Setup {
-        tmp, model, lake, ..
-    }) = setup(0..10)
-    else {
+    let Some((tmp, out, _)) = drifted_lake() else {
         return;
     };
-    let out = tmp.path().join("out");
-    let job = tmp.path().join("job.toml");
-    std::fs::write(&job, spec_text(&s(&lake), &s(&model), &s(&out))).unwrap();
-    let (code, line) = drift_cli(&[&s(&job)]);
-    assert_eq!(code, ExitCode::from(2), "{line}");
     let report = out.join("report.html");
     let html = std::fs::read_to_string(&report).unwrap();
     assert!(
@@ -950,17 +956,9 @@ fn state_partitions(out: &Path) -> Option<usize> {
 /// completes the lake with outputs byte-identical to an uninterrupted run.
 #[test]
 fn sigterm_stops_a_watch_process_between_partitions() {
-    let Some(Setup {
-        tmp, model, lake, ..
-    }) = setup(0..10)
-    else {
+    let Some((_tmp, out, job)) = drifted_lake() else {
         return;
     };
-    let out = tmp.path().join("out");
-    let job = tmp.path().join("job.toml");
-    std::fs::write(&job, spec_text(&s(&lake), &s(&model), &s(&out))).unwrap();
-    let (code, _) = drift_cli(&[&s(&job)]);
-    assert_eq!(code, ExitCode::from(2));
     let uninterrupted = snapshot(&out);
     std::fs::remove_dir_all(&out).unwrap();
 

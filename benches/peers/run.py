@@ -114,34 +114,18 @@ def fixture(path, n, d, seed):
 
 
 def run_measured(argv, env=None):
-    """Runs argv to completion: (wall s, peak RSS MiB, stdout)."""
-    t0 = time.perf_counter()
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    out_chunks, err_chunks = [], []
-    # Read both pipes to EOF (threads avoid a full-pipe deadlock), then reap with
-    # wait4 for this child's own peak RSS.
-    import threading
-
-    def drain(src, dst):
-        for chunk in iter(lambda: src.read(65536), b""):
-            dst.append(chunk)
-
-    ts = [
-        threading.Thread(target=drain, args=(p.stdout, out_chunks)),
-        threading.Thread(target=drain, args=(p.stderr, err_chunks)),
-    ]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    _, status, ru = os.wait4(p.pid, 0)
-    secs = time.perf_counter() - t0
-    p.returncode = os.waitstatus_to_exitcode(status)
-    out = b"".join(out_chunks).decode()
-    if p.returncode != 0:
-        err = b"".join(err_chunks).decode()
+    """Runs argv to completion through measure.py: (wall s, peak RSS MiB, stdout)."""
+    p = subprocess.run(
+        [sys.executable, "-S", os.path.join(HERE, "measure.py")] + list(argv),
+        capture_output=True,
+        env=env,
+    )
+    out, err = p.stdout.decode(), p.stderr.decode()
+    lines = err.rstrip().splitlines()
+    if p.returncode != 0 or not lines or not lines[-1].startswith("@@measure "):
         raise RuntimeError(f"{' '.join(argv)} exited {p.returncode}:\n{out[-2000:]}\n{err[-4000:]}")
-    return secs, ru.ru_maxrss / 1024.0, out
+    m = json.loads(lines[-1][len("@@measure "):])
+    return m["seconds"], m["maxrss_mib"], out
 
 
 def reclag_bin(args):
@@ -321,7 +305,7 @@ def write_benchmarks(res):
         f"K = {K} groups, M = {M} memories, Parquet with {ROW_GROUP:,}-row row groups, snappy, "
         "the embedding a PLAIN-encoded `FixedSizeList<Float32>`. Every figure is a whole "
         f"process (start-up, imports and model load included), the median of {res['runs']} runs "
-        "with the order rotated between runs; peak RSS from `wait4`. The peers keep their "
+        "with the order rotated between runs; peak RSS from `wait4` in a small launcher (`measure.py`). The peers keep their "
         "scores in memory; `reclag score` writes a Parquet file of `id` and its five outputs "
         "(including the dynamics, which the peers do not run)."
     )
