@@ -45,9 +45,7 @@ def bootstrap(args):
     if not args.tiny:
         pkgs.append("torch")
     for p in pkgs:
-        mod = p
-        have = subprocess.run([py, "-c", f"import {mod}"], capture_output=True).returncode == 0
-        if have:
+        if subprocess.run([py, "-c", f"import {p}"], capture_output=True).returncode == 0:
             continue
         log(f"== pip install {p}")
         r = subprocess.run(

@@ -453,6 +453,17 @@ async fn terminated() {
     }
 }
 
+/// A multi-threaded tokio runtime for the commands that need one (SQL, watch).
+fn runtime(context: &str) -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io {
+            context: context.into(),
+            source,
+        })
+}
+
 fn io_err(source: std::io::Error) -> Error {
     Error::Io {
         context: "writing output".into(),
@@ -547,13 +558,7 @@ pub fn dispatch(cli: Cli, stores: Arc<Stores>, out: &mut dyn Write) -> Result<Ex
             let spec = crate::drift::DriftSpec::from_file(&a.job)?;
             let every = crate::drift::watch::parse_every(&a.every)?;
             let job = crate::drift::DriftJob::new(spec, stores);
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .map_err(|source| Error::Io {
-                    context: "starting the scheduler".into(),
-                    source,
-                })?;
+            let rt = runtime("starting the scheduler")?;
             rt.block_on(crate::drift::watch::watch(
                 job,
                 every,
@@ -607,13 +612,7 @@ pub fn dispatch(cli: Cli, stores: Arc<Stores>, out: &mut dyn Write) -> Result<Ex
                 output: a.output,
                 stores,
             };
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .map_err(|source| Error::Io {
-                    context: "starting the query runtime".into(),
-                    source,
-                })?;
+            let rt = runtime("starting the query runtime")?;
             let text = rt.block_on(crate::sql::run(&job))?;
             write!(out, "{text}").map_err(io_err)?;
         }

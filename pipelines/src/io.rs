@@ -122,9 +122,9 @@ pub struct ParquetFile {
 }
 
 enum Source {
-    /// Local files use the synchronous reader, which reads pages on demand (and the
-    /// file handle again for the fast list path).
-    Local(ParquetRecordBatchReaderBuilder<File>, Option<PathBuf>),
+    /// Local files use the synchronous reader, which reads pages on demand; the fast
+    /// list path opens the file by its path on each decoding thread.
+    Local(ParquetRecordBatchReaderBuilder<File>, PathBuf),
     /// Remote objects are fetched a row group at a time.
     Remote(ParquetRecordBatchStreamBuilder<StoreReader>),
     Ipc(arrow_ipc::reader::StreamReader<BufReader<Box<dyn std::io::Read + Send>>>),
@@ -150,7 +150,7 @@ impl ParquetFile {
                 path,
                 schema,
                 rows,
-                source: Source::Local(builder, Some(local.clone())),
+                source: Source::Local(builder, local.clone()),
                 row_groups: None,
             });
         }
@@ -258,15 +258,20 @@ impl ParquetFile {
         let path = self.path;
         let rgs = self.row_groups;
         let inner = match self.source {
-            Source::Local(builder, Some(file)) if fast_decode() => {
-                let meta = ArrowReaderMetadata::try_new(
-                    builder.metadata().clone(),
-                    ArrowReaderOptions::new(),
-                )
-                .map_err(parquet_err(&path))?;
-                match crate::fastlist::plan(&meta, columns) {
-                    Some(plan) => Inner::Fast(crate::fastlist::FastReader::new(
-                        file, meta, plan, rgs, BATCH_ROWS,
+            Source::Local(builder, local) => {
+                let fast = if fast_decode() {
+                    let meta = ArrowReaderMetadata::try_new(
+                        builder.metadata().clone(),
+                        ArrowReaderOptions::new(),
+                    )
+                    .map_err(parquet_err(&path))?;
+                    crate::fastlist::plan(&meta, columns).map(|plan| (meta, plan))
+                } else {
+                    None
+                };
+                match fast {
+                    Some((meta, plan)) => Inner::Fast(crate::fastlist::FastReader::new(
+                        local, meta, plan, rgs, BATCH_ROWS,
                     )),
                     None => Inner::Local(guard(&path, || {
                         configure(builder, columns, rgs)
@@ -275,11 +280,6 @@ impl ParquetFile {
                     })?),
                 }
             }
-            Source::Local(builder, _) => Inner::Local(guard(&path, || {
-                configure(builder, columns, rgs)
-                    .build()
-                    .map_err(parquet_err(&path))
-            })?),
             Source::Remote(builder) => Inner::Remote(guard(&path, || {
                 configure(builder, columns, rgs)
                     .build()

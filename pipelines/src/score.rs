@@ -107,11 +107,11 @@ pub fn run(model: &Model, job: &ScoreJob) -> Result<ScoreSummary> {
             )));
         }
     }
-    let schema = schema_with(&first.schema, &keep, output_fields());
-    let total: u64 = files.iter().map(|f| f.rows).sum();
     if job.decode_only {
         return decode_only(files);
     }
+    let schema = schema_with(&first.schema, &keep, output_fields());
+    let total: u64 = files.iter().map(|f| f.rows).sum();
     let pb = bar(total, "rows", "scoring");
     let sink = Sink::create(&job.stores, &job.output, schema.clone())?;
     let summary = pipeline(model, job, files, &keep, schema, sink, &pb)?;

@@ -348,7 +348,7 @@ enum PartSource {
     /// A hive directory.
     Dir(Location),
     /// A time window: row groups of files, and a filter on the timestamp column.
-    Window(window::Window),
+    Window(window::TimeWindows, window::Window),
     /// A time window already in the state (its rows are not looked at again).
     Done,
 }
@@ -531,7 +531,7 @@ impl DriftJob {
             if tw.closed(index, now) {
                 parts.push(Partition {
                     value: tw.label(index),
-                    source: PartSource::Window(w),
+                    source: PartSource::Window(tw.clone(), w),
                 });
             } else {
                 pending.push(tw.label(index));
@@ -815,15 +815,12 @@ impl DriftJob {
                     .collect(),
                 None,
             ),
-            PartSource::Window(w) => (
+            PartSource::Window(tw, w) => (
                 w.files
                     .iter()
                     .map(|(l, rgs)| (l.clone(), Some(rgs.clone())))
                     .collect(),
-                match self.spec.partitioning().map_err(Error::Usage)? {
-                    Partitioning::Time(tw) => Some((tw, w.index)),
-                    Partitioning::Hive { .. } => None,
-                },
+                Some((tw, w.index)),
             ),
             PartSource::Done => {
                 return Err(Error::Usage(format!(
@@ -868,7 +865,7 @@ impl DriftJob {
             opened,
             (&mut whole, &mut groups),
             Some(&mut worst),
-            window.as_ref().map(|(tw, w)| (tw, *w)),
+            window,
         )?;
         if whole.rows == 0 {
             return Ok(Processed::Skipped(format!(

@@ -157,7 +157,8 @@ pub enum Partitioning {
     Time(TimeWindows),
 }
 
-/// Parses `30s`, `15m`, `6h`, `1d` (or a combination such as `1h30m`).
+/// Parses `30s`, `15m`, `6h`, `1d` (or a combination such as `1h30m`); `0s` is a
+/// duration, and callers that need a positive one say so.
 pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
     let mut total = 0u64;
     let mut num = String::new();
@@ -176,7 +177,7 @@ pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
             _ => return None,
         })?)?;
     }
-    if !num.is_empty() || total == 0 {
+    if !num.is_empty() || s.trim().is_empty() {
         return None;
     }
     Some(std::time::Duration::from_secs(total))
@@ -279,8 +280,13 @@ impl DriftSpec {
                     ));
                 };
                 let window = duration("window", window)?;
+                if window == 0 {
+                    return Err(format!(
+                        "source.window = '{}': expected a positive duration such as 1d or 6h",
+                        src.window.as_deref().unwrap_or_default()
+                    ));
+                }
                 let lateness = match &src.lateness {
-                    Some(l) if l.trim() == "0" || l.trim() == "0s" => 0,
                     Some(l) => duration("lateness", l)?,
                     None => 0,
                 };

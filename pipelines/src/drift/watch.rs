@@ -10,11 +10,13 @@ use crate::error::{Error, Result};
 
 /// Parses `30s`, `15m`, `6h`, `1d` (or a combination such as `1h30m`).
 pub fn parse_every(s: &str) -> Result<Duration> {
-    super::spec::parse_duration(s).ok_or_else(|| {
-        Error::Usage(format!(
-            "--every {s}: expected a duration such as 30s, 15m, 6h, 24h or 1d"
-        ))
-    })
+    super::spec::parse_duration(s)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "--every {s}: expected a duration such as 30s, 15m, 6h, 24h or 1d"
+            ))
+        })
 }
 
 /// Runs `job` now and then every `every` until `shutdown` resolves. Each run happens

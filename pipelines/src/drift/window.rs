@@ -132,8 +132,21 @@ impl TimeWindows {
                 acc += sizes[rg];
                 bounds.push(acc);
             }
+            // Consecutive rows of one window and row group form a run; `wanted` (a
+            // label and a state lookup) and the maps are touched once per run, not per
+            // row.
             let mut pos = 0u64;
             let mut at = 0usize;
+            let mut run: Option<(i64, usize, u64)> = None;
+            let mut flush = |run: Option<(i64, usize, u64)>| {
+                if let Some((w, rg, n)) = run
+                    && wanted(w)
+                {
+                    let e = found.entry(w).or_default();
+                    e.0 += n;
+                    e.1.entry(fi).or_default().insert(rg);
+                }
+            };
             for batch in file.with_row_groups(cands.clone()).read(Some(&[ci]))? {
                 let batch = batch?;
                 self.indices(batch.column(0), &mut idx);
@@ -143,14 +156,13 @@ impl TimeWindows {
                     }
                     pos += 1;
                     let Some(w) = *w else { continue };
-                    if !wanted(w) {
-                        continue;
+                    match &mut run {
+                        Some((rw, rrg, n)) if *rw == w && *rrg == cands[at] => *n += 1,
+                        _ => flush(run.replace((w, cands[at], 1))),
                     }
-                    let e = found.entry(w).or_default();
-                    e.0 += 1;
-                    e.1.entry(fi).or_default().insert(cands[at]);
                 }
             }
+            flush(run);
         }
         Ok(found
             .into_iter()
