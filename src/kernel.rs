@@ -7,13 +7,24 @@
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2};
 
+use crate::vexp::exp_in_place;
+
 /// `A_β(h) = (1/β)(logsumexp(βh) − log M)`, computed around `max h` so nothing
 /// overflows however large the norms are.
 #[inline]
 pub fn log_mean_exp(h: &[f64], beta: f64) -> f64 {
     debug_assert!(!h.is_empty());
     let m = h.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let s: f64 = h.iter().map(|&v| (beta * (v - m)).exp()).sum();
+    let mut buf = [0.0f64; 64];
+    let mut s = 0.0;
+    for c in h.chunks(buf.len()) {
+        let b = &mut buf[..c.len()];
+        for (o, &v) in b.iter_mut().zip(c) {
+            *o = beta * (v - m);
+        }
+        exp_in_place(b);
+        s += b.iter().sum::<f64>();
+    }
     m + (s.ln() - (h.len() as f64).ln()) / beta
 }
 
@@ -21,15 +32,115 @@ pub fn log_mean_exp(h: &[f64], beta: f64) -> f64 {
 #[inline]
 pub fn lme_softmax(h: &[f64], beta: f64, p: &mut [f64]) -> f64 {
     let m = h.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let mut s = 0.0;
     for (o, &v) in p.iter_mut().zip(h) {
-        let e = (beta * (v - m)).exp();
-        *o = e;
-        s += e;
+        *o = beta * (v - m);
     }
+    exp_in_place(p);
+    let s: f64 = p.iter().sum();
     let inv = 1.0 / s;
     p.iter_mut().for_each(|o| *o *= inv);
     m + (s.ln() - (h.len() as f64).ln()) / beta
+}
+
+/// [`lme_softmax`] for `n = a.len()` rows of `m` values at once: `a[r]` and the row's
+/// softmax in `p[r·m..]`, bit for bit what the row-wise call returns.
+///
+/// A row has only `m` (about 16) exponentials, too few to fill the vector unit: called
+/// per row, `exp`'s long dependency chain was exposed and cost a tenth of `reclag
+/// score`. One call over the whole block keeps the lanes busy.
+pub fn lme_softmax_rows(h: &[f64], m: usize, beta: f64, p: &mut [f64], a: &mut [f64]) {
+    debug_assert_eq!(h.len(), a.len() * m);
+    debug_assert_eq!(p.len(), h.len());
+    if m == 0 {
+        return;
+    }
+    let mut maxes = Vec::with_capacity(a.len());
+    for (hr, pr) in h.chunks_exact(m).zip(p.chunks_exact_mut(m)) {
+        let mx = hr.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        for (o, &v) in pr.iter_mut().zip(hr) {
+            *o = beta * (v - mx);
+        }
+        maxes.push(mx);
+    }
+    exp_in_place(p);
+    let ln_m = (m as f64).ln();
+    for ((pr, ar), mx) in p.chunks_exact_mut(m).zip(a.iter_mut()).zip(maxes) {
+        let s: f64 = pr.iter().sum();
+        let inv = 1.0 / s;
+        pr.iter_mut().for_each(|o| *o *= inv);
+        *ar = mx + (s.ln() - ln_m) / beta;
+    }
+}
+
+/// `out (n×m) = p (n×m) · g (m×m)` for the small square products of the dynamics,
+/// where a general GEMM's packing costs more than the arithmetic.
+///
+/// The loop is written once; the AVX-512 and AVX2 copies are the same source compiled
+/// for wider vectors. Rust never contracts `a * b + c` into an FMA, so every copy gives
+/// the same bits.
+pub fn small_gemm(p: &[f64], g: &[f64], m: usize, out: &mut [f64]) {
+    debug_assert_eq!(g.len(), m * m);
+    debug_assert_eq!(p.len(), out.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports the feature the copy is compiled for.
+            unsafe { small_gemm_avx512(p, g, m, out) };
+            return;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: as above.
+            unsafe { small_gemm_avx2(p, g, m, out) };
+            return;
+        }
+    }
+    small_gemm_portable(p, g, m, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn small_gemm_avx512(p: &[f64], g: &[f64], m: usize, out: &mut [f64]) {
+    small_gemm_portable(p, g, m, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn small_gemm_avx2(p: &[f64], g: &[f64], m: usize, out: &mut [f64]) {
+    small_gemm_portable(p, g, m, out);
+}
+
+#[inline(always)]
+fn small_gemm_portable(p: &[f64], g: &[f64], m: usize, out: &mut [f64]) {
+    // The usual memory counts get a copy with `m` known, so a row's accumulators stay
+    // in registers instead of going through memory once per term.
+    match m {
+        8 => return small_gemm_fixed::<8>(p, g, out),
+        10 => return small_gemm_fixed::<10>(p, g, out),
+        16 => return small_gemm_fixed::<16>(p, g, out),
+        32 => return small_gemm_fixed::<32>(p, g, out),
+        _ => {}
+    }
+    for (pr, or) in p.chunks_exact(m).zip(out.chunks_exact_mut(m)) {
+        or.fill(0.0);
+        for (&pj, gr) in pr.iter().zip(g.chunks_exact(m)) {
+            for (o, &gv) in or.iter_mut().zip(gr) {
+                *o += pj * gv;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn small_gemm_fixed<const M: usize>(p: &[f64], g: &[f64], out: &mut [f64]) {
+    for (pr, or) in p.chunks_exact(M).zip(out.chunks_exact_mut(M)) {
+        let mut acc = [0.0f64; M];
+        for (&pj, gr) in pr.iter().zip(g.chunks_exact(M)) {
+            for (a, &gv) in acc.iter_mut().zip(gr) {
+                *a += pj * gv;
+            }
+        }
+        or.copy_from_slice(&acc);
+    }
 }
 
 /// Logistic function without overflow for large |z|.
@@ -120,6 +231,45 @@ mod tests {
         // Huge values: naive exp would overflow.
         let a = log_mean_exp(&[1e4, 1e4 - 1.0], 5.0);
         assert!((a - (1e4 + ((1.0 + (-5.0f64).exp()).ln() - 2f64.ln()) / 5.0)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn row_batched_softmax_is_bitwise_the_row_wise_one() {
+        let mut rng = crate::rng::Rng::new(3);
+        for m in [1, 3, 16, 17] {
+            let n = 37;
+            let h: Vec<f64> = (0..n * m).map(|_| 40.0 * (rng.next_f64() - 0.5)).collect();
+            let (mut p, mut a) = (vec![0.0; n * m], vec![0.0; n]);
+            lme_softmax_rows(&h, m, 5.0, &mut p, &mut a);
+            for r in 0..n {
+                let mut q = vec![0.0; m];
+                let want = lme_softmax(&h[r * m..(r + 1) * m], 5.0, &mut q);
+                assert_eq!(a[r].to_bits(), want.to_bits(), "m {m} row {r}");
+                assert_eq!(&p[r * m..(r + 1) * m], &q[..]);
+                assert_eq!(
+                    want.to_bits(),
+                    log_mean_exp(&h[r * m..(r + 1) * m], 5.0).to_bits()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn small_gemm_matches_the_general_one() {
+        let mut rng = crate::rng::Rng::new(4);
+        for (n, m) in [(1, 1), (5, 16), (9, 7), (3, 8), (4, 10), (2, 32)] {
+            let p: Vec<f64> = (0..n * m).map(|_| rng.next_f64() - 0.5).collect();
+            let g: Vec<f64> = (0..m * m).map(|_| rng.next_f64() * 3.0).collect();
+            let (mut a, mut b) = (vec![f64::NAN; n * m], vec![0.0; n * m]);
+            small_gemm(&p, &g, m, &mut a);
+            let mut c = vec![f64::NAN; n * m];
+            small_gemm_portable(&p, &g, m, &mut c);
+            assert_eq!(a, c, "the vector copies give the portable loop's bits");
+            gemm_ab(&p, n, m, &g, m, &mut b);
+            for (x, y) in a.iter().zip(&b) {
+                assert!((x - y).abs() <= 1e-12 * (1.0 + y.abs()), "{x} vs {y}");
+            }
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod rows;
 pub mod score;
 mod tile;
 pub mod train;
+pub mod vexp;
 
 pub use error::{Error, Result};
 pub use explain::Explanation;

@@ -116,6 +116,9 @@ pub struct Model {
     /// `ΞΞᵀ` per group (and for the union, last), when small enough to pay off; the
     /// dynamics then run in memory space (see `score::dynamics`).
     pub(crate) grams: Vec<Option<Vec<f64>>>,
+    /// `Ξᵀ` per group (and for the union, last), memories padded to a multiple of 8:
+    /// the layout the scoring GEMM broadcasts rows against (see `tile`).
+    pub(crate) panels: Vec<Vec<f64>>,
     pub(crate) provenance: Provenance,
     by_int: HashMap<i64, usize>,
     by_str: HashMap<String, usize>,
@@ -213,6 +216,12 @@ impl Model {
         let mut grams: Vec<Option<Vec<f64>>> =
             p.groups.iter().map(|g| gram(&g.xi, g.m, p.d)).collect();
         grams.push(gram(&union_xi, union_m, p.d));
+        let mut panels: Vec<Vec<f64>> = p
+            .groups
+            .iter()
+            .map(|g| crate::tile::panel(&g.xi, g.m, p.d))
+            .collect();
+        panels.push(crate::tile::panel(&union_xi, union_m, p.d));
         Ok(Model {
             d: p.d,
             beta: p.beta,
@@ -224,6 +233,7 @@ impl Model {
             union_xi,
             union_m,
             grams,
+            panels,
             provenance: p.provenance,
             by_int,
             by_str,

@@ -5,7 +5,9 @@
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::kernel::{argmax, dot, gemm_ab, gemm_abt, lme_softmax, log_mean_exp, sigmoid};
+use crate::kernel::{
+    argmax, gemm_ab, gemm_abt, lme_softmax, lme_softmax_rows, log_mean_exp, sigmoid, small_gemm,
+};
 use crate::model::Model;
 use crate::model::Normalize;
 use crate::rows::Rows;
@@ -63,6 +65,7 @@ struct Target<'m> {
     m: usize,
     tau: f64,
     gram: Option<&'m [f64]>,
+    panel: &'m [f64],
 }
 
 struct OutChunk<'o> {
@@ -134,6 +137,7 @@ impl Model {
                 m: self.union_m,
                 tau: self.tau_star,
                 gram: self.grams[self.groups.len()].as_deref(),
+                panel: &self.panels[self.groups.len()],
             }
         } else {
             let g = &self.groups[sel];
@@ -142,6 +146,7 @@ impl Model {
                 m: g.m,
                 tau: g.tau,
                 gram: self.grams[sel].as_deref(),
+                panel: &self.panels[sel],
             }
         }
     }
@@ -196,7 +201,7 @@ impl Model {
             hs.resize(abs.len() * t.m, 0.0);
             sq.clear();
             sq.resize(abs.len(), 0.0);
-            tile::dots_in_place(rows, &abs, t.xi, t.m, &mut hs, &mut sq);
+            tile::dots_in_place(rows, &abs, t.xi, t.panel, t.m, &mut hs, &mut sq);
             // Drop non-finite rows (NaN/inf make ‖x‖² non-finite; a finite row whose
             // square overflowed gets its norm recomputed with scaling).
             x0sq.clear();
@@ -232,24 +237,19 @@ impl Model {
             if ns == 0 {
                 continue;
             }
-            let dyn_work = work == Work::WithDynamics;
             p0.clear();
-            if dyn_work {
-                p0.resize(ns * t.m, 0.0);
-            }
-            a0.clear();
-            for (r, &i) in idx.iter().enumerate() {
-                let h = &mut hs[r * t.m..(r + 1) * t.m];
-                if scale[r] != 1.0 {
-                    h.iter_mut().for_each(|v| *v *= scale[r]);
+            for (h, &s) in hs.chunks_exact_mut(t.m).zip(&scale) {
+                if s != 1.0 {
+                    h.iter_mut().for_each(|v| *v *= s);
                 }
-                // With dynamics, the first step's softmax shares these exponentials.
-                let a = if dyn_work {
-                    lme_softmax(h, self.beta, &mut p0[r * t.m..(r + 1) * t.m])
-                } else {
-                    log_mean_exp(h, self.beta)
-                };
-                a0.push(a);
+            }
+            // With dynamics, the first step's softmax shares these exponentials.
+            a0.clear();
+            a0.resize(ns, 0.0);
+            p0.resize(ns * t.m, 0.0);
+            lme_softmax_rows(&hs, t.m, self.beta, &mut p0, &mut a0);
+            for (r, &i) in idx.iter().enumerate() {
+                let a = a0[r];
                 c.energy[i] = a;
                 c.score[i] = a - t.tau;
                 c.prob[i] = sigmoid(self.beta * (t.tau - a));
@@ -353,34 +353,47 @@ fn dynamics(
     let mut p = Vec::with_capacity(n * m);
     let mut hn = Vec::with_capacity(n * m);
     let mut xbuf = Vec::new();
+    let mut hbuf = Vec::with_capacity(n * m);
+    let mut energies = Vec::with_capacity(n);
     let mut steps = 0u32;
     while !active.is_empty() && (steps as usize) < max_iter {
         steps += 1;
         survivors.clear();
         p.clear();
-        for &r in &active {
-            let h = &hs[r * m..(r + 1) * m];
-            let off = p.len();
-            p.resize(off + m, 0.0);
-            let a = if steps == 1 {
-                p[off..].copy_from_slice(&first.p[r * m..(r + 1) * m]);
-                first.energy[r]
-            } else {
-                lme_softmax(h, beta, &mut p[off..])
-            };
-            if a <= t.tau {
+        energies.clear();
+        if steps == 1 {
+            for &r in &active {
+                p.extend_from_slice(&first.p[r * m..(r + 1) * m]);
+                energies.push(first.energy[r]);
+            }
+        } else {
+            // Every active row's softmax in one call (see `lme_softmax_rows`).
+            hbuf.clear();
+            for &r in &active {
+                hbuf.extend_from_slice(&hs[r * m..(r + 1) * m]);
+            }
+            p.resize(hbuf.len(), 0.0);
+            energies.resize(active.len(), 0.0);
+            lme_softmax_rows(&hbuf, m, beta, &mut p, &mut energies);
+        }
+        for (k, &r) in active.iter().enumerate() {
+            if energies[k] <= t.tau {
                 // The dead zone: this update sends the row to the origin.
-                p.truncate(off);
                 res[r] = (true, -1, steps);
             } else {
+                let kept = survivors.len();
+                if kept != k {
+                    p.copy_within(k * m..(k + 1) * m, kept * m);
+                }
                 survivors.push(r);
             }
         }
         let ns = survivors.len();
+        p.truncate(ns * m);
         hn.clear();
         hn.resize(ns * m, 0.0);
         match t.gram {
-            Some(g) => gemm_ab(&p, ns, m, g, m, &mut hn),
+            Some(g) => small_gemm(&p, g, m, &mut hn),
             None => {
                 xbuf.clear();
                 xbuf.resize(ns * d, 0.0);
@@ -393,18 +406,17 @@ fn dynamics(
             let pk = &p[k * m..(k + 1) * m];
             let hk = &hn[k * m..(k + 1) * m];
             let h = &hs[r * m..(r + 1) * m];
-            let new_sq = dot(pk, hk);
+            let new_sq = dot4(pk, hk);
             if new_sq <= 0.0 {
                 // x_{t+1} = Ξᵀp = 0: the trajectory reached the origin.
                 res[r] = (true, -1, steps);
                 continue;
             }
             let (diff_sq, old_sq) = if steps == 1 {
-                (x0sq[r] - 2.0 * dot(pk, h) + new_sq, x0sq[r])
+                (x0sq[r] - 2.0 * dot4(pk, h) + new_sq, x0sq[r])
             } else {
                 let pp = &prev_p[r * m..(r + 1) * m];
-                let diff: f64 = (0..m).map(|j| (pk[j] - pp[j]) * (hk[j] - h[j])).sum();
-                (diff, dot(pp, h))
+                (diff_dot4(pk, pp, hk, h), dot4(pp, h))
             };
             let converged = diff_sq.max(0.0).sqrt() <= tol * (1.0 + old_sq.max(0.0).sqrt());
             hs[r * m..(r + 1) * m].copy_from_slice(hk);
@@ -420,6 +432,46 @@ fn dynamics(
         res[r] = (false, argmax(&hs[r * m..(r + 1) * m]) as i32, steps);
     }
     res
+}
+
+/// `a·b` in four interleaved partial sums. The stop rule's dot products are short
+/// (`m` terms) and many; summed one term after another they are a chain of dependent
+/// adds, which measured as most of the dynamics' own time. Only the stop rule uses
+/// them, where a different rounding of the last bit decides nothing.
+#[inline]
+fn dot4(a: &[f64], b: &[f64]) -> f64 {
+    let mut s = [0.0f64; 4];
+    let (a4, b4) = (a.chunks_exact(4), b.chunks_exact(4));
+    let tail: f64 = a4
+        .remainder()
+        .iter()
+        .zip(b4.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a4.zip(b4) {
+        for ((acc, &xv), &yv) in s.iter_mut().zip(x).zip(y) {
+            *acc += xv * yv;
+        }
+    }
+    (s[0] + s[1]) + (s[2] + s[3]) + tail
+}
+
+/// `(a − b)·(c − e)`, summed as [`dot4`] does.
+#[inline]
+fn diff_dot4(a: &[f64], b: &[f64], c: &[f64], e: &[f64]) -> f64 {
+    let mut s = [0.0f64; 4];
+    let chunks = a
+        .chunks_exact(4)
+        .zip(b.chunks_exact(4))
+        .zip(c.chunks_exact(4).zip(e.chunks_exact(4)));
+    for ((a4, b4), (c4, e4)) in chunks {
+        for (k, acc) in s.iter_mut().enumerate() {
+            *acc += (a4[k] - b4[k]) * (c4[k] - e4[k]);
+        }
+    }
+    let j = a.len() / 4 * 4;
+    let tail: f64 = (j..a.len()).map(|k| (a[k] - b[k]) * (c[k] - e[k])).sum();
+    (s[0] + s[1]) + (s[2] + s[3]) + tail
 }
 
 /// Energies `A_β(Ξ x)` of preprocessed f64 rows (`n×d`) against one memory matrix,
@@ -461,6 +513,25 @@ mod tests {
     use super::*;
     use crate::model::{CalibratedOn, Group, ModelParts, Normalize, Provenance};
     use crate::rng::Rng;
+
+    #[test]
+    fn interleaved_dots_match_sequential_ones() {
+        let mut rng = Rng::new(9);
+        for n in 0..23 {
+            let v: Vec<Vec<f64>> = (0..4)
+                .map(|_| (0..n).map(|_| rng.next_f64() - 0.5).collect())
+                .collect();
+            let want: f64 = (0..n).map(|j| v[0][j] * v[1][j]).sum();
+            assert!((dot4(&v[0], &v[1]) - want).abs() <= 1e-14, "n {n}");
+            let want: f64 = (0..n)
+                .map(|j| (v[0][j] - v[1][j]) * (v[2][j] - v[3][j]))
+                .sum();
+            assert!(
+                (diff_dot4(&v[0], &v[1], &v[2], &v[3]) - want).abs() <= 1e-14,
+                "n {n}"
+            );
+        }
+    }
 
     /// The memory-space iteration must agree with iterating the `d`-vectors.
     #[test]

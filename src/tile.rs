@@ -1,35 +1,74 @@
 //! The scoring GEMM `h = Ξx` for rows read in place from the caller's buffer.
 //!
 //! A general GEMM needs the rows widened to f64 and then packed: two extra passes over
-//! the largest buffer, which measured as most of the scoring time (BENCHMARKS.md). This
-//! kernel reads each row once, widening components as it goes, and accumulates in f64
-//! with FMA. It also returns `‖x‖²` from the same pass, so no separate norm pass reads
+//! the largest buffer, which measured as most of the scoring time (BENCHMARKS.md). These
+//! kernels read each row once, widening components as they go, and accumulate in f64
+//! with FMA. They also return `‖x‖²` from the same pass, so no separate norm pass reads
 //! the rows again. Every memory value is f32-representable (the model file stores
 //! f32), so each product of an f32 component with a memory is exact in f64 and only the
 //! f64 sums round.
 //!
-//! Layout: dot-product form. A tile is 2 rows × 4 memories, each pair accumulated in
-//! a 4-lane f64 vector over `d`, then reduced horizontally. `Ξ` stays row-major.
+//! Two layouts:
+//! - With AVX-512, outer-product form: a few rows are widened into an L1-resident f64
+//!   panel, and each component is broadcast against a row of `Ξᵀ` (the model's
+//!   `panel`, memories padded to 8 lanes). Every load feeds several FMAs, so the loop
+//!   runs at the FMA ports' rate; the dot-product form below was bound by reading `Ξ`
+//!   (64 KiB at d = 512, M = 16, larger than L1) once per pair of rows.
+//!   f64 rows take the same kernel (loaded instead of widened), so one table stored
+//!   either way scores to the same bits.
+//! - With AVX2 only, dot-product form: a tile is 2 rows × 4 memories, each
+//!   pair accumulated in a 4-lane f64 vector over `d`, then reduced horizontally.
 
 use crate::rows::{Rows, Values};
 
 const RT: usize = 2;
 const MT: usize = 4;
 
+/// Lanes of one `Ξᵀ` row chunk (a 512-bit f64 vector).
+const LANES: usize = 8;
+
+/// `Ξᵀ` (`d × mp`, row-major) with `mp = m` rounded up to a multiple of [`LANES`], the
+/// padding zero.
+pub fn panel(xi: &[f64], m: usize, d: usize) -> Vec<f64> {
+    let mp = m.next_multiple_of(LANES);
+    let mut t = vec![0.0; d * mp];
+    for mu in 0..m {
+        for j in 0..d {
+            t[j * mp + mu] = xi[mu * d + j];
+        }
+    }
+    t
+}
+
 /// `h[k·m + μ] = x_k·ξ_μ` and `sq[k] = ‖x_k‖²` for `x_k = rows[idx[k]]`. Rows listed
-/// in `idx` must be non-null; non-finite components propagate into `sq`.
+/// in `idx` must be non-null; non-finite components propagate into `sq`. `xit` is
+/// [`panel`]`(xi, m, d)`.
 pub fn dots_in_place(
     rows: &Rows<'_>,
     idx: &[usize],
     xi: &[f64],
+    xit: &[f64],
     m: usize,
     h: &mut [f64],
     sq: &mut [f64],
 ) {
     debug_assert_eq!(h.len(), idx.len() * m);
     debug_assert_eq!(sq.len(), idx.len());
+    debug_assert_eq!(xit.len(), rows.dim * m.next_multiple_of(LANES));
     #[cfg(target_arch = "x86_64")]
     {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports the features this function is compiled for.
+            // f64 rows take the same kernel, so a table stored as f32 or as f64 scores
+            // to the same bits (the widening is exact; the sums run in one order).
+            unsafe {
+                match rows.values {
+                    Values::F32(v) => avx512::panels(v, rows, idx, xit, m, h, sq),
+                    Values::F64(v) => avx512::panels(v, rows, idx, xit, m, h, sq),
+                }
+            }
+            return;
+        }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: the CPU supports the features these functions are compiled for.
@@ -42,6 +81,7 @@ pub fn dots_in_place(
             return;
         }
     }
+    let _ = xit;
     match rows.values {
         Values::F32(v) => portable(v, rows, idx, xi, m, h, sq),
         Values::F64(v) => portable(v, rows, idx, xi, m, h, sq),
@@ -219,42 +259,282 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::LANES;
+    use crate::rows::Rows;
+
+    /// Rows per panel: 6 rows × 2 vectors = 12 accumulators in flight hide the FMA
+    /// latency, and the panel (6·d f64, 24 KiB at d = 512) stays in L1.
+    const R: usize = 6;
+
+    /// A row component type the panel widens from.
+    pub trait Lane: Copy + Into<f64> {
+        /// Eight components from `p` as f64 lanes.
+        unsafe fn load8(p: *const Self) -> __m512d;
+    }
+
+    impl Lane for f32 {
+        #[inline(always)]
+        unsafe fn load8(p: *const f32) -> __m512d {
+            unsafe { _mm512_cvtps_pd(_mm256_loadu_ps(p)) }
+        }
+    }
+
+    impl Lane for f64 {
+        #[inline(always)]
+        unsafe fn load8(p: *const f64) -> __m512d {
+            unsafe { _mm512_loadu_pd(p) }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn panels<T: Lane>(
+        values: &[T],
+        rows: &Rows<'_>,
+        idx: &[usize],
+        xit: &[f64],
+        m: usize,
+        h: &mut [f64],
+        sq: &mut [f64],
+    ) {
+        let d = rows.dim;
+        let mp = m.next_multiple_of(LANES);
+        let mut panel = vec![0.0f64; R * d];
+        for (t, chunk) in idx.chunks(R).enumerate() {
+            // Rows routed by group are scattered through the batch (every tenth row,
+            // say), which the hardware prefetcher does not follow across pages: ask
+            // for the next panel's rows now, so they arrive while this one computes.
+            for &i in idx.iter().skip((t + 1) * R).take(R) {
+                let s = rows.start_of(i);
+                let row = values[s..s + d].as_ptr();
+                let mut off = 0;
+                while off < d {
+                    // SAFETY: a prefetch never faults; the address lies in `values`.
+                    unsafe { _mm_prefetch::<_MM_HINT_T0>(row.add(off) as *const i8) };
+                    off += 64 / std::mem::size_of::<T>();
+                }
+            }
+            for (r, &i) in chunk.iter().enumerate() {
+                let s = rows.start_of(i);
+                let x = &values[s..s + d];
+                let dst = &mut panel[r * d..(r + 1) * d];
+                // SAFETY: `x` and `dst` both hold `d` elements; lanes stay below `d`.
+                sq[t * R + r] = unsafe { widen(x, dst) };
+            }
+            let mut c0 = 0;
+            while c0 < mp {
+                let k0 = t * R;
+                // SAFETY: the panel holds R rows of d; `xit` is d × mp; the block's
+                // columns [c0, c0 + 8·W) lie within mp.
+                unsafe {
+                    if mp - c0 >= 2 * LANES {
+                        block::<2>(&panel, d, xit, mp, c0, m, &mut h[k0 * m..], chunk.len());
+                        c0 += 2 * LANES;
+                    } else {
+                        block::<1>(&panel, d, xit, mp, c0, m, &mut h[k0 * m..], chunk.len());
+                        c0 += LANES;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Widens a row into the panel and returns its squared norm.
+    #[inline(always)]
+    unsafe fn widen<T: Lane>(x: &[T], dst: &mut [f64]) -> f64 {
+        let d = x.len();
+        let d8 = d / LANES * LANES;
+        unsafe {
+            let mut acc = _mm512_setzero_pd();
+            let mut j = 0;
+            while j < d8 {
+                let v = T::load8(x.as_ptr().add(j));
+                _mm512_storeu_pd(dst.as_mut_ptr().add(j), v);
+                acc = _mm512_fmadd_pd(v, v, acc);
+                j += LANES;
+            }
+            let mut s = _mm512_reduce_add_pd(acc);
+            for j in d8..d {
+                let v: f64 = x[j].into();
+                dst[j] = v;
+                s += v * v;
+            }
+            s
+        }
+    }
+
+    /// `h[r·m + c] = panel_r · ξ_c` for the panel's first `nr` rows and the memories
+    /// `c ∈ [c0, c0 + 8·W) ∩ [0, m)`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn block<const W: usize>(
+        panel: &[f64],
+        d: usize,
+        xit: &[f64],
+        mp: usize,
+        c0: usize,
+        m: usize,
+        h: &mut [f64],
+        nr: usize,
+    ) {
+        unsafe {
+            let mut acc = [[_mm512_setzero_pd(); W]; R];
+            let p = panel.as_ptr();
+            let mut w = xit.as_ptr().add(c0);
+            for j in 0..d {
+                let cols: [__m512d; W] = std::array::from_fn(|q| _mm512_loadu_pd(w.add(q * LANES)));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let b = _mm512_set1_pd(*p.add(r * d + j));
+                    for q in 0..W {
+                        a[q] = _mm512_fmadd_pd(b, cols[q], a[q]);
+                    }
+                }
+                w = w.add(mp);
+            }
+            let mut lanes = [0.0f64; LANES];
+            for (r, a) in acc.iter().enumerate().take(nr) {
+                for (q, v) in a.iter().enumerate() {
+                    let c = c0 + q * LANES;
+                    if c >= m {
+                        break;
+                    }
+                    _mm512_storeu_pd(lanes.as_mut_ptr(), *v);
+                    let n = LANES.min(m - c);
+                    h[r * m + c..r * m + c + n].copy_from_slice(&lanes[..n]);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
-    #[test]
-    fn matches_naive_for_odd_shapes() {
-        let mut rng = crate::rng::Rng::new(11);
-        for (n, m, d) in [(1, 1, 1), (5, 3, 7), (9, 17, 33), (4, 8, 16), (3, 5, 4)] {
-            let xi: Vec<f64> = (0..m * d)
-                .map(|_| f64::from((rng.next_f64() - 0.5) as f32))
-                .collect();
-            let x: Vec<f32> = (0..n * d).map(|_| (rng.next_f64() - 0.5) as f32).collect();
-            let x64: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
-            let idx: Vec<usize> = (0..n).rev().collect();
-            for rows in [Rows::dense_f32(&x, d), Rows::dense_f64(&x64, d)] {
-                let (mut h, mut sq) = (vec![0.0; n * m], vec![0.0; n]);
-                dots_in_place(&rows, &idx, &xi, m, &mut h, &mut sq);
-                let (mut hp, mut sqp) = (vec![0.0; n * m], vec![0.0; n]);
-                match rows.values {
-                    Values::F32(v) => portable(v, &rows, &idx, &xi, m, &mut hp, &mut sqp),
-                    Values::F64(v) => portable(v, &rows, &idx, &xi, m, &mut hp, &mut sqp),
-                }
+    type Kernel = fn(&Rows<'_>, &[usize], &[f64], &[f64], usize, &mut [f64], &mut [f64]);
+
+    /// Every implementation this CPU can run, each called directly, so the AVX2 path is
+    /// tested on an AVX-512 machine too.
+    fn kernels() -> Vec<(&'static str, Kernel)> {
+        let mut k: Vec<(&'static str, Kernel)> = vec![
+            ("dispatch", |r, i, xi, xit, m, h, sq| {
+                dots_in_place(r, i, xi, xit, m, h, sq)
+            }),
+            ("portable", |r, i, xi, _, m, h, sq| match r.values {
+                Values::F32(v) => portable(v, r, i, xi, m, h, sq),
+                Values::F64(v) => portable(v, r, i, xi, m, h, sq),
+            }),
+        ];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                k.push(("avx2", |r, i, xi, _, m, h, sq| unsafe {
+                    match r.values {
+                        Values::F32(v) => avx2::tiles_f32(v, r, i, xi, m, h, sq),
+                        Values::F64(v) => avx2::tiles_f64(v, r, i, xi, m, h, sq),
+                    }
+                }));
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                k.push(("avx512", |r, i, _, xit, m, h, sq| unsafe {
+                    match r.values {
+                        Values::F32(v) => avx512::panels(v, r, i, xit, m, h, sq),
+                        Values::F64(v) => avx512::panels(v, r, i, xit, m, h, sq),
+                    }
+                }));
+            }
+        }
+        k
+    }
+
+    /// Every kernel against the naive f64 sums, rows gathered in a scrambled order.
+    fn check(n: usize, m: usize, d: usize, seed: u64) {
+        let mut rng = crate::rng::Rng::new(seed);
+        let xi: Vec<f64> = (0..m * d)
+            .map(|_| f64::from((rng.next_f64() - 0.5) as f32))
+            .collect();
+        let xit = panel(&xi, m, d);
+        let x: Vec<f32> = (0..n * d).map(|_| (rng.next_f64() - 0.5) as f32).collect();
+        let x64: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+        let idx: Vec<usize> = (0..n).map(|k| (k * 7 + 3) % n).collect();
+        for rows in [Rows::dense_f32(&x, d), Rows::dense_f64(&x64, d)] {
+            for (name, kernel) in kernels() {
+                let (mut h, mut sq) = (vec![f64::NAN; n * m], vec![f64::NAN; n]);
+                kernel(&rows, &idx, &xi, &xit, m, &mut h, &mut sq);
                 for (k, &i) in idx.iter().enumerate() {
                     let want_sq: f64 = (0..d).map(|j| x64[i * d + j] * x64[i * d + j]).sum();
-                    assert!((sq[k] - want_sq).abs() <= 1e-12 * (1.0 + want_sq));
-                    assert!((sqp[k] - want_sq).abs() <= 1e-12 * (1.0 + want_sq));
+                    assert!(
+                        (sq[k] - want_sq).abs() <= 1e-12 * (1.0 + want_sq),
+                        "{name}: sq, n{n} m{m} d{d}"
+                    );
                     for mu in 0..m {
                         let want: f64 = (0..d).map(|j| x64[i * d + j] * xi[mu * d + j]).sum();
                         assert!(
                             (h[k * m + mu] - want).abs() <= 1e-12 * (1.0 + want.abs()),
-                            "n{n} m{m} d{d}"
+                            "{name}: h[{k}][{mu}] = {} vs {want}, n{n} m{m} d{d}",
+                            h[k * m + mu]
                         );
-                        assert!((hp[k * m + mu] - want).abs() <= 1e-12 * (1.0 + want.abs()));
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn matches_naive_for_odd_shapes() {
+        for (n, m, d) in [
+            (1, 1, 1),
+            (5, 3, 7),
+            (9, 17, 33),
+            (4, 8, 16),
+            (3, 5, 4),
+            (13, 16, 512),
+            (7, 24, 40),
+            (6, 33, 9),
+        ] {
+            check(n, m, d, (n * 1000 + m * 10 + d) as u64);
+        }
+    }
+
+    #[test]
+    fn f32_and_f64_rows_give_the_same_bits() {
+        let (n, m, d) = (11, 16, 77);
+        let mut rng = crate::rng::Rng::new(8);
+        let xi: Vec<f64> = (0..m * d)
+            .map(|_| f64::from((rng.next_f64() - 0.5) as f32))
+            .collect();
+        let xit = panel(&xi, m, d);
+        let x: Vec<f32> = (0..n * d).map(|_| (rng.next_f64() - 0.5) as f32).collect();
+        let x64: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+        let idx: Vec<usize> = (0..n).rev().collect();
+        let run = |rows: &Rows<'_>| {
+            let (mut h, mut sq) = (vec![0.0; n * m], vec![0.0; n]);
+            dots_in_place(rows, &idx, &xi, &xit, m, &mut h, &mut sq);
+            (h, sq)
+        };
+        assert_eq!(run(&Rows::dense_f32(&x, d)), run(&Rows::dense_f64(&x64, d)));
+    }
+
+    #[test]
+    fn panel_is_the_padded_transpose() {
+        let xi: Vec<f64> = (0..3 * 2).map(|v| v as f64).collect(); // m = 3, d = 2
+        let t = panel(&xi, 3, 2);
+        assert_eq!(t.len(), 2 * 8);
+        assert_eq!(&t[..8], &[0.0, 2.0, 4.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        assert_eq!(&t[8..], &[1.0, 3.0, 5.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn every_kernel_matches_naive(n in 1usize..20, m in 1usize..40, d in 1usize..70, seed in 0u64..1000) {
+            check(n, m, d, seed);
         }
     }
 }

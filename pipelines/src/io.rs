@@ -20,6 +20,7 @@ use parquet::arrow::{ArrowWriter, AsyncArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 
 use crate::error::{Error, Result};
 use crate::store::{Location, Stores, block_on};
@@ -611,11 +612,15 @@ pub fn schema_with(base: &Schema, keep: &[usize], extra: Vec<arrow_schema::Field
 }
 
 fn writer_props() -> WriterProperties {
-    WriterProperties::builder()
-        .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(3).expect("valid level"),
-        ))
-        .build()
+    let mut b = WriterProperties::builder().set_compression(Compression::ZSTD(
+        ZstdLevel::try_new(3).expect("valid level"),
+    ));
+    // Scores, energies and probabilities are all distinct: a dictionary attempt on them
+    // only burns time (hashing every value) before the writer falls back to PLAIN.
+    for c in ["reclag_score", "reclag_energy", "reclag_ood_probability"] {
+        b = b.set_column_dictionary_enabled(ColumnPath::from(c), false);
+    }
+    b.build()
 }
 
 /// Where a result table goes. Every kind appears whole or not at all: a local file is

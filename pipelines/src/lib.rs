@@ -1,5 +1,6 @@
 //! IO, jobs and the `reclag` command line around the engine-free core.
 
+pub mod alloc;
 pub mod cli;
 pub mod demo;
 pub mod drift;

@@ -1,6 +1,7 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    reclag_pipelines::alloc::tune();
     // Not locked: `reclag score --output -` writes its Arrow stream to stdout too.
     let mut stdout = std::io::stdout();
     match reclag_pipelines::cli::run(std::env::args_os(), &mut stdout) {
