@@ -122,29 +122,48 @@ fn portable<T: Copy + Into<f64>>(
     }
 }
 
+/// Row component types the kernels widen to f64 lanes (a plain load for f64).
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+mod lanes {
     use std::arch::x86_64::*;
 
-    use super::{MT, RT};
-    use crate::rows::Rows;
-
-    /// Loads 4 components starting at `p` as f64.
-    trait Load4: Copy {
+    pub trait Lane: Copy + Into<f64> {
+        /// Four components from `p` (AVX2).
         unsafe fn load4(p: *const Self) -> __m256d;
+        /// Eight components from `p` (AVX-512).
+        unsafe fn load8(p: *const Self) -> __m512d;
     }
-    impl Load4 for f32 {
+
+    impl Lane for f32 {
         #[inline(always)]
         unsafe fn load4(p: *const f32) -> __m256d {
             unsafe { _mm256_cvtps_pd(_mm_loadu_ps(p)) }
         }
+        #[inline(always)]
+        unsafe fn load8(p: *const f32) -> __m512d {
+            unsafe { _mm512_cvtps_pd(_mm256_loadu_ps(p)) }
+        }
     }
-    impl Load4 for f64 {
+
+    impl Lane for f64 {
         #[inline(always)]
         unsafe fn load4(p: *const f64) -> __m256d {
             unsafe { _mm256_loadu_pd(p) }
         }
+        #[inline(always)]
+        unsafe fn load8(p: *const f64) -> __m512d {
+            unsafe { _mm512_loadu_pd(p) }
+        }
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::lanes::Lane as Load4;
+    use super::{MT, RT};
+    use crate::rows::Rows;
 
     #[inline(always)]
     unsafe fn hsum(v: __m256d) -> f64 {
@@ -264,31 +283,12 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::LANES;
+    use super::lanes::Lane;
     use crate::rows::Rows;
 
     /// Rows per panel: 6 rows × 2 vectors = 12 accumulators in flight hide the FMA
     /// latency, and the panel (6·d f64, 24 KiB at d = 512) stays in L1.
     const R: usize = 6;
-
-    /// A row component type the panel widens from.
-    pub trait Lane: Copy + Into<f64> {
-        /// Eight components from `p` as f64 lanes.
-        unsafe fn load8(p: *const Self) -> __m512d;
-    }
-
-    impl Lane for f32 {
-        #[inline(always)]
-        unsafe fn load8(p: *const f32) -> __m512d {
-            unsafe { _mm512_cvtps_pd(_mm256_loadu_ps(p)) }
-        }
-    }
-
-    impl Lane for f64 {
-        #[inline(always)]
-        unsafe fn load8(p: *const f64) -> __m512d {
-            unsafe { _mm512_loadu_pd(p) }
-        }
-    }
 
     #[target_feature(enable = "avx512f")]
     pub unsafe fn panels<T: Lane>(

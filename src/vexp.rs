@@ -59,8 +59,8 @@ fn exp_scalar(x: f64) -> f64 {
 
 /// ln 2 = LN2_HI + LN2_LO, with LN2_HI's low bits zero so `n · LN2_HI` is exact for
 /// every `|n| ≤ 1100` (fdlibm's split).
-const LN2_HI: f64 = 6.931_471_803_691_238_164_90e-1;
-const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
+const LN2_HI: f64 = 6.931_471_803_691_238e-1;
+const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
 
 /// 1/k! for k = 0..=13.
 const C: [f64; 14] = [
