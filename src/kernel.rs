@@ -49,6 +49,26 @@ pub fn lme_softmax(h: &[f64], beta: f64, p: &mut [f64]) -> f64 {
 /// per row, `exp`'s long dependency chain was exposed and cost a tenth of `reclag
 /// score`. One call over the whole block keeps the lanes busy.
 pub fn lme_softmax_rows(h: &[f64], m: usize, beta: f64, p: &mut [f64], a: &mut [f64]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports the feature the copy is compiled for; like
+            // `small_gemm`'s copies it gives the portable loop's bits.
+            unsafe { lme_softmax_rows_avx512(h, m, beta, p, a) };
+            return;
+        }
+    }
+    lme_softmax_rows_portable(h, m, beta, p, a);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn lme_softmax_rows_avx512(h: &[f64], m: usize, beta: f64, p: &mut [f64], a: &mut [f64]) {
+    lme_softmax_rows_portable(h, m, beta, p, a);
+}
+
+#[inline(always)]
+fn lme_softmax_rows_portable(h: &[f64], m: usize, beta: f64, p: &mut [f64], a: &mut [f64]) {
     debug_assert_eq!(h.len(), a.len() * m);
     debug_assert_eq!(p.len(), h.len());
     if m == 0 {
