@@ -126,8 +126,13 @@ enum Source {
     /// Local files use the synchronous reader, which reads pages on demand; the fast
     /// list path opens the file by its path on each decoding thread.
     Local(ParquetRecordBatchReaderBuilder<File>, PathBuf),
-    /// Remote objects are fetched a row group at a time.
-    Remote(ParquetRecordBatchStreamBuilder<StoreReader>),
+    /// Remote objects are fetched a row group at a time (the store and key are kept for
+    /// the fast list path, which fetches its own ranges).
+    Remote(
+        ParquetRecordBatchStreamBuilder<StoreReader>,
+        Arc<dyn object_store::ObjectStore>,
+        ObjPath,
+    ),
     Ipc(arrow_ipc::reader::StreamReader<BufReader<Box<dyn std::io::Read + Send>>>),
 }
 
@@ -174,7 +179,7 @@ impl ParquetFile {
             path,
             schema,
             rows,
-            source: Source::Remote(builder),
+            source: Source::Remote(builder, loc.store.clone(), loc.key.clone()),
             row_groups: None,
         })
     }
@@ -242,7 +247,7 @@ impl ParquetFile {
     ) -> Option<(&ParquetMetaData, &parquet::schema::types::SchemaDescriptor)> {
         match &self.source {
             Source::Local(b, _) => Some((b.metadata().as_ref(), b.parquet_schema())),
-            Source::Remote(b) => Some((b.metadata().as_ref(), b.parquet_schema())),
+            Source::Remote(b, ..) => Some((b.metadata().as_ref(), b.parquet_schema())),
             Source::Ipc(_) => None,
         }
     }
@@ -258,34 +263,43 @@ impl ParquetFile {
     pub fn read(self, columns: Option<&[usize]>) -> Result<Batches> {
         let path = self.path;
         let rgs = self.row_groups;
-        let inner = match self.source {
-            Source::Local(builder, local) => {
-                let fast = if fast_decode() {
-                    let meta = ArrowReaderMetadata::try_new(
-                        builder.metadata().clone(),
-                        ArrowReaderOptions::new(),
-                    )
-                    .map_err(parquet_err(&path))?;
-                    crate::fastlist::plan(&meta, columns).map(|plan| (meta, plan))
-                } else {
-                    None
-                };
-                match fast {
-                    Some((meta, plan)) => Inner::Fast(crate::fastlist::FastReader::new(
-                        local, meta, plan, rgs, BATCH_ROWS,
-                    )),
-                    None => Inner::Local(guard(&path, || {
-                        configure(builder, columns, rgs)
-                            .build()
-                            .map_err(parquet_err(&path))
-                    })?),
-                }
+        let fast = |md: &Arc<ParquetMetaData>| -> Result<_> {
+            if !fast_decode() {
+                return Ok(None);
             }
-            Source::Remote(builder) => Inner::Remote(guard(&path, || {
-                configure(builder, columns, rgs)
-                    .build()
-                    .map_err(parquet_err(&path))
-            })?),
+            let meta = ArrowReaderMetadata::try_new(md.clone(), ArrowReaderOptions::new())
+                .map_err(parquet_err(&path))?;
+            Ok(crate::fastlist::plan(&meta, columns).map(|plan| (meta, plan)))
+        };
+        let inner = match self.source {
+            Source::Local(builder, local) => match fast(builder.metadata())? {
+                Some((meta, plan)) => Inner::Fast(crate::fastlist::FastReader::new(
+                    crate::fastlist::FastSource::Local(local),
+                    meta,
+                    plan,
+                    rgs,
+                    BATCH_ROWS,
+                )),
+                None => Inner::Local(guard(&path, || {
+                    configure(builder, columns, rgs)
+                        .build()
+                        .map_err(parquet_err(&path))
+                })?),
+            },
+            Source::Remote(builder, store, key) => match fast(builder.metadata())? {
+                Some((meta, plan)) => Inner::Fast(crate::fastlist::FastReader::new(
+                    crate::fastlist::FastSource::Remote { store, key },
+                    meta,
+                    plan,
+                    rgs,
+                    BATCH_ROWS,
+                )),
+                None => Inner::Remote(guard(&path, || {
+                    configure(builder, columns, rgs)
+                        .build()
+                        .map_err(parquet_err(&path))
+                })?),
+            },
             Source::Ipc(r) => Inner::Ipc(r, columns.map(<[usize]>::to_vec)),
         };
         Ok(Batches { inner, path })
