@@ -472,10 +472,32 @@ fn decode_list<R: ChunkReader + 'static>(
     l: &ListColumn,
     mut values: Vec<f32>,
 ) -> parquet::errors::Result<Option<Vec<f32>>> {
-    let total = rows * l.dim;
-    if total * 4 > MAX_FAST_BYTES {
+    if rows * l.dim * 4 > MAX_FAST_BYTES {
         return Ok(None);
     }
+    let whole = stream_list(file, chunk, rows, l, |b| {
+        values.extend(
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        );
+        true
+    })?;
+    Ok(whole.then_some(values))
+}
+
+/// Hands each data page's values (little-endian f32 bytes) to `sink` in order, after
+/// checking the page's levels. `Ok(false)` when the chunk is not a dense PLAIN
+/// `FixedSizeList` this path can read exactly (or `sink` declined); the values handed
+/// over so far must then be discarded.
+fn stream_list<R: ChunkReader + 'static>(
+    file: &Arc<R>,
+    chunk: &ColumnChunkMetaData,
+    rows: usize,
+    l: &ListColumn,
+    mut sink: impl FnMut(&[u8]) -> bool,
+) -> parquet::errors::Result<bool> {
+    let total = rows * l.dim;
+    let mut seen = 0usize;
     let def_width = bit_width(l.max_def);
     let rules = Rules {
         dim: l.dim,
@@ -484,7 +506,7 @@ fn decode_list<R: ChunkReader + 'static>(
     let pages = SerializedPageReader::new(file.clone(), chunk, rows, None)?;
     for page in pages {
         let page = page?;
-        let start = values.len();
+        let start = seen;
         let ok = match &page {
             Page::DataPage {
                 buf,
@@ -499,20 +521,20 @@ fn decode_list<R: ChunkReader + 'static>(
                     || *rep_level_encoding != Encoding::RLE
                     || (l.max_def > 0 && *def_level_encoding != Encoding::RLE)
                 {
-                    return Ok(None);
+                    return Ok(false);
                 }
                 let Some((rep, rest)) = prefixed(buf) else {
-                    return Ok(None);
+                    return Ok(false);
                 };
                 let (def, vals) = if l.max_def > 0 {
                     let Some(p) = prefixed(rest) else {
-                        return Ok(None);
+                        return Ok(false);
                     };
                     p
                 } else {
                     (&[][..], rest)
                 };
-                check(rep, def, n, start, def_width, &rules) && copy_values(vals, n, &mut values)
+                check(rep, def, n, start, def_width, &rules) && pass(vals, n, &mut sink)
             }
             Page::DataPageV2 {
                 buf,
@@ -526,19 +548,25 @@ fn decode_list<R: ChunkReader + 'static>(
                 let n = *num_values as usize;
                 let (r, d) = (*rep_levels_byte_len as usize, *def_levels_byte_len as usize);
                 if *encoding != Encoding::PLAIN || *num_nulls != 0 || buf.len() < r + d {
-                    return Ok(None);
+                    return Ok(false);
                 }
                 let (rep, def, vals) = (&buf[..r], &buf[r..r + d], &buf[r + d..]);
-                check(rep, def, n, start, def_width, &rules) && copy_values(vals, n, &mut values)
+                check(rep, def, n, start, def_width, &rules) && pass(vals, n, &mut sink)
             }
             // A dictionary (or anything else) goes through the general reader.
             _ => false,
         };
         if !ok {
-            return Ok(None);
+            return Ok(false);
         }
+        seen += match &page {
+            Page::DataPage { num_values, .. } | Page::DataPageV2 { num_values, .. } => {
+                *num_values as usize
+            }
+            _ => 0,
+        };
     }
-    Ok((values.len() == total).then_some(values))
+    Ok(seen == total)
 }
 
 /// The repetition and definition levels of `n` values starting at value `start` of
@@ -567,16 +595,9 @@ fn prefixed(buf: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((buf.get(4..end)?, &buf[end..]))
 }
 
-fn copy_values(vals: &[u8], n: usize, out: &mut Vec<f32>) -> bool {
-    let Some(bytes) = vals.get(..n * 4) else {
-        return false;
-    };
-    out.extend(
-        bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-    );
-    true
+/// The first `n` values of a page's value section, to `sink`.
+fn pass(vals: &[u8], n: usize, sink: &mut impl FnMut(&[u8]) -> bool) -> bool {
+    vals.get(..n * 4).is_some_and(sink)
 }
 
 fn bit_width(max: i16) -> u32 {
