@@ -100,6 +100,7 @@ pub fn plan(meta: &ArrowReaderMetadata, columns: Option<&[usize]>) -> Option<Pla
         lists,
         others,
         projected,
+        fused: None,
     })
 }
 
@@ -108,9 +109,38 @@ pub struct Plan {
     lists: Vec<ListColumn>,
     others: Vec<usize>,
     projected: SchemaRef,
+    fused: Option<Arc<dyn Fused>>,
 }
 
-type Decoded = parquet::errors::Result<Vec<RecordBatch>>;
+impl Plan {
+    /// Hands the list column's rows to `fused` page by page instead of materialising
+    /// them; only for a plan with exactly one list column (else ignored).
+    pub fn with_fused(mut self, fused: Arc<dyn Fused>) -> Self {
+        if self.lists.len() == 1 {
+            self.fused = Some(fused);
+        }
+        self
+    }
+}
+
+/// A consumer of a row group's embedding rows *while they are in cache*: each page's
+/// rows are handed over right after they are decompressed, so a scorer reads them from
+/// L2 instead of from a row-group buffer in DRAM, and no such buffer is filled.
+pub trait Fused: Send + Sync {
+    /// Called with the row group's other projected columns (all rows of the group);
+    /// `None` declines, and the row group is read the usual way.
+    fn start(&self, others: &[RecordBatch]) -> Option<Box<dyn FusedGroup>>;
+}
+
+/// One row group's consumer (see [`Fused`]).
+pub trait FusedGroup: Send {
+    /// The next whole rows of the list column, in order, row-major.
+    fn rows(&mut self, values: &[f32]);
+    /// The row group's batches, built from what was consumed and the other columns.
+    fn finish(self: Box<Self>, others: Vec<RecordBatch>) -> Decoded;
+}
+
+pub type Decoded = parquet::errors::Result<Vec<RecordBatch>>;
 
 /// Recycles row-group buffers. A fresh 128 MiB buffer per row group cost more in page
 /// faults (the kernel zeroing new pages) than the copy into it: `perf` put a third of
@@ -401,6 +431,37 @@ fn row_group_from<R: ChunkReader + 'static>(
 ) -> Decoded {
     let md = meta.metadata().row_group(rg);
     let rows = md.num_rows().max(0) as usize;
+    if let Some(f) = &plan.fused {
+        let others = if plan.others.is_empty() {
+            vec![]
+        } else {
+            general(open()?, meta, &plan.others, rg, batch_rows)?
+        };
+        if let Some(mut g) = f.start(&others) {
+            let l = &plan.lists[0];
+            // One page of values at a time (about 1 MiB): small enough to stay in L2
+            // between the copy and the consumer. A row split across pages waits here.
+            let mut scratch: Vec<f32> = Vec::new();
+            let whole = stream_list(shared, md.column(l.leaf), rows, l, |b| {
+                scratch.extend(
+                    b.chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+                );
+                let ready = scratch.len() / l.dim * l.dim;
+                if ready > 0 {
+                    g.rows(&scratch[..ready]);
+                    scratch.drain(..ready);
+                }
+                true
+            })?;
+            if whole && scratch.is_empty() {
+                return g.finish(others);
+            }
+            // Not a dense PLAIN list after all: what was consumed is dropped and the
+            // row group is read by the general reader.
+            return general(open()?, meta, &plan.roots, rg, batch_rows);
+        }
+    }
     let mut lists = Vec::with_capacity(plan.lists.len());
     for l in &plan.lists {
         match decode_list(shared, md.column(l.leaf), rows, l, pool.take(rows * l.dim))? {

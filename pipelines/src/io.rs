@@ -261,6 +261,17 @@ impl ParquetFile {
 
     /// Streams batches of the given root columns (all when `None`).
     pub fn read(self, columns: Option<&[usize]>) -> Result<Batches> {
+        self.read_fused(columns, None)
+    }
+
+    /// [`ParquetFile::read`], handing the embedding to `fused` page by page where the
+    /// fast list path applies: those row groups come back as `fused`'s batches, the
+    /// others as read.
+    pub fn read_fused(
+        self,
+        columns: Option<&[usize]>,
+        fused: Option<Arc<dyn crate::fastlist::Fused>>,
+    ) -> Result<Batches> {
         let path = self.path;
         let rgs = self.row_groups;
         let fast = |md: &Arc<ParquetMetaData>| -> Result<_> {
@@ -269,7 +280,11 @@ impl ParquetFile {
             }
             let meta = ArrowReaderMetadata::try_new(md.clone(), ArrowReaderOptions::new())
                 .map_err(parquet_err(&path))?;
-            Ok(crate::fastlist::plan(&meta, columns).map(|plan| (meta, plan)))
+            let plan = crate::fastlist::plan(&meta, columns).map(|plan| match &fused {
+                Some(f) => plan.with_fused(f.clone()),
+                None => plan,
+            });
+            Ok(plan.map(|plan| (meta, plan)))
         };
         let inner = match self.source {
             Source::Local(builder, local) => match fast(builder.metadata())? {
@@ -367,6 +382,12 @@ impl AsyncFileReader for StoreReader {
 /// `RECLAG_FAST_DECODE=0` (benchmarks measure both; tests compare both).
 pub fn fast_decode() -> bool {
     std::env::var("RECLAG_FAST_DECODE").map_or(true, |v| v != "0")
+}
+
+/// Whether `reclag score` may score pages as they are decoded (see
+/// `fastlist::Fused`); `RECLAG_FUSED=0` turns it off, for comparison.
+pub fn fused_scoring() -> bool {
+    std::env::var("RECLAG_FUSED").map_or(true, |v| v != "0")
 }
 
 /// Batch size, column projection and row groups, the same for local and remote
@@ -479,8 +500,17 @@ pub fn read_ahead(
     files: Vec<ParquetFile>,
     tx: std::sync::mpsc::SyncSender<Result<(usize, RecordBatch)>>,
 ) {
+    read_ahead_fused(files, None, tx)
+}
+
+/// [`read_ahead`] with [`ParquetFile::read_fused`].
+pub fn read_ahead_fused(
+    files: Vec<ParquetFile>,
+    fused: Option<Arc<dyn crate::fastlist::Fused>>,
+    tx: std::sync::mpsc::SyncSender<Result<(usize, RecordBatch)>>,
+) {
     for (i, f) in files.into_iter().enumerate() {
-        let batches = match f.read(None) {
+        let batches = match f.read_fused(None, fused.clone()) {
             Ok(b) => b,
             Err(e) => {
                 let _ = tx.send(Err(e));

@@ -3,11 +3,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow_array::{ArrayRef, RecordBatch};
+use arrow_array::cast::AsArray;
+use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field};
 use reclag::{Model, ScoreOutput, Work};
 
 use crate::error::{Error, Result};
+use crate::fastlist::{Fused, FusedGroup};
 use crate::io::{Sink, batch_column, open_all, schema_with};
 use crate::progress::bar;
 use crate::route::Routing;
@@ -111,10 +113,26 @@ pub fn run(model: &Model, job: &ScoreJob) -> Result<ScoreSummary> {
         return decode_only(files);
     }
     let schema = schema_with(&first.schema, &keep, output_fields());
+    // Scoring pages as they are decoded needs the embedding gone from the output (it
+    // is never materialised then) and every input sharing the first file's schema
+    // (checked by `open_all`).
+    let fused: Option<Arc<dyn Fused>> =
+        (crate::io::fused_scoring() && !keep.contains(&emb)).then(|| {
+            Arc::new(FusedScore {
+                model: Arc::new(model.clone()),
+                routing: job.routing.clone(),
+                keep: keep
+                    .iter()
+                    .map(|&i| first.schema.field(i).name().clone())
+                    .collect(),
+                schema: schema.clone(),
+                path: first.path.clone(),
+            }) as Arc<dyn Fused>
+        });
     let total: u64 = files.iter().map(|f| f.rows).sum();
     let pb = bar(total, "rows", "scoring");
     let sink = Sink::create(&job.stores, &job.output, schema.clone())?;
-    let summary = pipeline(model, job, files, &keep, schema, sink, &pb)?;
+    let summary = pipeline(model, job, files, fused, &keep, schema, sink, &pb)?;
     pb.finish_and_clear();
     Ok(summary)
 }
@@ -142,10 +160,12 @@ const QUEUE: usize = 2;
 /// thread scores them (rayon inside the core), and a writer thread encodes and uploads.
 /// Each stage is sequential, so output order equals input order and a re-run gives
 /// the same bytes. The first error stops every stage and the output is not published.
+#[allow(clippy::too_many_arguments)]
 fn pipeline(
     model: &Model,
     job: &ScoreJob,
     files: Vec<crate::io::ParquetFile>,
+    fused: Option<Arc<dyn Fused>>,
     keep: &[usize],
     schema: arrow_schema::SchemaRef,
     mut sink: Sink,
@@ -156,7 +176,7 @@ fn pipeline(
     let (to_write, write_rx) = sync_channel::<RecordBatch>(QUEUE);
     let paths: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
     std::thread::scope(|scope| {
-        scope.spawn(move || crate::io::read_ahead(files, to_score));
+        scope.spawn(move || crate::io::read_ahead_fused(files, fused, to_score));
         let writer = scope.spawn(move || -> Result<Sink> {
             for b in write_rx {
                 sink.write(&b)?;
@@ -193,6 +213,19 @@ fn score_all(
             (file, seen) = (i, 0);
         }
         let path = &paths[i];
+        if batch.schema_ref() == schema {
+            // Scored as it was decoded (see `FusedScore`).
+            let is_ood = batch.column(schema.fields().len() - 2).as_boolean();
+            summary.null_rows += is_ood.null_count() as u64;
+            summary.ood_rows += is_ood.true_count() as u64;
+            summary.rows += batch.num_rows() as u64;
+            seen += batch.num_rows();
+            pb.inc(batch.num_rows() as u64);
+            if to_write.send(batch).is_err() {
+                break;
+            }
+            continue;
+        }
         score_batch(
             model,
             &batch,
@@ -225,6 +258,114 @@ fn score_all(
         }
     }
     Ok(summary)
+}
+
+/// Scores each row group's embedding page by page as the fast decoder hands it over
+/// (the rows are then still in L2), and assembles the output batches from the kept
+/// columns and the scores: the embedding is never held whole. Any row group it cannot
+/// take (a group that does not resolve, for instance) is declined and scored the usual
+/// way, which also reports the error with its row.
+struct FusedScore {
+    model: Arc<Model>,
+    routing: Routing,
+    keep: Vec<String>,
+    schema: arrow_schema::SchemaRef,
+    path: PathBuf,
+}
+
+impl Fused for FusedScore {
+    fn start(&self, others: &[RecordBatch]) -> Option<Box<dyn FusedGroup>> {
+        let first = others.first()?;
+        let all = arrow_select::concat::concat_batches(first.schema_ref(), others).ok()?;
+        let groups = self.routing.resolve(&self.model, &all, &self.path).ok()?;
+        Some(Box::new(FusedRows {
+            model: self.model.clone(),
+            keep: self.keep.clone(),
+            schema: self.schema.clone(),
+            groups,
+            rows: all.num_rows(),
+            done: 0,
+            failed: false,
+            tmp: ScoreOutput::default(),
+            out: ScoreOutput::default(),
+        }))
+    }
+}
+
+struct FusedRows {
+    model: Arc<Model>,
+    keep: Vec<String>,
+    schema: arrow_schema::SchemaRef,
+    groups: Option<Vec<Option<u32>>>,
+    rows: usize,
+    done: usize,
+    failed: bool,
+    tmp: ScoreOutput,
+    out: ScoreOutput,
+}
+
+impl FusedGroup for FusedRows {
+    fn rows(&mut self, values: &[f32]) {
+        let d = self.model.dim();
+        let n = values.len() / d;
+        if self.failed || self.done + n > self.rows {
+            self.failed = true;
+            return;
+        }
+        let g = self.groups.as_ref().map(|g| &g[self.done..self.done + n]);
+        let rows = reclag::Rows::dense_f32(values, d);
+        if self
+            .model
+            .score_into(&rows, g, Work::WithDynamics, &mut self.tmp)
+            .is_err()
+        {
+            self.failed = true;
+            return;
+        }
+        let (o, t) = (&mut self.out, &self.tmp);
+        o.score.extend_from_slice(&t.score);
+        o.energy.extend_from_slice(&t.energy);
+        o.ood_probability.extend_from_slice(&t.ood_probability);
+        o.is_ood.extend_from_slice(&t.is_ood);
+        o.attractor.extend_from_slice(&t.attractor);
+        o.valid.extend_from_slice(&t.valid);
+        self.done += n;
+    }
+
+    fn finish(self: Box<Self>, others: Vec<RecordBatch>) -> crate::fastlist::Decoded {
+        use parquet::errors::ParquetError;
+        if self.failed || self.done != self.rows {
+            return Err(ParquetError::General(format!(
+                "scored {} of {} rows of a row group",
+                self.done, self.rows
+            )));
+        }
+        let mut batches = Vec::with_capacity(others.len());
+        let mut start = 0;
+        for b in &others {
+            let n = b.num_rows();
+            let mut cols: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
+            for k in &self.keep {
+                cols.push(b.column_by_name(k).cloned().ok_or_else(|| {
+                    ParquetError::General(format!("column '{k}' was not decoded"))
+                })?);
+            }
+            let r = start..start + n;
+            let o = &self.out;
+            cols.extend(output_arrays(ScoreOutput {
+                score: o.score[r.clone()].to_vec(),
+                energy: o.energy[r.clone()].to_vec(),
+                ood_probability: o.ood_probability[r.clone()].to_vec(),
+                is_ood: o.is_ood[r.clone()].to_vec(),
+                attractor: o.attractor[r.clone()].to_vec(),
+                steps: vec![],
+                valid: o.valid[r].to_vec(),
+            }));
+            batches.push(RecordBatch::try_new(self.schema.clone(), cols)?);
+            start += n;
+        }
+        Ok(batches)
+    }
 }
 
 /// Row numbers in core errors are batch-relative; make them file-relative.
