@@ -443,10 +443,7 @@ fn row_group_from<R: ChunkReader + 'static>(
             // between the copy and the consumer. A row split across pages waits here.
             let mut scratch: Vec<f32> = Vec::new();
             let whole = stream_list(shared, md.column(l.leaf), rows, l, |b| {
-                scratch.extend(
-                    b.chunks_exact(4)
-                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-                );
+                extend_le(&mut scratch, b);
                 let ready = scratch.len() / l.dim * l.dim;
                 if ready > 0 {
                     g.rows(&scratch[..ready]);
@@ -537,10 +534,7 @@ fn decode_list<R: ChunkReader + 'static>(
         return Ok(None);
     }
     let whole = stream_list(file, chunk, rows, l, |b| {
-        values.extend(
-            b.chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-        );
+        extend_le(&mut values, b);
         true
     })?;
     Ok(whole.then_some(values))
@@ -654,6 +648,15 @@ fn prefixed(buf: &[u8]) -> Option<(&[u8], &[u8])> {
     let len = u32::from_le_bytes(buf.get(..4)?.try_into().ok()?) as usize;
     let end = 4usize.checked_add(len)?;
     Some((buf.get(4..end)?, &buf[end..]))
+}
+
+/// Appends little-endian f32 bytes (a PLAIN page's values) to `out`.
+fn extend_le(out: &mut Vec<f32>, bytes: &[u8]) {
+    out.extend(
+        bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+    );
 }
 
 /// The first `n` values of a page's value section, to `sink`.
