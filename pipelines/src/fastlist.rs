@@ -224,19 +224,30 @@ struct Sparse {
 }
 
 impl Sparse {
-    fn part(&self, start: u64, len: u64) -> parquet::errors::Result<bytes::Bytes> {
+    /// The fetched part holding file offset `start`, and that part's offset.
+    fn locate(&self, start: u64) -> parquet::errors::Result<(u64, &bytes::Bytes)> {
         let i = self.parts.partition_point(|(o, _)| *o <= start);
-        let found = i
-            .checked_sub(1)
-            .map(|i| &self.parts[i])
-            .filter(|(o, b)| start + len <= o + b.len() as u64);
-        match found {
-            Some((o, b)) => Ok(b.slice((start - o) as usize..(start - o + len) as usize)),
-            None => Err(parquet::errors::ParquetError::General(format!(
-                "bytes {start}..{} were not fetched (a column chunk outside its metadata's range?)",
+        i.checked_sub(1)
+            .map(|i| (self.parts[i].0, &self.parts[i].1))
+            .filter(|(o, b)| start <= o + b.len() as u64)
+            .ok_or_else(|| {
+                parquet::errors::ParquetError::General(format!(
+                    "offset {start} was not fetched (a column chunk outside its metadata's range?)"
+                ))
+            })
+    }
+
+    /// `len` bytes from `start`, which must lie in one fetched part.
+    fn part(&self, start: u64, len: u64) -> parquet::errors::Result<bytes::Bytes> {
+        let (o, b) = self.locate(start)?;
+        let (from, to) = ((start - o) as usize, (start - o + len) as usize);
+        if to > b.len() {
+            return Err(parquet::errors::ParquetError::General(format!(
+                "bytes {start}..{} were not fetched",
                 start + len
-            ))),
+            )));
         }
+        Ok(b.slice(from..to))
     }
 }
 
@@ -251,12 +262,8 @@ impl parquet::file::reader::ChunkReader for Sparse {
 
     fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
         use bytes::Buf;
-        let i = self.parts.partition_point(|(o, _)| *o <= start);
-        let (o, b) = i.checked_sub(1).map(|i| &self.parts[i]).ok_or_else(|| {
-            parquet::errors::ParquetError::General(format!("offset {start} was not fetched"))
-        })?;
-        let end = o + b.len() as u64;
-        Ok(self.part(start, end.saturating_sub(start))?.reader())
+        let (o, b) = self.locate(start)?;
+        Ok(b.slice((start - o) as usize..).reader())
     }
 
     fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<bytes::Bytes> {
@@ -431,13 +438,19 @@ fn row_group_from<R: ChunkReader + 'static>(
 ) -> Decoded {
     let md = meta.metadata().row_group(rg);
     let rows = md.num_rows().max(0) as usize;
-    if let Some(f) = &plan.fused {
-        let others = if plan.others.is_empty() {
-            vec![]
+    let others = || -> Decoded {
+        if plan.others.is_empty() {
+            Ok(vec![])
         } else {
-            general(open()?, meta, &plan.others, rg, batch_rows)?
-        };
-        if let Some(mut g) = f.start(&others) {
+            general(open()?, meta, &plan.others, rg, batch_rows)
+        }
+    };
+    // Decoded before the list only when a fused consumer needs them to start; a
+    // consumer that declines leaves them to the usual path below.
+    let mut early = None;
+    if let Some(f) = &plan.fused {
+        let others = early.insert(others()?);
+        if let Some(mut g) = f.start(others) {
             let l = &plan.lists[0];
             // One page of values at a time (about 1 MiB): small enough to stay in L2
             // between the copy and the consumer. A row split across pages waits here.
@@ -452,7 +465,7 @@ fn row_group_from<R: ChunkReader + 'static>(
                 true
             })?;
             if whole && scratch.is_empty() {
-                return g.finish(others);
+                return g.finish(std::mem::take(others));
             }
             // Not a dense PLAIN list after all: what was consumed is dropped and the
             // row group is read by the general reader.
@@ -466,10 +479,9 @@ fn row_group_from<R: ChunkReader + 'static>(
             None => return general(open()?, meta, &plan.roots, rg, batch_rows),
         }
     }
-    let others: Vec<RecordBatch> = if plan.others.is_empty() {
-        vec![]
-    } else {
-        general(open()?, meta, &plan.others, rg, batch_rows)?
+    let others: Vec<RecordBatch> = match early {
+        Some(o) => o,
+        None => others()?,
     };
     let mut out = Vec::with_capacity(rows.div_ceil(batch_rows));
     let mut start = 0;

@@ -274,47 +274,49 @@ impl ParquetFile {
     ) -> Result<Batches> {
         let path = self.path;
         let rgs = self.row_groups;
-        let fast = |md: &Arc<ParquetMetaData>| -> Result<_> {
+        // The fast reader where the plan allows, for local files and objects alike.
+        let fast = |md: &Arc<ParquetMetaData>,
+                    source: crate::fastlist::FastSource,
+                    rgs: Option<Vec<usize>>|
+         -> Result<Option<Inner>> {
             if !fast_decode() {
                 return Ok(None);
             }
             let meta = ArrowReaderMetadata::try_new(md.clone(), ArrowReaderOptions::new())
                 .map_err(parquet_err(&path))?;
-            let plan = crate::fastlist::plan(&meta, columns).map(|plan| match &fused {
-                Some(f) => plan.with_fused(f.clone()),
-                None => plan,
-            });
-            Ok(plan.map(|plan| (meta, plan)))
+            let Some(mut plan) = crate::fastlist::plan(&meta, columns) else {
+                return Ok(None);
+            };
+            if let Some(f) = &fused {
+                plan = plan.with_fused(f.clone());
+            }
+            Ok(Some(Inner::Fast(crate::fastlist::FastReader::new(
+                source, meta, plan, rgs, BATCH_ROWS,
+            ))))
         };
         let inner = match self.source {
-            Source::Local(builder, local) => match fast(builder.metadata())? {
-                Some((meta, plan)) => Inner::Fast(crate::fastlist::FastReader::new(
-                    crate::fastlist::FastSource::Local(local),
-                    meta,
-                    plan,
-                    rgs,
-                    BATCH_ROWS,
-                )),
-                None => Inner::Local(guard(&path, || {
-                    configure(builder, columns, rgs)
-                        .build()
-                        .map_err(parquet_err(&path))
-                })?),
-            },
-            Source::Remote(builder, store, key) => match fast(builder.metadata())? {
-                Some((meta, plan)) => Inner::Fast(crate::fastlist::FastReader::new(
-                    crate::fastlist::FastSource::Remote { store, key },
-                    meta,
-                    plan,
-                    rgs,
-                    BATCH_ROWS,
-                )),
-                None => Inner::Remote(guard(&path, || {
-                    configure(builder, columns, rgs)
-                        .build()
-                        .map_err(parquet_err(&path))
-                })?),
-            },
+            Source::Local(builder, local) => {
+                let source = crate::fastlist::FastSource::Local(local);
+                match fast(builder.metadata(), source, rgs.clone())? {
+                    Some(f) => f,
+                    None => Inner::Local(guard(&path, || {
+                        configure(builder, columns, rgs)
+                            .build()
+                            .map_err(parquet_err(&path))
+                    })?),
+                }
+            }
+            Source::Remote(builder, store, key) => {
+                let source = crate::fastlist::FastSource::Remote { store, key };
+                match fast(builder.metadata(), source, rgs.clone())? {
+                    Some(f) => f,
+                    None => Inner::Remote(guard(&path, || {
+                        configure(builder, columns, rgs)
+                            .build()
+                            .map_err(parquet_err(&path))
+                    })?),
+                }
+            }
             Source::Ipc(r) => Inner::Ipc(r, columns.map(<[usize]>::to_vec)),
         };
         Ok(Batches { inner, path })

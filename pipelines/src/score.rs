@@ -270,20 +270,31 @@ struct FusedScore {
     routing: Routing,
     keep: Vec<String>,
     schema: arrow_schema::SchemaRef,
+    /// Only for `Routing::resolve`'s signature: its errors are dropped here (see
+    /// `start`).
     path: PathBuf,
 }
 
 impl Fused for FusedScore {
     fn start(&self, others: &[RecordBatch]) -> Option<Box<dyn FusedGroup>> {
-        let first = others.first()?;
-        let all = arrow_select::concat::concat_batches(first.schema_ref(), others).ok()?;
-        let groups = self.routing.resolve(&self.model, &all, &self.path).ok()?;
+        // Groups batch by batch (no copy of the columns into one batch). An error
+        // declines: the usual path then reports it, with the right file and row.
+        let mut groups: Option<Vec<Option<u32>>> = None;
+        for b in others {
+            if let Some(g) = self.routing.resolve(&self.model, b, &self.path).ok()? {
+                groups.get_or_insert_with(Vec::new).extend(g);
+            }
+        }
+        let rows = others.iter().map(RecordBatch::num_rows).sum();
+        if others.is_empty() || groups.as_ref().is_some_and(|g| g.len() != rows) {
+            return None;
+        }
         Some(Box::new(FusedRows {
             model: self.model.clone(),
             keep: self.keep.clone(),
             schema: self.schema.clone(),
             groups,
-            rows: all.num_rows(),
+            rows,
             done: 0,
             failed: false,
             tmp: ScoreOutput::default(),
