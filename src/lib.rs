@@ -8,6 +8,7 @@
 
 pub mod arrow;
 pub mod baselines;
+mod dynamics;
 pub mod error;
 pub mod explain;
 pub mod format;

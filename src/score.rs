@@ -4,6 +4,7 @@
 
 use rayon::prelude::*;
 
+use crate::dynamics::Lanes;
 use crate::error::{Error, Result};
 use crate::kernel::{
     argmax, gemm_ab, gemm_abt, lme_softmax, lme_softmax_rows, log_mean_exp, sigmoid, small_gemm,
@@ -259,16 +260,36 @@ impl Model {
                     energy: &a0,
                     p: &p0,
                 };
-                let res = dynamics(
-                    t,
-                    d,
-                    self.beta,
-                    self.max_iter,
-                    self.tol,
-                    &x0sq,
-                    first,
-                    &mut hs,
-                );
+                let lanes = t
+                    .gram
+                    .filter(|_| Lanes::fits(t.m, self.max_iter))
+                    .and_then(|gram| {
+                        Lanes {
+                            gram,
+                            m: t.m,
+                            tau: t.tau,
+                            beta: self.beta,
+                            max_iter: self.max_iter,
+                            tol: self.tol,
+                            x0sq: &x0sq,
+                            energy: &a0,
+                            p: &p0,
+                        }
+                        .run(&hs)
+                    });
+                let res = match lanes {
+                    Some(res) => res,
+                    None => dynamics(
+                        t,
+                        d,
+                        self.beta,
+                        self.max_iter,
+                        self.tol,
+                        &x0sq,
+                        first,
+                        &mut hs,
+                    ),
+                };
                 for (r, &i) in idx.iter().enumerate() {
                     let (ood, att, steps) = res[r];
                     c.is_ood[i] = ood;
@@ -530,6 +551,69 @@ mod tests {
                 (diff_dot4(&v[0], &v[1], &v[2], &v[3]) - want).abs() <= 1e-14,
                 "n {n}"
             );
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// The lane-parallel dynamics give every row the
+        /// reference's `(is_ood, attractor, steps)` exactly, including rows whose
+        /// energy at a later step equals `τ` to the last bit (the fast `ln`'s margin
+        /// path) and rows cut off by `max_iter`.
+        #[test]
+        fn lane_dynamics_equal_the_reference(
+            seed in 0u64..1_000_000,
+            mi in 0usize..5,
+            n in 1usize..60,
+            d in 3usize..24,
+            beta in proptest::sample::select(vec![0.5, 5.0, 40.0]),
+            max_iter in proptest::sample::select(vec![1usize, 2, 3, 16]),
+            tol in proptest::sample::select(vec![1e-6, 1e-2, 0.5]),
+            tau_pick in 0usize..4,
+        ) {
+            let m = [4, 8, 12, 16, 32][mi];
+            let mut rng = Rng::new(seed);
+            let scale = 0.2 + 3.0 * rng.next_f64();
+            let xi: Vec<f64> = (0..m * d).map(|_| scale * (rng.next_f64() - 0.5)).collect();
+            let mut g = vec![0.0; m * m];
+            gemm_abt(&xi, m, d, &xi, m, &mut g);
+            let mut x: Vec<f64> = (0..n * d).map(|_| rng.next_f64() - 0.5).collect();
+            // Some rows sit on a memory, so they converge rather than fall in.
+            for r in 0..n / 2 {
+                let mu = (rng.next_f64() * m as f64) as usize % m;
+                for j in 0..d {
+                    x[r * d + j] = xi[mu * d + j] + 0.01 * (rng.next_f64() - 0.5);
+                }
+            }
+            let mut hs = vec![0.0; n * m];
+            gemm_abt(&x, n, d, &xi, m, &mut hs);
+            let x0sq: Vec<f64> = x.chunks(d).map(crate::kernel::norm2).collect();
+            let (mut p0, mut a0) = (vec![0.0; n * m], vec![0.0; n]);
+            lme_softmax_rows(&hs, m, beta, &mut p0, &mut a0);
+            // τ: a middling first energy, or exactly a row's second-step energy (and
+            // the float just below it), where the comparison is decided by one bit.
+            let mut h1 = vec![0.0; n * m];
+            small_gemm(&p0, &g, m, &mut h1);
+            let (mut p1, mut a1) = (vec![0.0; n * m], vec![0.0; n]);
+            lme_softmax_rows(&h1, m, beta, &mut p1, &mut a1);
+            let mut sorted = a0.clone();
+            sorted.sort_by(f64::total_cmp);
+            let tau = match tau_pick {
+                0 => sorted[n / 2],
+                1 => a1[n / 3],
+                2 => f64::from_bits(a1[n / 3].to_bits() - 1),
+                _ => -1e9,
+            };
+            let t = Target { xi: &xi, m, tau, gram: Some(&g), panel: &[] };
+            let first = First { energy: &a0, p: &p0 };
+            let want = dynamics(t, d, beta, max_iter, tol, &x0sq, first, &mut hs.clone());
+            let lanes = Lanes {
+                gram: &g, m, tau, beta, max_iter, tol, x0sq: &x0sq, energy: &a0, p: &p0,
+            };
+            match lanes.run(&hs) {
+                Some(got) => proptest::prop_assert_eq!(got, want),
+                None => eprintln!("skipped: this CPU has no AVX-512, so the lanes never run"),
+            }
         }
     }
 

@@ -152,7 +152,7 @@ mod avx2 {
 /// The same lanes eight at a time: each operation is the AVX2 one widened, so the bits
 /// are the scalar path's.
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+pub(crate) mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{C, HI, LN2_HI, LN2_LO, LO, exp_scalar};
@@ -172,8 +172,9 @@ mod avx512 {
         }
     }
 
+    /// Eight lanes of [`super::exp_in_place`]'s AVX-512 path (same bits).
     #[inline(always)]
-    unsafe fn exp8(x: __m512d) -> __m512d {
+    pub(crate) unsafe fn exp8(x: __m512d) -> __m512d {
         unsafe {
             let xc = _mm512_min_pd(_mm512_set1_pd(HI), _mm512_max_pd(_mm512_set1_pd(LO), x));
             let n = _mm512_roundscale_pd::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
