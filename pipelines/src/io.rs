@@ -658,8 +658,10 @@ pub fn schema_with(base: &Schema, keep: &[usize], extra: Vec<arrow_schema::Field
 }
 
 fn writer_props() -> WriterProperties {
+    // Level 1: the f64 outputs are nearly incompressible, and level 3 bought 0.2 % of
+    // file size (24.79 vs 24.83 MB at 1M rows) for a third more compression time.
     let mut b = WriterProperties::builder().set_compression(Compression::ZSTD(
-        ZstdLevel::try_new(3).expect("valid level"),
+        ZstdLevel::try_new(1).expect("valid level"),
     ));
     // Scores, energies and probabilities are all distinct: a dictionary attempt on them
     // only burns time (hashing every value) before the writer falls back to PLAIN.
