@@ -93,6 +93,32 @@ impl Model {
         work: Work,
         out: &mut ScoreOutput,
     ) -> Result<()> {
+        self.score_with(rows, groups, work, out, true)
+    }
+
+    /// [`Model::score_into`] on the calling thread only: the same outputs, bit for
+    /// bit. For callers that already run one scorer per core on rows they just wrote
+    /// (a decoded page in this core's cache): handing those rows to a pool thread
+    /// would cost a wake-up and, on another core, a second trip through the cache
+    /// hierarchy.
+    pub fn score_into_here(
+        &self,
+        rows: &Rows<'_>,
+        groups: Option<&[Option<u32>]>,
+        work: Work,
+        out: &mut ScoreOutput,
+    ) -> Result<()> {
+        self.score_with(rows, groups, work, out, false)
+    }
+
+    fn score_with(
+        &self,
+        rows: &Rows<'_>,
+        groups: Option<&[Option<u32>]>,
+        work: Work,
+        out: &mut ScoreOutput,
+        parallel: bool,
+    ) -> Result<()> {
         if rows.dim() != self.d {
             return Err(Error::Dimension {
                 column: "embedding".into(),
@@ -123,11 +149,16 @@ impl Model {
         let n = rows.len();
         out.resize(n);
         let chunks = split_out(out, n);
-        chunks.into_par_iter().for_each(|mut c| {
+        let block = |mut c: OutChunk<'_>| {
             let len = c.valid.len();
             let g = groups.map(|g| &g[c.start..c.start + len]);
             self.score_block(rows, c.start, g, work, &mut c);
-        });
+        };
+        if parallel {
+            chunks.into_par_iter().for_each(block);
+        } else {
+            chunks.into_iter().for_each(block);
+        }
         Ok(())
     }
 
@@ -615,6 +646,53 @@ mod tests {
                 None => eprintln!("skipped: this CPU has no AVX-512, so the lanes never run"),
             }
         }
+    }
+
+    /// The calling-thread entry point gives the pool's outputs, bit for bit, over
+    /// several blocks, both groups and union rows.
+    #[test]
+    fn scoring_here_equals_scoring_in_the_pool() {
+        let mut rng = Rng::new(11);
+        let (d, m, n) = (24, 8, 3000);
+        let group = |key: i64, rng: &mut Rng| Group {
+            key: Some(crate::model::GroupKey::Int(key)),
+            xi: (0..m * d).map(|_| 2.0 * (rng.next_f64() - 0.5)).collect(),
+            m,
+            tau: 0.3,
+            n_train: 0,
+            n_calibration: 0,
+            calibrated_on: CalibratedOn::Train,
+        };
+        let groups = vec![group(0, &mut rng), group(1, &mut rng)];
+        let model = Model::new(ModelParts {
+            d,
+            beta: 5.0,
+            normalize: Normalize::L2,
+            max_iter: 16,
+            tol: 1e-6,
+            groups,
+            tau_star: 0.3,
+            provenance: Provenance::default(),
+        })
+        .unwrap();
+        let x: Vec<f32> = (0..n * d).map(|_| rng.next_f64() as f32 - 0.5).collect();
+        let g: Vec<Option<u32>> = (0..n).map(|i| [Some(0), Some(1), None][i % 3]).collect();
+        let rows = Rows::dense_f32(&x, d);
+        let (mut a, mut b) = (ScoreOutput::default(), ScoreOutput::default());
+        model
+            .score_into(&rows, Some(&g), Work::WithDynamics, &mut a)
+            .unwrap();
+        model
+            .score_into_here(&rows, Some(&g), Work::WithDynamics, &mut b)
+            .unwrap();
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&a.energy), bits(&b.energy));
+        assert_eq!(bits(&a.ood_probability), bits(&b.ood_probability));
+        assert_eq!(
+            (&a.is_ood, &a.attractor, &a.steps),
+            (&b.is_ood, &b.attractor, &b.steps)
+        );
+        assert!(a.is_ood.iter().any(|&o| o) && a.is_ood.iter().any(|&o| !o));
     }
 
     /// The memory-space iteration must agree with iterating the `d`-vectors.

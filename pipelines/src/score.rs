@@ -327,7 +327,7 @@ impl FusedGroup for FusedRows {
         let rows = reclag::Rows::dense_f32(values, d);
         if self
             .model
-            .score_into(&rows, g, Work::WithDynamics, &mut self.tmp)
+            .score_into_here(&rows, g, Work::WithDynamics, &mut self.tmp)
             .is_err()
         {
             self.failed = true;
