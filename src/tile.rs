@@ -330,13 +330,26 @@ mod avx512 {
                 // SAFETY: the panel holds R rows of d; `xit` is d × mp; the block's
                 // columns [c0, c0 + 8·W) lie within mp.
                 unsafe {
-                    if mp - c0 >= 2 * LANES {
-                        block::<2>(&panel, d, xit, mp, c0, m, &mut h[k0 * m..], chunk.len());
-                        c0 += 2 * LANES;
-                    } else {
-                        block::<1>(&panel, d, xit, mp, c0, m, &mut h[k0 * m..], chunk.len());
-                        c0 += LANES;
+                    let hk = &mut h[k0 * m..];
+                    let w = if mp - c0 >= 2 * LANES { 2 } else { 1 };
+                    // A bucket's last panel is usually short: only its rows are
+                    // multiplied (rows per group in a page are few, so this is a
+                    // twentieth of the FMAs).
+                    match (w, chunk.len()) {
+                        (2, 6) => block::<2, 6>(&panel, d, xit, mp, c0, m, hk),
+                        (2, 5) => block::<2, 5>(&panel, d, xit, mp, c0, m, hk),
+                        (2, 4) => block::<2, 4>(&panel, d, xit, mp, c0, m, hk),
+                        (2, 3) => block::<2, 3>(&panel, d, xit, mp, c0, m, hk),
+                        (2, 2) => block::<2, 2>(&panel, d, xit, mp, c0, m, hk),
+                        (2, _) => block::<2, 1>(&panel, d, xit, mp, c0, m, hk),
+                        (_, 6) => block::<1, 6>(&panel, d, xit, mp, c0, m, hk),
+                        (_, 5) => block::<1, 5>(&panel, d, xit, mp, c0, m, hk),
+                        (_, 4) => block::<1, 4>(&panel, d, xit, mp, c0, m, hk),
+                        (_, 3) => block::<1, 3>(&panel, d, xit, mp, c0, m, hk),
+                        (_, 2) => block::<1, 2>(&panel, d, xit, mp, c0, m, hk),
+                        _ => block::<1, 1>(&panel, d, xit, mp, c0, m, hk),
                     }
+                    c0 += w * LANES;
                 }
             }
         }
@@ -366,11 +379,11 @@ mod avx512 {
         }
     }
 
-    /// `h[r·m + c] = panel_r · ξ_c` for the panel's first `nr` rows and the memories
+    /// `h[r·m + c] = panel_r · ξ_c` for the panel's first `NR` rows and the memories
     /// `c ∈ [c0, c0 + 8·W) ∩ [0, m)`.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    unsafe fn block<const W: usize>(
+    unsafe fn block<const W: usize, const NR: usize>(
         panel: &[f64],
         d: usize,
         xit: &[f64],
@@ -378,10 +391,9 @@ mod avx512 {
         c0: usize,
         m: usize,
         h: &mut [f64],
-        nr: usize,
     ) {
         unsafe {
-            let mut acc = [[_mm512_setzero_pd(); W]; R];
+            let mut acc = [[_mm512_setzero_pd(); W]; NR];
             let p = panel.as_ptr();
             let mut w = xit.as_ptr().add(c0);
             for j in 0..d {
@@ -395,7 +407,7 @@ mod avx512 {
                 w = w.add(mp);
             }
             let mut lanes = [0.0f64; LANES];
-            for (r, a) in acc.iter().enumerate().take(nr) {
+            for (r, a) in acc.iter().enumerate() {
                 for (q, v) in a.iter().enumerate() {
                     let c = c0 + q * LANES;
                     if c >= m {
