@@ -291,36 +291,16 @@ impl Model {
                     energy: &a0,
                     p: &p0,
                 };
-                let lanes = t
-                    .gram
-                    .filter(|_| Lanes::fits(t.m, self.max_iter))
-                    .and_then(|gram| {
-                        Lanes {
-                            gram,
-                            m: t.m,
-                            tau: t.tau,
-                            beta: self.beta,
-                            max_iter: self.max_iter,
-                            tol: self.tol,
-                            x0sq: &x0sq,
-                            energy: &a0,
-                            p: &p0,
-                        }
-                        .run(&hs)
-                    });
-                let res = match lanes {
-                    Some(res) => res,
-                    None => dynamics(
-                        t,
-                        d,
-                        self.beta,
-                        self.max_iter,
-                        self.tol,
-                        &x0sq,
-                        first,
-                        &mut hs,
-                    ),
-                };
+                let res = dynamics(
+                    t,
+                    d,
+                    self.beta,
+                    self.max_iter,
+                    self.tol,
+                    &x0sq,
+                    first,
+                    &mut hs,
+                );
                 for (r, &i) in idx.iter().enumerate() {
                     let (ood, att, steps) = res[r];
                     c.is_ood[i] = ood;
@@ -383,10 +363,44 @@ struct First<'a> {
 /// `‖x_1 − x_0‖² = ‖x_0‖² − 2p_0·h_0 + p_0·h_1`, whose rounding (≈1e-8·‖x_0‖) is far
 /// below the `1e-6·(1+‖x_0‖)` tolerance.
 ///
-/// `hs` (`n×m`) holds `Ξx_0` on entry and the final `Ξx` on exit; `x0sq` is `‖x_0‖²`.
-/// Returns `(is_ood, attractor, steps)` per row.
+/// `hs` (`n×m`) holds `Ξx_0` on entry; `x0sq` is `‖x_0‖²`. Returns `(is_ood,
+/// attractor, steps)` per row. With AVX-512 and a Gram matrix the rows run eight at
+/// a time ([`Lanes`]); otherwise, and as the reference those lanes are held to,
+/// [`dynamics_reference`].
 #[allow(clippy::too_many_arguments)]
 fn dynamics(
+    t: Target<'_>,
+    d: usize,
+    beta: f64,
+    max_iter: usize,
+    tol: f64,
+    x0sq: &[f64],
+    first: First<'_>,
+    hs: &mut [f64],
+) -> Vec<(bool, i32, u32)> {
+    let lanes = t
+        .gram
+        .filter(|_| Lanes::fits(t.m, max_iter))
+        .and_then(|gram| {
+            Lanes {
+                gram,
+                m: t.m,
+                tau: t.tau,
+                beta,
+                max_iter,
+                tol,
+                x0sq,
+                energy: first.energy,
+                p: first.p,
+            }
+            .run(hs)
+        });
+    lanes.unwrap_or_else(|| dynamics_reference(t, d, beta, max_iter, tol, x0sq, first, hs))
+}
+
+/// [`dynamics`] one active list at a time; `hs` holds the final `Ξx` on exit.
+#[allow(clippy::too_many_arguments)]
+fn dynamics_reference(
     t: Target<'_>,
     d: usize,
     beta: f64,
@@ -637,7 +651,8 @@ mod tests {
             };
             let t = Target { xi: &xi, m, tau, gram: Some(&g), panel: &[] };
             let first = First { energy: &a0, p: &p0 };
-            let want = dynamics(t, d, beta, max_iter, tol, &x0sq, first, &mut hs.clone());
+            let want =
+                dynamics_reference(t, d, beta, max_iter, tol, &x0sq, first, &mut hs.clone());
             let lanes = Lanes {
                 gram: &g, m, tau, beta, max_iter, tol, x0sq: &x0sq, energy: &a0, p: &p0,
             };
