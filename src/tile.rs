@@ -11,9 +11,10 @@
 //! Two layouts:
 //! - With AVX-512, outer-product form: a few rows are widened into an L1-resident f64
 //!   panel, and each component is broadcast against a row of `Ξᵀ` (the model's
-//!   `panel`, memories padded to 8 lanes). Every load feeds several FMAs, so the loop
-//!   runs at the FMA ports' rate; the dot-product form below was bound by reading `Ξ`
-//!   (64 KiB at d = 512, M = 16, larger than L1) once per pair of rows.
+//!   `panel`, memories padded to 8 lanes). Every load feeds several FMAs; the
+//!   dot-product form below was bound by reading `Ξ` (64 KiB at d = 512, M = 16,
+//!   larger than L1) once per pair of rows. The components are taken in 16 KiB slices
+//!   of `Ξᵀ`, each slice over all the rows, so `Ξᵀ` is read from L1, not L2.
 //!   f64 rows take the same kernel (loaded instead of widened), so one table stored
 //!   either way scores to the same bits.
 //! - With AVX2 only, dot-product form: a tile is 2 rows × 4 memories, each
@@ -287,9 +288,26 @@ mod avx512 {
     use crate::rows::Rows;
 
     /// Rows per panel: 6 rows × 2 vectors = 12 accumulators in flight hide the FMA
-    /// latency, and the panel (6·d f64, 24 KiB at d = 512) stays in L1.
+    /// latency.
     const R: usize = 6;
 
+    /// Bytes of `Ξᵀ` one pass over the rows reads: the slice must stay in L1 (48 KiB)
+    /// beside a panel. The whole of `Ξᵀ` at d = 512, M = 16 is 64 KiB; streamed from L2
+    /// once per panel it held the FMA loop to about 4.1 G FMA/s, against 5.3 G when it
+    /// fits (BENCHMARKS.md).
+    const SLICE_BYTES: usize = 16 << 10;
+
+    /// Components per pass for `mp` padded memories: a multiple of the lane count.
+    fn slice_len(mp: usize, d: usize) -> usize {
+        let kc = (SLICE_BYTES / (mp * 8)).max(LANES) / LANES * LANES;
+        kc.min(d.next_multiple_of(LANES))
+    }
+
+    /// The rows are processed in passes over slices `[j0, j1)` of the components, each
+    /// pass over every row in `idx`, so a slice of `Ξᵀ` is read from L2 once per call
+    /// rather than once per panel. A row's accumulators wait in memory between passes
+    /// and pick up where they stopped: every sum still runs over the components in
+    /// order, so the bits do not depend on the slicing.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn panels<T: Lane>(
         values: &[T],
@@ -300,122 +318,176 @@ mod avx512 {
         h: &mut [f64],
         sq: &mut [f64],
     ) {
+        let kc = slice_len(m.next_multiple_of(LANES), rows.dim);
+        unsafe { sliced(values, rows, idx, xit, m, h, sq, kc) }
+    }
+
+    /// [`panels`] with slices of `kc` components (a multiple of 8).
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn sliced<T: Lane>(
+        values: &[T],
+        rows: &Rows<'_>,
+        idx: &[usize],
+        xit: &[f64],
+        m: usize,
+        h: &mut [f64],
+        sq: &mut [f64],
+        kc: usize,
+    ) {
+        debug_assert!(kc > 0 && kc.is_multiple_of(LANES));
         let d = rows.dim;
+        let n = idx.len();
         let mp = m.next_multiple_of(LANES);
-        let mut panel = vec![0.0f64; R * d];
-        for (t, chunk) in idx.chunks(R).enumerate() {
-            // Rows routed by group are scattered through the batch (every tenth row,
-            // say), which the hardware prefetcher does not follow across pages: ask
-            // for the next panel's rows now, so they arrive while this one computes.
-            for &i in idx.iter().skip((t + 1) * R).take(R) {
-                let s = rows.start_of(i);
-                let row = values[s..s + d].as_ptr();
-                let mut off = 0;
-                while off < d {
-                    // SAFETY: a prefetch never faults; the address lies in `values`.
-                    unsafe { _mm_prefetch::<_MM_HINT_T0>(row.add(off) as *const i8) };
-                    off += 64 / std::mem::size_of::<T>();
-                }
-            }
-            for (r, &i) in chunk.iter().enumerate() {
-                let s = rows.start_of(i);
-                let x = &values[s..s + d];
-                let dst = &mut panel[r * d..(r + 1) * d];
-                // SAFETY: `x` and `dst` both hold `d` elements; lanes stay below `d`.
-                sq[t * R + r] = unsafe { widen(x, dst) };
-            }
-            let mut c0 = 0;
-            while c0 < mp {
-                let k0 = t * R;
-                // SAFETY: the panel holds R rows of d; `xit` is d × mp; the block's
-                // columns [c0, c0 + 8·W) lie within mp.
-                unsafe {
-                    let hk = &mut h[k0 * m..];
-                    let w = if mp - c0 >= 2 * LANES { 2 } else { 1 };
-                    // A bucket's last panel is usually short: only its rows are
-                    // multiplied (rows per group in a page are few, so this is a
-                    // twentieth of the FMAs).
-                    match (w, chunk.len()) {
-                        (2, 6) => block::<2, 6>(&panel, d, xit, mp, c0, m, hk),
-                        (2, 5) => block::<2, 5>(&panel, d, xit, mp, c0, m, hk),
-                        (2, 4) => block::<2, 4>(&panel, d, xit, mp, c0, m, hk),
-                        (2, 3) => block::<2, 3>(&panel, d, xit, mp, c0, m, hk),
-                        (2, 2) => block::<2, 2>(&panel, d, xit, mp, c0, m, hk),
-                        (2, _) => block::<2, 1>(&panel, d, xit, mp, c0, m, hk),
-                        (_, 6) => block::<1, 6>(&panel, d, xit, mp, c0, m, hk),
-                        (_, 5) => block::<1, 5>(&panel, d, xit, mp, c0, m, hk),
-                        (_, 4) => block::<1, 4>(&panel, d, xit, mp, c0, m, hk),
-                        (_, 3) => block::<1, 3>(&panel, d, xit, mp, c0, m, hk),
-                        (_, 2) => block::<1, 2>(&panel, d, xit, mp, c0, m, hk),
-                        _ => block::<1, 1>(&panel, d, xit, mp, c0, m, hk),
+        let d8 = d / LANES * LANES;
+        let mut panel = vec![0.0f64; R * kc];
+        // Per row: `mp` memory accumulators, then the 8 lanes of its norm.
+        let stride = mp + LANES;
+        let mut acc = vec![0.0f64; n * stride];
+        let mut j0 = 0;
+        while j0 < d {
+            let j1 = (j0 + kc).min(d);
+            let len = j1 - j0;
+            for (t, chunk) in idx.chunks(R).enumerate() {
+                // Rows routed by group are scattered through the batch (every tenth
+                // row, say), which the hardware prefetcher does not follow: ask for
+                // the next panel's slices now, so they arrive while this one computes.
+                for &i in idx.iter().skip((t + 1) * R).take(R) {
+                    let s = rows.start_of(i) + j0;
+                    let row = values[s..s + len].as_ptr();
+                    let mut off = 0;
+                    while off < len {
+                        // SAFETY: a prefetch never faults; the address lies in `values`.
+                        unsafe { _mm_prefetch::<_MM_HINT_T0>(row.add(off) as *const i8) };
+                        off += 64 / std::mem::size_of::<T>();
                     }
-                    c0 += w * LANES;
+                }
+                for (r, &i) in chunk.iter().enumerate() {
+                    let s = rows.start_of(i);
+                    let x = &values[s + j0..s + j1];
+                    let dst = &mut panel[r * kc..r * kc + len];
+                    let k = t * R + r;
+                    let lanes = &mut acc[k * stride + mp..(k + 1) * stride];
+                    // SAFETY: `x` and `dst` hold `len` elements and `lanes` 8; the
+                    // vector part stops at `d8`, which is a multiple of 8 like `j0`.
+                    unsafe { widen(x, dst, lanes, d8.saturating_sub(j0).min(len)) };
+                }
+                let k0 = t * R;
+                let a = &mut acc[k0 * stride..];
+                let w = xit[j0 * mp..].as_ptr();
+                let mut c0 = 0;
+                while c0 < mp {
+                    // SAFETY: the panel holds R rows of `len`; `w` is `len` rows of mp;
+                    // the block's columns [c0, c0 + 8·W) lie within mp; `a` holds the
+                    // chunk's rows at `stride`.
+                    unsafe {
+                        let w2 = if mp - c0 >= 2 * LANES { 2 } else { 1 };
+                        let first = j0 == 0;
+                        // A bucket's last panel is usually short: only its rows are
+                        // multiplied (rows per group in a page are few, so this is a
+                        // twentieth of the FMAs).
+                        macro_rules! go {
+                            ($w:literal, $nr:literal) => {
+                                block::<$w, $nr>(&panel, kc, len, w, mp, c0, a, stride, first)
+                            };
+                        }
+                        match (w2, chunk.len()) {
+                            (2, 6) => go!(2, 6),
+                            (2, 5) => go!(2, 5),
+                            (2, 4) => go!(2, 4),
+                            (2, 3) => go!(2, 3),
+                            (2, 2) => go!(2, 2),
+                            (2, _) => go!(2, 1),
+                            (_, 6) => go!(1, 6),
+                            (_, 5) => go!(1, 5),
+                            (_, 4) => go!(1, 4),
+                            (_, 3) => go!(1, 3),
+                            (_, 2) => go!(1, 2),
+                            _ => go!(1, 1),
+                        }
+                        c0 += w2 * LANES;
+                    }
                 }
             }
+            j0 = j1;
+        }
+        for (k, &i) in idx.iter().enumerate() {
+            let a = &acc[k * stride..(k + 1) * stride];
+            h[k * m..(k + 1) * m].copy_from_slice(&a[..m]);
+            // SAFETY: `a[mp..]` holds the norm's 8 lanes.
+            let mut s = unsafe { _mm512_reduce_add_pd(_mm512_loadu_pd(a[mp..].as_ptr())) };
+            let at = rows.start_of(i);
+            for &v in &values[at + d8..at + d] {
+                let v: f64 = v.into();
+                s += v * v;
+            }
+            sq[k] = s;
         }
     }
 
-    /// Widens a row into the panel and returns its squared norm.
+    /// Widens a slice of a row into the panel and adds its first `vec` components
+    /// (a multiple of 8) into the norm's lanes. The rest (the row's last `d mod 8`
+    /// components) are added after the lanes are summed, as a whole row would be.
     #[inline(always)]
-    unsafe fn widen<T: Lane>(x: &[T], dst: &mut [f64]) -> f64 {
-        let d = x.len();
-        let d8 = d / LANES * LANES;
+    unsafe fn widen<T: Lane>(x: &[T], dst: &mut [f64], lanes: &mut [f64], vec: usize) {
         unsafe {
-            let mut acc = _mm512_setzero_pd();
+            let mut acc = _mm512_loadu_pd(lanes.as_ptr());
             let mut j = 0;
-            while j < d8 {
+            while j < vec {
                 let v = T::load8(x.as_ptr().add(j));
                 _mm512_storeu_pd(dst.as_mut_ptr().add(j), v);
                 acc = _mm512_fmadd_pd(v, v, acc);
                 j += LANES;
             }
-            let mut s = _mm512_reduce_add_pd(acc);
-            for j in d8..d {
-                let v: f64 = x[j].into();
-                dst[j] = v;
-                s += v * v;
+            _mm512_storeu_pd(lanes.as_mut_ptr(), acc);
+            for j in vec..x.len() {
+                dst[j] = x[j].into();
             }
-            s
         }
     }
 
-    /// `h[r·m + c] = panel_r · ξ_c` for the panel's first `NR` rows and the memories
-    /// `c ∈ [c0, c0 + 8·W) ∩ [0, m)`.
+    /// Continues `acc[r·stride + c] += Σ_j panel_r[j] · ξ_c[j]` over the slice for the
+    /// panel's first `NR` rows and the memories `c ∈ [c0, c0 + 8·W)` (starting from 0
+    /// on the first slice).
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     unsafe fn block<const W: usize, const NR: usize>(
         panel: &[f64],
-        d: usize,
-        xit: &[f64],
+        ps: usize,
+        len: usize,
+        xit: *const f64,
         mp: usize,
         c0: usize,
-        m: usize,
-        h: &mut [f64],
+        acc: &mut [f64],
+        stride: usize,
+        first: bool,
     ) {
         unsafe {
-            let mut acc = [[_mm512_setzero_pd(); W]; NR];
+            let at = |r: usize, q: usize| r * stride + c0 + q * LANES;
+            let mut a: [[__m512d; W]; NR] = std::array::from_fn(|r| {
+                std::array::from_fn(|q| {
+                    if first {
+                        _mm512_setzero_pd()
+                    } else {
+                        _mm512_loadu_pd(acc.as_ptr().add(at(r, q)))
+                    }
+                })
+            });
             let p = panel.as_ptr();
-            let mut w = xit.as_ptr().add(c0);
-            for j in 0..d {
+            let mut w = xit.add(c0);
+            for j in 0..len {
                 let cols: [__m512d; W] = std::array::from_fn(|q| _mm512_loadu_pd(w.add(q * LANES)));
-                for (r, a) in acc.iter_mut().enumerate() {
-                    let b = _mm512_set1_pd(*p.add(r * d + j));
+                for (r, a) in a.iter_mut().enumerate() {
+                    let b = _mm512_set1_pd(*p.add(r * ps + j));
                     for q in 0..W {
                         a[q] = _mm512_fmadd_pd(b, cols[q], a[q]);
                     }
                 }
                 w = w.add(mp);
             }
-            let mut lanes = [0.0f64; LANES];
-            for (r, a) in acc.iter().enumerate() {
+            for (r, a) in a.iter().enumerate() {
                 for (q, v) in a.iter().enumerate() {
-                    let c = c0 + q * LANES;
-                    if c >= m {
-                        break;
-                    }
-                    _mm512_storeu_pd(lanes.as_mut_ptr(), *v);
-                    let n = LANES.min(m - c);
-                    h[r * m + c..r * m + c + n].copy_from_slice(&lanes[..n]);
+                    _mm512_storeu_pd(acc.as_mut_ptr().add(at(r, q)), *v);
                 }
             }
         }
@@ -509,6 +581,9 @@ mod tests {
             (13, 16, 512),
             (7, 24, 40),
             (6, 33, 9),
+            // Several component slices, the last one ending in the d mod 8 tail.
+            (13, 16, 300),
+            (7, 40, 203),
         ] {
             check(n, m, d, (n * 1000 + m * 10 + d) as u64);
         }
@@ -531,6 +606,36 @@ mod tests {
             (h, sq)
         };
         assert_eq!(run(&Rows::dense_f32(&x, d)), run(&Rows::dense_f64(&x64, d)));
+    }
+
+    /// The AVX-512 kernel sums in component order however it slices the components,
+    /// so every slice length gives the bits of one pass over the whole row.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn slicing_the_components_keeps_the_bits() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            eprintln!("skipped: this CPU has no AVX-512");
+            return;
+        }
+        let (n, m, d) = (15, 16, 203);
+        let mut rng = crate::rng::Rng::new(21);
+        let xi: Vec<f64> = (0..m * d)
+            .map(|_| f64::from((rng.next_f64() - 0.5) as f32))
+            .collect();
+        let xit = panel(&xi, m, d);
+        let x: Vec<f32> = (0..n * d).map(|_| (rng.next_f64() - 0.5) as f32).collect();
+        let rows = Rows::dense_f32(&x, d);
+        let idx: Vec<usize> = (0..n).map(|k| (k * 4 + 1) % n).collect();
+        let run = |kc: usize| {
+            let (mut h, mut sq) = (vec![0.0; n * m], vec![0.0; n]);
+            // SAFETY: the CPU has AVX-512 (checked above).
+            unsafe { avx512::sliced(&x, &rows, &idx, &xit, m, &mut h, &mut sq, kc) };
+            (h, sq)
+        };
+        let whole = run(d.next_multiple_of(8));
+        for kc in [8, 16, 48, 200] {
+            assert_eq!(run(kc), whole, "slices of {kc}");
+        }
     }
 
     #[test]
