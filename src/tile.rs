@@ -537,14 +537,21 @@ mod tests {
         k
     }
 
-    /// Every kernel against the naive f64 sums, rows gathered in a scrambled order.
-    fn check(n: usize, m: usize, d: usize, seed: u64) {
+    /// Memories (f32-representable, as a model file stores them), their panel, and
+    /// rows, all uniform in ±0.5.
+    fn random(n: usize, m: usize, d: usize, seed: u64) -> (Vec<f64>, Vec<f64>, Vec<f32>) {
         let mut rng = crate::rng::Rng::new(seed);
         let xi: Vec<f64> = (0..m * d)
             .map(|_| f64::from((rng.next_f64() - 0.5) as f32))
             .collect();
         let xit = panel(&xi, m, d);
         let x: Vec<f32> = (0..n * d).map(|_| (rng.next_f64() - 0.5) as f32).collect();
+        (xi, xit, x)
+    }
+
+    /// Every kernel against the naive f64 sums, rows gathered in a scrambled order.
+    fn check(n: usize, m: usize, d: usize, seed: u64) {
+        let (xi, xit, x) = random(n, m, d, seed);
         let x64: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
         let idx: Vec<usize> = (0..n).map(|k| (k * 7 + 3) % n).collect();
         for rows in [Rows::dense_f32(&x, d), Rows::dense_f64(&x64, d)] {
@@ -592,12 +599,7 @@ mod tests {
     #[test]
     fn f32_and_f64_rows_give_the_same_bits() {
         let (n, m, d) = (11, 16, 77);
-        let mut rng = crate::rng::Rng::new(8);
-        let xi: Vec<f64> = (0..m * d)
-            .map(|_| f64::from((rng.next_f64() - 0.5) as f32))
-            .collect();
-        let xit = panel(&xi, m, d);
-        let x: Vec<f32> = (0..n * d).map(|_| (rng.next_f64() - 0.5) as f32).collect();
+        let (xi, xit, x) = random(n, m, d, 8);
         let x64: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
         let idx: Vec<usize> = (0..n).rev().collect();
         let run = |rows: &Rows<'_>| {
@@ -618,12 +620,7 @@ mod tests {
             return;
         }
         let (n, m, d) = (15, 16, 203);
-        let mut rng = crate::rng::Rng::new(21);
-        let xi: Vec<f64> = (0..m * d)
-            .map(|_| f64::from((rng.next_f64() - 0.5) as f32))
-            .collect();
-        let xit = panel(&xi, m, d);
-        let x: Vec<f32> = (0..n * d).map(|_| (rng.next_f64() - 0.5) as f32).collect();
+        let (_, xit, x) = random(n, m, d, 21);
         let rows = Rows::dense_f32(&x, d);
         let idx: Vec<usize> = (0..n).map(|k| (k * 4 + 1) % n).collect();
         let run = |kc: usize| {
