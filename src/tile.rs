@@ -372,26 +372,25 @@ mod avx512 {
                     // vector part stops at `d8`, which is a multiple of 8 like `j0`.
                     unsafe { widen(x, dst, lanes, d8.saturating_sub(j0).min(len)) };
                 }
-                let k0 = t * R;
-                let a = &mut acc[k0 * stride..];
-                let w = xit[j0 * mp..].as_ptr();
+                let a = &mut acc[t * R * stride..];
+                let slice = xit[j0 * mp..].as_ptr();
+                let first = j0 == 0;
                 let mut c0 = 0;
                 while c0 < mp {
-                    // SAFETY: the panel holds R rows of `len`; `w` is `len` rows of mp;
-                    // the block's columns [c0, c0 + 8·W) lie within mp; `a` holds the
-                    // chunk's rows at `stride`.
+                    // SAFETY: the panel holds R rows of `len`; `slice` is `len` rows of
+                    // mp; the block's columns [c0, c0 + 8·W) lie within mp; `a` holds
+                    // the chunk's rows at `stride`.
                     unsafe {
-                        let w2 = if mp - c0 >= 2 * LANES { 2 } else { 1 };
-                        let first = j0 == 0;
+                        let w = if mp - c0 >= 2 * LANES { 2 } else { 1 };
                         // A bucket's last panel is usually short: only its rows are
                         // multiplied (rows per group in a page are few, so this is a
                         // twentieth of the FMAs).
                         macro_rules! go {
                             ($w:literal, $nr:literal) => {
-                                block::<$w, $nr>(&panel, kc, len, w, mp, c0, a, stride, first)
+                                block::<$w, $nr>(&panel, kc, len, slice, mp, c0, a, stride, first)
                             };
                         }
-                        match (w2, chunk.len()) {
+                        match (w, chunk.len()) {
                             (2, 6) => go!(2, 6),
                             (2, 5) => go!(2, 5),
                             (2, 4) => go!(2, 4),
@@ -405,7 +404,7 @@ mod avx512 {
                             (_, 2) => go!(1, 2),
                             _ => go!(1, 1),
                         }
-                        c0 += w2 * LANES;
+                        c0 += w * LANES;
                     }
                 }
             }
