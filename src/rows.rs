@@ -7,18 +7,52 @@
 pub enum Values<'a> {
     F32(&'a [f32]),
     F64(&'a [f64]),
+    /// Little-endian f32 at any byte alignment: a Parquet page read where it lies (a
+    /// snappy literal starts wherever its tag ends), so that no copy is needed to
+    /// align it. Row starts are byte offsets.
+    F32Le(&'a [u8]),
 }
 
 impl Values<'_> {
+    /// Elements for the float variants, bytes for [`Values::F32Le`].
     pub fn len(&self) -> usize {
         match self {
             Values::F32(v) => v.len(),
             Values::F64(v) => v.len(),
+            Values::F32Le(v) => v.len(),
         }
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Units of the buffer per component.
+    fn unit(&self) -> usize {
+        match self {
+            Values::F32Le(_) => 4,
+            _ => 1,
+        }
+    }
+}
+
+/// One little-endian f32 that may sit at any address (alignment 1), so a row of them
+/// can be borrowed from any byte offset of a page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(transparent)]
+pub struct F32Le(pub [u8; 4]);
+
+impl From<F32Le> for f64 {
+    #[inline(always)]
+    fn from(v: F32Le) -> f64 {
+        f64::from(f32::from_le_bytes(v.0))
+    }
+}
+
+/// `bytes` (a whole number of values) as [`F32Le`]s, in place.
+pub fn le_values(bytes: &[u8]) -> &[F32Le] {
+    let (chunks, rest) = bytes.as_chunks::<4>();
+    debug_assert!(rest.is_empty());
+    // SAFETY: F32Le is a transparent wrapper of [u8; 4], so the slices share layout.
+    unsafe { &*(chunks as *const [[u8; 4]] as *const [F32Le]) }
 }
 
 /// Where each row starts in the values buffer.
@@ -30,6 +64,9 @@ pub enum Starts<'a> {
     I32(&'a [i32]),
     /// `LargeList` offsets.
     I64(&'a [i64]),
+    /// Row `i` starts at `at[i]`, rows in any order and with gaps between them (units
+    /// of the values buffer: bytes for [`Values::F32Le`]).
+    At(&'a [usize]),
 }
 
 /// `len` rows of dimension `dim`. A row is *null* when `validity` says so or when any
@@ -71,6 +108,24 @@ impl<'a> Rows<'a> {
             starts: Starts::Fixed,
             dim,
             len: values.len() / dim,
+            validity: None,
+        }
+    }
+
+    /// Rows of little-endian f32 bytes, row `i` starting at byte `at[i]` of `buf`,
+    /// at any alignment: the values of a page read in place.
+    pub fn scattered_f32_le(buf: &'a [u8], at: &'a [usize], dim: usize) -> Self {
+        assert!(dim > 0, "rows have at least one component");
+        assert!(
+            at.iter()
+                .all(|&s| s.checked_add(dim * 4).is_some_and(|e| e <= buf.len())),
+            "every row lies inside the buffer"
+        );
+        Rows {
+            values: Values::F32Le(buf),
+            starts: Starts::At(at),
+            dim,
+            len: at.len(),
             validity: None,
         }
     }
@@ -118,10 +173,18 @@ impl<'a> Rows<'a> {
     #[inline]
     fn start(&self, i: usize) -> usize {
         match self.starts {
-            Starts::Fixed => i * self.dim,
+            Starts::Fixed => i * self.dim * self.values.unit(),
             Starts::I32(o) => o[i] as usize,
             Starts::I64(o) => o[i] as usize,
+            Starts::At(o) => o[i],
         }
+    }
+
+    /// Row `i` of an [`Values::F32Le`] view.
+    #[inline]
+    pub(crate) fn le_row<'b>(&self, bytes: &'b [u8], i: usize) -> &'b [F32Le] {
+        let s = self.start(i);
+        le_values(&bytes[s..s + 4 * self.dim])
     }
 
     /// Copies row `i` into `out` as f64. Returns `false` (and leaves `out` unspecified)
@@ -144,6 +207,7 @@ impl<'a> Rows<'a> {
         let sq = match self.values {
             Values::F32(v) => widen_sq(&v[s..s + self.dim], out, f64::from),
             Values::F64(v) => widen_sq(&v[s..s + self.dim], out, |x| x),
+            Values::F32Le(b) => widen_sq(self.le_row(b, i), out, f64::from),
         };
         // Any NaN or ±inf component makes the sum of squares non-finite, so one check
         // covers every component on the fast path. A non-finite sum can also come from
@@ -174,6 +238,7 @@ impl Rows<'_> {
         let sq = match self.values {
             Values::F32(v) => sum_sq(&v[s..s + self.dim], f64::from),
             Values::F64(v) => sum_sq(&v[s..s + self.dim], |x| x),
+            Values::F32Le(b) => sum_sq(self.le_row(b, i), f64::from),
         };
         if sq.is_finite() {
             return Some(sq.sqrt());

@@ -664,9 +664,10 @@ mod tests {
     }
 
     /// The calling-thread entry point gives the pool's outputs, bit for bit, over
-    /// several blocks, both groups and union rows.
+    /// several blocks, both groups and union rows, and so do unaligned little-endian
+    /// rows read in place.
     #[test]
-    fn scoring_here_equals_scoring_in_the_pool() {
+    fn scoring_here_and_in_place_equals_scoring_in_the_pool() {
         let mut rng = Rng::new(11);
         let (d, m, n) = (24, 8, 3000);
         let group = |key: i64, rng: &mut Rng| Group {
@@ -690,23 +691,38 @@ mod tests {
             provenance: Provenance::default(),
         })
         .unwrap();
-        let x: Vec<f32> = (0..n * d).map(|_| rng.next_f64() as f32 - 0.5).collect();
+        let mut x: Vec<f32> = (0..n * d).map(|_| rng.next_f64() as f32 - 0.5).collect();
+        x[7 * d + 3] = f32::NAN;
         let g: Vec<Option<u32>> = (0..n).map(|i| [Some(0), Some(1), None][i % 3]).collect();
         let rows = Rows::dense_f32(&x, d);
-        let (mut a, mut b) = (ScoreOutput::default(), ScoreOutput::default());
+        // The same rows as little-endian bytes at every alignment, read in place.
+        let (mut buf, mut at) = (Vec::new(), Vec::new());
+        for (i, row) in x.chunks(d).enumerate() {
+            buf.extend(std::iter::repeat_n(0u8, i % 4));
+            at.push(buf.len());
+            buf.extend(row.iter().flat_map(|v| v.to_le_bytes()));
+        }
+        let le = Rows::scattered_f32_le(&buf, &at, d);
+        let (mut a, mut b, mut c) = Default::default();
         model
             .score_into(&rows, Some(&g), Work::WithDynamics, &mut a)
             .unwrap();
         model
             .score_into_here(&rows, Some(&g), Work::WithDynamics, &mut b)
             .unwrap();
+        model
+            .score_into_here(&le, Some(&g), Work::WithDynamics, &mut c)
+            .unwrap();
         let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&a.energy), bits(&b.energy));
-        assert_eq!(bits(&a.ood_probability), bits(&b.ood_probability));
-        assert_eq!(
-            (&a.is_ood, &a.attractor, &a.steps),
-            (&b.is_ood, &b.attractor, &b.steps)
-        );
+        for o in [&b, &c] {
+            assert_eq!(bits(&a.energy), bits(&o.energy));
+            assert_eq!(bits(&a.ood_probability), bits(&o.ood_probability));
+            assert_eq!(
+                (&a.is_ood, &a.attractor, &a.steps, &a.valid),
+                (&o.is_ood, &o.attractor, &o.steps, &o.valid)
+            );
+        }
+        assert!(!a.valid[7] && a.valid.iter().filter(|v| !**v).count() == 1);
         assert!(a.is_ood.iter().any(|&o| o) && a.is_ood.iter().any(|&o| !o));
     }
 

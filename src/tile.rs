@@ -41,6 +41,29 @@ pub fn panel(xi: &[f64], m: usize, d: usize) -> Vec<f64> {
     t
 }
 
+/// Evaluates `$body` with `$row`, a `Copy` closure from a row index to that row as a
+/// slice of the view's element type, borrowed where the row lies.
+macro_rules! by_row {
+    ($rows:expr, $row:ident => $body:expr) => {{
+        let rows: &Rows<'_> = $rows;
+        let d = rows.dim;
+        match rows.values {
+            Values::F32(v) => {
+                let $row = |i: usize| &v[rows.start_of(i)..][..d];
+                $body
+            }
+            Values::F64(v) => {
+                let $row = |i: usize| &v[rows.start_of(i)..][..d];
+                $body
+            }
+            Values::F32Le(b) => {
+                let $row = |i: usize| rows.le_row(b, i);
+                $body
+            }
+        }
+    }};
+}
+
 /// `h[k·m + μ] = x_k·ξ_μ` and `sq[k] = ‖x_k‖²` for `x_k = rows[idx[k]]`. Rows listed
 /// in `idx` must be non-null; non-finite components propagate into `sq`. `xit` is
 /// [`panel`]`(xi, m, d)`.
@@ -56,52 +79,54 @@ pub fn dots_in_place(
     debug_assert_eq!(h.len(), idx.len() * m);
     debug_assert_eq!(sq.len(), idx.len());
     debug_assert_eq!(xit.len(), rows.dim * m.next_multiple_of(LANES));
+    // Each arm instantiates the kernels for its element type; a row is borrowed where
+    // it lies. f64 rows take the same kernels, so a table stored as f32 or as f64
+    // scores to the same bits (the widening is exact; the sums run in one order).
+    by_row!(rows, row => best(rows.dim, row, idx, xi, xit, m, h, sq))
+}
+
+/// The fastest kernel this CPU runs, for rows of `d` components given by `row`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn best<'a, T: Copy + Into<f64> + Lane + 'a>(
+    d: usize,
+    row: impl Fn(usize) -> &'a [T] + Copy,
+    idx: &[usize],
+    xi: &[f64],
+    xit: &[f64],
+    m: usize,
+    h: &mut [f64],
+    sq: &mut [f64],
+) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU supports the features this function is compiled for.
-            // f64 rows take the same kernel, so a table stored as f32 or as f64 scores
-            // to the same bits (the widening is exact; the sums run in one order).
-            unsafe {
-                match rows.values {
-                    Values::F32(v) => avx512::panels(v, rows, idx, xit, m, h, sq),
-                    Values::F64(v) => avx512::panels(v, rows, idx, xit, m, h, sq),
-                }
-            }
+            unsafe { avx512::panels(d, row, idx, xit, m, h, sq) };
             return;
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: the CPU supports the features these functions are compiled for.
-            unsafe {
-                match rows.values {
-                    Values::F32(v) => avx2::tiles_f32(v, rows, idx, xi, m, h, sq),
-                    Values::F64(v) => avx2::tiles_f64(v, rows, idx, xi, m, h, sq),
-                }
-            }
+            unsafe { avx2::tiles(d, row, idx, xi, m, h, sq) };
             return;
         }
     }
     let _ = xit;
-    match rows.values {
-        Values::F32(v) => portable(v, rows, idx, xi, m, h, sq),
-        Values::F64(v) => portable(v, rows, idx, xi, m, h, sq),
-    }
+    portable(d, row, idx, xi, m, h, sq)
 }
 
-fn portable<T: Copy + Into<f64>>(
-    values: &[T],
-    rows: &Rows<'_>,
+fn portable<'a, T: Copy + Into<f64> + 'a>(
+    d: usize,
+    row: impl Fn(usize) -> &'a [T],
     idx: &[usize],
     xi: &[f64],
     m: usize,
     h: &mut [f64],
     sq: &mut [f64],
 ) {
-    let d = rows.dim;
     for (k, &i) in idx.iter().enumerate() {
-        let s = rows.start_of(i);
-        let x = &values[s..s + d];
+        let x = row(i);
         let mut acc = [0.0f64; 4];
         for c in x.chunks(4) {
             for (a, &v) in acc.iter_mut().zip(c) {
@@ -123,16 +148,39 @@ fn portable<T: Copy + Into<f64>>(
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+use lanes::Lane;
+
+/// Off x86 only the portable kernel exists, and any widening type takes it.
+#[cfg(not(target_arch = "x86_64"))]
+trait Lane: Copy + Into<f64> {}
+#[cfg(not(target_arch = "x86_64"))]
+impl<T: Copy + Into<f64>> Lane for T {}
+
 /// Row component types the kernels widen to f64 lanes (a plain load for f64).
 #[cfg(target_arch = "x86_64")]
 mod lanes {
     use std::arch::x86_64::*;
+
+    use crate::rows::F32Le;
 
     pub trait Lane: Copy + Into<f64> {
         /// Four components from `p` (AVX2).
         unsafe fn load4(p: *const Self) -> __m256d;
         /// Eight components from `p` (AVX-512).
         unsafe fn load8(p: *const Self) -> __m512d;
+    }
+
+    // An x86 host is little-endian, and the unaligned loads take any address.
+    impl Lane for F32Le {
+        #[inline(always)]
+        unsafe fn load4(p: *const F32Le) -> __m256d {
+            unsafe { _mm256_cvtps_pd(_mm_loadu_ps(p.cast())) }
+        }
+        #[inline(always)]
+        unsafe fn load8(p: *const F32Le) -> __m512d {
+            unsafe { _mm512_cvtps_pd(_mm256_loadu_ps(p.cast())) }
+        }
     }
 
     impl Lane for f32 {
@@ -164,7 +212,6 @@ mod avx2 {
 
     use super::lanes::Lane as Load4;
     use super::{MT, RT};
-    use crate::rows::Rows;
 
     #[inline(always)]
     unsafe fn hsum(v: __m256d) -> f64 {
@@ -177,49 +224,20 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn tiles_f32(
-        v: &[f32],
-        rows: &Rows<'_>,
+    pub unsafe fn tiles<'a, T: Load4 + 'a>(
+        d: usize,
+        row: impl Fn(usize) -> &'a [T],
         idx: &[usize],
         xi: &[f64],
         m: usize,
         h: &mut [f64],
         sq: &mut [f64],
     ) {
-        unsafe { tiles(v, rows, idx, xi, m, h, sq) }
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn tiles_f64(
-        v: &[f64],
-        rows: &Rows<'_>,
-        idx: &[usize],
-        xi: &[f64],
-        m: usize,
-        h: &mut [f64],
-        sq: &mut [f64],
-    ) {
-        unsafe { tiles(v, rows, idx, xi, m, h, sq) }
-    }
-
-    #[inline(always)]
-    unsafe fn tiles<T: Load4 + Into<f64>>(
-        values: &[T],
-        rows: &Rows<'_>,
-        idx: &[usize],
-        xi: &[f64],
-        m: usize,
-        h: &mut [f64],
-        sq: &mut [f64],
-    ) {
-        let d = rows.dim;
         let d4 = d / 4 * 4;
         for (t, chunk) in idx.chunks(RT).enumerate() {
             // A short last tile repeats its row; the duplicate results are dropped.
-            let s0 = rows.start_of(chunk[0]);
-            let s1 = rows.start_of(chunk[chunk.len() - 1]);
-            let x0 = &values[s0..s0 + d];
-            let x1 = &values[s1..s1 + d];
+            let x0 = row(chunk[0]);
+            let x1 = row(chunk[chunk.len() - 1]);
             let (k0, k1) = (t * RT, t * RT + chunk.len() - 1);
             let mut mt = 0;
             while mt < m {
@@ -285,7 +303,6 @@ mod avx512 {
 
     use super::LANES;
     use super::lanes::Lane;
-    use crate::rows::Rows;
 
     /// Rows per panel: 6 rows × 2 vectors = 12 accumulators in flight hide the FMA
     /// latency.
@@ -309,25 +326,25 @@ mod avx512 {
     /// and pick up where they stopped: every sum still runs over the components in
     /// order, so the bits do not depend on the slicing.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn panels<T: Lane>(
-        values: &[T],
-        rows: &Rows<'_>,
+    pub unsafe fn panels<'a, T: Lane + 'a>(
+        d: usize,
+        row: impl Fn(usize) -> &'a [T],
         idx: &[usize],
         xit: &[f64],
         m: usize,
         h: &mut [f64],
         sq: &mut [f64],
     ) {
-        let kc = slice_len(m.next_multiple_of(LANES), rows.dim);
-        unsafe { sliced(values, rows, idx, xit, m, h, sq, kc) }
+        let kc = slice_len(m.next_multiple_of(LANES), d);
+        unsafe { sliced(d, row, idx, xit, m, h, sq, kc) }
     }
 
     /// [`panels`] with slices of `kc` components (a multiple of 8).
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn sliced<T: Lane>(
-        values: &[T],
-        rows: &Rows<'_>,
+    pub unsafe fn sliced<'a, T: Lane + 'a>(
+        d: usize,
+        row: impl Fn(usize) -> &'a [T],
         idx: &[usize],
         xit: &[f64],
         m: usize,
@@ -336,7 +353,6 @@ mod avx512 {
         kc: usize,
     ) {
         debug_assert!(kc > 0 && kc.is_multiple_of(LANES));
-        let d = rows.dim;
         let n = idx.len();
         let mp = m.next_multiple_of(LANES);
         let d8 = d / LANES * LANES;
@@ -353,18 +369,16 @@ mod avx512 {
                 // row, say), which the hardware prefetcher does not follow: ask for
                 // the next panel's slices now, so they arrive while this one computes.
                 for &i in idx.iter().skip((t + 1) * R).take(R) {
-                    let s = rows.start_of(i) + j0;
-                    let row = values[s..s + len].as_ptr();
+                    let next = row(i)[j0..j1].as_ptr();
                     let mut off = 0;
                     while off < len {
-                        // SAFETY: a prefetch never faults; the address lies in `values`.
-                        unsafe { _mm_prefetch::<_MM_HINT_T0>(row.add(off) as *const i8) };
+                        // SAFETY: a prefetch never faults; the address lies in the row.
+                        unsafe { _mm_prefetch::<_MM_HINT_T0>(next.add(off) as *const i8) };
                         off += 64 / std::mem::size_of::<T>();
                     }
                 }
                 for (r, &i) in chunk.iter().enumerate() {
-                    let s = rows.start_of(i);
-                    let x = &values[s + j0..s + j1];
+                    let x = &row(i)[j0..j1];
                     let dst = &mut panel[r * kc..r * kc + len];
                     let k = t * R + r;
                     let lanes = &mut acc[k * stride + mp..(k + 1) * stride];
@@ -415,8 +429,7 @@ mod avx512 {
             h[k * m..(k + 1) * m].copy_from_slice(&a[..m]);
             // SAFETY: `a[mp..]` holds the norm's 8 lanes.
             let mut s = unsafe { _mm512_reduce_add_pd(_mm512_loadu_pd(a[mp..].as_ptr())) };
-            let at = rows.start_of(i);
-            for &v in &values[at + d8..at + d] {
+            for &v in &row(i)[d8..d] {
                 let v: f64 = v.into();
                 s += v * v;
             }
@@ -507,10 +520,10 @@ mod tests {
             ("dispatch", |r, i, xi, xit, m, h, sq| {
                 dots_in_place(r, i, xi, xit, m, h, sq)
             }),
-            ("portable", |r, i, xi, _, m, h, sq| match r.values {
-                Values::F32(v) => portable(v, r, i, xi, m, h, sq),
-                Values::F64(v) => portable(v, r, i, xi, m, h, sq),
-            }),
+            (
+                "portable",
+                |r, i, xi, _, m, h, sq| by_row!(r, row => portable(r.dim, row, i, xi, m, h, sq)),
+            ),
         ];
         #[cfg(target_arch = "x86_64")]
         {
@@ -518,18 +531,12 @@ mod tests {
                 && std::arch::is_x86_feature_detected!("fma")
             {
                 k.push(("avx2", |r, i, xi, _, m, h, sq| unsafe {
-                    match r.values {
-                        Values::F32(v) => avx2::tiles_f32(v, r, i, xi, m, h, sq),
-                        Values::F64(v) => avx2::tiles_f64(v, r, i, xi, m, h, sq),
-                    }
+                    by_row!(r, row => avx2::tiles(r.dim, row, i, xi, m, h, sq))
                 }));
             }
             if std::arch::is_x86_feature_detected!("avx512f") {
                 k.push(("avx512", |r, i, _, xit, m, h, sq| unsafe {
-                    match r.values {
-                        Values::F32(v) => avx512::panels(v, r, i, xit, m, h, sq),
-                        Values::F64(v) => avx512::panels(v, r, i, xit, m, h, sq),
-                    }
+                    by_row!(r, row => avx512::panels(r.dim, row, i, xit, m, h, sq))
                 }));
             }
         }
@@ -548,12 +555,29 @@ mod tests {
         (xi, xit, x)
     }
 
+    /// `x`'s rows as little-endian bytes, each after a gap of 1 to 5 bytes (so at every
+    /// alignment), and where each starts.
+    fn scattered(x: &[f32], d: usize) -> (Vec<u8>, Vec<usize>) {
+        let (mut buf, mut at) = (Vec::new(), Vec::new());
+        for (i, row) in x.chunks(d).enumerate() {
+            buf.extend(std::iter::repeat_n(0xA5, 1 + i % 5));
+            at.push(buf.len());
+            buf.extend(row.iter().flat_map(|v| v.to_le_bytes()));
+        }
+        (buf, at)
+    }
+
     /// Every kernel against the naive f64 sums, rows gathered in a scrambled order.
     fn check(n: usize, m: usize, d: usize, seed: u64) {
         let (xi, xit, x) = random(n, m, d, seed);
         let x64: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
         let idx: Vec<usize> = (0..n).map(|k| (k * 7 + 3) % n).collect();
-        for rows in [Rows::dense_f32(&x, d), Rows::dense_f64(&x64, d)] {
+        let (buf, at) = scattered(&x, d);
+        for rows in [
+            Rows::dense_f32(&x, d),
+            Rows::dense_f64(&x64, d),
+            Rows::scattered_f32_le(&buf, &at, d),
+        ] {
             for (name, kernel) in kernels() {
                 let (mut h, mut sq) = (vec![f64::NAN; n * m], vec![f64::NAN; n]);
                 kernel(&rows, &idx, &xi, &xit, m, &mut h, &mut sq);
@@ -596,7 +620,7 @@ mod tests {
     }
 
     #[test]
-    fn f32_and_f64_rows_give_the_same_bits() {
+    fn f32_f64_and_unaligned_le_rows_give_the_same_bits() {
         let (n, m, d) = (11, 16, 77);
         let (xi, xit, x) = random(n, m, d, 8);
         let x64: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
@@ -606,7 +630,10 @@ mod tests {
             dots_in_place(rows, &idx, &xi, &xit, m, &mut h, &mut sq);
             (h, sq)
         };
-        assert_eq!(run(&Rows::dense_f32(&x, d)), run(&Rows::dense_f64(&x64, d)));
+        let want = run(&Rows::dense_f32(&x, d));
+        assert_eq!(run(&Rows::dense_f64(&x64, d)), want);
+        let (buf, at) = scattered(&x, d);
+        assert_eq!(run(&Rows::scattered_f32_le(&buf, &at, d)), want);
     }
 
     /// The AVX-512 kernel sums in component order however it slices the components,
@@ -620,12 +647,12 @@ mod tests {
         }
         let (n, m, d) = (15, 16, 203);
         let (_, xit, x) = random(n, m, d, 21);
-        let rows = Rows::dense_f32(&x, d);
         let idx: Vec<usize> = (0..n).map(|k| (k * 4 + 1) % n).collect();
         let run = |kc: usize| {
             let (mut h, mut sq) = (vec![0.0; n * m], vec![0.0; n]);
             // SAFETY: the CPU has AVX-512 (checked above).
-            unsafe { avx512::sliced(&x, &rows, &idx, &xit, m, &mut h, &mut sq, kc) };
+            let row = |i: usize| &x[i * d..(i + 1) * d];
+            unsafe { avx512::sliced(d, row, &idx, &xit, m, &mut h, &mut sq, kc) };
             (h, sq)
         };
         let whole = run(d.next_multiple_of(8));

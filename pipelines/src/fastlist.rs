@@ -136,6 +136,9 @@ pub trait Fused: Send + Sync {
 pub trait FusedGroup: Send {
     /// The next whole rows of the list column, in order, row-major.
     fn rows(&mut self, values: &[f32]);
+    /// The next whole rows as little-endian f32 bytes, row `k` starting at byte
+    /// `at[k]` of `buf`, at any alignment: a page read where it was decompressed.
+    fn rows_at(&mut self, buf: &[u8], at: &[usize]);
     /// The row group's batches, built from what was consumed and the other columns.
     fn finish(self: Box<Self>, others: Vec<RecordBatch>) -> Decoded;
 }
@@ -450,17 +453,18 @@ fn row_group_from<R: ChunkReader + 'static>(
     let mut early = None;
     if let Some(f) = &plan.fused {
         let others = early.insert(others()?);
-        if let Some(mut g) = f.start(others) {
+        if let Some(g) = f.start(others) {
             let l = &plan.lists[0];
             // One page of values at a time (about 1 MiB), scored where the page was
             // decompressed, while it is in L2. A row split across pages waits here.
-            let mut scratch: Vec<f32> = Vec::new();
-            let whole = stream_list(shared, md.column(l.leaf), rows, l, |b| {
-                feed(&mut scratch, b, l.dim, |v| g.rows(v));
-                true
-            })?;
-            if whole && scratch.is_empty() {
-                return g.finish(std::mem::take(others));
+            let mut sink = Consume {
+                group: g,
+                scratch: Vec::new(),
+                dim: l.dim,
+            };
+            let whole = stream_list(shared, md.column(l.leaf), rows, l, &mut sink)?;
+            if whole && sink.scratch.is_empty() {
+                return sink.group.finish(std::mem::take(others));
             }
             // Not a dense PLAIN list after all: what was consumed is dropped and the
             // row group is read by the general reader.
@@ -535,16 +539,62 @@ fn decode_list<R: ChunkReader + 'static>(
     chunk: &ColumnChunkMetaData,
     rows: usize,
     l: &ListColumn,
-    mut values: Vec<f32>,
+    values: Vec<f32>,
 ) -> parquet::errors::Result<Option<Vec<f32>>> {
     if rows * l.dim * 4 > MAX_FAST_BYTES {
         return Ok(None);
     }
-    let whole = stream_list(file, chunk, rows, l, |b| {
-        extend_le(&mut values, b);
+    let mut sink = Collect(values);
+    let whole = stream_list(file, chunk, rows, l, &mut sink)?;
+    Ok(whole.then_some(sink.0))
+}
+
+/// Where [`stream_list`] delivers a chunk's values, page by page, in order.
+trait Pages {
+    /// A page's values: little-endian f32 bytes, a whole number of values. `false`
+    /// declines the chunk.
+    fn values(&mut self, b: &[u8]) -> bool;
+    /// `Some(carried)` when whole rows may come through [`Pages::rows_at`]:
+    /// `carried` values of a row cut by the last page wait to be completed by the next
+    /// [`Pages::values`] first.
+    fn in_place(&self) -> Option<usize> {
+        None
+    }
+    /// Whole rows, row `k` at byte `at[k]` of `buf`.
+    fn rows_at(&mut self, _buf: &[u8], _at: &[usize]) -> bool {
+        false
+    }
+}
+
+/// Appends the values to one buffer.
+struct Collect(Vec<f32>);
+
+impl Pages for Collect {
+    fn values(&mut self, b: &[u8]) -> bool {
+        extend_le(&mut self.0, b);
         true
-    })?;
-    Ok(whole.then_some(values))
+    }
+}
+
+/// Hands whole rows to a fused consumer; a row split across pages waits in `scratch`.
+struct Consume {
+    group: Box<dyn FusedGroup>,
+    scratch: Vec<f32>,
+    dim: usize,
+}
+
+impl Pages for Consume {
+    fn values(&mut self, b: &[u8]) -> bool {
+        feed(&mut self.scratch, b, self.dim, |v| self.group.rows(v));
+        true
+    }
+    fn in_place(&self) -> Option<usize> {
+        Some(self.scratch.len())
+    }
+    fn rows_at(&mut self, buf: &[u8], at: &[usize]) -> bool {
+        self.group.rows_at(buf, at);
+        true
+    }
 }
 
 /// Hands each data page's values (little-endian f32 bytes) to `sink` in order, after
@@ -556,7 +606,7 @@ fn stream_list<R: ChunkReader + 'static>(
     chunk: &ColumnChunkMetaData,
     rows: usize,
     l: &ListColumn,
-    mut sink: impl FnMut(&[u8]) -> bool,
+    sink: &mut impl Pages,
 ) -> parquet::errors::Result<bool> {
     let total = rows * l.dim;
     let mut seen = 0usize;
@@ -581,11 +631,11 @@ fn stream_list<R: ChunkReader + 'static>(
         chunk
     };
     let mut body: Vec<u8> = Vec::new();
+    let mut holey = InPlace::default();
     let pages = SerializedPageReader::new(file.clone(), chunk, rows, None)?;
     for page in pages {
-        let page = page?;
         let start = seen;
-        let ok = match &page {
+        let (ok, n) = match page? {
             Page::DataPage {
                 buf,
                 num_values,
@@ -594,18 +644,36 @@ fn stream_list<R: ChunkReader + 'static>(
                 rep_level_encoding,
                 ..
             } => {
-                let n = *num_values as usize;
-                let buf: &[u8] = if own_snappy {
-                    unsnap(buf, &mut body)?
-                } else {
-                    buf
-                };
-                if *encoding != Encoding::PLAIN
-                    || *rep_level_encoding != Encoding::RLE
-                    || (l.max_def > 0 && *def_level_encoding != Encoding::RLE)
+                let n = num_values as usize;
+                if encoding != Encoding::PLAIN
+                    || rep_level_encoding != Encoding::RLE
+                    || (l.max_def > 0 && def_level_encoding != Encoding::RLE)
                 {
                     return Ok(false);
                 }
+                // A page of whole rows the consumer can take where they lie: read in
+                // the snappy block itself (see `InPlace`).
+                holey.taken = None;
+                let buf = if let (true, Some(carried)) = (own_snappy, sink.in_place()) {
+                    match holey.page(buf, n, start, carried, def_width, &rules, sink)? {
+                        Ok(ok) => {
+                            if !ok {
+                                return Ok(false);
+                            }
+                            seen += n;
+                            continue;
+                        }
+                        Err(buf) => buf,
+                    }
+                } else {
+                    buf
+                };
+                let buf: &[u8] = match (&holey.taken, own_snappy) {
+                    // Decoded already by the in-place attempt: written out whole.
+                    (Some(len), true) => holey.dec.fill(&buf, 0, *len).expect("decoded"),
+                    (None, true) => unsnap(&buf, &mut body)?,
+                    _ => &buf,
+                };
                 let Some((rep, rest)) = prefixed(buf) else {
                     return Ok(false);
                 };
@@ -617,7 +685,10 @@ fn stream_list<R: ChunkReader + 'static>(
                 } else {
                     (&[][..], rest)
                 };
-                check(rep, def, n, start, def_width, &rules) && pass(vals, n, &mut sink)
+                (
+                    check(rep, def, n, start, def_width, &rules) && pass(vals, n, sink),
+                    n,
+                )
             }
             Page::DataPageV2 {
                 buf,
@@ -629,34 +700,191 @@ fn stream_list<R: ChunkReader + 'static>(
                 is_compressed,
                 ..
             } => {
-                let n = *num_values as usize;
-                let (r, d) = (*rep_levels_byte_len as usize, *def_levels_byte_len as usize);
-                if *encoding != Encoding::PLAIN || *num_nulls != 0 || buf.len() < r + d {
+                let n = num_values as usize;
+                let (r, d) = (rep_levels_byte_len as usize, def_levels_byte_len as usize);
+                if encoding != Encoding::PLAIN || num_nulls != 0 || buf.len() < r + d {
                     return Ok(false);
                 }
                 let (rep, def, vals) = (&buf[..r], &buf[r..r + d], &buf[r + d..]);
-                let vals = if own_snappy && *is_compressed {
+                let vals = if own_snappy && is_compressed {
                     unsnap(vals, &mut body)?
                 } else {
                     vals
                 };
-                check(rep, def, n, start, def_width, &rules) && pass(vals, n, &mut sink)
+                (
+                    check(rep, def, n, start, def_width, &rules) && pass(vals, n, sink),
+                    n,
+                )
             }
             // A dictionary (or anything else) goes through the general reader.
-            _ => false,
+            _ => (false, 0),
         };
         if !ok {
             return Ok(false);
         }
-        seen += match &page {
-            Page::DataPage { num_values, .. } | Page::DataPageV2 { num_values, .. } => {
-                *num_values as usize
-            }
-            _ => 0,
-        };
+        seen += n;
     }
     Ok(seen == total)
 }
+
+/// Reads a v1 snappy page's rows inside the compressed page buffer. The values are
+/// stored as long literals (incompressible floats); [`crate::snappy::Decoder`] leaves
+/// those in place, so a row inside one is read there, and a row cut by the edge
+/// between two literals is made whole by moving its head over the next literal's tag
+/// (a few bytes): the page buffer is ours (the file reader reads each page into a
+/// fresh one), so nothing else sees the move. Pages that do not fit (a shared buffer,
+/// values partly in copies, a row across more than two literals) are written out and
+/// read the usual way.
+#[derive(Default)]
+struct InPlace {
+    dec: crate::snappy::Decoder,
+    /// Where each row starts in the page buffer.
+    at: Vec<usize>,
+    /// `(from, len, by)`: move bytes `[from, from + len)` forward by `by`.
+    moves: Vec<(usize, usize, usize)>,
+    /// The decoded length when the last page was decoded but not consumed in place.
+    taken: Option<usize>,
+}
+
+impl InPlace {
+    /// `Ok(Ok(ok))` when the page was handled (`ok` as for [`stream_list`]),
+    /// `Ok(Err(buf))` to read it the usual way.
+    /// `carried` values of a row cut by the previous page are completed from this
+    /// page's first values, and a row this page cuts is left to the next, both through
+    /// [`Pages::values`]; the whole rows between go to [`Pages::rows_at`].
+    #[allow(clippy::too_many_arguments)]
+    fn page(
+        &mut self,
+        buf: bytes::Bytes,
+        n: usize,
+        start: usize,
+        carried: usize,
+        def_width: u32,
+        rules: &Rules,
+        sink: &mut impl Pages,
+    ) -> parquet::errors::Result<Result<bool, bytes::Bytes>> {
+        let mut page = match buf.try_into_mut() {
+            Ok(m) => m,
+            Err(shared) => return Ok(Err(shared)),
+        };
+        self.dec
+            .decode(&page)
+            .map_err(|e| parquet::errors::ParquetError::General(format!("a snappy page: {e}")))?;
+        self.taken = Some(self.dec.len());
+        let Some(v0) = self.levels(&page, n, start, def_width, rules) else {
+            return Ok(Err(page.freeze()));
+        };
+        let (dim, rb) = (rules.dim, rules.dim * 4);
+        let head = if carried == 0 {
+            0
+        } else {
+            (dim - carried).min(n)
+        };
+        let rows = (n - head) / dim;
+        let (mid, tail) = (v0 + head * 4, v0 + (head + rows * dim) * 4);
+        if v0 + n * 4 > self.dec.len() || self.plan(mid, rows, rb) == 0 {
+            return Ok(Err(page.freeze()));
+        }
+        self.taken = None;
+        let InPlace { dec, at, moves, .. } = self;
+        let first = dec.fill(&page, v0, mid).expect("within the page");
+        if !first.is_empty() && !sink.values(first) {
+            return Ok(Ok(false));
+        }
+        // A move touches only its cut row and the tag after it, never another row.
+        for &(from, len, by) in moves.iter() {
+            page.copy_within(from..from + len, from + by);
+        }
+        // Runs of placed rows go in place; rows between (in a short last literal, or
+        // partly in copies) are written out.
+        let mut k = 0;
+        while k < rows {
+            let placed = at[k] != COPY;
+            let e = k + at[k..]
+                .iter()
+                .position(|&a| (a != COPY) != placed)
+                .unwrap_or(rows - k);
+            let ok = if placed {
+                sink.rows_at(&page, &at[k..e])
+            } else {
+                let b = dec.fill(&page, mid + k * rb, mid + e * rb);
+                sink.values(b.expect("within the page"))
+            };
+            if !ok {
+                return Ok(Ok(false));
+            }
+            k = e;
+        }
+        let last = dec.fill(&page, tail, v0 + n * 4).expect("within the page");
+        Ok(Ok(last.is_empty() || sink.values(last)))
+    }
+
+    /// Checks the page's levels and returns where its values start; `None` when the
+    /// levels are not a dense list's (the usual path then decides).
+    fn levels(
+        &mut self,
+        page: &[u8],
+        n: usize,
+        start: usize,
+        def_width: u32,
+        rules: &Rules,
+    ) -> Option<usize> {
+        let len_at = |dec: &mut crate::snappy::Decoder, a: usize| -> Option<usize> {
+            let b = dec.fill(page, a, a.checked_add(4)?)?;
+            Some(u32::from_le_bytes(b.try_into().ok()?) as usize)
+        };
+        let mut end = 4usize.checked_add(len_at(&mut self.dec, 0)?)?;
+        if rules.max_def > 0 {
+            end = end
+                .checked_add(4)?
+                .checked_add(len_at(&mut self.dec, end)?)?;
+        }
+        let lev = self.dec.fill(page, 0, end)?;
+        let (rep, rest) = prefixed(lev)?;
+        let def = if rules.max_def > 0 {
+            prefixed(rest)?.0
+        } else {
+            &[][..]
+        };
+        check(rep, def, n, start, def_width, rules).then_some(end)
+    }
+
+    /// Locates `rows` rows of `rb` bytes from output byte `v0` in the page buffer
+    /// ([`COPY`] for a row not wholly inside holes), and returns how many are there.
+    fn plan(&mut self, v0: usize, rows: usize, rb: usize) -> usize {
+        self.at.clear();
+        self.moves.clear();
+        let holes = self.dec.holes();
+        let mut k = 0;
+        let mut p = v0;
+        let mut placed = 0;
+        for _ in 0..rows {
+            while holes.get(k).is_some_and(|h| h.end() <= p) {
+                k += 1;
+            }
+            let at = match holes.get(k).filter(|h| h.at <= p) {
+                Some(h) if p + rb <= h.end() => h.src + (p - h.at),
+                Some(h) => match holes.get(k + 1) {
+                    Some(next) if next.at == h.end() && p + rb <= next.end() => {
+                        let s = h.src + (p - h.at);
+                        let by = next.src - (h.src + h.len);
+                        self.moves.push((s, h.end() - p, by));
+                        s + by
+                    }
+                    _ => COPY,
+                },
+                None => COPY,
+            };
+            placed += usize::from(at != COPY);
+            self.at.push(at);
+            p += rb;
+        }
+        placed
+    }
+}
+
+/// A row [`InPlace::plan`] could not place.
+const COPY: usize = usize::MAX;
 
 /// Decompresses one snappy block into `out` (grown, never shrunk or re-zeroed).
 fn unsnap<'a>(compressed: &[u8], out: &'a mut Vec<u8>) -> parquet::errors::Result<&'a [u8]> {
@@ -753,8 +981,8 @@ fn extend_le(out: &mut Vec<f32>, bytes: &[u8]) {
 }
 
 /// The first `n` values of a page's value section, to `sink`.
-fn pass(vals: &[u8], n: usize, sink: &mut impl FnMut(&[u8]) -> bool) -> bool {
-    vals.get(..n * 4).is_some_and(sink)
+fn pass(vals: &[u8], n: usize, sink: &mut impl Pages) -> bool {
+    vals.get(..n * 4).is_some_and(|v| sink.values(v))
 }
 
 fn bit_width(max: i16) -> u32 {
@@ -1124,6 +1352,135 @@ mod tests {
                 (all.as_ptr() as usize).is_multiple_of(4)
             );
         }
+    }
+
+    /// A fused consumer that keeps the rows it is handed, and how they came.
+    #[derive(Clone)]
+    struct Keep {
+        dim: usize,
+        kept: Arc<std::sync::Mutex<Kept>>,
+    }
+
+    #[derive(Default)]
+    struct Kept {
+        values: Vec<f32>,
+        copied: usize,
+        in_place: usize,
+    }
+
+    impl Fused for Keep {
+        fn start(&self, _: &[RecordBatch]) -> Option<Box<dyn FusedGroup>> {
+            Some(Box::new(self.clone()))
+        }
+    }
+
+    impl FusedGroup for Keep {
+        fn rows(&mut self, values: &[f32]) {
+            let mut k = self.kept.lock().unwrap();
+            k.values.extend_from_slice(values);
+            k.copied += values.len() / self.dim;
+        }
+        fn rows_at(&mut self, buf: &[u8], at: &[usize]) {
+            let mut k = self.kept.lock().unwrap();
+            for &s in at {
+                let row = &buf[s..s + 4 * self.dim];
+                k.values.extend(
+                    row.chunks(4)
+                        .map(|c| f32::from_le_bytes(c.try_into().unwrap())),
+                );
+            }
+            k.in_place += at.len();
+        }
+        fn finish(self: Box<Self>, _: Vec<RecordBatch>) -> Decoded {
+            Ok(vec![])
+        }
+    }
+
+    /// `values` (rows of `dim`) written as a snappy v1 file with `page_rows`-row pages,
+    /// then streamed to a fused consumer: the rows it got, and how many came copied and
+    /// how many in place.
+    fn fused(values: &[f32], dim: usize, page_rows: usize) -> (Vec<f32>, usize, usize) {
+        let item = Arc::new(Field::new("item", DataType::Float32, true));
+        let list = FixedSizeListArray::new(
+            item,
+            dim as i32,
+            Arc::new(Float32Array::from(values.to_vec())),
+            None,
+        );
+        let schema = Arc::new(arrow_schema::Schema::new(vec![Field::new(
+            "embedding",
+            list.data_type().clone(),
+            true,
+        )]));
+        let b = RecordBatch::try_new(schema, vec![Arc::new(list)]).unwrap();
+        // One row group: row groups are decoded concurrently, and this consumer
+        // keeps one sequence.
+        let props = WriterProperties::builder()
+            .set_max_row_group_row_count(None)
+            .set_data_page_row_count_limit(page_rows)
+            .set_write_batch_size(page_rows)
+            .set_data_page_size_limit(1 << 30)
+            .set_dictionary_enabled(false)
+            .set_compression(parquet::basic::Compression::SNAPPY)
+            .build();
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let mut w = ArrowWriter::try_new(f.reopen().unwrap(), b.schema(), Some(props)).unwrap();
+        w.write(&b).unwrap();
+        w.close().unwrap();
+        let keep = Keep {
+            dim,
+            kept: Arc::default(),
+        };
+        let m = meta(&f);
+        let plan = plan(&m, None).unwrap().with_fused(Arc::new(keep.clone()));
+        let source = FastSource::Local(f.path().to_path_buf());
+        for b in FastReader::new(source, m, plan, None, 1000) {
+            b.unwrap();
+        }
+        let k = std::mem::take(&mut *keep.kept.lock().unwrap());
+        (k.values, k.copied, k.in_place)
+    }
+
+    /// Incompressible pages are read inside the snappy block, rows cut by a literal's
+    /// edge included; pages whose values are partly copies, or rows longer than a
+    /// literal, are written out first. Every way, the rows are the written ones.
+    #[test]
+    fn snappy_pages_are_read_in_place_where_they_can_be() {
+        let mut rng = reclag::rng::Rng::new(4);
+        // (dim, rows, page rows, k: the first fifth of every k rows compresses, expected).
+        for (dim, rows, page_rows, every, want) in [
+            (100usize, 2500usize, 400usize, None::<usize>, Placed::All),
+            (7, 3000, 3000, None, Placed::All),
+            (512, 300, 128, None, Placed::All),
+            (100, 2500, 400, Some(50), Placed::Some),
+            (100, 2500, 400, Some(2), Placed::None),
+            // A row longer than two literals.
+            (40_000, 6, 3, None, Placed::None),
+        ] {
+            let values: Vec<f32> = (0..rows * dim)
+                .map(|i| match every {
+                    Some(k) if (i / dim) % k < k.div_ceil(5) => (i % 3) as f32,
+                    _ => rng.next_f64() as f32 - 0.5,
+                })
+                .collect();
+            let (got, copied, placed) = fused(&values, dim, page_rows);
+            assert!(got == values, "dim {dim}: rows differ");
+            assert_eq!(copied + placed, rows);
+            let pages = rows.div_ceil(page_rows);
+            let what = format!("dim {dim}, every {every:?}: {placed} in place, {copied} copied");
+            match want {
+                // Only rows cut by a page edge or in a short last literal are copied.
+                Placed::All => assert!(copied <= 2 * pages, "{what}"),
+                Placed::Some => assert!(placed > rows / 2 && copied > 2 * pages, "{what}"),
+                Placed::None => assert_eq!(placed, 0, "{what}"),
+            }
+        }
+    }
+
+    enum Placed {
+        All,
+        Some,
+        None,
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod io;
 pub mod progress;
 pub mod route;
 pub mod score;
+mod snappy;
 pub mod sql;
 pub mod store;
 pub mod train;

@@ -315,19 +315,18 @@ struct FusedRows {
     out: ScoreOutput,
 }
 
-impl FusedGroup for FusedRows {
-    fn rows(&mut self, values: &[f32]) {
-        let d = self.model.dim();
-        let n = values.len() / d;
+impl FusedRows {
+    /// Scores the next rows of the group into `out`.
+    fn take(&mut self, rows: &reclag::Rows<'_>) {
+        let n = rows.len();
         if self.failed || self.done + n > self.rows {
             self.failed = true;
             return;
         }
         let g = self.groups.as_ref().map(|g| &g[self.done..self.done + n]);
-        let rows = reclag::Rows::dense_f32(values, d);
         if self
             .model
-            .score_into_here(&rows, g, Work::WithDynamics, &mut self.tmp)
+            .score_into_here(rows, g, Work::WithDynamics, &mut self.tmp)
             .is_err()
         {
             self.failed = true;
@@ -341,6 +340,16 @@ impl FusedGroup for FusedRows {
         o.attractor.extend_from_slice(&t.attractor);
         o.valid.extend_from_slice(&t.valid);
         self.done += n;
+    }
+}
+
+impl FusedGroup for FusedRows {
+    fn rows(&mut self, values: &[f32]) {
+        self.take(&reclag::Rows::dense_f32(values, self.model.dim()));
+    }
+
+    fn rows_at(&mut self, buf: &[u8], at: &[usize]) {
+        self.take(&reclag::Rows::scattered_f32_le(buf, at, self.model.dim()));
     }
 
     fn finish(self: Box<Self>, others: Vec<RecordBatch>) -> crate::fastlist::Decoded {
