@@ -121,8 +121,15 @@ pub struct Model {
     pub(crate) panels: Vec<Vec<f64>>,
     pub(crate) provenance: Provenance,
     by_int: HashMap<i64, usize>,
+    /// `by_int` as a table indexed by the label, when every label is in
+    /// `0..DENSE_LABELS`: class ids usually are, and the lookup is per row (a hash
+    /// lookup measured near 1 % of `reclag score`).
+    dense_int: Vec<Option<usize>>,
     by_str: HashMap<String, usize>,
 }
+
+/// Largest label table [`Model`] keeps beside its hash map.
+const DENSE_LABELS: i64 = 1 << 16;
 
 /// Label type a model's groups were trained on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -222,6 +229,14 @@ impl Model {
             .map(|g| crate::tile::panel(&g.xi, g.m, p.d))
             .collect();
         panels.push(crate::tile::panel(&union_xi, union_m, p.d));
+        let mut dense_int = Vec::new();
+        if by_int.keys().all(|k| (0..DENSE_LABELS).contains(k)) {
+            let len = by_int.keys().max().map_or(0, |&k| k as usize + 1);
+            dense_int = vec![None; len];
+            for (&k, &i) in &by_int {
+                dense_int[k as usize] = Some(i);
+            }
+        }
         Ok(Model {
             d: p.d,
             beta: p.beta,
@@ -236,6 +251,7 @@ impl Model {
             panels,
             provenance: p.provenance,
             by_int,
+            dense_int,
             by_str,
         })
     }
@@ -274,10 +290,11 @@ impl Model {
 
     /// Resolves an integer label to a group index. `column` only feeds the error text.
     pub fn resolve_int(&self, value: i64, column: &str) -> Result<usize> {
-        self.by_int
-            .get(&value)
-            .copied()
-            .ok_or_else(|| self.unknown(column, value.to_string()))
+        let found = match usize::try_from(value) {
+            Ok(k) if !self.dense_int.is_empty() => self.dense_int.get(k).copied().flatten(),
+            _ => self.by_int.get(&value).copied(),
+        };
+        found.ok_or_else(|| self.unknown(column, value.to_string()))
     }
 
     /// Resolves a string label to a group index.
@@ -336,4 +353,55 @@ pub fn lyapunov(xi: &[f64], m: usize, beta: f64, tau: f64, x: &[f64]) -> f64 {
         .collect();
     let a = crate::kernel::log_mean_exp(&h, beta);
     0.5 * crate::kernel::norm2(x) - (a - tau).max(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(keys: &[i64]) -> Model {
+        let group = |k: i64| Group {
+            key: Some(GroupKey::Int(k)),
+            xi: vec![1.0, 0.0],
+            m: 1,
+            tau: 0.1,
+            n_train: 0,
+            n_calibration: 0,
+            calibrated_on: CalibratedOn::Train,
+        };
+        Model::new(ModelParts {
+            d: 2,
+            beta: 5.0,
+            normalize: Normalize::L2,
+            max_iter: 16,
+            tol: 1e-6,
+            groups: keys.iter().map(|&k| group(k)).collect(),
+            tau_star: 0.1,
+            provenance: Provenance::default(),
+        })
+        .unwrap()
+    }
+
+    /// Small class ids take the table, other labels the map; both give the group's
+    /// index and the same error for a label the model does not know.
+    #[test]
+    fn integer_labels_resolve_by_table_and_by_map_alike() {
+        for keys in [&[3, 0, 7][..], &[3, -2, 7], &[3, 1 << 40, 7]] {
+            let m = model(keys);
+            assert_eq!(
+                m.dense_int.is_empty(),
+                keys.iter().any(|&k| !(0..DENSE_LABELS).contains(&k))
+            );
+            for (i, &k) in keys.iter().enumerate() {
+                assert_eq!(m.resolve_int(k, "label").unwrap(), i);
+            }
+            for bad in [5, -1, 8, i64::MAX, i64::MIN, DENSE_LABELS] {
+                let e = m.resolve_int(bad, "label").unwrap_err().to_string();
+                assert!(
+                    e.contains(&format!("unknown group {bad} (column 'label')")),
+                    "{e}"
+                );
+            }
+        }
+    }
 }

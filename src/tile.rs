@@ -377,14 +377,36 @@ mod avx512 {
                         off += 64 / std::mem::size_of::<T>();
                     }
                 }
-                for (r, &i) in chunk.iter().enumerate() {
-                    let x = &row(i)[j0..j1];
-                    let dst = &mut panel[r * kc..r * kc + len];
-                    let k = t * R + r;
-                    let lanes = &mut acc[k * stride + mp..(k + 1) * stride];
-                    // SAFETY: `x` and `dst` hold `len` elements and `lanes` 8; the
-                    // vector part stops at `d8`, which is a multiple of 8 like `j0`.
-                    unsafe { widen(x, dst, lanes, d8.saturating_sub(j0).min(len)) };
+                let vec = d8.saturating_sub(j0).min(len);
+                let mut r = 0;
+                while r < chunk.len() {
+                    // Rows in threes: each row's norm is one chain of dependent FMAs,
+                    // so three chains in flight hide the FMA latency.
+                    let g = (chunk.len() - r).min(W3);
+                    let xs: [&[T]; W3] =
+                        std::array::from_fn(|q| &row(chunk[r + q.min(g - 1)])[j0..j1]);
+                    let base = acc.as_mut_ptr();
+                    let dsts: [*mut f64; W3] =
+                        std::array::from_fn(|q| panel[(r + q.min(g - 1)) * kc..].as_mut_ptr());
+                    let lanes: [*mut f64; W3] = std::array::from_fn(|q| {
+                        // SAFETY: row t·R + r + q of `acc` exists; its lanes follow its mp sums.
+                        unsafe { base.add((t * R + r + q.min(g - 1)) * stride + mp) }
+                    });
+                    // SAFETY: each `xs` row and panel row hold `len` elements and each
+                    // `lanes` 8; the vector part stops at `vec`, a multiple of 8. A
+                    // short group repeats its last row, which then only writes the same
+                    // values twice, so it is widened alone.
+                    unsafe {
+                        match g {
+                            3 => widen::<T, 3>(xs, dsts, lanes, len, vec),
+                            _ => {
+                                for q in 0..g {
+                                    widen::<T, 1>([xs[q]], [dsts[q]], [lanes[q]], len, vec);
+                                }
+                            }
+                        }
+                    }
+                    r += g;
                 }
                 let a = &mut acc[t * R * stride..];
                 let slice = xit[j0 * mp..].as_ptr();
@@ -437,23 +459,38 @@ mod avx512 {
         }
     }
 
-    /// Widens a slice of a row into the panel and adds its first `vec` components
-    /// (a multiple of 8) into the norm's lanes. The rest (the row's last `d mod 8`
-    /// components) are added after the lanes are summed, as a whole row would be.
+    /// Rows widened together (see `sliced`).
+    const W3: usize = 3;
+
+    /// Widens a slice of each of `N` rows into the panel and adds its first `vec`
+    /// components (a multiple of 8) into that row's norm lanes. The rest (the row's
+    /// last `d mod 8` components) are added after the lanes are summed, as a whole row
+    /// would be. Each row's lanes see its components in order, so the bits do not
+    /// depend on `N`.
     #[inline(always)]
-    unsafe fn widen<T: Lane>(x: &[T], dst: &mut [f64], lanes: &mut [f64], vec: usize) {
+    unsafe fn widen<T: Lane, const N: usize>(
+        xs: [&[T]; N],
+        dst: [*mut f64; N],
+        lanes: [*mut f64; N],
+        len: usize,
+        vec: usize,
+    ) {
         unsafe {
-            let mut acc = _mm512_loadu_pd(lanes.as_ptr());
+            let mut acc: [__m512d; N] = std::array::from_fn(|q| _mm512_loadu_pd(lanes[q]));
             let mut j = 0;
             while j < vec {
-                let v = T::load8(x.as_ptr().add(j));
-                _mm512_storeu_pd(dst.as_mut_ptr().add(j), v);
-                acc = _mm512_fmadd_pd(v, v, acc);
+                for q in 0..N {
+                    let v = T::load8(xs[q].as_ptr().add(j));
+                    _mm512_storeu_pd(dst[q].add(j), v);
+                    acc[q] = _mm512_fmadd_pd(v, v, acc[q]);
+                }
                 j += LANES;
             }
-            _mm512_storeu_pd(lanes.as_mut_ptr(), acc);
-            for j in vec..x.len() {
-                dst[j] = x[j].into();
+            for q in 0..N {
+                _mm512_storeu_pd(lanes[q], acc[q]);
+                for (j, &v) in xs[q].iter().enumerate().take(len).skip(vec) {
+                    *dst[q].add(j) = v.into();
+                }
             }
         }
     }

@@ -32,6 +32,13 @@ pub const BATCH_ROWS: usize = 16 * 1024;
 /// is 2 GiB of 512-d embeddings).
 pub const ROW_GROUP_BYTES: usize = 128 << 20;
 
+/// Rows per output row group at most. The writer holds a row group's encoded pages
+/// until it closes, so one 1M-row group of scores was written and synced only at the
+/// end, after the scoring (about 40 ms of a 0.8 s run on one core); closed every 256k
+/// rows, each is written (and its writeback started) while scoring goes on. Readers
+/// such as DuckDB and Polars parallelise over row groups of this size.
+pub const ROW_GROUP_ROWS: usize = 256 * 1024;
+
 /// The spec for standard input / standard output (an Arrow IPC stream).
 pub const STDIO: &str = "-";
 
@@ -613,9 +620,13 @@ impl AtomicParquet {
             path: self.tmp.clone(),
             source,
         };
+        let closed = w.flushed_row_groups().len();
         w.write(batch).map_err(e)?;
         if w.in_progress_size() > ROW_GROUP_BYTES {
             w.flush().map_err(e)?;
+        }
+        if w.flushed_row_groups().len() != closed {
+            start_writeback(w.inner());
         }
         Ok(())
     }
@@ -657,12 +668,31 @@ pub fn schema_with(base: &Schema, keep: &[usize], extra: Vec<arrow_schema::Field
     Arc::new(Schema::new(fields))
 }
 
+/// Starts writing the file's dirty pages to disk without waiting, so the `fsync`
+/// that publishes the output waits only for what was written last. A hint: errors
+/// are left to that `fsync`.
+fn start_writeback(f: &File) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: the descriptor is open for the call's duration; the call only
+        // schedules writeback of the file's pages.
+        unsafe {
+            libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = f;
+}
+
 fn writer_props() -> WriterProperties {
     // Level 1: the f64 outputs barely compress, and level 3 gave no smaller file
     // (24.83 MB against 24.79 MB at 1M rows) for a third more compression time.
-    let mut b = WriterProperties::builder().set_compression(Compression::ZSTD(
-        ZstdLevel::try_new(1).expect("valid level"),
-    ));
+    let mut b = WriterProperties::builder()
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(1).expect("valid level"),
+        ));
     // Scores, energies and probabilities are all distinct: a dictionary attempt on them
     // only burns time (hashing every value) before the writer falls back to PLAIN.
     for c in ["reclag_score", "reclag_energy", "reclag_ood_probability"] {
