@@ -275,23 +275,33 @@ impl parquet::file::reader::ChunkReader for Sparse {
 }
 
 /// Record batches of the given row groups, the list columns decoded by the fast path.
+/// Readers of several files can be chained ([`FastReader::then`]) so that row groups
+/// keep decoding across file boundaries.
 pub struct FastReader {
+    srcs: Vec<Src>,
+    batch_rows: usize,
+    /// Row groups not yet returned, in output order.
+    pending: VecDeque<Unit>,
+    /// Row groups not yet started, in start order (see [`start_order`]).
+    start: VecDeque<Unit>,
+    running: Vec<(Unit, std::thread::JoinHandle<Decoded>)>,
+    /// Row groups whose decoder has finished, announced on `done_rx`.
+    finished: Vec<Unit>,
+    done_tx: std::sync::mpsc::Sender<Unit>,
+    done_rx: std::sync::mpsc::Receiver<Unit>,
+    ready: VecDeque<(usize, RecordBatch)>,
+    pool: Arc<Pool>,
+}
+
+/// One file of a [`FastReader`].
+struct Src {
     source: FastSource,
     meta: ArrowReaderMetadata,
     plan: Arc<Plan>,
-    batch_rows: usize,
-    /// Row groups not yet returned, in output order.
-    pending: VecDeque<usize>,
-    /// Row groups not yet started, in start order (see [`start_order`]).
-    start: VecDeque<usize>,
-    running: Vec<(usize, std::thread::JoinHandle<Decoded>)>,
-    /// Row groups whose decoder has finished, announced on `done_rx`.
-    finished: Vec<usize>,
-    done_tx: std::sync::mpsc::Sender<usize>,
-    done_rx: std::sync::mpsc::Receiver<usize>,
-    ready: VecDeque<RecordBatch>,
-    pool: Arc<Pool>,
 }
+
+/// A row group of one of a reader's files: `(file, row group)`.
+type Unit = (usize, usize);
 
 /// Row groups decoding at once: one per core of the 2-core machines this is tuned
 /// on, the consumer's work (scoring, encoding) riding on the same threads.
@@ -302,12 +312,12 @@ const IN_FLIGHT: usize = 2;
 /// while the full row group beside it runs to its end (measured as 40 ms of a
 /// 0.8 s run); started second, the last two to finish are full ones. Its decoded
 /// batches wait for their turn, which holds one short row group at most.
-fn start_order(meta: &ArrowReaderMetadata, order: &VecDeque<usize>) -> VecDeque<usize> {
-    let rows = |rg: usize| meta.metadata().row_group(rg).num_rows();
+fn start_order(srcs: &[Src], order: &VecDeque<Unit>) -> VecDeque<Unit> {
+    let rows = |(f, rg): Unit| srcs[f].meta.metadata().row_group(rg).num_rows();
     let mut start = order.clone();
     if start.len() >= 3 {
         let last = start[start.len() - 1];
-        let longest = start.iter().map(|&rg| rows(rg)).max().unwrap_or(0);
+        let longest = start.iter().map(|&u| rows(u)).max().unwrap_or(0);
         if rows(last) < longest {
             start.pop_back();
             start.insert(1, last);
@@ -325,14 +335,21 @@ impl FastReader {
         batch_rows: usize,
     ) -> Self {
         let n = meta.metadata().num_row_groups();
-        let pending: VecDeque<usize> = row_groups.unwrap_or_else(|| (0..n).collect()).into();
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        FastReader {
+        let pending: VecDeque<Unit> = row_groups
+            .unwrap_or_else(|| (0..n).collect())
+            .into_iter()
+            .map(|rg| (0, rg))
+            .collect();
+        let srcs = vec![Src {
             source,
-            start: start_order(&meta, &pending),
-            pending,
             meta,
             plan: Arc::new(plan),
+        }];
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        FastReader {
+            start: start_order(&srcs, &pending),
+            srcs,
+            pending,
             batch_rows,
             running: Vec::new(),
             finished: Vec::new(),
@@ -343,20 +360,37 @@ impl FastReader {
         }
     }
 
-    pub fn schema(&self) -> SchemaRef {
-        self.plan.projected.clone()
+    /// This reader's row groups, then `next`'s (a reader not yet read from). With one
+    /// reader per file, a file of one row group would decode on one core, and every
+    /// file's last row group would run alone (a lake of sixteen 65k-row files scored
+    /// 1.7 times slower than the same rows in one file).
+    /// Both readers must be unread.
+    pub fn then(mut self, next: FastReader) -> Self {
+        debug_assert!(self.running.is_empty() && self.ready.is_empty());
+        debug_assert!(next.running.is_empty() && next.ready.is_empty());
+        let base = self.srcs.len();
+        self.srcs.extend(next.srcs);
+        self.pending
+            .extend(next.pending.into_iter().map(|(f, rg)| (base + f, rg)));
+        self.start = start_order(&self.srcs, &self.pending);
+        self
     }
 
-    fn spawn(&mut self, rg: usize) {
-        let source = self.source.clone();
-        let meta = self.meta.clone();
-        let plan = self.plan.clone();
+    pub fn schema(&self) -> SchemaRef {
+        self.srcs[0].plan.projected.clone()
+    }
+
+    fn spawn(&mut self, unit: Unit) {
+        let src = &self.srcs[unit.0];
+        let source = src.source.clone();
+        let meta = src.meta.clone();
+        let plan = src.plan.clone();
         let batch_rows = self.batch_rows;
         let pool = self.pool.clone();
         let done = self.done_tx.clone();
         let handle = std::thread::spawn(move || {
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                row_group(&source, &meta, &plan, rg, batch_rows, &pool)
+                row_group(&source, &meta, &plan, unit.1, batch_rows, &pool)
             }))
             .unwrap_or_else(|_| {
                 Err(parquet::errors::ParquetError::General(
@@ -364,10 +398,72 @@ impl FastReader {
                 ))
             });
             // The reader may be gone (it stopped on an error); nothing waits then.
-            let _ = done.send(rg);
+            let _ = done.send(unit);
             r
         });
-        self.running.push((rg, handle));
+        self.running.push((unit, handle));
+    }
+
+    /// The next batch and the index of its file among the chained readers.
+    pub fn next_from(&mut self) -> Option<(usize, parquet::errors::Result<RecordBatch>)> {
+        loop {
+            if let Some((f, b)) = self.ready.pop_front() {
+                return Some((f, Ok(b)));
+            }
+            let want = *self.pending.front()?;
+            if !self.running.iter().any(|(u, _)| *u == want) {
+                // Not started yet (the start order only moves a row group earlier, so
+                // this is a backstop).
+                self.start.retain(|&u| u != want);
+                self.spawn(want);
+            }
+            // Wait for the next row group in order, starting another whenever a
+            // decoder finishes, so IN_FLIGHT keep running even while a short row
+            // group that finished early waits for its turn.
+            loop {
+                while let Ok(u) = self.done_rx.try_recv() {
+                    self.finished.push(u);
+                }
+                let busy = self.running.len() - self.finished.len();
+                if busy < IN_FLIGHT
+                    && let Some(u) = self.start.pop_front()
+                {
+                    self.spawn(u);
+                    continue;
+                }
+                if self.finished.contains(&want) {
+                    break;
+                }
+                match self.done_rx.recv() {
+                    Ok(u) => self.finished.push(u),
+                    Err(_) => break,
+                }
+            }
+            self.finished.retain(|&u| u != want);
+            let at = self
+                .running
+                .iter()
+                .position(|(u, _)| *u == want)
+                .expect("started above");
+            let (_, handle) = self.running.remove(at);
+            self.pending.pop_front();
+            let failed = match handle.join() {
+                Ok(Ok(batches)) => {
+                    self.ready.extend(batches.into_iter().map(|b| (want.0, b)));
+                    continue;
+                }
+                Ok(Err(e)) => e,
+                Err(_) => {
+                    parquet::errors::ParquetError::General("the decoding thread failed".into())
+                }
+            };
+            // The other decoders finish on their own; their results are dropped.
+            self.pending.clear();
+            self.start.clear();
+            self.running.clear();
+            self.finished.clear();
+            return Some((want.0, Err(failed)));
+        }
     }
 }
 
@@ -375,68 +471,7 @@ impl Iterator for FastReader {
     type Item = parquet::errors::Result<RecordBatch>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            if let Some(b) = self.ready.pop_front() {
-                return Some(Ok(b));
-            }
-            let want = *self.pending.front()?;
-            if !self.running.iter().any(|(rg, _)| *rg == want) {
-                // Not started yet (the start order only moves a row group earlier, so
-                // this is a backstop).
-                self.start.retain(|&rg| rg != want);
-                self.spawn(want);
-            }
-            // Wait for the next row group in order, starting another whenever a
-            // decoder finishes, so IN_FLIGHT keep running even while a short row
-            // group that finished early waits for its turn.
-            loop {
-                while let Ok(rg) = self.done_rx.try_recv() {
-                    self.finished.push(rg);
-                }
-                let busy = self.running.len() - self.finished.len();
-                if busy < IN_FLIGHT
-                    && let Some(rg) = self.start.pop_front()
-                {
-                    self.spawn(rg);
-                    continue;
-                }
-                if self.finished.contains(&want) {
-                    break;
-                }
-                match self.done_rx.recv() {
-                    Ok(rg) => self.finished.push(rg),
-                    Err(_) => break,
-                }
-            }
-            self.finished.retain(|&rg| rg != want);
-            let at = self
-                .running
-                .iter()
-                .position(|(rg, _)| *rg == want)
-                .expect("started above");
-            let (_, handle) = self.running.remove(at);
-            self.pending.pop_front();
-            match handle.join() {
-                Ok(Ok(batches)) => self.ready.extend(batches),
-                Ok(Err(e)) => {
-                    // The other decoders finish on their own; their results are dropped.
-                    self.pending.clear();
-                    self.start.clear();
-                    self.running.clear();
-                    self.finished.clear();
-                    return Some(Err(e));
-                }
-                Err(_) => {
-                    self.pending.clear();
-                    self.start.clear();
-                    self.running.clear();
-                    self.finished.clear();
-                    return Some(Err(parquet::errors::ParquetError::General(
-                        "the decoding thread failed".into(),
-                    )));
-                }
-            }
-        }
+        self.next_from().map(|(_, b)| b)
     }
 }
 
@@ -1303,8 +1338,17 @@ mod tests {
         ] {
             let (f, written) = write(&case(rows, rg));
             let m = meta(&f);
-            let all: VecDeque<usize> = (0..m.metadata().num_row_groups()).collect();
-            assert_eq!(Vec::from(start_order(&m, &all)), want, "{rows} rows");
+            let n = m.metadata().num_row_groups();
+            let r = FastReader::new(
+                FastSource::Local(f.path().to_path_buf()),
+                m,
+                plan(&meta(&f), None).unwrap(),
+                None,
+                128,
+            );
+            let started: Vec<usize> = r.start.iter().map(|u| u.1).collect();
+            assert_eq!(started, want, "{rows} rows");
+            assert_eq!(r.pending.len(), n);
             let (got, _) = fast(&f, 128);
             assert_eq!(got, written);
         }
