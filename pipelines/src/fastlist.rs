@@ -1667,6 +1667,28 @@ mod tests {
             prop_assert_eq!(got, want);
         }
 
+        /// Any page layout, compressible or not, reaches a fused consumer as the rows
+        /// written, whether they were read in place, written out, or both.
+        #[test]
+        fn fused_pages_deliver_the_rows_written(
+            dim in 1usize..300,
+            rows in 1usize..1500,
+            page_rows in 1usize..400,
+            every in proptest::option::of(2usize..40),
+            seed in 0u64..1000,
+        ) {
+            let mut rng = reclag::rng::Rng::new(seed);
+            let values: Vec<f32> = (0..rows * dim)
+                .map(|i| match every {
+                    Some(k) if (i / dim) % k < k.div_ceil(5) => (i % 3) as f32,
+                    _ => rng.next_f64() as f32 - 0.5,
+                })
+                .collect();
+            let (got, copied, placed) = fused(&values, dim, page_rows);
+            prop_assert_eq!(copied + placed, rows);
+            prop_assert!(got == values);
+        }
+
         /// Corrupt bytes anywhere give an error or a fallback, never a panic or rows
         /// that differ silently in count.
         #[test]
