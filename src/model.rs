@@ -118,7 +118,7 @@ pub struct Model {
     pub(crate) grams: Vec<Option<Vec<f64>>>,
     /// `Ξᵀ` per group (and for the union, last), memories padded to a multiple of 8:
     /// the layout the scoring GEMM broadcasts rows against (see `tile`).
-    pub(crate) panels: Vec<Vec<f64>>,
+    pub(crate) panels: Vec<crate::tile::Aligned>,
     pub(crate) provenance: Provenance,
     by_int: HashMap<i64, usize>,
     /// `by_int` as a table indexed by the label, when every label is in
@@ -223,7 +223,7 @@ impl Model {
         let mut grams: Vec<Option<Vec<f64>>> =
             p.groups.iter().map(|g| gram(&g.xi, g.m, p.d)).collect();
         grams.push(gram(&union_xi, union_m, p.d));
-        let mut panels: Vec<Vec<f64>> = p
+        let mut panels: Vec<crate::tile::Aligned> = p
             .groups
             .iter()
             .map(|g| crate::tile::panel(&g.xi, g.m, p.d))
