@@ -122,22 +122,42 @@ pub fn dots_in_place(
     // Each arm instantiates the kernels for its element type; a row is borrowed where
     // it lies. f64 rows take the same kernels, so a table stored as f32 or as f64
     // scores to the same bits (the widening is exact; the sums run in one order).
-    by_row!(rows, row => best(rows.dim, row, idx, xi, xit, m, h, sq))
+    let call = Call {
+        idx,
+        xi,
+        xit,
+        m,
+        h,
+        sq,
+    };
+    by_row!(rows, row => best(rows.dim, row, call))
+}
+
+/// One call's memories and outputs, handed through the dispatch whole.
+struct Call<'c> {
+    idx: &'c [usize],
+    xi: &'c [f64],
+    xit: &'c [f64],
+    m: usize,
+    h: &'c mut [f64],
+    sq: &'c mut [f64],
 }
 
 /// The fastest kernel this CPU runs, for rows of `d` components given by `row`.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn best<'a, T: Copy + Into<f64> + Lane + 'a>(
     d: usize,
     row: impl Fn(usize) -> &'a [T] + Copy,
-    idx: &[usize],
-    xi: &[f64],
-    xit: &[f64],
-    m: usize,
-    h: &mut [f64],
-    sq: &mut [f64],
+    c: Call<'_>,
 ) {
+    let Call {
+        idx,
+        xi,
+        xit,
+        m,
+        h,
+        sq,
+    } = c;
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {

@@ -1540,6 +1540,23 @@ mod tests {
         }
     }
 
+    /// `rows` rows of `dim` random floats (incompressible), except that with
+    /// `every = Some(k)` the first fifth of every `k` rows is a short repeating pattern
+    /// (snappy copies).
+    fn embeddings(
+        rng: &mut reclag::rng::Rng,
+        rows: usize,
+        dim: usize,
+        every: Option<usize>,
+    ) -> Vec<f32> {
+        (0..rows * dim)
+            .map(|i| match every {
+                Some(k) if (i / dim) % k < k.div_ceil(5) => (i % 3) as f32,
+                _ => rng.next_f64() as f32 - 0.5,
+            })
+            .collect()
+    }
+
     /// `values` (rows of `dim`) written as a snappy v1 file with `page_rows`-row pages,
     /// then streamed to a fused consumer: the rows it got, and how many came copied and
     /// how many in place.
@@ -1601,12 +1618,7 @@ mod tests {
             // A row longer than two literals.
             (40_000, 6, 3, None, Placed::None),
         ] {
-            let values: Vec<f32> = (0..rows * dim)
-                .map(|i| match every {
-                    Some(k) if (i / dim) % k < k.div_ceil(5) => (i % 3) as f32,
-                    _ => rng.next_f64() as f32 - 0.5,
-                })
-                .collect();
+            let values = embeddings(&mut rng, rows, dim, every);
             let (got, copied, placed) = fused(&values, dim, page_rows);
             assert!(got == values, "dim {dim}: rows differ");
             assert_eq!(copied + placed, rows);
@@ -1678,12 +1690,7 @@ mod tests {
             seed in 0u64..1000,
         ) {
             let mut rng = reclag::rng::Rng::new(seed);
-            let values: Vec<f32> = (0..rows * dim)
-                .map(|i| match every {
-                    Some(k) if (i / dim) % k < k.div_ceil(5) => (i % 3) as f32,
-                    _ => rng.next_f64() as f32 - 0.5,
-                })
-                .collect();
+            let values = embeddings(&mut rng, rows, dim, every);
             let (got, copied, placed) = fused(&values, dim, page_rows);
             prop_assert_eq!(copied + placed, rows);
             prop_assert!(got == values);
