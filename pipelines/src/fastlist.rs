@@ -838,9 +838,10 @@ fn stream_list<R: ChunkReader + 'static>(
 /// those in place, so a row inside one is read there, and a row cut by the edge
 /// between two literals is made whole by moving its head over the next literal's tag
 /// (a few bytes): the page buffer is ours (the file reader reads each page into a
-/// fresh one), so nothing else sees the move. Pages that do not fit (a shared buffer,
-/// values partly in copies, a row across more than two literals) are written out and
-/// read the usual way.
+/// fresh one), so nothing else sees the move. Rows that do not fit (in a short
+/// literal or in copies, across more than two literals, or cut by the page's edge) are
+/// written out and handed over as values; a page with no row in place, or in a shared
+/// buffer (an object's fetched bytes), is read the usual way.
 #[derive(Default)]
 struct InPlace {
     dec: crate::snappy::Decoder,
