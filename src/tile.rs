@@ -133,7 +133,7 @@ pub fn dots_in_place(
     by_row!(rows, row => best(rows.dim, row, call))
 }
 
-/// One call's memories and outputs, handed through the dispatch whole.
+/// One call's rows to score, memories and outputs, as every kernel takes them.
 struct Call<'c> {
     idx: &'c [usize],
     xi: &'c [f64],
@@ -150,41 +150,27 @@ fn best<'a, T: Copy + Into<f64> + Lane + 'a>(
     row: impl Fn(usize) -> &'a [T] + Copy,
     c: Call<'_>,
 ) {
-    let Call {
-        idx,
-        xi,
-        xit,
-        m,
-        h,
-        sq,
-    } = c;
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU supports the features this function is compiled for.
-            unsafe { avx512::panels(d, row, idx, xit, m, h, sq) };
+            unsafe { avx512::panels(d, row, c) };
             return;
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: the CPU supports the features these functions are compiled for.
-            unsafe { avx2::tiles(d, row, idx, xi, m, h, sq) };
+            unsafe { avx2::tiles(d, row, c) };
             return;
         }
     }
-    let _ = xit;
-    portable(d, row, idx, xi, m, h, sq)
+    portable(d, row, c)
 }
 
-fn portable<'a, T: Copy + Into<f64> + 'a>(
-    d: usize,
-    row: impl Fn(usize) -> &'a [T],
-    idx: &[usize],
-    xi: &[f64],
-    m: usize,
-    h: &mut [f64],
-    sq: &mut [f64],
-) {
+fn portable<'a, T: Copy + Into<f64> + 'a>(d: usize, row: impl Fn(usize) -> &'a [T], c: Call<'_>) {
+    let Call {
+        idx, xi, m, h, sq, ..
+    } = c;
     for (k, &i) in idx.iter().enumerate() {
         let x = row(i);
         let mut acc = [0.0f64; 4];
@@ -271,7 +257,7 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::lanes::Lane as Load4;
-    use super::{MT, RT};
+    use super::{Call, MT, RT};
 
     #[inline(always)]
     unsafe fn hsum(v: __m256d) -> f64 {
@@ -284,15 +270,10 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn tiles<'a, T: Load4 + 'a>(
-        d: usize,
-        row: impl Fn(usize) -> &'a [T],
-        idx: &[usize],
-        xi: &[f64],
-        m: usize,
-        h: &mut [f64],
-        sq: &mut [f64],
-    ) {
+    pub unsafe fn tiles<'a, T: Load4 + 'a>(d: usize, row: impl Fn(usize) -> &'a [T], c: Call<'_>) {
+        let Call {
+            idx, xi, m, h, sq, ..
+        } = c;
         let d4 = d / 4 * 4;
         for (t, chunk) in idx.chunks(RT).enumerate() {
             // A short last tile repeats its row; the duplicate results are dropped.
@@ -361,8 +342,8 @@ mod avx2 {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::LANES;
     use super::lanes::Lane;
+    use super::{Call, LANES};
 
     /// Rows per panel: 6 rows × 2 vectors = 12 accumulators in flight hide the FMA
     /// latency.
@@ -386,32 +367,22 @@ mod avx512 {
     /// and pick up where they stopped: every sum still runs over the components in
     /// order, so the bits do not depend on the slicing.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn panels<'a, T: Lane + 'a>(
-        d: usize,
-        row: impl Fn(usize) -> &'a [T],
-        idx: &[usize],
-        xit: &[f64],
-        m: usize,
-        h: &mut [f64],
-        sq: &mut [f64],
-    ) {
-        let kc = slice_len(m.next_multiple_of(LANES), d);
-        unsafe { sliced(d, row, idx, xit, m, h, sq, kc) }
+    pub unsafe fn panels<'a, T: Lane + 'a>(d: usize, row: impl Fn(usize) -> &'a [T], c: Call<'_>) {
+        let kc = slice_len(c.m.next_multiple_of(LANES), d);
+        unsafe { sliced(d, row, c, kc) }
     }
 
     /// [`panels`] with slices of `kc` components (a multiple of 8).
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
     pub unsafe fn sliced<'a, T: Lane + 'a>(
         d: usize,
         row: impl Fn(usize) -> &'a [T],
-        idx: &[usize],
-        xit: &[f64],
-        m: usize,
-        h: &mut [f64],
-        sq: &mut [f64],
+        c: Call<'_>,
         kc: usize,
     ) {
+        let Call {
+            idx, xit, m, h, sq, ..
+        } = c;
         debug_assert!(kc > 0 && kc.is_multiple_of(LANES));
         let n = idx.len();
         let mp = m.next_multiple_of(LANES);
@@ -608,18 +579,18 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    type Kernel = fn(&Rows<'_>, &[usize], &[f64], &[f64], usize, &mut [f64], &mut [f64]);
+    type Kernel = fn(&Rows<'_>, Call<'_>);
 
     /// Every implementation this CPU can run, each called directly, so the AVX2 path is
     /// tested on an AVX-512 machine too.
     fn kernels() -> Vec<(&'static str, Kernel)> {
         let mut k: Vec<(&'static str, Kernel)> = vec![
-            ("dispatch", |r, i, xi, xit, m, h, sq| {
-                dots_in_place(r, i, xi, xit, m, h, sq)
+            ("dispatch", |r, c| {
+                dots_in_place(r, c.idx, c.xi, c.xit, c.m, c.h, c.sq)
             }),
             (
                 "portable",
-                |r, i, xi, _, m, h, sq| by_row!(r, row => portable(r.dim, row, i, xi, m, h, sq)),
+                |r, c| by_row!(r, row => portable(r.dim, row, c)),
             ),
         ];
         #[cfg(target_arch = "x86_64")]
@@ -627,13 +598,13 @@ mod tests {
             if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
             {
-                k.push(("avx2", |r, i, xi, _, m, h, sq| unsafe {
-                    by_row!(r, row => avx2::tiles(r.dim, row, i, xi, m, h, sq))
+                k.push(("avx2", |r, c| unsafe {
+                    by_row!(r, row => avx2::tiles(r.dim, row, c))
                 }));
             }
             if std::arch::is_x86_feature_detected!("avx512f") {
-                k.push(("avx512", |r, i, _, xit, m, h, sq| unsafe {
-                    by_row!(r, row => avx512::panels(r.dim, row, i, xit, m, h, sq))
+                k.push(("avx512", |r, c| unsafe {
+                    by_row!(r, row => avx512::panels(r.dim, row, c))
                 }));
             }
         }
@@ -677,7 +648,15 @@ mod tests {
         ] {
             for (name, kernel) in kernels() {
                 let (mut h, mut sq) = (vec![f64::NAN; n * m], vec![f64::NAN; n]);
-                kernel(&rows, &idx, &xi, &xit, m, &mut h, &mut sq);
+                let c = Call {
+                    idx: &idx,
+                    xi: &xi,
+                    xit: &xit,
+                    m,
+                    h: &mut h,
+                    sq: &mut sq,
+                };
+                kernel(&rows, c);
                 for (k, &i) in idx.iter().enumerate() {
                     let want_sq: f64 = (0..d).map(|j| x64[i * d + j] * x64[i * d + j]).sum();
                     assert!(
@@ -749,7 +728,15 @@ mod tests {
             let (mut h, mut sq) = (vec![0.0; n * m], vec![0.0; n]);
             // SAFETY: the CPU has AVX-512 (checked above).
             let row = |i: usize| &x[i * d..(i + 1) * d];
-            unsafe { avx512::sliced(d, row, &idx, &xit, m, &mut h, &mut sq, kc) };
+            let c = Call {
+                idx: &idx,
+                xi: &[],
+                xit: &xit,
+                m,
+                h: &mut h,
+                sq: &mut sq,
+            };
+            unsafe { avx512::sliced(d, row, c, kc) };
             (h, sq)
         };
         let whole = run(d.next_multiple_of(8));
