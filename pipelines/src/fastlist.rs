@@ -757,11 +757,16 @@ fn stream_list<R: ChunkReader + 'static>(
                 {
                     return Ok(false);
                 }
-                // A page of whole rows the consumer can take where they lie: read in
-                // the snappy block itself (see `InPlace`).
-                holey.taken = None;
-                let buf = if let (true, Some(carried)) = (own_snappy, sink.in_place()) {
-                    match holey.page(buf, n, start, carried, def_width, &rules, sink)? {
+                let page = V1 {
+                    n,
+                    start,
+                    def_width,
+                    rules: &rules,
+                };
+                // Rows the consumer can take where they lie are read in the snappy
+                // block itself (see `InPlace`).
+                let buf = match (own_snappy, sink.in_place()) {
+                    (true, Some(carried)) => match holey.page(buf, &page, carried, sink)? {
                         Ok(ok) => {
                             if !ok {
                                 return Ok(false);
@@ -769,32 +774,16 @@ fn stream_list<R: ChunkReader + 'static>(
                             seen += n;
                             continue;
                         }
-                        Err(buf) => buf,
-                    }
+                        Err(shared) => shared,
+                    },
+                    _ => buf,
+                };
+                let buf: &[u8] = if own_snappy {
+                    unsnap(&buf, &mut body)?
                 } else {
-                    buf
+                    &buf
                 };
-                let buf: &[u8] = match (&holey.taken, own_snappy) {
-                    // Decoded already by the in-place attempt: written out whole.
-                    (Some(len), true) => holey.dec.fill(&buf, 0, *len).expect("decoded"),
-                    (None, true) => unsnap(&buf, &mut body)?,
-                    _ => &buf,
-                };
-                let Some((rep, rest)) = prefixed(buf) else {
-                    return Ok(false);
-                };
-                let (def, vals) = if l.max_def > 0 {
-                    let Some(p) = prefixed(rest) else {
-                        return Ok(false);
-                    };
-                    p
-                } else {
-                    (&[][..], rest)
-                };
-                (
-                    check(rep, def, n, start, def_width, &rules) && pass(vals, n, sink),
-                    n,
-                )
+                (page.values(buf, sink), n)
             }
             Page::DataPageV2 {
                 buf,
@@ -833,6 +822,38 @@ fn stream_list<R: ChunkReader + 'static>(
     Ok(seen == total)
 }
 
+/// A v1 data page's place in its chunk and the rules its levels must follow.
+struct V1<'r> {
+    n: usize,
+    start: usize,
+    def_width: u32,
+    rules: &'r Rules,
+}
+
+impl V1<'_> {
+    /// The repetition levels, the definition levels (empty for a required list) and
+    /// the rest of the decompressed page; `None` when the sections do not parse.
+    fn sections<'b>(&self, buf: &'b [u8]) -> Option<(&'b [u8], &'b [u8], &'b [u8])> {
+        let (rep, rest) = prefixed(buf)?;
+        if self.rules.max_def == 0 {
+            return Some((rep, &[], rest));
+        }
+        let (def, vals) = prefixed(rest)?;
+        Some((rep, def, vals))
+    }
+
+    fn levels_ok(&self, rep: &[u8], def: &[u8]) -> bool {
+        check(rep, def, self.n, self.start, self.def_width, self.rules)
+    }
+
+    /// Checks the decompressed page and hands its values to `sink`, as
+    /// [`stream_list`] does with a page it reads the usual way.
+    fn values(&self, buf: &[u8], sink: &mut impl Pages) -> bool {
+        self.sections(buf)
+            .is_some_and(|(rep, def, vals)| self.levels_ok(rep, def) && pass(vals, self.n, sink))
+    }
+}
+
 /// Reads a v1 snappy page's rows inside the compressed page buffer. The values are
 /// stored as long literals (incompressible floats); [`crate::snappy::Decoder`] leaves
 /// those in place, so a row inside one is read there, and a row cut by the edge
@@ -849,25 +870,20 @@ struct InPlace {
     at: Vec<usize>,
     /// `(from, len, by)`: move bytes `[from, from + len)` forward by `by`.
     moves: Vec<(usize, usize, usize)>,
-    /// The decoded length when the last page was decoded but not consumed in place.
-    taken: Option<usize>,
 }
 
 impl InPlace {
-    /// `Ok(Ok(ok))` when the page was handled (`ok` as for [`stream_list`]),
-    /// `Ok(Err(buf))` to read it the usual way.
+    /// `Ok(Ok(ok))` when the page was handled (`ok` as for [`stream_list`]): in
+    /// place, or written out whole and read the usual way when no row can be placed.
+    /// `Ok(Err(buf))` returns a shared buffer, which must not be moved in.
     /// `carried` values of a row cut by the previous page are completed from this
     /// page's first values, and a row this page cuts is left to the next, both through
     /// [`Pages::values`]; the whole rows between go to [`Pages::rows_at`].
-    #[allow(clippy::too_many_arguments)]
     fn page(
         &mut self,
         buf: bytes::Bytes,
-        n: usize,
-        start: usize,
+        v1: &V1<'_>,
         carried: usize,
-        def_width: u32,
-        rules: &Rules,
         sink: &mut impl Pages,
     ) -> parquet::errors::Result<Result<bool, bytes::Bytes>> {
         let mut page = match buf.try_into_mut() {
@@ -877,23 +893,23 @@ impl InPlace {
         self.dec
             .decode(&page)
             .map_err(|e| parquet::errors::ParquetError::General(format!("a snappy page: {e}")))?;
-        self.taken = Some(self.dec.len());
-        let Some(v0) = self.levels(&page, n, start, def_width, rules) else {
-            return Ok(Err(page.freeze()));
-        };
-        let (dim, rb) = (rules.dim, rules.dim * 4);
+        let (n, dim, rb) = (v1.n, v1.rules.dim, v1.rules.dim * 4);
         let head = if carried == 0 {
             0
         } else {
             (dim - carried).min(n)
         };
         let rows = (n - head) / dim;
+        let placed = self
+            .levels(&page, v1)
+            .filter(|&v0| v0 + n * 4 <= self.dec.len() && self.plan(v0 + head * 4, rows, rb) > 0);
+        let Some(v0) = placed else {
+            // Nothing to read in place: the page written out whole, read as usual.
+            let all = self.dec.fill(&page, 0, self.dec.len()).expect("decoded");
+            return Ok(Ok(v1.values(all, sink)));
+        };
         let (mid, tail) = (v0 + head * 4, v0 + (head + rows * dim) * 4);
-        if v0 + n * 4 > self.dec.len() || self.plan(mid, rows, rb) == 0 {
-            return Ok(Err(page.freeze()));
-        }
-        self.taken = None;
-        let InPlace { dec, at, moves, .. } = self;
+        let InPlace { dec, at, moves } = self;
         let first = dec.fill(&page, v0, mid).expect("within the page");
         if !first.is_empty() && !sink.values(first) {
             return Ok(Ok(false));
@@ -928,32 +944,19 @@ impl InPlace {
 
     /// Checks the page's levels and returns where its values start; `None` when the
     /// levels are not a dense list's (the usual path then decides).
-    fn levels(
-        &mut self,
-        page: &[u8],
-        n: usize,
-        start: usize,
-        def_width: u32,
-        rules: &Rules,
-    ) -> Option<usize> {
+    fn levels(&mut self, page: &[u8], v1: &V1<'_>) -> Option<usize> {
         let len_at = |dec: &mut crate::snappy::Decoder, a: usize| -> Option<usize> {
             let b = dec.fill(page, a, a.checked_add(4)?)?;
             Some(u32::from_le_bytes(b.try_into().ok()?) as usize)
         };
         let mut end = 4usize.checked_add(len_at(&mut self.dec, 0)?)?;
-        if rules.max_def > 0 {
+        if v1.rules.max_def > 0 {
             end = end
                 .checked_add(4)?
                 .checked_add(len_at(&mut self.dec, end)?)?;
         }
-        let lev = self.dec.fill(page, 0, end)?;
-        let (rep, rest) = prefixed(lev)?;
-        let def = if rules.max_def > 0 {
-            prefixed(rest)?.0
-        } else {
-            &[][..]
-        };
-        check(rep, def, n, start, def_width, rules).then_some(end)
+        let (rep, def, _) = v1.sections(self.dec.fill(page, 0, end)?)?;
+        v1.levels_ok(rep, def).then_some(end)
     }
 
     /// Locates `rows` rows of `rb` bytes from output byte `v0` in the page buffer
