@@ -411,15 +411,11 @@ impl FastReader {
                 return Some((f, Ok(b)));
             }
             let want = *self.pending.front()?;
-            if !self.running.iter().any(|(u, _)| *u == want) {
-                // Not started yet (the start order only moves a row group earlier, so
-                // this is a backstop).
-                self.start.retain(|&u| u != want);
-                self.spawn(want);
-            }
             // Wait for the next row group in order, starting another whenever a
             // decoder finishes, so IN_FLIGHT keep running even while a short row
-            // group that finished early waits for its turn.
+            // group that finished early waits for its turn. `want` is started by this
+            // loop at the latest: the start order only moves the last row group
+            // earlier, so every unit before `want` in it has been started.
             loop {
                 while let Ok(u) = self.done_rx.try_recv() {
                     self.finished.push(u);
@@ -444,7 +440,7 @@ impl FastReader {
                 .running
                 .iter()
                 .position(|(u, _)| *u == want)
-                .expect("started above");
+                .expect("started by the loop");
             let (_, handle) = self.running.remove(at);
             self.pending.pop_front();
             let failed = match handle.join() {
