@@ -162,7 +162,7 @@ fn score(model: &reclag::Model, input: String, out: &Path) -> ScoreSummary {
         routing: Routing::from_flags(Some("label".into()), None).unwrap(),
         keep_columns: Some(vec!["id".into()]),
         stores: Arc::new(Stores::new(StoreEnv::default())),
-        decode_only: false,
+        decode_only: None,
     };
     reclag_pipelines::score::run(model, &job).unwrap()
 }

@@ -10,7 +10,7 @@ use arrow_array::types::{Float64Type, Int32Type};
 use arrow_array::{Array, ArrayRef, Float64Array, Int64Array, StringArray};
 use reclag::{Rows, ScoreOutput, Work};
 
-use crate::common::{cli_err, cli_ok, clusters, fsl, read_parquet, write_parquet};
+use crate::common::{cli, cli_err, cli_ok, clusters, fsl, read_parquet, write_parquet};
 
 fn s(p: &Path) -> String {
     p.display().to_string()
@@ -998,5 +998,78 @@ fn page_fused_scoring_equals_scoring_whole_batches() {
         let ood = a.column(4).as_boolean();
         assert!(ood.true_count() >= 40, "{name}: the far rows are OOD");
         assert_eq!(ood.null_count(), if nulls { 5 } else { 0 }, "{name}");
+    }
+}
+
+/// `--decode-only` (the benchmarks' floors) reads every row, both the way `score` does
+/// (pages read in place, no math) and into Arrow arrays, writes nothing, and reports a
+/// damaged page with the file's name instead of a short count.
+#[test]
+fn decode_only_reads_every_row_and_writes_nothing() {
+    use arrow_array::RecordBatch;
+    use parquet::basic::Compression;
+    use parquet::file::properties::WriterProperties;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, model) = fixture(tmp.path());
+    let (rows, labels) = clusters(3, 2000, 8, 11);
+    let batch = RecordBatch::try_from_iter(vec![
+        ("embedding", fsl(&rows, 8)),
+        ("label", Arc::new(Int64Array::from(labels)) as ArrayRef),
+    ])
+    .unwrap();
+    let out = tmp.path().join("never.parquet");
+    // Plain 16 KiB pages in two row groups. `score` reads snappy pages of noisy floats
+    // where they were decompressed (`FusedGroup::rows_at`) and uncompressed ones as
+    // copies (`FusedGroup::rows`): the checksum consumer must count both.
+    for codec in [Compression::SNAPPY, Compression::UNCOMPRESSED] {
+        let data = tmp.path().join(format!("{codec}.parquet"));
+        let props = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(4000))
+            .set_data_page_size_limit(16 << 10)
+            .set_dictionary_enabled(false)
+            .set_compression(codec)
+            .build();
+        let f = std::fs::File::create(&data).unwrap();
+        let mut w = parquet::arrow::ArrowWriter::try_new(f, batch.schema(), Some(props)).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let run = |input: &Path, mode: &str| {
+            cli(&[
+                "score",
+                "--model",
+                &s(&model),
+                "--input",
+                &s(input),
+                "--output",
+                &s(&out),
+                "--group",
+                "label",
+                "--keep-columns",
+                "label",
+                "--decode-only",
+                mode,
+            ])
+        };
+        for mode in ["as-score", "arrow"] {
+            let msg = run(&data, mode).unwrap();
+            assert_eq!(
+                msg.trim(),
+                "decoded 6000 rows (decode only: nothing written)",
+                "{codec} {mode}"
+            );
+            assert!(!out.exists(), "{codec} {mode}: wrote {}", out.display());
+        }
+        // The first page header overwritten: each mode names the file.
+        let mut bytes = std::fs::read(&data).unwrap();
+        bytes[4..64].fill(0xFF);
+        let bad = tmp.path().join(format!("damaged-{codec}.parquet"));
+        std::fs::write(&bad, bytes).unwrap();
+        for mode in ["as-score", "arrow"] {
+            let e = run(&bad, mode).unwrap_err();
+            assert!(
+                e.contains(&format!("damaged-{codec}.parquet")),
+                "{codec} {mode}: {e}"
+            );
+        }
     }
 }

@@ -206,12 +206,20 @@ def main():
             contestants[p] = [py, os.path.join(HERE, "peer.py"), p, fix, model]
         limits = {
             "bytes read (page cache)": [py, os.path.join(HERE, "limits.py"), "read", fix],
-            "decode only (reclag's reader)": [exe, "score", "--model", model, "--input", fix, "--output", out,
-                                              "--group", "label", "--keep-columns", "id", "--decode-only"],
-            "decode only (general Arrow reader)": [exe, "score", "--model", model, "--input", fix, "--output", out,
-                                                   "--group", "label", "--keep-columns", "id", "--decode-only"],
+            # The floor of `score` itself: what it decodes, through its reader, every
+            # value read once, no math.
+            "decode as score (reclag's reader)": [exe, "score", "--model", model, "--input", fix, "--output", out,
+                                                  "--group", "label", "--keep-columns", "id",
+                                                  "--decode-only", "as-score"],
+            # Every column as Arrow arrays, the embedding included: what a reader's
+            # caller gets, and more work than `score` does.
+            "decode to Arrow (reclag's reader)": [exe, "score", "--model", model, "--input", fix, "--output", out,
+                                                  "--group", "label", "--keep-columns", "id", "--decode-only", "arrow"],
+            "decode to Arrow (general Arrow reader)": [exe, "score", "--model", model, "--input", fix, "--output", out,
+                                                       "--group", "label", "--keep-columns", "id",
+                                                       "--decode-only", "arrow"],
         }
-        envs = {"decode only (general Arrow reader)": dict(os.environ, RECLAG_FAST_DECODE="0")}
+        envs = {"decode to Arrow (general Arrow reader)": dict(os.environ, RECLAG_FAST_DECODE="0")}
         # Agreement: reclag's own outputs are the reference.
         log(f"== agreement (d = {d})")
         run_measured(contestants["reclag score"])
@@ -333,13 +341,16 @@ def write_benchmarks(res):
         )
         if best:
             s = t["reclag score"]
-            dec = t["decode only (reclag's reader)"]
+            floor = t["decode as score (reclag's reader)"]
+            arrow = t["decode to Arrow (reclag's reader)"]
             lines.append("")
             lines.append(
                 f"Targets: `reclag score` at {t[best] / s:.2f}× the best peer ({best}) "
-                f"({'met' if t[best] / s >= 3 else 'NOT met'}: ≥ 3×); at {dec / s * 100:.0f} % of reclag's "
-                f"decode-only rows/s ({'met' if dec / s >= 0.7 else 'NOT met'}: ≥ 70 %); peak RSS "
-                f"{rss['reclag score']:.0f} MiB ({'met' if rss['reclag score'] <= 1024 else 'NOT met'}: ≤ 1 GiB)."
+                f"({'met' if t[best] / s >= 3 else 'NOT met'}: ≥ 3×); at {floor / s * 100:.0f} % of the rows/s of "
+                f"decoding what it decodes ({'met' if floor / s >= 0.7 else 'NOT met'}: ≥ 70 %; "
+                f"{arrow / s * 100:.0f} % of decoding to Arrow arrays, the measure before 2026-12-01's fifth "
+                f"session); peak RSS {rss['reclag score']:.0f} MiB "
+                f"({'met' if rss['reclag score'] <= 1024 else 'NOT met'}: ≤ 1 GiB)."
             )
     tr = res.get("train")
     if tr:

@@ -318,9 +318,17 @@ pub struct ScoreArgs {
     /// Input columns to copy to the output (default: all).
     #[arg(long, value_delimiter = ',', value_name = "COL,...")]
     pub keep_columns: Option<Vec<String>>,
-    /// Benchmarks only: decode the input and discard it (writes nothing).
-    #[arg(long, hide = true)]
-    pub decode_only: bool,
+    /// Benchmarks only: decode the input and discard it (writes nothing). `as-score`
+    /// (the default) decodes what `score` decodes, the way it does; `arrow` builds
+    /// every column's Arrow arrays, the embedding included.
+    #[arg(long, hide = true, value_enum, num_args = 0..=1, default_missing_value = "as-score")]
+    pub decode_only: Option<DecodeOnlyArg>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum DecodeOnlyArg {
+    AsScore,
+    Arrow,
 }
 
 #[derive(Args, Debug)]
@@ -508,9 +516,21 @@ pub fn dispatch(cli: Cli, stores: Arc<Stores>, out: &mut dyn Write) -> Result<Ex
                 routing: Routing::from_flags(a.routing.group, a.routing.group_from_logits)?,
                 keep_columns: a.keep_columns,
                 stores,
-                decode_only: a.decode_only,
+                decode_only: a.decode_only.map(|d| match d {
+                    DecodeOnlyArg::AsScore => crate::score::DecodeOnly::AsScore,
+                    DecodeOnlyArg::Arrow => crate::score::DecodeOnly::Arrow,
+                }),
             };
             let s = crate::score::run(&model, &job)?;
+            if job.decode_only.is_some() {
+                writeln!(
+                    out,
+                    "decoded {} rows (decode only: nothing written)",
+                    s.rows
+                )
+                .map_err(io_err)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let msg = format!(
                 "scored {} rows ({} OOD, {} null) into {}",
                 s.rows,

@@ -42,9 +42,21 @@ pub struct ScoreJob {
     pub routing: Routing,
     pub keep_columns: Option<Vec<String>>,
     pub stores: Arc<Stores>,
-    /// Decode the input through the same reader and discard it, writing nothing: the
-    /// floor `reclag score` is measured against in the benchmarks.
-    pub decode_only: bool,
+    /// Decode the input and discard it, writing nothing: the floors `reclag score` is
+    /// measured against in the benchmarks.
+    pub decode_only: Option<DecodeOnly>,
+}
+
+/// What a decode-only run decodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeOnly {
+    /// Exactly what `score` decodes, through the same reader (pages read in place
+    /// where `score` reads them so), each row's values read once for a checksum
+    /// instead of scored: the floor of `score` itself.
+    AsScore,
+    /// Arrow record batches holding every column, the embedding included: what a
+    /// caller of the reader gets.
+    Arrow,
 }
 
 /// Totals of a scoring run.
@@ -109,26 +121,31 @@ pub fn run(model: &Model, job: &ScoreJob) -> Result<ScoreSummary> {
             )));
         }
     }
-    if job.decode_only {
-        return decode_only(files);
-    }
-    let schema = schema_with(&first.schema, &keep, output_fields());
     // Scoring pages as they are decoded needs the embedding gone from the output (it
     // is never materialised then) and every input sharing the first file's schema
     // (checked by `open_all`).
-    let fused: Option<Arc<dyn Fused>> =
-        (crate::io::fused_scoring() && !keep.contains(&emb)).then(|| {
-            Arc::new(FusedScore {
-                model: Arc::new(model.clone()),
-                routing: job.routing.clone(),
-                keep: keep
-                    .iter()
-                    .map(|&i| first.schema.field(i).name().clone())
-                    .collect(),
-                schema: schema.clone(),
-                path: first.path.clone(),
-            }) as Arc<dyn Fused>
-        });
+    let fuse = crate::io::fused_scoring() && !keep.contains(&emb);
+    match job.decode_only {
+        Some(DecodeOnly::AsScore) if fuse => {
+            let dim = model.dim();
+            return decode_only(files, Some(Arc::new(Checksum { dim }) as Arc<dyn Fused>));
+        }
+        Some(_) => return decode_only(files, None),
+        None => {}
+    }
+    let schema = schema_with(&first.schema, &keep, output_fields());
+    let fused: Option<Arc<dyn Fused>> = fuse.then(|| {
+        Arc::new(FusedScore {
+            model: Arc::new(model.clone()),
+            routing: job.routing.clone(),
+            keep: keep
+                .iter()
+                .map(|&i| first.schema.field(i).name().clone())
+                .collect(),
+            schema: schema.clone(),
+            path: first.path.clone(),
+        }) as Arc<dyn Fused>
+    });
     let total: u64 = files.iter().map(|f| f.rows).sum();
     let pb = bar(total, "rows", "scoring");
     let sink = Sink::create(&job.stores, &job.output, schema.clone())?;
@@ -137,10 +154,13 @@ pub fn run(model: &Model, job: &ScoreJob) -> Result<ScoreSummary> {
     Ok(summary)
 }
 
-fn decode_only(files: Vec<crate::io::ParquetFile>) -> Result<ScoreSummary> {
+fn decode_only(
+    files: Vec<crate::io::ParquetFile>,
+    fused: Option<Arc<dyn Fused>>,
+) -> Result<ScoreSummary> {
     let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
     std::thread::scope(|scope| {
-        scope.spawn(move || crate::io::read_ahead(files, tx));
+        scope.spawn(move || crate::io::read_ahead_fused(files, fused, tx));
         let mut rows = 0u64;
         for item in rx {
             rows += std::hint::black_box(item?.1).num_rows() as u64;
@@ -150,6 +170,68 @@ fn decode_only(files: Vec<crate::io::ParquetFile>) -> Result<ScoreSummary> {
             ..Default::default()
         })
     })
+}
+
+/// The consumer [`DecodeOnly::AsScore`] puts where `score` puts the model: it reads
+/// every value once (a wrapping sum of the bits, which the compiler vectorises), so
+/// the pages are decoded and touched as scoring touches them, and checks that every
+/// row of the group arrived.
+struct Checksum {
+    dim: usize,
+}
+
+impl Fused for Checksum {
+    fn start(&self, others: &[RecordBatch]) -> Option<Box<dyn FusedGroup>> {
+        Some(Box::new(ChecksumRows {
+            dim: self.dim,
+            rows: others.iter().map(RecordBatch::num_rows).sum(),
+            done: 0,
+            sum: 0,
+        }))
+    }
+}
+
+struct ChecksumRows {
+    dim: usize,
+    rows: usize,
+    done: usize,
+    sum: u32,
+}
+
+fn bits_sum(b: &[u8]) -> u32 {
+    b.chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .fold(0u32, u32::wrapping_add)
+}
+
+impl FusedGroup for ChecksumRows {
+    fn rows(&mut self, values: &[f32]) {
+        let s = values.iter().fold(0u32, |a, v| a.wrapping_add(v.to_bits()));
+        self.sum = self.sum.wrapping_add(s);
+        self.done += values.len() / self.dim.max(1);
+    }
+
+    fn rows_at(&mut self, buf: &[u8], at: &[usize]) {
+        let len = 4 * self.dim;
+        for &a in at {
+            // A row out of the buffer is not counted, so `finish` reports it.
+            if let Some(row) = buf.get(a..a + len) {
+                self.sum = self.sum.wrapping_add(bits_sum(row));
+                self.done += 1;
+            }
+        }
+    }
+
+    fn finish(self: Box<Self>, others: Vec<RecordBatch>) -> crate::fastlist::Decoded {
+        std::hint::black_box(self.sum);
+        if self.done != self.rows {
+            return Err(parquet::errors::ParquetError::General(format!(
+                "decoded {} of {} rows of a row group",
+                self.done, self.rows
+            )));
+        }
+        Ok(others)
+    }
 }
 
 /// Batches in flight between stages. Two per queue keep every stage busy while
