@@ -44,7 +44,8 @@ impl Lanes<'_> {
         m > 0 && m.is_multiple_of(4) && m <= MAX_M && max_iter > 0
     }
 
-    /// `(is_ood, attractor, steps)` per row, or `None` on a CPU without AVX-512.
+    /// `(is_ood, attractor, steps)` per row, or `None` on a CPU without AVX-512 (or
+    /// for a Gram matrix that is not `m×m`, which the model never builds).
     /// `hs` (`n×m`) holds `Ξx₀`.
     pub fn run(&self, hs: &[f64]) -> Option<Vec<(bool, i32, u32)>> {
         debug_assert!(Self::fits(self.m, self.max_iter));
@@ -52,7 +53,7 @@ impl Lanes<'_> {
         {
             if std::arch::is_x86_feature_detected!("avx512f") {
                 // SAFETY: the CPU supports the feature the copy is compiled for.
-                return Some(unsafe {
+                return unsafe {
                     match self.m {
                         4 => run_avx512::<4>(self, hs),
                         8 => run_avx512::<8>(self, hs),
@@ -63,7 +64,7 @@ impl Lanes<'_> {
                         28 => run_avx512::<28>(self, hs),
                         _ => run_avx512::<32>(self, hs),
                     }
-                });
+                };
             }
         }
         let _ = hs;
@@ -73,7 +74,7 @@ impl Lanes<'_> {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn run_avx512<const M: usize>(t: &Lanes<'_>, hs: &[f64]) -> Vec<(bool, i32, u32)> {
+unsafe fn run_avx512<const M: usize>(t: &Lanes<'_>, hs: &[f64]) -> Option<Vec<(bool, i32, u32)>> {
     avx512::run::<M>(t, hs)
 }
 
@@ -159,7 +160,7 @@ mod avx512 {
     }
 
     #[target_feature(enable = "avx512f")]
-    pub fn run<const M: usize>(t: &Lanes<'_>, hs: &[f64]) -> Vec<(bool, i32, u32)> {
+    pub fn run<const M: usize>(t: &Lanes<'_>, hs: &[f64]) -> Option<Vec<(bool, i32, u32)>> {
         debug_assert_eq!(t.m, M);
         let n = hs.len() / M;
         let mut res = vec![(false, -1i32, 0u32); n];
@@ -173,6 +174,9 @@ mod avx512 {
         }
         let mut queue = pending.into_iter();
         let zero = _mm512_setzero_pd();
+        // Fixed-size rows, so the product below needs no bounds checks (it had one
+        // compare and branch per multiply).
+        let gram = t.gram.as_chunks::<M>().0.first_chunk::<M>()?;
         let mut s = State::<M> {
             h: [zero; M],
             p: [zero; M],
@@ -195,10 +199,9 @@ mod avx512 {
         while s.live != 0 {
             // hn = p · ΞΞᵀ, each sum over j in `small_gemm`'s order.
             let mut hn = [zero; M];
-            for j in 0..M {
-                let pj = s.p[j];
-                for (i, a) in hn.iter_mut().enumerate() {
-                    *a = _mm512_add_pd(*a, _mm512_mul_pd(pj, _mm512_set1_pd(t.gram[j * M + i])));
+            for (&pj, row) in s.p.iter().zip(gram) {
+                for (a, &g) in hn.iter_mut().zip(row) {
+                    *a = _mm512_add_pd(*a, _mm512_mul_pd(pj, _mm512_set1_pd(g)));
                 }
             }
             // The stop rule's dot products, as `dot4` and `diff_dot4`.
@@ -274,10 +277,22 @@ mod avx512 {
                 s.steps[l] += u32::from(advance >> l & 1);
             }
             // (A, p) = lme_softmax(h) for the advancing lanes, as `lme_softmax`.
-            let mut mx = _mm512_set1_pd(f64::NEG_INFINITY);
-            for &h in &s.h {
-                mx = _mm512_max_pd(h, mx);
+            // The maximum as a tree: exact in any order for the finite values here
+            // (a ±0 maximum gives the same `h − mx` and `A` either way), and log₂M
+            // dependent steps instead of M.
+            let mut t2 = s.h;
+            let mut w = M;
+            while w > 1 {
+                let half = w / 2;
+                for i in 0..half {
+                    t2[i] = _mm512_max_pd(t2[i], t2[i + half]);
+                }
+                if w % 2 == 1 {
+                    t2[0] = _mm512_max_pd(t2[0], t2[w - 1]);
+                }
+                w = half;
             }
+            let mx = t2[0];
             let mut q = [zero; M];
             let mut sum = tail;
             for (qm, &h) in q.iter_mut().zip(&s.h) {
@@ -325,6 +340,6 @@ mod avx512 {
                 }
             }
         }
-        res
+        Some(res)
     }
 }
