@@ -927,7 +927,13 @@ fn page_fused_scoring_equals_scoring_whole_batches() {
     let (mut rows, mut labels) = clusters(3, 400, 8, 7);
     rows.extend((0..50).map(|i| Some((0..8).map(|j| ((i * 7 + j) % 5) as f32 - 9.0).collect())));
     labels.extend((0..50).map(|i| i % 3));
-    for (name, nulls) in [("clean", false), ("nulls", true)] {
+    // "dict": the writers' default, pages indexing a dictionary until it outgrows its
+    // 2 KiB page, then PLAIN.
+    for (name, nulls, dict) in [
+        ("clean", false, false),
+        ("nulls", true, false),
+        ("dict", false, true),
+    ] {
         let mut rows = rows.clone();
         if nulls {
             for r in &mut rows[400..405] {
@@ -952,7 +958,8 @@ fn page_fused_scoring_equals_scoring_whole_batches() {
             .set_max_row_group_row_count(Some(300))
             .set_data_page_size_limit(500)
             .set_write_batch_size(13)
-            .set_dictionary_enabled(false)
+            .set_dictionary_enabled(dict)
+            .set_dictionary_page_size_limit(2048)
             .build();
         let f = std::fs::File::create(&input).unwrap();
         let mut w = parquet::arrow::ArrowWriter::try_new(f, batch.schema(), Some(props)).unwrap();

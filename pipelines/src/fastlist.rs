@@ -1,12 +1,14 @@
 //! A fast path for the column that dominates every embedding table:
-//! `FixedSizeList<Float32, d>` stored PLAIN. The general Arrow reader rebuilds the list
+//! `FixedSizeList<Float32, d>` stored PLAIN (after the few pages that index a
+//! dictionary, where the writer started with one). The general Arrow reader rebuilds the list
 //! from its repetition and definition levels one value at a time, which `perf` showed
 //! to be most of the decode time. Here each page's levels are only *checked* run by
 //! run (a list always starts at a multiple of `d`; no value is null), and the values
 //! are copied straight from the decompressed page into one buffer that the batches
 //! share without copies. Other columns go through the general reader, and so does any
-//! row group this path cannot prove it handles exactly (a dictionary page, a null, an
-//! unexpected level pattern): the fast path returns `None` and nothing is guessed.
+//! row group this path cannot prove it handles exactly (a null, an index outside the
+//! dictionary, an unexpected encoding or level pattern): the fast path returns `None`
+//! and nothing is guessed.
 //!
 //! The next row group is decoded on a second thread while the current one is consumed,
 //! so decoding uses two cores where the general reader uses one.
@@ -700,8 +702,8 @@ impl Pages for Consume {
 }
 
 /// Hands each data page's values (little-endian f32 bytes) to `sink` in order, after
-/// checking the page's levels. `Ok(false)` when the chunk is not a dense PLAIN
-/// `FixedSizeList` this path can read exactly (or `sink` declined); the values handed
+/// checking the page's levels. `Ok(false)` when the chunk is not a dense PLAIN (or
+/// dictionary-indexed) `FixedSizeList` this path can read exactly (or `sink` declined); the values handed
 /// over so far must then be discarded.
 fn stream_list<R: ChunkReader + 'static>(
     file: &Arc<R>,
@@ -734,10 +736,24 @@ fn stream_list<R: ChunkReader + 'static>(
     };
     let mut body: Vec<u8> = Vec::new();
     let mut holey = InPlace::default();
+    let mut dict = Dictionary::default();
     let pages = SerializedPageReader::new(file.clone(), chunk, rows, None)?;
     for page in pages {
         let start = seen;
         let (ok, n) = match page? {
+            Page::DictionaryPage {
+                buf,
+                num_values,
+                encoding,
+                ..
+            } => {
+                let buf: &[u8] = if own_snappy {
+                    unsnap(&buf, &mut body)?
+                } else {
+                    &buf
+                };
+                (dict.set(buf, num_values as usize, encoding), 0)
+            }
             Page::DataPage {
                 buf,
                 num_values,
@@ -747,8 +763,7 @@ fn stream_list<R: ChunkReader + 'static>(
                 ..
             } => {
                 let n = num_values as usize;
-                if encoding != Encoding::PLAIN
-                    || rep_level_encoding != Encoding::RLE
+                if rep_level_encoding != Encoding::RLE
                     || (l.max_def > 0 && def_level_encoding != Encoding::RLE)
                 {
                     return Ok(false);
@@ -759,27 +774,41 @@ fn stream_list<R: ChunkReader + 'static>(
                     def_width,
                     rules: &rules,
                 };
-                // Rows the consumer can take where they lie are read in the snappy
-                // block itself (see `InPlace`).
-                let buf = match (own_snappy, sink.in_place()) {
-                    (true, Some(carried)) => match holey.page(buf, &page, carried, sink)? {
-                        Ok(ok) => {
-                            if !ok {
-                                return Ok(false);
-                            }
-                            seen += n;
-                            continue;
-                        }
-                        Err(shared) => shared,
-                    },
-                    _ => buf,
-                };
-                let buf: &[u8] = if own_snappy {
-                    unsnap(&buf, &mut body)?
+                if Dictionary::indexes(encoding) {
+                    let buf: &[u8] = if own_snappy {
+                        unsnap(&buf, &mut body)?
+                    } else {
+                        &buf
+                    };
+                    let ok = page.sections(buf).is_some_and(|(rep, def, vals)| {
+                        page.levels_ok(rep, def) && dict.values(vals, n, sink)
+                    });
+                    (ok, n)
+                } else if encoding != Encoding::PLAIN {
+                    return Ok(false);
                 } else {
-                    &buf
-                };
-                (page.values(buf, sink), n)
+                    // Rows the consumer can take where they lie are read in the snappy
+                    // block itself (see `InPlace`).
+                    let buf = match (own_snappy, sink.in_place()) {
+                        (true, Some(carried)) => match holey.page(buf, &page, carried, sink)? {
+                            Ok(ok) => {
+                                if !ok {
+                                    return Ok(false);
+                                }
+                                seen += n;
+                                continue;
+                            }
+                            Err(shared) => shared,
+                        },
+                        _ => buf,
+                    };
+                    let buf: &[u8] = if own_snappy {
+                        unsnap(&buf, &mut body)?
+                    } else {
+                        &buf
+                    };
+                    (page.values(buf, sink), n)
+                }
             }
             Page::DataPageV2 {
                 buf,
@@ -793,7 +822,9 @@ fn stream_list<R: ChunkReader + 'static>(
             } => {
                 let n = num_values as usize;
                 let (r, d) = (rep_levels_byte_len as usize, def_levels_byte_len as usize);
-                if encoding != Encoding::PLAIN || num_nulls != 0 || buf.len() < r + d {
+                let indexed = Dictionary::indexes(encoding);
+                if (encoding != Encoding::PLAIN && !indexed) || num_nulls != 0 || buf.len() < r + d
+                {
                     return Ok(false);
                 }
                 let (rep, def, vals) = (&buf[..r], &buf[r..r + d], &buf[r + d..]);
@@ -802,13 +833,14 @@ fn stream_list<R: ChunkReader + 'static>(
                 } else {
                     vals
                 };
-                (
-                    check(rep, def, n, start, def_width, &rules) && pass(vals, n, sink),
-                    n,
-                )
+                let ok = check(rep, def, n, start, def_width, &rules)
+                    && if indexed {
+                        dict.values(vals, n, sink)
+                    } else {
+                        pass(vals, n, sink)
+                    };
+                (ok, n)
             }
-            // A dictionary (or anything else) goes through the general reader.
-            _ => (false, 0),
         };
         if !ok {
             return Ok(false);
@@ -816,6 +848,131 @@ fn stream_list<R: ChunkReader + 'static>(
         seen += n;
     }
     Ok(seen == total)
+}
+
+/// A column chunk's dictionary, for the pages written before the writer fell back to
+/// PLAIN. Writers (arrow-rs, pyarrow, parquet-mr) try a dictionary first by default,
+/// so a float column's first page or two hold indices into a dictionary page of
+/// distinct floats, and the rest are PLAIN. Declining such chunks sent files written
+/// with default settings through the general reader, about five times slower.
+#[derive(Default)]
+struct Dictionary {
+    /// Little-endian f32 entries.
+    entries: Vec<u8>,
+    /// The page's values as f32 bytes, handed to the sink.
+    out: Vec<u8>,
+}
+
+impl Dictionary {
+    fn indexes(encoding: Encoding) -> bool {
+        matches!(
+            encoding,
+            Encoding::RLE_DICTIONARY | Encoding::PLAIN_DICTIONARY
+        )
+    }
+
+    /// Takes a dictionary page; `false` when it is not `n` PLAIN floats.
+    fn set(&mut self, buf: &[u8], n: usize, encoding: Encoding) -> bool {
+        let plain = matches!(encoding, Encoding::PLAIN | Encoding::PLAIN_DICTIONARY);
+        let Some(bytes) = n.checked_mul(4).and_then(|len| buf.get(..len)) else {
+            return false;
+        };
+        self.entries.clear();
+        self.entries.extend_from_slice(bytes);
+        plain
+    }
+
+    /// Looks up `n` indices (a bit-width byte, then an RLE / bit-packed hybrid run)
+    /// and hands the floats to `sink`. `false` for an index outside the dictionary or
+    /// a short stream: the general reader then reads the chunk and reports it.
+    fn values(&mut self, vals: &[u8], n: usize, sink: &mut impl Pages) -> bool {
+        let Some((&width, runs)) = vals.split_first() else {
+            return n == 0;
+        };
+        let entries = self.entries.len() / 4;
+        let Dictionary { entries: e, out } = self;
+        out.clear();
+        out.reserve(n * 4);
+        let ok = hybrid(runs, n, u32::from(width), |v, count| {
+            let v = v as usize;
+            if v >= entries {
+                return false;
+            }
+            let f = &e[v * 4..v * 4 + 4];
+            for _ in 0..count {
+                out.extend_from_slice(f);
+            }
+            true
+        });
+        ok && out.len() == n * 4 && sink.values(out)
+    }
+}
+
+/// Walks the first `n` values of an RLE / bit-packed hybrid stream of `width`-bit
+/// values (up to 32), calling `each(value, count)` for each RLE run and for each
+/// bit-packed value (count 1); stops with `false` when `each` does or the stream is
+/// short.
+fn hybrid(mut buf: &[u8], n: usize, width: u32, mut each: impl FnMut(u32, usize) -> bool) -> bool {
+    if width > 32 {
+        return false;
+    }
+    if width == 0 {
+        // Every index is 0 (a one-entry dictionary); the stream still carries runs.
+        return n == 0 || each(0, n);
+    }
+    let value_bytes = width.div_ceil(8) as usize;
+    let mask = if width == 32 {
+        u64::from(u32::MAX)
+    } else {
+        (1u64 << width) - 1
+    };
+    let mut i = 0usize;
+    while i < n {
+        let Some((header, used)) = varint(buf) else {
+            return false;
+        };
+        buf = &buf[used..];
+        if header & 1 == 0 {
+            let count = ((header >> 1) as usize).min(n - i);
+            let Some(raw) = buf.get(..value_bytes) else {
+                return false;
+            };
+            let v = raw
+                .iter()
+                .enumerate()
+                .fold(0u32, |v, (k, b)| v | u32::from(*b) << (8 * k));
+            buf = &buf[value_bytes..];
+            if count == 0 || !each(v, count) {
+                return false;
+            }
+            i += count;
+        } else {
+            let groups = (header >> 1) as usize;
+            let Some(bytes) = groups.checked_mul(width as usize) else {
+                return false;
+            };
+            let Some(packed) = buf.get(..bytes) else {
+                return false;
+            };
+            buf = &buf[bytes..];
+            let count = (groups * 8).min(n - i);
+            for k in 0..count {
+                let bit = k * width as usize;
+                // Up to 39 bits from the value's first byte: eight bytes, zero-padded
+                // past the end of the group.
+                let at = bit / 8;
+                let mut word = [0u8; 8];
+                let have = (packed.len() - at).min(8);
+                word[..have].copy_from_slice(&packed[at..at + have]);
+                let v = (u64::from_le_bytes(word) >> (bit % 8)) & mask;
+                if !each(v as u32, 1) {
+                    return false;
+                }
+            }
+            i += count;
+        }
+    }
+    true
 }
 
 /// A v1 data page's place in its chunk and the rules its levels must follow.
@@ -1354,9 +1511,93 @@ mod tests {
         }
     }
 
+    /// Chunks whose first pages index a dictionary (the writers' default, until the
+    /// dictionary outgrows its page and they fall back to PLAIN) take the fast path
+    /// and read back as written: all pages indexed, a fallback after a few pages, v1
+    /// and v2 pages, snappy or not, and a one-entry dictionary (zero-bit indices).
     #[test]
-    fn dictionaries_and_nulls_fall_back_to_the_general_reader_with_the_same_rows() {
-        for (dict, null_every) in [(true, None), (false, Some(7))] {
+    fn dictionary_pages_take_the_fast_path_with_the_same_rows() {
+        let (rows, dim) = (1_000, 8);
+        let distinct = batch(rows, dim, true, None);
+        let constant = {
+            let item = Arc::new(Field::new("item", DataType::Float32, true));
+            let values = Float32Array::from_iter_values((0..rows * dim).map(|_| 1.25));
+            let list = FixedSizeListArray::new(item, dim as i32, Arc::new(values), None);
+            RecordBatch::try_new(
+                distinct.schema(),
+                vec![distinct.column(0).clone(), Arc::new(list)],
+            )
+            .unwrap()
+        };
+        for (name, b, dict_limit) in [
+            ("all indexed", &distinct, 1 << 20),
+            ("fallback to PLAIN", &distinct, 1 << 10),
+            ("one entry", &constant, 1 << 20),
+        ] {
+            for (v2, snappy) in [(false, true), (false, false), (true, true)] {
+                let props = WriterProperties::builder()
+                    .set_max_row_group_row_count(Some(300))
+                    .set_data_page_row_count_limit(64)
+                    .set_write_batch_size(64)
+                    .set_dictionary_enabled(true)
+                    .set_dictionary_page_size_limit(dict_limit)
+                    .set_writer_version(if v2 {
+                        WriterVersion::PARQUET_2_0
+                    } else {
+                        WriterVersion::PARQUET_1_0
+                    })
+                    .set_compression(if snappy {
+                        parquet::basic::Compression::SNAPPY
+                    } else {
+                        parquet::basic::Compression::UNCOMPRESSED
+                    })
+                    .build();
+                let f = tempfile::NamedTempFile::new().unwrap();
+                let mut w =
+                    ArrowWriter::try_new(f.reopen().unwrap(), b.schema(), Some(props)).unwrap();
+                w.write(b).unwrap();
+                w.close().unwrap();
+                let m = meta(&f);
+                let chunk = m.metadata().row_group(0).column(1);
+                assert!(
+                    chunk.dictionary_page_offset().is_some(),
+                    "{name}: a dictionary"
+                );
+                // Data pages written PLAIN exist only after a fallback.
+                let encodings: Vec<Encoding> = {
+                    use parquet::file::reader::FileReader;
+                    let r = parquet::file::serialized_reader::SerializedFileReader::new(
+                        f.reopen().unwrap(),
+                    )
+                    .unwrap();
+                    let pages = r
+                        .get_row_group(0)
+                        .unwrap()
+                        .get_column_page_reader(1)
+                        .unwrap();
+                    pages
+                        .map(|p| p.unwrap())
+                        .filter(|p| !matches!(p, Page::DictionaryPage { .. }))
+                        .map(|p| p.encoding())
+                        .collect()
+                };
+                assert!(Dictionary::indexes(encodings[0]), "{name}: {encodings:?}");
+                let plain_data = encodings.contains(&Encoding::PLAIN);
+                assert_eq!(
+                    plain_data,
+                    name == "fallback to PLAIN",
+                    "{name}: {encodings:?}"
+                );
+                let (got, all_fast) = fast(&f, 128);
+                assert!(all_fast, "{name} v2={v2} snappy={snappy}");
+                assert_eq!(&got, b, "{name} v2={v2} snappy={snappy}");
+            }
+        }
+    }
+
+    #[test]
+    fn nulls_fall_back_to_the_general_reader_with_the_same_rows() {
+        for dict in [true, false] {
             let case = Case {
                 rows: 1_000,
                 dim: 8,
@@ -1366,14 +1607,11 @@ mod tests {
                 dict,
                 snappy: true,
                 item_nullable: true,
-                null_every,
+                null_every: Some(7),
             };
             let (f, want) = write(&case);
             let (got, all_fast) = fast(&f, 128);
-            assert!(
-                !all_fast,
-                "dict={dict} nulls={null_every:?} must not take the fast path"
-            );
+            assert!(!all_fast, "dict={dict}: nulls must not take the fast path");
             assert_eq!(got, want);
             assert_eq!(got.column(1).null_count(), want.column(1).null_count());
         }
@@ -1699,8 +1937,8 @@ mod tests {
         /// Corrupt bytes anywhere give an error or a fallback, never a panic or rows
         /// that differ silently in count.
         #[test]
-        fn corrupt_pages_never_panic(at in 0.0f64..1.0, byte in any::<u8>()) {
-            let case = Case { rows: 300, dim: 16, rg: 100, page_rows: 50, v2: false, dict: false, snappy: false, item_nullable: true, null_every: None };
+        fn corrupt_pages_never_panic(at in 0.0f64..1.0, byte in any::<u8>(), dict in any::<bool>()) {
+            let case = Case { rows: 300, dim: 16, rg: 100, page_rows: 50, v2: false, dict, snappy: false, item_nullable: true, null_every: None };
             let (f, _) = write(&case);
             let mut bytes = std::fs::read(f.path()).unwrap();
             let n = bytes.len();
