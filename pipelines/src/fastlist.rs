@@ -1234,13 +1234,33 @@ fn as_f32(bytes: &[u8]) -> Option<&[f32]> {
     (head.is_empty() && tail.is_empty()).then_some(mid)
 }
 
-/// Appends little-endian f32 bytes (a PLAIN page's values) to `out`.
+/// Appends little-endian f32 bytes (a PLAIN page's values) to `out`: one `memcpy` on
+/// a little-endian host. The value-by-value loop it replaces was a fifth of a drift
+/// run's CPU, which decodes every row group into Arrow arrays.
 fn extend_le(out: &mut Vec<f32>, bytes: &[u8]) {
-    out.extend(
-        bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-    );
+    let n = bytes.len() / 4;
+    if cfg!(target_endian = "little") {
+        out.reserve(n);
+        let len = out.len();
+        // SAFETY: `reserve` made room for `n` more f32s after `len`; the source holds
+        // `4·n` bytes and cannot overlap the Vec's own allocation (it is borrowed
+        // while `out` is borrowed mutably); every bit pattern is a valid f32, and a
+        // byte copy needs no alignment of the source.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                out.as_mut_ptr().add(len).cast::<u8>(),
+                n * 4,
+            );
+            out.set_len(len + n);
+        }
+    } else {
+        out.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        );
+    }
 }
 
 /// The first `n` values of a page's value section, to `sink`.
