@@ -1166,20 +1166,8 @@ fn unsnap<'a>(compressed: &[u8], out: &'a mut Vec<u8>) -> parquet::errors::Resul
 /// The repetition and definition levels of `n` values starting at value `start` of
 /// the chunk follow the dense-list rules.
 fn check(rep: &[u8], def: &[u8], n: usize, start: usize, def_width: u32, r: &Rules) -> bool {
-    levels_ok(
-        rep,
-        n,
-        1,
-        |i, v| r.rep(start + i, v),
-        |i, c, v| r.rep_run(start + i, c, v),
-    ) && (r.max_def == 0
-        || levels_ok(
-            def,
-            n,
-            def_width,
-            |_, v| v == r.max_def,
-            |_, _, v| v == r.max_def,
-        ))
+    levels_ok(rep, n, 1, |i, c, v| r.rep_run(start + i, c, v))
+        && (r.max_def == 0 || levels_ok(def, n, def_width, |_, _, v| v == r.max_def))
 }
 
 /// A v1 level section: a 4-byte little-endian length, then that many bytes.
@@ -1272,67 +1260,19 @@ fn bit_width(max: i16) -> u32 {
     16 - (max as u16).leading_zeros()
 }
 
-/// Checks the first `n` levels of an RLE / bit-packed hybrid stream: bit-packed values
-/// one by one with `want(i, v)`, RLE runs whole with `run(i, count, v)` (the common
-/// case: about two runs per row, so the check costs nothing next to the copy).
-fn levels_ok(
-    mut buf: &[u8],
-    n: usize,
-    width: u32,
-    want: impl Fn(usize, u32) -> bool,
-    run: impl Fn(usize, usize, u32) -> bool,
-) -> bool {
+/// Checks the first `n` levels of an RLE / bit-packed hybrid stream with
+/// `run(i, count, v)`: RLE runs whole (the common case: about two runs per row, so the
+/// check costs nothing next to the copy), bit-packed values one by one.
+fn levels_ok(buf: &[u8], n: usize, width: u32, run: impl Fn(usize, usize, u32) -> bool) -> bool {
     if width == 0 || width > 16 {
         return false;
     }
-    let value_bytes = width.div_ceil(8) as usize;
     let mut i = 0usize;
-    while i < n {
-        let Some((header, used)) = varint(buf) else {
-            return false;
-        };
-        buf = &buf[used..];
-        if header & 1 == 0 {
-            let count = (header >> 1) as usize;
-            let Some(raw) = buf.get(..value_bytes) else {
-                return false;
-            };
-            let mut v = 0u32;
-            for (k, b) in raw.iter().enumerate() {
-                v |= u32::from(*b) << (8 * k);
-            }
-            buf = &buf[value_bytes..];
-            let count = count.min(n - i);
-            if count == 0 {
-                return false;
-            }
-            if !run(i, count, v) {
-                return false;
-            }
-            i += count;
-        } else {
-            let groups = (header >> 1) as usize;
-            let bytes = groups * width as usize;
-            let Some(packed) = buf.get(..bytes) else {
-                return false;
-            };
-            buf = &buf[bytes..];
-            let count = (groups * 8).min(n - i);
-            for k in 0..count {
-                let bit = k * width as usize;
-                let mut v = 0u32;
-                for b in 0..width as usize {
-                    let at = bit + b;
-                    v |= u32::from((packed[at / 8] >> (at % 8)) & 1) << b;
-                }
-                if !want(i + k, v) {
-                    return false;
-                }
-            }
-            i += count;
-        }
-    }
-    true
+    hybrid(buf, n, width, |v, count| {
+        let ok = run(i, count, v);
+        i += count;
+        ok
+    })
 }
 
 /// The level rules of a dense list column, by value and by run: a repetition level is
@@ -1344,6 +1284,9 @@ struct Rules {
 }
 
 impl Rules {
+    /// The rule for one value: the check runs bit-packed levels through `rep_run`
+    /// with a count of 1, which a test holds equal to this.
+    #[cfg(test)]
     fn rep(&self, p: usize, v: u32) -> bool {
         v == u32::from(!p.is_multiple_of(self.dim))
     }
@@ -1912,6 +1855,15 @@ mod tests {
         let one = Rules { dim: 1, max_def: 1 };
         assert!(one.rep_run(0, 100, 0));
         assert!(!one.rep_run(0, 1, 1));
+        // A run of one decides as the per-value rule does.
+        for dim in [1, 2, 3, 512] {
+            let r = Rules { dim, max_def: 1 };
+            for p in 0..2 * dim + 3 {
+                for v in 0..3 {
+                    assert_eq!(r.rep_run(p, 1, v), r.rep(p, v), "dim {dim} p {p} v {v}");
+                }
+            }
+        }
     }
 
     proptest! {
