@@ -322,13 +322,7 @@ pub struct ScoreArgs {
     /// (the default) decodes what `score` decodes, the way it does; `arrow` builds
     /// every column's Arrow arrays, the embedding included.
     #[arg(long, hide = true, value_enum, num_args = 0..=1, default_missing_value = "as-score")]
-    pub decode_only: Option<DecodeOnlyArg>,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-pub enum DecodeOnlyArg {
-    AsScore,
-    Arrow,
+    pub decode_only: Option<crate::score::DecodeOnly>,
 }
 
 #[derive(Args, Debug)]
@@ -516,10 +510,7 @@ pub fn dispatch(cli: Cli, stores: Arc<Stores>, out: &mut dyn Write) -> Result<Ex
                 routing: Routing::from_flags(a.routing.group, a.routing.group_from_logits)?,
                 keep_columns: a.keep_columns,
                 stores,
-                decode_only: a.decode_only.map(|d| match d {
-                    DecodeOnlyArg::AsScore => crate::score::DecodeOnly::AsScore,
-                    DecodeOnlyArg::Arrow => crate::score::DecodeOnly::Arrow,
-                }),
+                decode_only: a.decode_only,
             };
             let s = crate::score::run(&model, &job)?;
             if job.decode_only.is_some() {

@@ -763,7 +763,9 @@ fn stream_list<R: ChunkReader + 'static>(
                 ..
             } => {
                 let n = num_values as usize;
-                if rep_level_encoding != Encoding::RLE
+                let indexed = Dictionary::indexes(encoding);
+                if (encoding != Encoding::PLAIN && !indexed)
+                    || rep_level_encoding != Encoding::RLE
                     || (l.max_def > 0 && def_level_encoding != Encoding::RLE)
                 {
                     return Ok(false);
@@ -774,41 +776,30 @@ fn stream_list<R: ChunkReader + 'static>(
                     def_width,
                     rules: &rules,
                 };
-                if Dictionary::indexes(encoding) {
-                    let buf: &[u8] = if own_snappy {
-                        unsnap(&buf, &mut body)?
-                    } else {
-                        &buf
-                    };
-                    let ok = page.sections(buf).is_some_and(|(rep, def, vals)| {
-                        page.levels_ok(rep, def) && dict.values(vals, n, sink)
-                    });
-                    (ok, n)
-                } else if encoding != Encoding::PLAIN {
-                    return Ok(false);
-                } else {
-                    // Rows the consumer can take where they lie are read in the snappy
-                    // block itself (see `InPlace`).
-                    let buf = match (own_snappy, sink.in_place()) {
-                        (true, Some(carried)) => match holey.page(buf, &page, carried, sink)? {
-                            Ok(ok) => {
-                                if !ok {
-                                    return Ok(false);
-                                }
-                                seen += n;
-                                continue;
+                // Rows the consumer can take where they lie are read in the snappy
+                // block itself (see `InPlace`); indexed pages hold no floats to place.
+                let buf = match (own_snappy && !indexed, sink.in_place()) {
+                    (true, Some(carried)) => match holey.page(buf, &page, carried, sink)? {
+                        Ok(ok) => {
+                            if !ok {
+                                return Ok(false);
                             }
-                            Err(shared) => shared,
-                        },
-                        _ => buf,
-                    };
-                    let buf: &[u8] = if own_snappy {
-                        unsnap(&buf, &mut body)?
-                    } else {
-                        &buf
-                    };
-                    (page.values(buf, sink), n)
-                }
+                            seen += n;
+                            continue;
+                        }
+                        Err(shared) => shared,
+                    },
+                    _ => buf,
+                };
+                let buf: &[u8] = if own_snappy {
+                    unsnap(&buf, &mut body)?
+                } else {
+                    &buf
+                };
+                (
+                    page.values(buf, |vals| dict.pass(indexed, vals, n, sink)),
+                    n,
+                )
             }
             Page::DataPageV2 {
                 buf,
@@ -834,11 +825,7 @@ fn stream_list<R: ChunkReader + 'static>(
                     vals
                 };
                 let ok = check(rep, def, n, start, def_width, &rules)
-                    && if indexed {
-                        dict.values(vals, n, sink)
-                    } else {
-                        pass(vals, n, sink)
-                    };
+                    && dict.pass(indexed, vals, n, sink);
                 (ok, n)
             }
         };
@@ -873,13 +860,25 @@ impl Dictionary {
 
     /// Takes a dictionary page; `false` when it is not `n` PLAIN floats.
     fn set(&mut self, buf: &[u8], n: usize, encoding: Encoding) -> bool {
-        let plain = matches!(encoding, Encoding::PLAIN | Encoding::PLAIN_DICTIONARY);
+        if !matches!(encoding, Encoding::PLAIN | Encoding::PLAIN_DICTIONARY) {
+            return false;
+        }
         let Some(bytes) = n.checked_mul(4).and_then(|len| buf.get(..len)) else {
             return false;
         };
         self.entries.clear();
         self.entries.extend_from_slice(bytes);
-        plain
+        true
+    }
+
+    /// A data page's value section to `sink`: indices looked up here, or PLAIN floats
+    /// as they are.
+    fn pass(&mut self, indexed: bool, vals: &[u8], n: usize, sink: &mut impl Pages) -> bool {
+        if indexed {
+            self.values(vals, n, sink)
+        } else {
+            pass(vals, n, sink)
+        }
     }
 
     /// Looks up `n` indices (a bit-width byte, then an RLE / bit-packed hybrid run)
@@ -999,11 +998,11 @@ impl V1<'_> {
         check(rep, def, self.n, self.start, self.def_width, self.rules)
     }
 
-    /// Checks the decompressed page and hands its values to `sink`, as
-    /// [`stream_list`] does with a page it reads the usual way.
-    fn values(&self, buf: &[u8], sink: &mut impl Pages) -> bool {
+    /// Checks the decompressed page's levels and hands its value section to `hand`,
+    /// as [`stream_list`] does with a page it reads the usual way.
+    fn values(&self, buf: &[u8], hand: impl FnOnce(&[u8]) -> bool) -> bool {
         self.sections(buf)
-            .is_some_and(|(rep, def, vals)| self.levels_ok(rep, def) && pass(vals, self.n, sink))
+            .is_some_and(|(rep, def, vals)| self.levels_ok(rep, def) && hand(vals))
     }
 }
 
@@ -1059,7 +1058,7 @@ impl InPlace {
         let Some(v0) = placed else {
             // Nothing to read in place: the page written out whole, read as usual.
             let all = self.dec.fill(&page, 0, self.dec.len()).expect("decoded");
-            return Ok(Ok(v1.values(all, sink)));
+            return Ok(Ok(v1.values(all, |vals| pass(vals, v1.n, sink))));
         };
         let (mid, tail) = (v0 + head * 4, v0 + (head + rows * dim) * 4);
         let InPlace { dec, at, moves } = self;

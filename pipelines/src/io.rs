@@ -922,8 +922,9 @@ mod tests {
     }
 
     /// Rows `start..start + n` of an (id, embedding) table, as a file of `rg`-row
-    /// row groups; a dictionary-encoded file takes the general reader.
-    fn part(dir: &Path, name: &str, start: usize, n: usize, rg: usize, dict: bool) -> String {
+    /// row groups; with `nulls`, every seventh embedding is null, so each row group
+    /// falls back to the general reader inside the fast one.
+    fn part(dir: &Path, name: &str, start: usize, n: usize, rg: usize, nulls: bool) -> String {
         use arrow_array::{Array, FixedSizeListArray, Float32Array, Int64Array};
         let dim = 6;
         let item = Arc::new(arrow_schema::Field::new(
@@ -933,7 +934,8 @@ mod tests {
         ));
         let values =
             Float32Array::from_iter_values((start * dim..(start + n) * dim).map(|i| i as f32));
-        let list = FixedSizeListArray::new(item, dim as i32, Arc::new(values), None);
+        let valid = nulls.then(|| (0..n).map(|r| r % 7 != 3).collect::<Vec<_>>().into());
+        let list = FixedSizeListArray::new(item, dim as i32, Arc::new(values), valid);
         let id = Int64Array::from_iter_values((start..start + n).map(|i| i as i64));
         let schema = Arc::new(Schema::new(vec![
             arrow_schema::Field::new("id", arrow_schema::DataType::Int64, false),
@@ -942,7 +944,7 @@ mod tests {
         let b = RecordBatch::try_new(schema, vec![Arc::new(id), Arc::new(list)]).unwrap();
         let props = WriterProperties::builder()
             .set_max_row_group_row_count(Some(rg))
-            .set_dictionary_enabled(dict)
+            .set_dictionary_enabled(false)
             .set_compression(Compression::SNAPPY)
             .build();
         let path = dir.join(name);
@@ -953,9 +955,10 @@ mod tests {
         path.to_string_lossy().into_owned()
     }
 
-    /// Fast-path files are read as one chain across file boundaries; a file the chain
-    /// cannot take is read between, and every batch keeps its file's index and order.
-    /// A file that fails to open is reported after the rows before it.
+    /// Fast-path files are read as one chain across file boundaries; row groups the
+    /// fast path declines (nulls) are read by the general reader within the chain, and
+    /// every batch keeps its file's index and order. A damaged file is reported after
+    /// the rows before it.
     #[test]
     fn inputs_read_ahead_in_order_across_files() {
         use arrow_array::cast::AsArray;

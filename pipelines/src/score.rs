@@ -47,8 +47,8 @@ pub struct ScoreJob {
     pub decode_only: Option<DecodeOnly>,
 }
 
-/// What a decode-only run decodes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What a decode-only run decodes (`reclag score --decode-only [as-score|arrow]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum DecodeOnly {
     /// Exactly what `score` decodes, through the same reader (pages read in place
     /// where `score` reads them so), each row's values read once for a checksum
