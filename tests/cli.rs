@@ -1080,3 +1080,13 @@ fn decode_only_reads_every_row_and_writes_nothing() {
         }
     }
 }
+
+/// A bad flag is reported once, with clap's hint, and without clap's own "error: "
+/// prefix (the binary adds one to every error).
+#[test]
+fn bad_flags_are_reported_with_one_error_prefix() {
+    let e = cli_err(&["score", "--decode-only", "bogus"]);
+    assert!(!e.starts_with("error:"), "{e}");
+    assert!(e.contains("invalid value 'bogus'"), "{e}");
+    assert!(e.contains("[possible values: as-score, arrow]"), "{e}");
+}

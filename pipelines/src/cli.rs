@@ -428,7 +428,12 @@ where
             write!(out, "{e}").map_err(io_err)?;
             Ok(ExitCode::SUCCESS)
         }
-        Err(e) => Err(Error::Usage(e.to_string())),
+        // clap renders its own "error: " prefix; `main` adds one to every error.
+        Err(e) => {
+            let text = e.to_string();
+            let text = text.strip_prefix("error: ").unwrap_or(&text).trim_end();
+            Err(Error::Usage(text.to_string()))
+        }
     }
 }
 
