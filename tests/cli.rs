@@ -916,8 +916,8 @@ fn score_streams_arrow_ipc_through_stdin_and_stdout() {
 
 /// `reclag score` without the embedding in its output scores each page as it is
 /// decoded (`fastlist::Fused`). It must give what scoring materialised batches gives,
-/// row for row, including a row group the fast decoder gives up on part-way (nulls)
-/// and rows split across pages.
+/// row for row, including a row group the fast decoder gives up on part-way (nulls),
+/// rows split across pages, and a second list column decoded beside the fused one.
 #[test]
 fn page_fused_scoring_equals_scoring_whole_batches() {
     use arrow_array::RecordBatch;
@@ -941,6 +941,9 @@ fn page_fused_scoring_equals_scoring_whole_batches() {
             }
         }
         let n = rows.len() as i64;
+        let logits: Vec<Option<Vec<f32>>> = (0..n)
+            .map(|i| Some((0..3).map(|j| (i * 3 + j) as f32 * 0.25).collect()))
+            .collect();
         let batch = RecordBatch::try_from_iter(vec![
             (
                 "id",
@@ -951,6 +954,8 @@ fn page_fused_scoring_equals_scoring_whole_batches() {
                 "label",
                 Arc::new(Int64Array::from(labels.clone())) as ArrayRef,
             ),
+            // A second list column: decoded beside the fused one and kept.
+            ("logits", fsl(&logits, 3)),
         ])
         .unwrap();
         let input = tmp.path().join(format!("{name}.parquet"));
@@ -984,8 +989,8 @@ fn page_fused_scoring_equals_scoring_whole_batches() {
             tmp.path().join("fused.parquet"),
             tmp.path().join("whole.parquet"),
         );
-        let msg_fused = score("id", &fused);
-        let msg_whole = score("id,embedding", &whole);
+        let msg_fused = score("id,logits", &fused);
+        let msg_whole = score("id,embedding,logits", &whole);
         assert_eq!(
             msg_fused.replace("fused", "whole"),
             msg_whole,
@@ -994,7 +999,8 @@ fn page_fused_scoring_equals_scoring_whole_batches() {
         let (a, b) = (read_parquet(&fused), read_parquet(&whole));
         assert_eq!(a.num_rows(), rows.len());
         assert_eq!(a.column(0), b.column(0), "{name}: id");
-        for c in 1..6 {
+        assert_eq!(a.column(1), b.column(2), "{name}: logits");
+        for c in 2..7 {
             assert_eq!(
                 a.column(c).to_data(),
                 b.column(c + 1).to_data(),
@@ -1002,7 +1008,7 @@ fn page_fused_scoring_equals_scoring_whole_batches() {
                 a.schema().field(c).name()
             );
         }
-        let ood = a.column(4).as_boolean();
+        let ood = a.column(5).as_boolean();
         assert!(ood.true_count() >= 40, "{name}: the far rows are OOD");
         assert_eq!(ood.null_count(), if nulls { 5 } else { 0 }, "{name}");
     }

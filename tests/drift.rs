@@ -914,6 +914,95 @@ fn time_windows_cut_a_flat_lake_like_its_hive_layout() {
     );
 }
 
+/// `b` with row `row`'s embedding null: the fast decoder declines its row group.
+fn with_null_embedding(b: &RecordBatch, row: usize) -> RecordBatch {
+    use arrow_array::{Array, FixedSizeListArray};
+    let i = b.schema().index_of("embedding").unwrap();
+    let old = b
+        .column(i)
+        .as_any()
+        .downcast_ref::<FixedSizeListArray>()
+        .unwrap();
+    let arrow_schema::DataType::FixedSizeList(item, dim) = old.data_type() else {
+        panic!("embedding is {}", old.data_type());
+    };
+    let valid: Vec<bool> = (0..b.num_rows()).map(|r| r != row).collect();
+    let new =
+        FixedSizeListArray::try_new(item.clone(), *dim, old.values().clone(), Some(valid.into()))
+            .unwrap();
+    let mut cols = b.columns().to_vec();
+    cols[i] = Arc::new(new);
+    RecordBatch::try_new(b.schema(), cols).unwrap()
+}
+
+/// Scoring pages as they are decoded (the default) writes the bytes that scoring
+/// whole Arrow batches writes: metrics, worst rows with their embeddings, state and
+/// report, for hive partitions and for time windows that cut through row groups. One
+/// partition mixes both paths: a null embedding sends its first row group through the
+/// general reader, while its second is fused.
+#[test]
+fn fused_drift_writes_the_bytes_of_the_arrow_path() {
+    let Some(Setup {
+        dir,
+        tmp,
+        model,
+        lake,
+    }) = setup(0..4)
+    else {
+        return;
+    };
+    let days = lake_batches(&dir);
+    let mixed = lake.join("date=2026-11-05");
+    std::fs::create_dir_all(&mixed).unwrap();
+    let b = with_null_embedding(&days[4].1, 7);
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_max_row_group_row_count(Some(300))
+        .build();
+    let f = std::fs::File::create(mixed.join("part-0.parquet")).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(f, b.schema(), Some(props)).unwrap();
+    w.write(&b).unwrap();
+    w.close().unwrap();
+    let tlake = tmp.path().join("tlake");
+    write_time_lake(&tlake, &days);
+
+    let stores = Arc::new(Stores::new(StoreEnv::default()));
+    let clock: reclag_pipelines::drift::Clock =
+        Arc::new(|| std::time::UNIX_EPOCH + std::time::Duration::from_secs(nov(12) as u64));
+    let hive = |out: &Path| spec_text(&s(&lake), &s(&model), &s(out));
+    let time = |out: &Path| {
+        spec_text(&s(&tlake), &s(&model), &s(out)).replace(
+            "partitioning = \"hive:date\"",
+            "partitioning = \"time:event_time\"\nwindow = \"1d\"",
+        )
+    };
+    for (name, text) in [("hive", &hive as &dyn Fn(&Path) -> String), ("time", &time)] {
+        let run = |fused: bool| {
+            let out = tmp.path().join(format!("{name}-{fused}"));
+            let spec = DriftSpec::parse(&text(&out)).unwrap();
+            let summary = DriftJob::new(spec, stores.clone())
+                .clock(clock.clone())
+                .fused(fused)
+                .run()
+                .unwrap();
+            (summary, snapshot(&out))
+        };
+        let (fused, want) = (run(true), run(false));
+        assert_eq!(fused.0.partitions, want.0.partitions, "{name}");
+        assert!(fused.0.partitions.len() >= 5, "{name}: {:?}", fused.0);
+        assert!(want.1.keys().any(|k| k.starts_with("worst/")), "{name}");
+        let differ: Vec<&String> = want
+            .1
+            .keys()
+            .chain(fused.1.keys())
+            .filter(|k| want.1.get(*k) != fused.1.get(*k))
+            .collect();
+        assert!(
+            differ.is_empty(),
+            "{name}: fused output differs in {differ:?}"
+        );
+    }
+}
+
 /// Not a test of its own: the child process of
 /// `sigterm_stops_a_watch_process_between_partitions`, which re-runs this test binary
 /// to get a real process to signal. Runs the CLI with the JSON arguments in

@@ -111,17 +111,47 @@ pub struct Plan {
     lists: Vec<ListColumn>,
     others: Vec<usize>,
     projected: SchemaRef,
-    fused: Option<Arc<dyn Fused>>,
+    fused: Option<FusedPlan>,
+}
+
+/// The consumer, which of `lists` it takes, and the schema of the batches it is
+/// handed: every projected column but that list.
+struct FusedPlan {
+    consumer: Arc<dyn Fused>,
+    list: usize,
+    given: SchemaRef,
 }
 
 impl Plan {
-    /// Hands the list column's rows to `fused` page by page instead of materialising
-    /// them; only for a plan with exactly one list column (else ignored).
+    /// Hands the rows of the list column named by [`Fused::column`] to `fused` page
+    /// by page instead of materialising them; other list columns are decoded as usual
+    /// and handed over with the rest. Ignored where that column is not a fast list.
     pub fn with_fused(mut self, fused: Arc<dyn Fused>) -> Self {
-        if self.lists.len() == 1 {
-            self.fused = Some(fused);
-        }
+        let name = fused.column().to_string();
+        let Some(list) = self
+            .lists
+            .iter()
+            .position(|l| self.projected.field(self.root_pos(l.root)).name() == &name)
+        else {
+            return self;
+        };
+        let keep: Vec<usize> = (0..self.roots.len())
+            .filter(|&i| self.roots[i] != self.lists[list].root)
+            .collect();
+        let Ok(given) = self.projected.project(&keep) else {
+            return self;
+        };
+        self.fused = Some(FusedPlan {
+            consumer: fused,
+            list,
+            given: Arc::new(given),
+        });
         self
+    }
+
+    /// The place of file column `root` among the projected columns.
+    fn root_pos(&self, root: usize) -> usize {
+        self.roots.iter().position(|&r| r == root).unwrap_or(0)
     }
 }
 
@@ -129,8 +159,11 @@ impl Plan {
 /// rows are handed over right after they are decompressed, so a scorer reads them from
 /// L2 instead of from a row-group buffer in DRAM, and no such buffer is filled.
 pub trait Fused: Send + Sync {
-    /// Called with the row group's other projected columns (all rows of the group);
-    /// `None` declines, and the row group is read the usual way.
+    /// The list column whose pages it consumes.
+    fn column(&self) -> &str;
+    /// Called with the row group's other projected columns, in order (all rows of the
+    /// group, other list columns included); `None` declines, and the row group is read
+    /// the usual way.
     fn start(&self, others: &[RecordBatch]) -> Option<Box<dyn FusedGroup>>;
 }
 
@@ -552,13 +585,22 @@ fn row_group_from<R: ChunkReader + 'static>(
             general(open()?, meta, &plan.others, rg, batch_rows)
         }
     };
-    // Decoded before the list only when a fused consumer needs them to start; a
-    // consumer that declines leaves them to the usual path below.
-    let mut early = None;
-    if let Some(f) = &plan.fused {
-        let others = early.insert(others()?);
-        if let Some(g) = f.start(others) {
-            let l = &plan.lists[0];
+    let fused = plan.fused.as_ref();
+    let mut lists: Vec<Option<ScalarBuffer<f32>>> = vec![None; plan.lists.len()];
+    for (li, l) in plan.lists.iter().enumerate() {
+        if fused.is_some_and(|f| f.list == li) {
+            continue;
+        }
+        match decode_list(shared, md.column(l.leaf), rows, l, pool.take(rows * l.dim))? {
+            Some(values) => lists[li] = Some(leased(values, pool)),
+            None => return general(open()?, meta, &plan.roots, rg, batch_rows),
+        }
+    }
+    let others = others()?;
+    if let Some(f) = fused {
+        let given = assemble(plan, rows, batch_rows, &others, &lists, &f.given)?;
+        if let Some(g) = f.consumer.start(&given) {
+            let l = &plan.lists[f.list];
             // One page of values at a time (about 1 MiB), scored where the page was
             // decompressed, while it is in L2. A row split across pages waits here.
             let mut sink = Consume {
@@ -568,24 +610,36 @@ fn row_group_from<R: ChunkReader + 'static>(
             };
             let whole = stream_list(shared, md.column(l.leaf), rows, l, &mut sink)?;
             if whole && sink.scratch.is_empty() {
-                return sink.group.finish(std::mem::take(others));
+                return sink.group.finish(given);
             }
             // Not a dense PLAIN list after all: what was consumed is dropped and the
             // row group is read by the general reader.
             return general(open()?, meta, &plan.roots, rg, batch_rows);
         }
-    }
-    let mut lists = Vec::with_capacity(plan.lists.len());
-    for l in &plan.lists {
+        // Declined: the list is read like the others.
+        let l = &plan.lists[f.list];
         match decode_list(shared, md.column(l.leaf), rows, l, pool.take(rows * l.dim))? {
-            Some(values) => lists.push(leased(values, pool)),
+            Some(values) => lists[f.list] = Some(leased(values, pool)),
             None => return general(open()?, meta, &plan.roots, rg, batch_rows),
         }
     }
-    let others: Vec<RecordBatch> = match early {
-        Some(o) => o,
-        None => others()?,
-    };
+    assemble(plan, rows, batch_rows, &others, &lists, &plan.projected)
+}
+
+/// A row group's batches with `schema`'s columns (the plan's, or all but the fused
+/// list): the decoded lists, where `lists` holds them, between the general reader's
+/// columns `others`, batch by batch as the general reader cut them.
+fn assemble(
+    plan: &Plan,
+    rows: usize,
+    batch_rows: usize,
+    others: &[RecordBatch],
+    lists: &[Option<ScalarBuffer<f32>>],
+    schema: &SchemaRef,
+) -> Decoded {
+    if schema.fields().is_empty() {
+        return Ok(vec![]);
+    }
     let mut out = Vec::with_capacity(rows.div_ceil(batch_rows));
     let mut start = 0;
     let mut k = 0;
@@ -594,24 +648,30 @@ fn row_group_from<R: ChunkReader + 'static>(
             Some(b) => b.num_rows(),
             None => batch_rows.min(rows - start),
         };
-        let mut cols: Vec<ArrayRef> = Vec::with_capacity(plan.roots.len());
-        let (mut li, mut oi) = (0, 0);
+        let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+        let mut oi = 0;
         for &root in &plan.roots {
-            if let Some(l) = plan.lists.get(li).filter(|l| l.root == root) {
-                let values = lists[li].slice(start * l.dim, n * l.dim);
-                cols.push(Arc::new(FixedSizeListArray::new(
-                    l.item.clone(),
-                    l.dim as i32,
-                    Arc::new(Float32Array::new(values, None)),
-                    None,
-                )));
-                li += 1;
-            } else {
-                cols.push(others[k].column(oi).clone());
-                oi += 1;
+            match plan.lists.iter().position(|l| l.root == root) {
+                Some(li) => {
+                    let Some(values) = &lists[li] else { continue };
+                    let l = &plan.lists[li];
+                    cols.push(Arc::new(FixedSizeListArray::new(
+                        l.item.clone(),
+                        l.dim as i32,
+                        Arc::new(Float32Array::new(
+                            values.slice(start * l.dim, n * l.dim),
+                            None,
+                        )),
+                        None,
+                    )));
+                }
+                None => {
+                    cols.push(others[k].column(oi).clone());
+                    oi += 1;
+                }
             }
         }
-        out.push(RecordBatch::try_new(plan.projected.clone(), cols)?);
+        out.push(RecordBatch::try_new(schema.clone(), cols)?);
         start += n;
         k += 1;
     }
@@ -1713,6 +1773,9 @@ mod tests {
     }
 
     impl Fused for Keep {
+        fn column(&self) -> &str {
+            "embedding"
+        }
         fn start(&self, _: &[RecordBatch]) -> Option<Box<dyn FusedGroup>> {
             Some(Box::new(self.clone()))
         }

@@ -128,7 +128,9 @@ pub fn run(model: &Model, job: &ScoreJob) -> Result<ScoreSummary> {
     match job.decode_only {
         Some(DecodeOnly::AsScore) if fuse => {
             let dim = model.dim();
-            return decode_only(files, Some(Arc::new(Checksum { dim }) as Arc<dyn Fused>));
+            let column = job.embedding.clone();
+            let checksum = Checksum { dim, column };
+            return decode_only(files, Some(Arc::new(checksum) as Arc<dyn Fused>));
         }
         Some(_) => return decode_only(files, None),
         None => {}
@@ -137,6 +139,7 @@ pub fn run(model: &Model, job: &ScoreJob) -> Result<ScoreSummary> {
     let fused: Option<Arc<dyn Fused>> = fuse.then(|| {
         Arc::new(FusedScore {
             model: Arc::new(model.clone()),
+            column: job.embedding.clone(),
             routing: job.routing.clone(),
             keep: keep
                 .iter()
@@ -178,9 +181,14 @@ fn decode_only(
 /// row of the group arrived.
 struct Checksum {
     dim: usize,
+    column: String,
 }
 
 impl Fused for Checksum {
+    fn column(&self) -> &str {
+        &self.column
+    }
+
     fn start(&self, others: &[RecordBatch]) -> Option<Box<dyn FusedGroup>> {
         Some(Box::new(ChecksumRows {
             dim: self.dim,
@@ -349,6 +357,7 @@ fn score_all(
 /// way, which also reports the error with its row.
 struct FusedScore {
     model: Arc<Model>,
+    column: String,
     routing: Routing,
     keep: Vec<String>,
     schema: arrow_schema::SchemaRef,
@@ -358,19 +367,13 @@ struct FusedScore {
 }
 
 impl Fused for FusedScore {
+    fn column(&self) -> &str {
+        &self.column
+    }
+
     fn start(&self, others: &[RecordBatch]) -> Option<Box<dyn FusedGroup>> {
-        // Groups batch by batch (no copy of the columns into one batch). An error
-        // declines: the usual path then reports it, with the right file and row.
-        let mut groups: Option<Vec<Option<u32>>> = None;
-        for b in others {
-            if let Some(g) = self.routing.resolve(&self.model, b, &self.path).ok()? {
-                groups.get_or_insert_with(Vec::new).extend(g);
-            }
-        }
+        let groups = fused_groups(&self.model, &self.routing, others, &self.path)?;
         let rows = others.iter().map(RecordBatch::num_rows).sum();
-        if others.is_empty() || groups.as_ref().is_some_and(|g| g.len() != rows) {
-            return None;
-        }
         Some(Box::new(FusedRows {
             model: self.model.clone(),
             keep: self.keep.clone(),
@@ -383,6 +386,28 @@ impl Fused for FusedScore {
             out: ScoreOutput::default(),
         }))
     }
+}
+
+/// A fused row group's groups, batch by batch (no copy of the columns into one
+/// batch): `Some(None)` without routing. `None` declines the row group, for an error
+/// too: the usual path then reports it, with the right file and row.
+pub(crate) fn fused_groups(
+    model: &Model,
+    routing: &Routing,
+    others: &[RecordBatch],
+    path: &std::path::Path,
+) -> Option<Option<Vec<Option<u32>>>> {
+    let mut groups: Option<Vec<Option<u32>>> = None;
+    for b in others {
+        if let Some(g) = routing.resolve(model, b, path).ok()? {
+            groups.get_or_insert_with(Vec::new).extend(g);
+        }
+    }
+    let rows: usize = others.iter().map(RecordBatch::num_rows).sum();
+    if others.is_empty() || groups.as_ref().is_some_and(|g| g.len() != rows) {
+        return None;
+    }
+    Some(groups)
 }
 
 struct FusedRows {

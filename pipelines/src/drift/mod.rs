@@ -7,6 +7,7 @@
 //! which partitions are done. So a run killed at any point and rerun rewrites the same
 //! bytes for the partition it was in and never duplicates a row.
 
+mod fused;
 pub mod report;
 pub mod spec;
 pub mod stats;
@@ -20,6 +21,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use arrow_array::builder::{BooleanBuilder, Float64Builder, StringBuilder, UInt64Builder};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, UInt64Type};
 use arrow_array::{Array, ArrayRef, RecordBatch, StringArray, UInt32Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
@@ -35,6 +38,8 @@ pub use spec::{DriftSpec, Partitioning};
 /// Exit code of a run that found drift (0: none, 1: error).
 pub const EXIT_DRIFT: u8 = 2;
 pub const STATE_FILE: &str = "_state.json";
+/// The score's column in the worst rows.
+const WORST_SCORE: &str = "reclag_score";
 /// Score quantiles kept per partition for the report's histograms (0.5 % steps).
 const QUANTILES: usize = 201;
 
@@ -66,6 +71,7 @@ pub struct DriftJob {
     clock: Clock,
     fault: Option<FaultHook>,
     cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
+    fused: bool,
 }
 
 /// What a partition contributed, as recorded in the state file and the summary.
@@ -223,19 +229,20 @@ struct Acc {
 }
 
 impl Acc {
-    fn add(&mut self, out: &ScoreOutput, i: usize) {
+    /// One row: its score and energy, `None` for a row that could not be scored.
+    fn add(&mut self, scored: Option<(f64, f64)>) {
         self.rows += 1;
-        if !out.valid[i] {
+        let Some((score, energy)) = scored else {
             self.null_rows += 1;
             return;
-        }
+        };
         // The rate the calibration controls: A ≤ τ (score ≤ 0), the MAP decision of
         // the first step. The trajectory flag can differ (in union mode it reaches
         // the origin far more often), so it is not what τ's quantile promises.
-        self.ood_rows += u64::from(out.score[i] <= 0.0);
-        self.score_sum += out.score[i];
-        self.energies.push(out.energy[i]);
-        self.scores.push(out.score[i]);
+        self.ood_rows += u64::from(score <= 0.0);
+        self.score_sum += score;
+        self.energies.push(energy);
+        self.scores.push(score);
     }
 
     fn scored(&self) -> u64 {
@@ -267,34 +274,46 @@ impl Worst {
             .filter(|&i| out.valid[i] && mask.is_none_or(|m| m[i]))
             .map(|i| (out.score[i], file, base + i as u64))
             .collect();
-        let order = |a: &(f64, u32, u64), b: &(f64, u32, u64)| {
-            a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2))
-        };
         if cand.len() > self.k {
-            cand.select_nth_unstable_by(self.k - 1, order);
+            cand.select_nth_unstable_by(self.k - 1, worst_order);
             cand.truncate(self.k);
         }
         if cand.is_empty() {
             return Ok(());
         }
         let idx = UInt32Array::from_iter_values(cand.iter().map(|c| (c.2 - base) as u32));
-        let mut cols: Vec<ArrayRef> = batch
+        let cols: Vec<ArrayRef> = batch
             .columns()
             .iter()
             .map(|c| arrow_select::take::take(c, &idx, None))
             .collect::<std::result::Result<_, _>>()
             .map_err(arrow_err)?;
-        cols.push(Arc::new(arrow_array::Float64Array::from_iter_values(
-            cand.iter().map(|c| c.0),
-        )));
-        let mut fields: Vec<Field> = batch
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
+        let fields = batch.schema().fields().iter().cloned().collect();
+        let part = worst_rows(fields, cols, cand.iter().map(|c| c.0))?;
+        self.merge(part, cand)
+    }
+
+    /// Rows already picked as their row group's worst (`fused::DriftRows`): the
+    /// file's columns, the score, and each row's place in its row group, which
+    /// starts at row `base` of file `file`.
+    fn offer_picked(&mut self, picked: &RecordBatch, file: u32, base: u64) -> Result<()> {
+        let n = picked.num_columns();
+        let at = picked.column(n - 1).as_primitive::<UInt64Type>();
+        let score = picked.column(n - 2).as_primitive::<Float64Type>();
+        let keys = (0..picked.num_rows())
+            .map(|i| (score.value(i), file, base + at.value(i)))
             .collect();
-        fields.push(Field::new("reclag_score", DataType::Float64, true));
-        let part = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).map_err(arrow_err)?;
+        let part = picked
+            .project(&(0..n - 1).collect::<Vec<_>>())
+            .map_err(arrow_err)?;
+        self.merge(part, keys)
+    }
+
+    /// Keeps the `k` worst of the rows kept so far and `part`, whose keys are `cand`.
+    fn merge(&mut self, part: RecordBatch, cand: Vec<(f64, u32, u64)>) -> Result<()> {
+        if self.k == 0 || cand.is_empty() {
+            return Ok(());
+        }
         let merged = match self.batch.take() {
             None => part,
             Some(prev) => {
@@ -311,7 +330,7 @@ impl Worst {
         };
         self.keys.extend(cand);
         let mut order_idx: Vec<usize> = (0..self.keys.len()).collect();
-        order_idx.sort_by(|&a, &b| order(&self.keys[a], &self.keys[b]));
+        order_idx.sort_by(|&a, &b| worst_order(&self.keys[a], &self.keys[b]));
         order_idx.truncate(self.k);
         let take = UInt32Array::from_iter_values(order_idx.iter().map(|&i| i as u32));
         self.keys = order_idx.iter().map(|&i| self.keys[i]).collect();
@@ -324,6 +343,26 @@ impl Worst {
         self.batch = Some(RecordBatch::try_new(merged.schema(), cols).map_err(arrow_err)?);
         Ok(())
     }
+}
+
+/// The worst rows' total order, (score, file, row): reruns pick the same rows.
+pub(crate) fn worst_order(a: &(f64, u32, u64), b: &(f64, u32, u64)) -> std::cmp::Ordering {
+    a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2))
+}
+
+/// A worst-rows batch: the file's columns and then the score. Both paths build it
+/// here, so rows picked while pages were decoded concatenate with rows picked from
+/// whole batches.
+fn worst_rows(
+    mut fields: Vec<arrow_schema::FieldRef>,
+    mut cols: Vec<ArrayRef>,
+    scores: impl Iterator<Item = f64>,
+) -> Result<RecordBatch> {
+    fields.push(Arc::new(Field::new(WORST_SCORE, DataType::Float64, true)));
+    cols.push(Arc::new(arrow_array::Float64Array::from_iter_values(
+        scores,
+    )));
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).map_err(arrow_err)
 }
 
 fn schema_names(s: &Schema) -> String {
@@ -391,6 +430,7 @@ impl DriftJob {
             clock: Arc::new(SystemTime::now),
             fault: None,
             cancel: None,
+            fused: crate::io::fused_scoring(),
         }
     }
 
@@ -418,6 +458,14 @@ impl DriftJob {
     /// finished stays committed (SIGTERM handling for `watch`).
     pub fn cancel_flag(mut self, flag: Arc<std::sync::atomic::AtomicBool>) -> Self {
         self.cancel = Some(flag);
+        self
+    }
+
+    /// Whether row groups the fast reader takes are scored page by page as they are
+    /// decoded (the default; `RECLAG_FUSED=0` turns it off) or built into Arrow
+    /// batches first. Both give the same bytes; tests compare them.
+    pub fn fused(mut self, on: bool) -> Self {
+        self.fused = on;
         self
     }
 
@@ -745,9 +793,25 @@ impl DriftJob {
         window: Option<(&window::TimeWindows, i64)>,
     ) -> Result<()> {
         let paths: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
+        let fused = match files.first() {
+            Some(first) if self.fused => {
+                let emb = first.column_index(&self.spec.source.embedding)?;
+                Some(Arc::new(fused::FusedDrift::new(
+                    Arc::new(model.clone()),
+                    routing.clone(),
+                    window.map(|(tw, w)| (tw.clone(), w)),
+                    worst.as_ref().map_or(0, |w| w.k),
+                    first.schema.clone(),
+                    emb,
+                    first.path.clone(),
+                )))
+            }
+            _ => None,
+        };
+        let reader = fused.clone().map(|f| f as Arc<dyn crate::fastlist::Fused>);
         let (tx, rx) = std::sync::mpsc::sync_channel(2);
         std::thread::scope(|scope| {
-            scope.spawn(move || crate::io::read_ahead(files, tx));
+            scope.spawn(move || crate::io::read_ahead_fused(files, reader, tx));
             let mut out = ScoreOutput::default();
             let (mut file, mut base) = (usize::MAX, 0u64);
             let (mut idx, mut keep) = (vec![], vec![]);
@@ -756,6 +820,28 @@ impl DriftJob {
                 let (fi, batch) = item?;
                 if fi != file {
                     (file, base) = (fi, 0);
+                }
+                match fused.as_ref().map(|f| f.part(&batch)) {
+                    Some(fused::Part::Stats(rows)) => {
+                        for i in 0..rows.rows() {
+                            if !rows.in_window(i) {
+                                continue;
+                            }
+                            whole.add(rows.scored(i));
+                            if let Some(gi) = rows.group(i) {
+                                groups[gi as usize].add(rows.scored(i));
+                            }
+                        }
+                        base += rows.rows() as u64;
+                        continue;
+                    }
+                    Some(fused::Part::Picked) => {
+                        if let Some(w) = worst.as_deref_mut() {
+                            w.offer_picked(&batch, fi as u32, base)?;
+                        }
+                        continue;
+                    }
+                    Some(fused::Part::Rows) | None => {}
                 }
                 let g = crate::score::score_batch(
                     model,
@@ -785,9 +871,10 @@ impl DriftJob {
                     if mask.is_some_and(|m| !m[i]) {
                         continue;
                     }
-                    whole.add(&out, i);
+                    let scored = out.valid[i].then(|| (out.score[i], out.energy[i]));
+                    whole.add(scored);
                     if let Some(Some(gi)) = g.as_ref().map(|g| g[i]) {
-                        groups[gi as usize].add(&out, i);
+                        groups[gi as usize].add(scored);
                     }
                 }
                 if let Some(w) = worst.as_deref_mut() {
@@ -986,7 +1073,7 @@ impl DriftJob {
 /// The worst rows' scalar columns as text (embeddings and other lists are left out).
 fn worst_preview(batch: &RecordBatch) -> Vec<WorstRow> {
     use datafusion::arrow::util::display::array_value_to_string;
-    let score = batch.column_by_name("reclag_score").and_then(|c| {
+    let score = batch.column_by_name(WORST_SCORE).and_then(|c| {
         c.as_any()
             .downcast_ref::<arrow_array::Float64Array>()
             .cloned()
@@ -997,7 +1084,7 @@ fn worst_preview(batch: &RecordBatch) -> Vec<WorstRow> {
         .iter()
         .zip(batch.columns())
         .filter(|(f, _)| {
-            !f.data_type().is_nested() && f.name() != "partition" && f.name() != "reclag_score"
+            !f.data_type().is_nested() && f.name() != "partition" && f.name() != WORST_SCORE
         })
         .map(|(f, c)| (f.name().clone(), c))
         .take(6)

@@ -1,0 +1,413 @@
+//! The drift pass over pages as they are decoded, as `reclag score` does it
+//! (`fastlist::Fused`): a partition's statistics need each row's score, energy, group
+//! and window, and the worst rows need their embeddings, so the embedding column is
+//! never built whole. Each row group hands back one statistics batch and, before it,
+//! copies of its own worst rows. Building the column cost a drift run over a lake
+//! twice the time of `reclag score` over the same rows.
+
+use std::path::PathBuf;
+use std::sync::{Arc, LazyLock};
+
+use arrow_array::{
+    Array, ArrayRef, BooleanArray, FixedSizeListArray, Float32Array, Float64Array, RecordBatch,
+    UInt32Array, UInt64Array,
+};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use parquet::errors::ParquetError;
+use reclag::{Model, Rows, ScoreOutput, Work};
+
+use super::WORST_SCORE;
+use super::window::TimeWindows;
+use crate::fastlist::{Decoded, Fused, FusedGroup};
+use crate::route::Routing;
+
+/// The per-row batch a fused row group hands back: the score (null where the row
+/// could not be scored), the energy, the group and whether the row is in the window.
+static STATS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("score", DataType::Float64, true),
+        Field::new("energy", DataType::Float64, false),
+        Field::new("group", DataType::UInt32, true),
+        Field::new("in_window", DataType::Boolean, false),
+    ]))
+});
+
+/// The last column of a batch of picked worst rows: each row's place in its group.
+const PICKED_AT: &str = "row_in_group";
+
+/// What one batch from the fused drift reader holds. The fused kinds are told apart
+/// by their schema's identity (`Arc::ptr_eq`), never by names a file could also hold.
+pub(super) enum Part<'b> {
+    /// Row by row, in order: `(score, energy)` or `None` where the row could not be
+    /// scored, the group, and whether the row is in the window.
+    Stats(RowStats<'b>),
+    /// The row group's worst rows (see `Worst::offer_picked`); they come before the
+    /// group's statistics, so the group starts at the file row counted so far.
+    Picked,
+    /// A batch the fused path declined: the file's columns, to be scored as usual.
+    Rows,
+}
+
+pub(super) struct RowStats<'b> {
+    score: &'b Float64Array,
+    energy: &'b Float64Array,
+    group: &'b UInt32Array,
+    in_window: &'b BooleanArray,
+}
+
+impl RowStats<'_> {
+    pub fn rows(&self) -> usize {
+        self.score.len()
+    }
+
+    pub fn in_window(&self, i: usize) -> bool {
+        self.in_window.value(i)
+    }
+
+    pub fn scored(&self, i: usize) -> Option<(f64, f64)> {
+        self.score
+            .is_valid(i)
+            .then(|| (self.score.value(i), self.energy.value(i)))
+    }
+
+    pub fn group(&self, i: usize) -> Option<u32> {
+        self.group.is_valid(i).then(|| self.group.value(i))
+    }
+}
+
+impl FusedDrift {
+    /// The consumer for files with `schema`'s columns, the embedding at `emb`.
+    pub fn new(
+        model: Arc<Model>,
+        routing: Routing,
+        window: Option<(TimeWindows, i64)>,
+        top_k: usize,
+        schema: SchemaRef,
+        emb: usize,
+        path: PathBuf,
+    ) -> Self {
+        let mut fields: Vec<arrow_schema::FieldRef> = schema.fields().iter().cloned().collect();
+        fields.push(Arc::new(Field::new(WORST_SCORE, DataType::Float64, true)));
+        fields.push(Arc::new(Field::new(PICKED_AT, DataType::UInt64, false)));
+        FusedDrift {
+            model,
+            routing,
+            window,
+            top_k,
+            schema,
+            picked: Arc::new(Schema::new(fields)),
+            emb,
+            path,
+        }
+    }
+
+    pub fn part<'b>(&self, batch: &'b RecordBatch) -> Part<'b> {
+        use arrow_array::cast::AsArray;
+        use arrow_array::types::{Float64Type, UInt32Type};
+        if Arc::ptr_eq(batch.schema_ref(), &*STATS) {
+            return Part::Stats(RowStats {
+                score: batch.column(0).as_primitive::<Float64Type>(),
+                energy: batch.column(1).as_primitive::<Float64Type>(),
+                group: batch.column(2).as_primitive::<UInt32Type>(),
+                in_window: batch.column(3).as_boolean(),
+            });
+        }
+        if Arc::ptr_eq(batch.schema_ref(), &self.picked) {
+            return Part::Picked;
+        }
+        Part::Rows
+    }
+}
+
+/// The consumer for one partition's files. A row group whose columns differ from
+/// `schema` (or whose group or timestamp column does not resolve) is declined, and the
+/// usual path then scores it and reports the difference.
+pub(super) struct FusedDrift {
+    model: Arc<Model>,
+    routing: Routing,
+    window: Option<(TimeWindows, i64)>,
+    top_k: usize,
+    /// The first file's columns; `emb` is the embedding's place among them.
+    schema: SchemaRef,
+    /// `schema`, the score and [`PICKED_AT`]: the schema of every picked batch.
+    picked: SchemaRef,
+    emb: usize,
+    /// Only for error-returning signatures, whose errors decline here.
+    path: PathBuf,
+}
+
+impl Fused for FusedDrift {
+    fn column(&self) -> &str {
+        self.schema.field(self.emb).name()
+    }
+
+    fn start(&self, others: &[RecordBatch]) -> Option<Box<dyn FusedGroup>> {
+        let first = others.first()?;
+        let expected = self
+            .schema
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != self.emb);
+        if first.num_columns() != self.schema.fields().len() - 1
+            || expected
+                .zip(first.schema().fields())
+                .any(|((_, want), got)| want != got)
+        {
+            return None;
+        }
+        let rows: usize = others.iter().map(RecordBatch::num_rows).sum();
+        let groups = crate::score::fused_groups(&self.model, &self.routing, others, &self.path)?;
+        let mut in_window = Vec::with_capacity(rows);
+        match &self.window {
+            None => in_window.resize(rows, true),
+            Some((tw, w)) => {
+                let mut idx = vec![];
+                for b in others {
+                    tw.indices(b.column_by_name(&tw.column)?, &mut idx);
+                    in_window.extend(idx.iter().map(|x| *x == Some(*w)));
+                }
+            }
+        }
+        let DataType::FixedSizeList(item, dim) = self.schema.field(self.emb).data_type() else {
+            return None;
+        };
+        Some(Box::new(DriftRows {
+            model: self.model.clone(),
+            schema: self.schema.clone(),
+            picked: self.picked.clone(),
+            emb: self.emb,
+            item: item.clone(),
+            dim: *dim as usize,
+            groups,
+            in_window,
+            done: 0,
+            failed: false,
+            tmp: ScoreOutput::default(),
+            score: Vec::with_capacity(rows),
+            energy: Vec::with_capacity(rows),
+            valid: Vec::with_capacity(rows),
+            worst: Picks::new(self.top_k, *dim as usize),
+        }))
+    }
+}
+
+struct DriftRows {
+    model: Arc<Model>,
+    schema: SchemaRef,
+    picked: SchemaRef,
+    emb: usize,
+    item: Arc<Field>,
+    dim: usize,
+    groups: Option<Vec<Option<u32>>>,
+    in_window: Vec<bool>,
+    done: usize,
+    failed: bool,
+    tmp: ScoreOutput,
+    score: Vec<f64>,
+    energy: Vec<f64>,
+    valid: Vec<bool>,
+    worst: Picks,
+}
+
+impl DriftRows {
+    /// Scores the next rows; `copy(j, dst)` copies the `j`-th of them into `dst`,
+    /// for the few that enter the group's worst rows.
+    fn take(&mut self, rows: &Rows<'_>, copy: impl Fn(usize, &mut [f32])) {
+        let n = rows.len();
+        if self.failed || self.done + n > self.in_window.len() {
+            self.failed = true;
+            return;
+        }
+        let g = self.groups.as_ref().map(|g| &g[self.done..self.done + n]);
+        if self
+            .model
+            .score_into_here(rows, g, Work::EnergyOnly, &mut self.tmp)
+            .is_err()
+        {
+            self.failed = true;
+            return;
+        }
+        let t = &self.tmp;
+        for j in 0..n {
+            let r = self.done + j;
+            if t.valid[j] && self.in_window[r] {
+                self.worst.offer(t.score[j], r, |dst| copy(j, dst));
+            }
+        }
+        self.score.extend_from_slice(&t.score);
+        self.energy.extend_from_slice(&t.energy);
+        self.valid.extend_from_slice(&t.valid);
+        self.done += n;
+    }
+
+    /// The picked rows as the file's columns, the score and [`PICKED_AT`].
+    fn picked(&self, others: &[RecordBatch]) -> Result<RecordBatch, ParquetError> {
+        let picks = self.worst.sorted();
+        // Row `r` of the group is row `r - starts[b]` of `others[b]`.
+        let starts: Vec<usize> = others
+            .iter()
+            .scan(0, |s, b| {
+                let at = *s;
+                *s += b.num_rows();
+                Some(at)
+            })
+            .collect();
+        let at: Vec<(usize, usize)> = picks
+            .iter()
+            .map(|p| {
+                let b = starts.partition_point(|&s| s <= p.1) - 1;
+                (b, p.1 - starts[b])
+            })
+            .collect();
+        let mut cols: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len() + 2);
+        let mut other = 0;
+        for i in 0..self.schema.fields().len() {
+            if i == self.emb {
+                let values: Vec<f32> = picks.iter().flat_map(|p| p.2).copied().collect();
+                cols.push(Arc::new(FixedSizeListArray::try_new(
+                    self.item.clone(),
+                    self.dim as i32,
+                    Arc::new(Float32Array::from(values)),
+                    None,
+                )?));
+            } else {
+                let arrays: Vec<&dyn Array> =
+                    others.iter().map(|b| b.column(other).as_ref()).collect();
+                cols.push(arrow_select::interleave::interleave(&arrays, &at)?);
+                other += 1;
+            }
+        }
+        cols.push(Arc::new(Float64Array::from_iter_values(
+            picks.iter().map(|p| p.0),
+        )));
+        cols.push(Arc::new(UInt64Array::from_iter_values(
+            picks.iter().map(|p| p.1 as u64),
+        )));
+        Ok(RecordBatch::try_new(self.picked.clone(), cols)?)
+    }
+}
+
+impl FusedGroup for DriftRows {
+    fn rows(&mut self, values: &[f32]) {
+        let d = self.dim;
+        self.take(&Rows::dense_f32(values, d), |j, dst| {
+            dst.copy_from_slice(&values[j * d..(j + 1) * d]);
+        });
+    }
+
+    fn rows_at(&mut self, buf: &[u8], at: &[usize]) {
+        let d = self.dim;
+        self.take(&Rows::scattered_f32_le(buf, at, d), |j, dst| {
+            let row = &buf[at[j]..at[j] + 4 * d];
+            for (o, b) in dst.iter_mut().zip(row.chunks_exact(4)) {
+                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        });
+    }
+
+    fn finish(self: Box<Self>, others: Vec<RecordBatch>) -> Decoded {
+        let rows = self.in_window.len();
+        if self.failed || self.done != rows {
+            return Err(ParquetError::General(format!(
+                "scored {} of {rows} rows of a row group",
+                self.done
+            )));
+        }
+        let mut out = Vec::with_capacity(2);
+        if !self.worst.heap.is_empty() {
+            out.push(self.picked(&others)?);
+        }
+        let DriftRows {
+            groups,
+            in_window,
+            score,
+            energy,
+            valid,
+            ..
+        } = *self;
+        let group = match groups {
+            Some(g) => UInt32Array::from(g),
+            None => UInt32Array::new_null(rows),
+        };
+        out.push(RecordBatch::try_new(
+            STATS.clone(),
+            vec![
+                Arc::new(Float64Array::new(score.into(), Some(valid.into()))),
+                Arc::new(Float64Array::from(energy)),
+                Arc::new(group),
+                Arc::new(BooleanArray::from(in_window)),
+            ],
+        )?);
+        Ok(out)
+    }
+}
+
+/// A row group's `k` worst rows so far by (score, row), with copies of their
+/// embeddings. Rows arrive in order, so a later row never displaces an equal score.
+/// A max-heap finds the row to drop in O(log k), so a large `top_k` stays cheap.
+struct Picks {
+    k: usize,
+    dim: usize,
+    heap: std::collections::BinaryHeap<Pick>,
+    values: Vec<f32>,
+}
+
+/// A kept row: its score, its row in the group and the slot of its copy.
+struct Pick(f64, usize, usize);
+
+impl Ord for Pick {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&o.0).then(self.1.cmp(&o.1))
+    }
+}
+impl PartialOrd for Pick {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl PartialEq for Pick {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o).is_eq()
+    }
+}
+impl Eq for Pick {}
+
+impl Picks {
+    fn new(k: usize, dim: usize) -> Self {
+        Picks {
+            k,
+            dim,
+            heap: std::collections::BinaryHeap::with_capacity(k),
+            values: vec![],
+        }
+    }
+
+    fn offer(&mut self, score: f64, row: usize, copy: impl FnOnce(&mut [f32])) {
+        let slot = if self.heap.len() < self.k {
+            let slot = self.heap.len();
+            self.values.resize((slot + 1) * self.dim, 0.0);
+            slot
+        } else {
+            match self.heap.peek_mut() {
+                Some(top) if score.total_cmp(&top.0).is_lt() => {
+                    std::collections::binary_heap::PeekMut::pop(top).2
+                }
+                _ => return,
+            }
+        };
+        copy(&mut self.values[slot * self.dim..(slot + 1) * self.dim]);
+        self.heap.push(Pick(score, row, slot));
+    }
+
+    /// (score, row, copy) of every kept row, by row.
+    fn sorted(&self) -> Vec<(f64, usize, &[f32])> {
+        let mut v: Vec<(f64, usize, &[f32])> = self
+            .heap
+            .iter()
+            .map(|p| (p.0, p.1, &self.values[p.2 * self.dim..(p.2 + 1) * self.dim]))
+            .collect();
+        v.sort_by_key(|p| p.1);
+        v
+    }
+}
