@@ -1003,6 +1003,54 @@ fn fused_drift_writes_the_bytes_of_the_arrow_path() {
     }
 }
 
+/// Partitions are read ahead in one chain, but committed in order: a partition whose
+/// file cannot be read (pages zeroed) or opened (not Parquet) stops the run with an
+/// error naming the file, after every partition before it is committed and before
+/// any after it is. Fixed and rerun, the output is byte for byte a clean run's.
+#[test]
+fn a_partition_that_fails_stops_the_run_after_the_ones_before_it() {
+    let Some(Setup {
+        dir: _,
+        tmp,
+        model,
+        lake,
+    }) = setup(0..4)
+    else {
+        return;
+    };
+    let stores = Arc::new(Stores::new(StoreEnv::default()));
+    let run = |out: &Path| {
+        let spec = DriftSpec::parse(&spec_text(&s(&lake), &s(&model), &s(out))).unwrap();
+        DriftJob::new(spec, stores.clone()).run()
+    };
+    let clean = tmp.path().join("clean");
+    run(&clean).unwrap();
+    let want = snapshot(&clean);
+    let file = |day: u32| lake.join(format!("date=2026-11-{day:02}/part-0.parquet"));
+    for (day, how) in [(3u32, "pages"), (2, "not parquet")] {
+        let saved = std::fs::read(file(day)).unwrap();
+        if how == "pages" {
+            wreck_pages(&file(day));
+        } else {
+            std::fs::write(file(day), b"not a parquet file at all").unwrap();
+        }
+        let out = tmp.path().join(format!("out-{day}"));
+        let e = run(&out).unwrap_err().to_string();
+        assert!(e.contains(&format!("date=2026-11-{day:02}")), "{how}: {e}");
+        assert_eq!(state_partitions(&out), Some(day as usize - 1), "{how}");
+        for d in 1..=4u32 {
+            let metrics = out.join(format!("metrics/part-2026-11-{d:02}.parquet"));
+            assert_eq!(metrics.exists(), d < day, "{how}: day {d}");
+        }
+        std::fs::write(file(day), saved).unwrap();
+        run(&out).unwrap();
+        assert!(
+            snapshot(&out) == want,
+            "{how}: the rerun differs from a clean run"
+        );
+    }
+}
+
 /// Not a test of its own: the child process of
 /// `sigterm_stops_a_watch_process_between_partitions`, which re-runs this test binary
 /// to get a real process to signal. Runs the CLI with the JSON arguments in

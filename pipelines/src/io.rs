@@ -535,8 +535,25 @@ pub fn read_ahead_fused(
     fused: Option<Arc<dyn crate::fastlist::Fused>>,
     tx: std::sync::mpsc::SyncSender<Result<(usize, RecordBatch)>>,
 ) {
+    let each = files.into_iter().map(|f| (f, fused.clone())).collect();
+    read_ahead_each(each, |i, b| {
+        let stop = b.is_err();
+        tx.send(b.map(|b| (i, b))).is_ok() && !stop
+    })
+}
+
+/// [`read_ahead_fused`] with a consumer per input: a drift run reads several
+/// partitions in one chain, each with its own window and worst rows. `send` gets each
+/// batch or error with its input's index, in order, and returns `false` to stop; an
+/// error is the last thing sent.
+pub fn read_ahead_each(
+    files: Vec<(ParquetFile, Option<Arc<dyn crate::fastlist::Fused>>)>,
+    mut send: impl FnMut(usize, Result<RecordBatch>) -> bool,
+) {
     let mut files = files.into_iter().enumerate();
-    let open = |f: ParquetFile| f.read_fused(None, fused.clone());
+    let open = |(f, fused): (ParquetFile, Option<Arc<dyn crate::fastlist::Fused>>)| {
+        f.read_fused(None, fused)
+    };
     let mut carried: Option<(usize, Batches)> = None;
     loop {
         let (i, batches) = match carried.take() {
@@ -546,7 +563,7 @@ pub fn read_ahead_fused(
                 Some((i, f)) => match open(f) {
                     Ok(b) => (i, b),
                     Err(e) => {
-                        let _ = tx.send(Err(e));
+                        send(i, Err(e));
                         return;
                     }
                 },
@@ -555,8 +572,11 @@ pub fn read_ahead_fused(
         let (mut chain, path) = match batches.into_fast() {
             Ok(fast) => fast,
             Err(batches) => {
-                if !send_all(i, batches, &tx) {
-                    return;
+                for b in batches {
+                    let stop = b.is_err();
+                    if !send(i, b) || stop {
+                        return;
+                    }
                 }
                 continue;
             }
@@ -576,7 +596,7 @@ pub fn read_ahead_fused(
                     break;
                 }
                 Err(e) => {
-                    failed = Some(e);
+                    failed = Some((j, e));
                     break;
                 }
             }
@@ -584,39 +604,27 @@ pub fn read_ahead_fused(
         loop {
             // The decoding itself runs on the reader's threads, which turn a panic
             // on a corrupt page into an error; nothing here decodes.
-            let item = match chain.next_from() {
+            let (k, item) = match chain.next_from() {
                 None => break,
-                Some((k, Ok(b))) => Ok((index[k], b)),
-                Some((k, Err(e))) => Err(Error::Arrow {
-                    path: paths[k].clone(),
-                    source: arrow_schema::ArrowError::ExternalError(Box::new(e)),
-                }),
+                Some((k, Ok(b))) => (k, Ok(b)),
+                Some((k, Err(e))) => (
+                    k,
+                    Err(Error::Arrow {
+                        path: paths[k].clone(),
+                        source: arrow_schema::ArrowError::ExternalError(Box::new(e)),
+                    }),
+                ),
             };
             let stop = item.is_err();
-            if tx.send(item).is_err() || stop {
+            if !send(index[k], item) || stop {
                 return;
             }
         }
-        if let Some(e) = failed {
-            let _ = tx.send(Err(e));
+        if let Some((j, e)) = failed {
+            send(j, Err(e));
             return;
         }
     }
-}
-
-/// Sends one input's batches; `false` once the receiver is gone or after an error.
-fn send_all(
-    i: usize,
-    batches: Batches,
-    tx: &std::sync::mpsc::SyncSender<Result<(usize, RecordBatch)>>,
-) -> bool {
-    for b in batches {
-        let stop = b.is_err();
-        if tx.send(b.map(|b| (i, b))).is_err() || stop {
-            return false;
-        }
-    }
-    true
 }
 
 /// Opens every input and checks they share the first file's schema, so a mismatch is

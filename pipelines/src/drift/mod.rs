@@ -411,6 +411,27 @@ struct Found {
 }
 
 /// What processing a partition produced.
+/// A partition's time window: its layout and index; `None` for a hive partition.
+type Window<'p> = Option<(&'p window::TimeWindows, i64)>;
+
+/// A partition's opened files, or why it is skipped.
+enum Prepared<'p> {
+    Ready(Vec<ParquetFile>, Window<'p>),
+    Skipped(String),
+}
+
+/// What a partition's rows gave: statistics and worst rows.
+struct Gathered {
+    whole: Acc,
+    groups: Vec<Acc>,
+    worst: Worst,
+}
+
+/// Partitions opened and read as one chain: enough to keep both cores busy across
+/// partition boundaries, few enough that a backfill of thousands of partitions does
+/// not hold every footer at once.
+const CHAINED_PARTITIONS: usize = 8;
+
 enum Processed {
     Done {
         record: Box<PartitionRecord>,
@@ -664,60 +685,129 @@ impl DriftJob {
         // From here on, `partitions` lists what this run actually processed.
         summary.partitions.clear();
         let bar = crate::progress::bar(todo.len() as u64, "partitions", "drift");
-        for part in todo {
-            if self
-                .cancel
-                .as_ref()
-                .is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst))
-            {
-                summary.interrupted = true;
-                break;
-            }
-            let record = match self.process(&model, part, &state)? {
-                Processed::Skipped(reason) => {
-                    let r = PartitionRecord {
-                        partition: part.value.clone(),
-                        status: "skipped".into(),
-                        reason: Some(reason),
-                        rows: 0,
-                        ood_rows: 0,
-                        ood_rate: 0.0,
-                        expected_rate: 0.0,
-                        p_value: 1.0,
-                        drift: false,
-                        drift_groups: vec![],
-                        score_quantiles: vec![],
-                        groups: vec![],
-                        worst: vec![],
-                    };
-                    summary.skipped.push((&r).into());
-                    r
+        // Commits one partition's outputs, in order; `false` once cancelled.
+        let mut commit =
+            |part: &Partition, processed: Processed, state: &mut State| -> Result<bool> {
+                if self
+                    .cancel
+                    .as_ref()
+                    .is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst))
+                {
+                    summary.interrupted = true;
+                    return Ok(false);
                 }
-                Processed::Done {
-                    record,
-                    metrics,
-                    worst,
-                } => {
-                    let name = format!("part-{}.parquet", file_safe(&part.value));
-                    self.out(&format!("metrics/{name}"))?
-                        .put(parquet_bytes(&metrics)?)?;
-                    self.checkpoint(&format!("metrics:{}", part.value))?;
-                    if let Some(w) = worst {
-                        self.out(&format!("worst/{name}"))?
-                            .put(parquet_bytes(&w)?)?;
+                let record = match processed {
+                    Processed::Skipped(reason) => {
+                        let r = PartitionRecord {
+                            partition: part.value.clone(),
+                            status: "skipped".into(),
+                            reason: Some(reason),
+                            rows: 0,
+                            ood_rows: 0,
+                            ood_rate: 0.0,
+                            expected_rate: 0.0,
+                            p_value: 1.0,
+                            drift: false,
+                            drift_groups: vec![],
+                            score_quantiles: vec![],
+                            groups: vec![],
+                            worst: vec![],
+                        };
+                        summary.skipped.push((&r).into());
+                        r
                     }
-                    self.checkpoint(&format!("worst:{}", part.value))?;
-                    if record.drift {
-                        summary.drifted.push(record.as_ref().into());
+                    Processed::Done {
+                        record,
+                        metrics,
+                        worst,
+                    } => {
+                        let name = format!("part-{}.parquet", file_safe(&part.value));
+                        self.out(&format!("metrics/{name}"))?
+                            .put(parquet_bytes(&metrics)?)?;
+                        self.checkpoint(&format!("metrics:{}", part.value))?;
+                        if let Some(w) = worst {
+                            self.out(&format!("worst/{name}"))?
+                                .put(parquet_bytes(&w)?)?;
+                        }
+                        self.checkpoint(&format!("worst:{}", part.value))?;
+                        if record.drift {
+                            summary.drifted.push(record.as_ref().into());
+                        }
+                        *record
                     }
-                    *record
-                }
+                };
+                summary.partitions.push(part.value.clone());
+                state.partitions.insert(part.value.clone(), record);
+                self.save_state(state)?;
+                self.checkpoint(&format!("state:{}", part.value))?;
+                bar.inc(1);
+                Ok(true)
             };
-            summary.partitions.push(part.value.clone());
-            state.partitions.insert(part.value.clone(), record);
-            self.save_state(&state)?;
-            self.checkpoint(&format!("state:{}", part.value))?;
-            bar.inc(1);
+        let routing = self.routing();
+        'chunks: for chunk in todo.chunks(CHAINED_PARTITIONS) {
+            // An error opening a partition is raised in its turn, after the
+            // partitions before it are committed.
+            let mut ready = vec![];
+            let mut not_read: Vec<Option<Result<Processed>>> = Vec::with_capacity(chunk.len());
+            let mut files_in = vec![];
+            for part in chunk {
+                match self.prepare(&model, part) {
+                    Ok(Prepared::Ready(files, window)) => {
+                        files_in.push(files.len());
+                        ready.push((files, window));
+                        not_read.push(None);
+                    }
+                    Ok(Prepared::Skipped(reason)) => {
+                        not_read.push(Some(Ok(Processed::Skipped(reason))))
+                    }
+                    Err(e) => not_read.push(Some(Err(e))),
+                }
+            }
+            let read_at: Vec<usize> = (0..chunk.len())
+                .filter(|&i| not_read[i].is_none())
+                .collect();
+            let mut next = 0;
+            // Commits the partitions of the chunk before `upto` that were not read.
+            let flush =
+                |upto: usize,
+                 next: &mut usize,
+                 not_read: &mut Vec<Option<Result<Processed>>>,
+                 state: &mut State,
+                 commit: &mut dyn FnMut(&Partition, Processed, &mut State) -> Result<bool>|
+                 -> Result<bool> {
+                    while *next < upto {
+                        if let Some(p) = not_read[*next].take()
+                            && !commit(chunk[*next], p?, state)?
+                        {
+                            return Ok(false);
+                        }
+                        *next += 1;
+                    }
+                    Ok(true)
+                };
+            let mut go_on = true;
+            self.accumulate(&model, &routing, ready, self.spec.report.top_k, |r, g| {
+                let at = read_at[r];
+                if !flush(at, &mut next, &mut not_read, &mut state, &mut commit)? {
+                    go_on = false;
+                    return Ok(false);
+                }
+                let processed = self.conclude(&model, chunk[at], &state, files_in[r], g)?;
+                next = at + 1;
+                go_on = commit(chunk[at], processed, &mut state)?;
+                Ok(go_on)
+            })?;
+            if !go_on
+                || !flush(
+                    chunk.len(),
+                    &mut next,
+                    &mut not_read,
+                    &mut state,
+                    &mut commit,
+                )?
+            {
+                break 'chunks;
+            }
         }
         bar.finish_and_clear();
         let html = report::render(&self.spec, &state);
@@ -746,19 +836,21 @@ impl DriftJob {
     /// Scores every row of `inputs` against the model (the reference data).
     fn measure_reference(&self, model: &Model, url: &str) -> Result<ReferenceRecord> {
         let routing = self.routing();
-        let k = model.groups().len();
-        let mut whole = Acc::default();
-        let mut groups: Vec<Acc> = (0..k).map(|_| Acc::default()).collect();
         let files = crate::io::open_all(&self.stores, &[url.to_string()])
             .map_err(|e| Error::Usage(format!("reference.url: {e}")))?;
-        self.accumulate(
-            model,
-            &routing,
-            files,
-            (&mut whole, &mut groups),
-            None,
-            None,
-        )?;
+        let mut got = None;
+        self.accumulate(model, &routing, vec![(files, None)], 0, |_, g| {
+            got = Some(g);
+            Ok(true)
+        })?;
+        let Some(Gathered {
+            mut whole, groups, ..
+        }) = got
+        else {
+            return Err(Error::Usage(format!(
+                "reference.url {url}: nothing was read"
+            )));
+        };
         if whole.scored() == 0 {
             return Err(Error::Usage(format!(
                 "reference.url {url}: no scorable rows; point it at in-distribution data with the '{}' column",
@@ -780,48 +872,91 @@ impl DriftJob {
         })
     }
 
-    /// Scores every row of `files` into the partition's and its groups' statistics,
-    /// and offers the rows to the worst-rows list. Decoding overlaps scoring as in
-    /// `reclag score`: a reader thread stays up to two batches ahead.
+    /// Scores every row of each partition's files into its statistics and worst rows
+    /// and hands them to `each` in partition order (`Ok(false)` stops the reading).
+    /// Decoding overlaps scoring as in `reclag score`, and one reader chain spans the
+    /// partitions: the next partition's row groups decode while this one's last is
+    /// still being scored, where reading partition by partition left a core idle at
+    /// every boundary.
     fn accumulate(
         &self,
         model: &Model,
         routing: &Routing,
-        files: Vec<ParquetFile>,
-        (whole, groups): (&mut Acc, &mut [Acc]),
-        mut worst: Option<&mut Worst>,
-        window: Option<(&window::TimeWindows, i64)>,
+        parts: Vec<(Vec<ParquetFile>, Window<'_>)>,
+        top_k: usize,
+        mut each: impl FnMut(usize, Gathered) -> Result<bool>,
     ) -> Result<()> {
-        let paths: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
-        let fused = match files.first() {
-            Some(first) if self.fused => {
-                let emb = first.column_index(&self.spec.source.embedding)?;
+        let k = model.groups().len();
+        let fresh = || Gathered {
+            whole: Acc::default(),
+            groups: (0..k).map(|_| Acc::default()).collect(),
+            worst: Worst {
+                k: top_k,
+                batch: None,
+                keys: vec![],
+            },
+        };
+        let shared = Arc::new(model.clone());
+        let (mut part_of, mut paths, mut reads) = (vec![], vec![], vec![]);
+        let (mut windows, mut fuseds) = (vec![], vec![]);
+        for (p, (files, window)) in parts.into_iter().enumerate() {
+            // A file whose embedding does not resolve is left to the usual path,
+            // which reports it.
+            let fused = files.first().filter(|_| self.fused).and_then(|first| {
+                let emb = first.column_index(&self.spec.source.embedding).ok()?;
                 Some(Arc::new(fused::FusedDrift::new(
-                    Arc::new(model.clone()),
+                    shared.clone(),
                     routing.clone(),
                     window.map(|(tw, w)| (tw.clone(), w)),
-                    worst.as_ref().map_or(0, |w| w.k),
+                    top_k,
                     first.schema.clone(),
                     emb,
                     first.path.clone(),
                 )))
+            });
+            for f in files {
+                part_of.push(p);
+                paths.push(f.path.clone());
+                let consumer = fused.clone().map(|f| f as Arc<dyn crate::fastlist::Fused>);
+                reads.push((f, consumer));
             }
-            _ => None,
-        };
-        let reader = fused.clone().map(|f| f as Arc<dyn crate::fastlist::Fused>);
+            windows.push(window);
+            fuseds.push(fused);
+        }
         let (tx, rx) = std::sync::mpsc::sync_channel(2);
         std::thread::scope(|scope| {
-            scope.spawn(move || crate::io::read_ahead_fused(files, reader, tx));
+            scope.spawn(move || {
+                crate::io::read_ahead_each(reads, |i, b| {
+                    let stop = b.is_err();
+                    tx.send((i, b)).is_ok() && !stop
+                })
+            });
             let mut out = ScoreOutput::default();
             let (mut file, mut base) = (usize::MAX, 0u64);
             let (mut idx, mut keep) = (vec![], vec![]);
+            let (mut cur, mut g) = (0, fresh());
             // Returning early drops `rx`, which stops the reader.
-            for item in rx {
-                let (fi, batch) = item?;
+            for (fi, item) in rx {
+                // Partitions before this input's are whole, even when it failed:
+                // they are committed before its error is raised.
+                let p = part_of[fi];
+                while cur < p {
+                    if !each(cur, std::mem::replace(&mut g, fresh()))? {
+                        return Ok(());
+                    }
+                    cur += 1;
+                }
+                let batch = item?;
                 if fi != file {
                     (file, base) = (fi, 0);
                 }
-                match fused.as_ref().map(|f| f.part(&batch)) {
+                let window = windows[p];
+                let Gathered {
+                    whole,
+                    groups,
+                    worst,
+                } = &mut g;
+                match fuseds[p].as_ref().map(|f| f.part(&batch)) {
                     Some(fused::Part::Stats(rows)) => {
                         for i in 0..rows.rows() {
                             if !rows.in_window(i) {
@@ -836,9 +971,7 @@ impl DriftJob {
                         continue;
                     }
                     Some(fused::Part::Picked) => {
-                        if let Some(w) = worst.as_deref_mut() {
-                            w.offer_picked(&batch, fi as u32, base)?;
-                        }
+                        worst.offer_picked(&batch, fi as u32, base)?;
                         continue;
                     }
                     Some(fused::Part::Rows) | None => {}
@@ -877,10 +1010,14 @@ impl DriftJob {
                         groups[gi as usize].add(scored);
                     }
                 }
-                if let Some(w) = worst.as_deref_mut() {
-                    w.offer(&batch, &out, fi as u32, base, mask)?;
-                }
+                worst.offer(&batch, &out, fi as u32, base, mask)?;
                 base += batch.num_rows() as u64;
+            }
+            while cur < windows.len() {
+                if !each(cur, std::mem::replace(&mut g, fresh()))? {
+                    return Ok(());
+                }
+                cur += 1;
             }
             Ok(())
         })
@@ -893,7 +1030,8 @@ impl DriftJob {
         }
     }
 
-    fn process(&self, model: &Model, part: &Partition, state: &State) -> Result<Processed> {
+    /// Opens a partition's files, or says why it is skipped.
+    fn prepare<'p>(&self, model: &Model, part: &'p Partition) -> Result<Prepared<'p>> {
         let (files, window): (Vec<FileRowGroups>, _) = match &part.source {
             PartSource::Dir(dir) => (
                 crate::io::parquet_files_below(dir)?
@@ -917,20 +1055,12 @@ impl DriftJob {
             }
         };
         if files.is_empty() {
-            return Ok(Processed::Skipped(format!(
+            return Ok(Prepared::Skipped(format!(
                 "no Parquet files in {}",
                 part.describe()
             )));
         }
         let routing = self.routing();
-        let k = model.groups().len();
-        let mut whole = Acc::default();
-        let mut groups: Vec<Acc> = (0..k).map(|_| Acc::default()).collect();
-        let mut worst = Worst {
-            k: self.spec.report.top_k,
-            batch: None,
-            keys: vec![],
-        };
         let mut opened = Vec::with_capacity(files.len());
         for (loc, rgs) in &files {
             let mut file = ParquetFile::open(loc)?;
@@ -942,22 +1072,30 @@ impl DriftJob {
                 &self.spec.source.embedding,
                 routing.column(),
             ) {
-                return Ok(Processed::Skipped(reason));
+                return Ok(Prepared::Skipped(reason));
             }
             opened.push(file);
         }
-        self.accumulate(
-            model,
-            &routing,
-            opened,
-            (&mut whole, &mut groups),
-            Some(&mut worst),
-            window,
-        )?;
+        Ok(Prepared::Ready(opened, window))
+    }
+
+    /// A partition's record, metrics and worst rows from what its rows gave.
+    fn conclude(
+        &self,
+        model: &Model,
+        part: &Partition,
+        state: &State,
+        files: usize,
+        Gathered {
+            mut whole,
+            mut groups,
+            worst,
+        }: Gathered,
+    ) -> Result<Processed> {
+        let routing = self.routing();
         if whole.rows == 0 {
             return Ok(Processed::Skipped(format!(
-                "no rows in {} file(s) of {}",
-                files.len(),
+                "no rows in {files} file(s) of {}",
                 part.describe()
             )));
         }
