@@ -536,7 +536,7 @@ pub fn read_ahead_fused(
     tx: std::sync::mpsc::SyncSender<Result<(usize, RecordBatch)>>,
 ) {
     let each = files.into_iter().map(|f| (f, fused.clone())).collect();
-    read_ahead_each(each, |i, b| {
+    read_ahead_each(each, None, |i, b| {
         let stop = b.is_err();
         tx.send(b.map(|b| (i, b))).is_ok() && !stop
     })
@@ -545,14 +545,16 @@ pub fn read_ahead_fused(
 /// [`read_ahead_fused`] with a consumer per input: a drift run reads several
 /// partitions in one chain, each with its own window and worst rows. `send` gets each
 /// batch or error with its input's index, in order, and returns `false` to stop; an
-/// error is the last thing sent.
+/// error is the last thing sent. `columns` projects every input (the file's column
+/// indices; batches hold them in file order).
 pub fn read_ahead_each(
     files: Vec<(ParquetFile, Option<Arc<dyn crate::fastlist::Fused>>)>,
+    columns: Option<&[usize]>,
     mut send: impl FnMut(usize, Result<RecordBatch>) -> bool,
 ) {
     let mut files = files.into_iter().enumerate();
     let open = |(f, fused): (ParquetFile, Option<Arc<dyn crate::fastlist::Fused>>)| {
-        f.read_fused(None, fused)
+        f.read_fused(columns, fused)
     };
     let mut carried: Option<(usize, Batches)> = None;
     loop {

@@ -6,6 +6,7 @@ pub mod demo;
 pub mod drift;
 pub mod error;
 pub mod eval;
+pub mod fast_table;
 pub mod fastlist;
 pub mod filter;
 pub mod inspect;

@@ -170,9 +170,44 @@ pub async fn register_table(ctx: &SessionContext, name: &str, loc: &Location) ->
     Ok(())
 }
 
+/// Swaps table `name` (a [`ListingTable`]) for a [`FastListTable`] over it, so its
+/// embedding scans take the fast list reader. A table whose files cannot all be opened
+/// here keeps the listing table, which reports any error when it is queried.
+async fn fast_scans(ctx: &SessionContext, name: &str, stores: &Stores, spec: &str) -> Result<()> {
+    let table = ctx.table_provider(name).await.map_err(df_err)?;
+    let Ok(listing) = (table as Arc<dyn std::any::Any + Send + Sync>).downcast::<ListingTable>()
+    else {
+        return Ok(());
+    };
+    if !listing.options().table_partition_cols.is_empty() || !crate::io::fast_decode() {
+        return Ok(());
+    }
+    let Ok(locations) = crate::io::expand_inputs(stores, &[spec.to_string()]) else {
+        return Ok(());
+    };
+    let mut files = Vec::with_capacity(locations.len());
+    for loc in locations {
+        let Ok(f) = crate::io::ParquetFile::open(&loc) else {
+            return Ok(());
+        };
+        files.push((loc, f.schema));
+    }
+    let fast = crate::fast_table::FastListTable::new(listing, files);
+    if fast.fast() {
+        ctx.deregister_table(name).map_err(df_err)?;
+        ctx.register_table(name, Arc::new(fast)).map_err(df_err)?;
+    }
+    Ok(())
+}
+
 /// Runs the query; returns the rendered table (for `Table`) or a one-line summary.
 pub async fn run(job: &SqlJob) -> Result<String> {
     let ctx = session(job).await?;
+    // Only here: a plan over a `FastListTable` does not serialize with
+    // datafusion-proto, and `session`'s callers may ship theirs to another process.
+    for (name, spec) in &job.tables {
+        fast_scans(&ctx, name, &job.stores, spec).await?;
+    }
     let df = ctx.sql(&job.query).await.map_err(df_err)?;
     let schema = Arc::new(df.schema().as_arrow().clone());
     let mut stream = df.execute_stream().await.map_err(df_err)?;

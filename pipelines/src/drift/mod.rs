@@ -926,7 +926,7 @@ impl DriftJob {
         let (tx, rx) = std::sync::mpsc::sync_channel(2);
         std::thread::scope(|scope| {
             scope.spawn(move || {
-                crate::io::read_ahead_each(reads, |i, b| {
+                crate::io::read_ahead_each(reads, None, |i, b| {
                     let stop = b.is_err();
                     tx.send((i, b)).is_ok() && !stop
                 })
