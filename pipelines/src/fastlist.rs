@@ -586,13 +586,13 @@ fn row_group_from<R: ChunkReader + 'static>(
         }
     };
     let fused = plan.fused.as_ref();
-    let mut lists: Vec<Option<ScalarBuffer<f32>>> = vec![None; plan.lists.len()];
+    let mut lists: Vec<Option<Chunked>> = (0..plan.lists.len()).map(|_| None).collect();
     for (li, l) in plan.lists.iter().enumerate() {
         if fused.is_some_and(|f| f.list == li) {
             continue;
         }
-        match decode_list(shared, md.column(l.leaf), rows, l, pool.take(rows * l.dim))? {
-            Some(values) => lists[li] = Some(leased(values, pool)),
+        match decode_list(shared, md.column(l.leaf), rows, l, batch_rows * l.dim, pool)? {
+            Some(values) => lists[li] = Some(values),
             None => return general(open()?, meta, &plan.roots, rg, batch_rows),
         }
     }
@@ -618,8 +618,8 @@ fn row_group_from<R: ChunkReader + 'static>(
         }
         // Declined: the list is read like the others.
         let l = &plan.lists[f.list];
-        match decode_list(shared, md.column(l.leaf), rows, l, pool.take(rows * l.dim))? {
-            Some(values) => lists[f.list] = Some(leased(values, pool)),
+        match decode_list(shared, md.column(l.leaf), rows, l, batch_rows * l.dim, pool)? {
+            Some(values) => lists[f.list] = Some(values),
             None => return general(open()?, meta, &plan.roots, rg, batch_rows),
         }
     }
@@ -634,7 +634,7 @@ fn assemble(
     rows: usize,
     batch_rows: usize,
     others: &[RecordBatch],
-    lists: &[Option<ScalarBuffer<f32>>],
+    lists: &[Option<Chunked>],
     schema: &SchemaRef,
 ) -> Decoded {
     if schema.fields().is_empty() {
@@ -659,7 +659,7 @@ fn assemble(
                         l.item.clone(),
                         l.dim as i32,
                         Arc::new(Float32Array::new(
-                            values.slice(start * l.dim, n * l.dim),
+                            values.range(start * l.dim, n * l.dim),
                             None,
                         )),
                         None,
@@ -698,19 +698,69 @@ fn general<R: ChunkReader + 'static>(
 
 /// The values of a list column chunk, or `None` when the chunk is not a dense PLAIN
 /// `FixedSizeList` this path can copy exactly.
+/// The values come in buffers of `per` values (a batch's worth), so a batch that
+/// outlives its row group, queued in a DataFusion plan say, keeps 32 MiB alive rather
+/// than the row group's 128 MiB.
 fn decode_list<R: ChunkReader + 'static>(
     file: &Arc<R>,
     chunk: &ColumnChunkMetaData,
     rows: usize,
     l: &ListColumn,
-    values: Vec<f32>,
-) -> parquet::errors::Result<Option<Vec<f32>>> {
+    per: usize,
+    pool: &Arc<Pool>,
+) -> parquet::errors::Result<Option<Chunked>> {
     if rows * l.dim * 4 > MAX_FAST_BYTES {
         return Ok(None);
     }
-    let mut sink = Collect(values);
+    let total = rows * l.dim;
+    let per = per.max(1);
+    let mut sink = Collect {
+        pool,
+        per,
+        left: total.saturating_sub(per),
+        cur: pool.take(per.min(total)),
+        done: Vec::with_capacity(total.div_ceil(per)),
+    };
     let whole = stream_list(file, chunk, rows, l, &mut sink)?;
-    Ok(whole.then_some(sink.0))
+    if !whole {
+        return Ok(None);
+    }
+    if !sink.cur.is_empty() {
+        sink.done.push(leased(sink.cur, pool));
+    }
+    Ok(Some(Chunked {
+        per,
+        parts: sink.done,
+    }))
+}
+
+/// A column chunk's values in buffers of `per` values each (the last may be short).
+struct Chunked {
+    per: usize,
+    parts: Vec<ScalarBuffer<f32>>,
+}
+
+impl Chunked {
+    /// Values `from..from + len`: a view where they lie in one buffer (always, for
+    /// batches cut at multiples of `per`), else a copy.
+    fn range(&self, from: usize, len: usize) -> ScalarBuffer<f32> {
+        let (c, off) = (from / self.per, from % self.per);
+        if let Some(part) = self.parts.get(c)
+            && off + len <= part.len()
+        {
+            return part.slice(off, len);
+        }
+        let mut v = Vec::with_capacity(len);
+        let (mut at, end) = (from, from + len);
+        while at < end {
+            let (c, off) = (at / self.per, at % self.per);
+            let Some(part) = self.parts.get(c) else { break };
+            let take = (part.len() - off).min(end - at);
+            v.extend_from_slice(&part[off..off + take]);
+            at += take;
+        }
+        ScalarBuffer::from(v)
+    }
 }
 
 /// Where [`stream_list`] delivers a chunk's values, page by page, in order.
@@ -730,12 +780,29 @@ trait Pages {
     }
 }
 
-/// Appends the values to one buffer.
-struct Collect(Vec<f32>);
+/// Appends the values to buffers of `per` values from the pool.
+struct Collect<'p> {
+    pool: &'p Arc<Pool>,
+    per: usize,
+    /// Values not yet given a buffer.
+    left: usize,
+    cur: Vec<f32>,
+    done: Vec<ScalarBuffer<f32>>,
+}
 
-impl Pages for Collect {
-    fn values(&mut self, b: &[u8]) -> bool {
-        extend_le(&mut self.0, b);
+impl Pages for Collect<'_> {
+    fn values(&mut self, mut b: &[u8]) -> bool {
+        while !b.is_empty() {
+            if self.cur.len() == self.per {
+                let next = self.pool.take(self.per.min(self.left));
+                self.left = self.left.saturating_sub(self.per);
+                let full = std::mem::replace(&mut self.cur, next);
+                self.done.push(leased(full, self.pool));
+            }
+            let take = (4 * (self.per - self.cur.len())).min(b.len());
+            extend_le(&mut self.cur, &b[..take]);
+            b = &b[take..];
+        }
         true
     }
 }
@@ -1449,7 +1516,8 @@ mod tests {
         let file = Arc::new(f.reopen().unwrap());
         let all_fast = (0..m.metadata().num_row_groups()).all(|rg| {
             let md = m.metadata().row_group(rg);
-            decode_list(&file, md.column(l.leaf), md.num_rows() as usize, &l, vec![])
+            let (rows, per) = (md.num_rows() as usize, batch_rows * l.dim);
+            decode_list(&file, md.column(l.leaf), rows, &l, per, &Arc::default())
                 .unwrap()
                 .is_some()
         });
@@ -1681,7 +1749,8 @@ mod tests {
                     md.column(l.leaf),
                     md.num_rows() as usize,
                     &l,
-                    vec![],
+                    100 * l.dim,
+                    &Arc::default(),
                 )
                 .unwrap();
                 assert!(values.is_some(), "row group {rg} takes the fast path");
@@ -1713,6 +1782,32 @@ mod tests {
         assert!(sparse.get_bytes(6, 4).is_err());
         assert!(sparse.get_read(2).is_err());
         assert_eq!(&sparse.get_bytes(5, 2).unwrap()[..], b"bc");
+    }
+
+    /// A range of a chunked column is a view inside one buffer and a copy across
+    /// buffers, with the same values either way; buffers go back to the pool.
+    #[test]
+    fn chunked_ranges_are_views_or_copies_of_the_same_values() {
+        let pool: Arc<Pool> = Arc::default();
+        let values: Vec<f32> = (0..23).map(|i| i as f32).collect();
+        let parts = values
+            .chunks(5)
+            .map(|c| leased(c.to_vec(), &pool))
+            .collect();
+        let chunked = Chunked { per: 5, parts };
+        for from in 0..23 {
+            for len in 0..=(23 - from) {
+                let got = chunked.range(from, len);
+                assert_eq!(&got[..], &values[from..from + len], "{from}+{len}");
+                let part = chunked.parts[from / 5][..].as_ptr_range();
+                let inside = part.contains(&got.as_ptr());
+                if len > 0 {
+                    assert_eq!(inside, from % 5 + len <= 5, "{from}+{len}: view or copy");
+                }
+            }
+        }
+        drop(chunked);
+        assert_eq!(pool.free.lock().unwrap().len(), 5);
     }
 
     /// Pages cut anywhere (mid-row, one value long, misaligned in memory) reach the
