@@ -209,3 +209,17 @@ pub fn train_model(input: &Path, out: &Path, epochs: u32) -> Arc<reclag::Model> 
     ]);
     Arc::new(reclag::format::load(out).unwrap())
 }
+
+/// `b` with one more column at the end.
+pub fn with_column(b: &RecordBatch, field: arrow_schema::Field, col: ArrayRef) -> RecordBatch {
+    let mut fields: Vec<arrow_schema::Field> = b
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(field);
+    let mut cols = b.columns().to_vec();
+    cols.push(col);
+    RecordBatch::try_new(Arc::new(arrow_schema::Schema::new(fields)), cols).unwrap()
+}

@@ -168,6 +168,17 @@ pub fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     m
 }
 
+/// The files that differ between two snapshots (or are in only one).
+fn differing<'a>(
+    a: &'a BTreeMap<String, Vec<u8>>,
+    b: &'a BTreeMap<String, Vec<u8>>,
+) -> Vec<&'a String> {
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .collect()
+}
+
 fn json(line: &str) -> serde_json::Value {
     serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{e}: {line}"))
 }
@@ -353,11 +364,7 @@ fn a_crash_at_any_checkpoint_reruns_to_the_same_bytes() {
         );
         job(&out).run().unwrap();
         let got = snapshot(&out);
-        let differ: Vec<&String> = want
-            .keys()
-            .chain(got.keys())
-            .filter(|k| want.get(*k) != got.get(*k))
-            .collect();
+        let differ = differing(&want, &got);
         assert!(
             differ.is_empty(),
             "{point}: rerun after the crash differs in {differ:?}"
@@ -760,21 +767,15 @@ fn nov(day: i64) -> i64 {
 
 /// `b` with an `event_time` column (microseconds, UTC).
 fn with_time(b: &RecordBatch, ts: Vec<Option<i64>>) -> RecordBatch {
-    use arrow_array::{ArrayRef, TimestampMicrosecondArray};
-    let mut fields: Vec<arrow_schema::Field> = b
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
-    fields.push(arrow_schema::Field::new(
-        "event_time",
-        arrow_schema::DataType::Timestamp(arrow_schema::TimeUnit::Microsecond, Some("UTC".into())),
-        true,
-    ));
-    let mut cols = b.columns().to_vec();
-    cols.push(Arc::new(TimestampMicrosecondArray::from(ts).with_timezone("UTC")) as ArrayRef);
-    RecordBatch::try_new(Arc::new(arrow_schema::Schema::new(fields)), cols).unwrap()
+    use arrow_array::TimestampMicrosecondArray;
+    let t =
+        arrow_schema::DataType::Timestamp(arrow_schema::TimeUnit::Microsecond, Some("UTC".into()));
+    let col = TimestampMicrosecondArray::from(ts).with_timezone("UTC");
+    crate::common::with_column(
+        b,
+        arrow_schema::Field::new("event_time", t, true),
+        Arc::new(col),
+    )
 }
 
 /// The same ten days as one flat lake partitioned by an `event_time` column: three
@@ -990,12 +991,7 @@ fn fused_drift_writes_the_bytes_of_the_arrow_path() {
         assert_eq!(fused.0.partitions, want.0.partitions, "{name}");
         assert!(fused.0.partitions.len() >= 5, "{name}: {:?}", fused.0);
         assert!(want.1.keys().any(|k| k.starts_with("worst/")), "{name}");
-        let differ: Vec<&String> = want
-            .1
-            .keys()
-            .chain(fused.1.keys())
-            .filter(|k| want.1.get(*k) != fused.1.get(*k))
-            .collect();
+        let differ = differing(&want.1, &fused.1);
         assert!(
             differ.is_empty(),
             "{name}: fused output differs in {differ:?}"

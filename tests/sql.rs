@@ -441,20 +441,8 @@ fn fast_scans_equal_datafusions_parquet_scan() {
             .iter()
             .map(|l| l.map(|l| format!("class-{l}")))
             .collect();
-        let mut fields: Vec<arrow_schema::Field> = b
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect();
-        fields.push(arrow_schema::Field::new(
-            "label_name",
-            arrow_schema::DataType::Utf8,
-            true,
-        ));
-        let mut cols = b.columns().to_vec();
-        cols.push(Arc::new(names));
-        let b = RecordBatch::try_new(Arc::new(arrow_schema::Schema::new(fields)), cols).unwrap();
+        let field = arrow_schema::Field::new("label_name", arrow_schema::DataType::Utf8, true);
+        let b = crate::common::with_column(&b, field, Arc::new(names));
         let props = parquet::file::properties::WriterProperties::builder()
             .set_max_row_group_row_count(Some(128))
             .build();
