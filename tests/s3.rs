@@ -348,6 +348,35 @@ fn s3_train_score_and_sql_over_a_hive_lake() {
         b2.column(0).as_primitive::<Int64Type>().value(0),
         ood_per_day(0) + ood_per_day(1)
     );
+    // One object as a table: its embedding scan takes the fast list reader, over S3.
+    let one = format!("ev=s3://lake/events/day={}/part-0.parquet", days[0]);
+    let q3 = "SELECT count(*) AS n FROM ev WHERE reclag_is_ood('prod', embedding, label)";
+    let model = "prod=s3://lake/models/m.parquet";
+    let plan = ok(
+        &env,
+        &[
+            "sql",
+            &format!("EXPLAIN {q3}"),
+            "--table",
+            &one,
+            "--model",
+            model,
+        ],
+    );
+    assert!(plan.contains("StreamingTableExec"), "{plan}");
+    let res3 = t.join("one.parquet");
+    let out3 = res3.display().to_string();
+    ok(
+        &env,
+        &[
+            "sql", q3, "--table", &one, "--model", model, "--output", &out3,
+        ],
+    );
+    let b3 = read_parquet(&res3);
+    assert_eq!(
+        b3.column(0).as_primitive::<Int64Type>().value(0),
+        ood_per_day(0)
+    );
 }
 
 #[test]
