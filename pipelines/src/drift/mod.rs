@@ -744,69 +744,34 @@ impl DriftJob {
                 Ok(true)
             };
         let routing = self.routing();
-        'chunks: for chunk in todo.chunks(CHAINED_PARTITIONS) {
-            // An error opening a partition is raised in its turn, after the
-            // partitions before it are committed.
-            let mut ready = vec![];
+        for chunk in todo.chunks(CHAINED_PARTITIONS) {
+            // A partition that was skipped or failed to open is read as no files; its
+            // verdict (or error) is committed in its turn, after the ones before it.
+            let mut reads = Vec::with_capacity(chunk.len());
             let mut not_read: Vec<Option<Result<Processed>>> = Vec::with_capacity(chunk.len());
-            let mut files_in = vec![];
             for part in chunk {
-                match self.prepare(&model, part) {
-                    Ok(Prepared::Ready(files, window)) => {
-                        files_in.push(files.len());
-                        ready.push((files, window));
-                        not_read.push(None);
-                    }
+                let (files, window, verdict) = match self.prepare(&model, part) {
+                    Ok(Prepared::Ready(files, window)) => (files, window, None),
                     Ok(Prepared::Skipped(reason)) => {
-                        not_read.push(Some(Ok(Processed::Skipped(reason))))
+                        (vec![], None, Some(Ok(Processed::Skipped(reason))))
                     }
-                    Err(e) => not_read.push(Some(Err(e))),
-                }
-            }
-            let read_at: Vec<usize> = (0..chunk.len())
-                .filter(|&i| not_read[i].is_none())
-                .collect();
-            let mut next = 0;
-            // Commits the partitions of the chunk before `upto` that were not read.
-            let flush =
-                |upto: usize,
-                 next: &mut usize,
-                 not_read: &mut Vec<Option<Result<Processed>>>,
-                 state: &mut State,
-                 commit: &mut dyn FnMut(&Partition, Processed, &mut State) -> Result<bool>|
-                 -> Result<bool> {
-                    while *next < upto {
-                        if let Some(p) = not_read[*next].take()
-                            && !commit(chunk[*next], p?, state)?
-                        {
-                            return Ok(false);
-                        }
-                        *next += 1;
-                    }
-                    Ok(true)
+                    Err(e) => (vec![], None, Some(Err(e))),
                 };
+                reads.push((files, window));
+                not_read.push(verdict);
+            }
+            let files_in: Vec<usize> = reads.iter().map(|(f, _)| f.len()).collect();
             let mut go_on = true;
-            self.accumulate(&model, &routing, ready, self.spec.report.top_k, |r, g| {
-                let at = read_at[r];
-                if !flush(at, &mut next, &mut not_read, &mut state, &mut commit)? {
-                    go_on = false;
-                    return Ok(false);
-                }
-                let processed = self.conclude(&model, chunk[at], &state, files_in[r], g)?;
-                next = at + 1;
-                go_on = commit(chunk[at], processed, &mut state)?;
+            self.accumulate(&model, &routing, reads, self.spec.report.top_k, |i, g| {
+                let processed = match not_read[i].take() {
+                    Some(verdict) => verdict?,
+                    None => self.conclude(&model, chunk[i], &state, files_in[i], g)?,
+                };
+                go_on = commit(chunk[i], processed, &mut state)?;
                 Ok(go_on)
             })?;
-            if !go_on
-                || !flush(
-                    chunk.len(),
-                    &mut next,
-                    &mut not_read,
-                    &mut state,
-                    &mut commit,
-                )?
-            {
-                break 'chunks;
+            if !go_on {
+                break;
             }
         }
         bar.finish_and_clear();
@@ -962,9 +927,10 @@ impl DriftJob {
                             if !rows.in_window(i) {
                                 continue;
                             }
-                            whole.add(rows.scored(i));
+                            let scored = rows.scored(i);
+                            whole.add(scored);
                             if let Some(gi) = rows.group(i) {
-                                groups[gi as usize].add(rows.scored(i));
+                                groups[gi as usize].add(scored);
                             }
                         }
                         base += rows.rows() as u64;
