@@ -375,14 +375,9 @@ impl Fused for FusedScore {
         let groups = fused_groups(&self.model, &self.routing, others, &self.path)?;
         let rows = others.iter().map(RecordBatch::num_rows).sum();
         Some(Box::new(FusedRows {
-            model: self.model.clone(),
+            scorer: GroupScorer::new(self.model.clone(), groups, rows),
             keep: self.keep.clone(),
             schema: self.schema.clone(),
-            groups,
-            rows,
-            done: 0,
-            failed: false,
-            tmp: ScoreOutput::default(),
             out: ScoreOutput::default(),
         }))
     }
@@ -410,63 +405,105 @@ pub(crate) fn fused_groups(
     Some(groups)
 }
 
-struct FusedRows {
+/// A fused row group's scoring, for `score` and drift alike: its rows arrive in
+/// pieces, each scored on this thread with its slice of the group's groups. After a
+/// failure nothing more is scored, and [`GroupScorer::check`] reports the row group
+/// as incomplete.
+pub(crate) struct GroupScorer {
     model: Arc<Model>,
-    keep: Vec<String>,
-    schema: arrow_schema::SchemaRef,
     groups: Option<Vec<Option<u32>>>,
     rows: usize,
     done: usize,
     failed: bool,
-    tmp: ScoreOutput,
+    out: ScoreOutput,
+}
+
+impl GroupScorer {
+    pub fn new(model: Arc<Model>, groups: Option<Vec<Option<u32>>>, rows: usize) -> Self {
+        GroupScorer {
+            model,
+            groups,
+            rows,
+            done: 0,
+            failed: false,
+            out: ScoreOutput::default(),
+        }
+    }
+
+    /// Scores the next rows: the group row of the first and their outputs, or `None`
+    /// once anything failed.
+    pub fn score(&mut self, rows: &reclag::Rows<'_>, work: Work) -> Option<(usize, &ScoreOutput)> {
+        let n = rows.len();
+        if self.failed || self.done + n > self.rows {
+            self.failed = true;
+            return None;
+        }
+        let g = self.groups.as_ref().map(|g| &g[self.done..self.done + n]);
+        if self
+            .model
+            .score_into_here(rows, g, work, &mut self.out)
+            .is_err()
+        {
+            self.failed = true;
+            return None;
+        }
+        self.done += n;
+        Some((self.done - n, &self.out))
+    }
+
+    /// `Ok` once every row of the group was scored.
+    pub fn check(&self) -> parquet::errors::Result<()> {
+        if self.failed || self.done != self.rows {
+            return Err(parquet::errors::ParquetError::General(format!(
+                "scored {} of {} rows of a row group",
+                self.done, self.rows
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn into_groups(self) -> Option<Vec<Option<u32>>> {
+        self.groups
+    }
+}
+
+struct FusedRows {
+    scorer: GroupScorer,
+    keep: Vec<String>,
+    schema: arrow_schema::SchemaRef,
     out: ScoreOutput,
 }
 
 impl FusedRows {
     /// Scores the next rows of the group into `out`.
     fn take(&mut self, rows: &reclag::Rows<'_>) {
-        let n = rows.len();
-        if self.failed || self.done + n > self.rows {
-            self.failed = true;
+        let Some((_, t)) = self.scorer.score(rows, Work::WithDynamics) else {
             return;
-        }
-        let g = self.groups.as_ref().map(|g| &g[self.done..self.done + n]);
-        if self
-            .model
-            .score_into_here(rows, g, Work::WithDynamics, &mut self.tmp)
-            .is_err()
-        {
-            self.failed = true;
-            return;
-        }
-        let (o, t) = (&mut self.out, &self.tmp);
+        };
+        let o = &mut self.out;
         o.score.extend_from_slice(&t.score);
         o.energy.extend_from_slice(&t.energy);
         o.ood_probability.extend_from_slice(&t.ood_probability);
         o.is_ood.extend_from_slice(&t.is_ood);
         o.attractor.extend_from_slice(&t.attractor);
         o.valid.extend_from_slice(&t.valid);
-        self.done += n;
     }
 }
 
 impl FusedGroup for FusedRows {
     fn rows(&mut self, values: &[f32]) {
-        self.take(&reclag::Rows::dense_f32(values, self.model.dim()));
+        let d = self.scorer.model.dim();
+        self.take(&reclag::Rows::dense_f32(values, d));
     }
 
     fn rows_at(&mut self, buf: &[u8], at: &[usize]) {
-        self.take(&reclag::Rows::scattered_f32_le(buf, at, self.model.dim()));
+        let d = self.scorer.model.dim();
+        self.take(&reclag::Rows::scattered_f32_le(buf, at, d));
     }
 
     fn finish(self: Box<Self>, others: Vec<RecordBatch>) -> crate::fastlist::Decoded {
         use parquet::errors::ParquetError;
-        if self.failed || self.done != self.rows {
-            return Err(ParquetError::General(format!(
-                "scored {} of {} rows of a row group",
-                self.done, self.rows
-            )));
-        }
+        self.scorer.check()?;
         let mut batches = Vec::with_capacity(others.len());
         let mut start = 0;
         for b in &others {

@@ -14,12 +14,13 @@ use arrow_array::{
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use parquet::errors::ParquetError;
-use reclag::{Model, Rows, ScoreOutput, Work};
+use reclag::{Model, Rows, Work};
 
 use super::WORST_SCORE;
 use super::window::TimeWindows;
 use crate::fastlist::{Decoded, Fused, FusedGroup};
 use crate::route::Routing;
+use crate::score::GroupScorer;
 
 /// The per-row batch a fused row group hands back: the score (null where the row
 /// could not be scored), the energy, the group and whether the row is in the window.
@@ -173,17 +174,13 @@ impl Fused for FusedDrift {
             return None;
         };
         Some(Box::new(DriftRows {
-            model: self.model.clone(),
+            scorer: GroupScorer::new(self.model.clone(), groups, rows),
             schema: self.schema.clone(),
             picked: self.picked.clone(),
             emb: self.emb,
             item: item.clone(),
             dim: *dim as usize,
-            groups,
             in_window,
-            done: 0,
-            failed: false,
-            tmp: ScoreOutput::default(),
             score: Vec::with_capacity(rows),
             energy: Vec::with_capacity(rows),
             valid: Vec::with_capacity(rows),
@@ -193,17 +190,13 @@ impl Fused for FusedDrift {
 }
 
 struct DriftRows {
-    model: Arc<Model>,
+    scorer: GroupScorer,
     schema: SchemaRef,
     picked: SchemaRef,
     emb: usize,
     item: Arc<Field>,
     dim: usize,
-    groups: Option<Vec<Option<u32>>>,
     in_window: Vec<bool>,
-    done: usize,
-    failed: bool,
-    tmp: ScoreOutput,
     score: Vec<f64>,
     energy: Vec<f64>,
     valid: Vec<bool>,
@@ -214,31 +207,17 @@ impl DriftRows {
     /// Scores the next rows; `copy(j, dst)` copies the `j`-th of them into `dst`,
     /// for the few that enter the group's worst rows.
     fn take(&mut self, rows: &Rows<'_>, copy: impl Fn(usize, &mut [f32])) {
-        let n = rows.len();
-        if self.failed || self.done + n > self.in_window.len() {
-            self.failed = true;
+        let Some((first, t)) = self.scorer.score(rows, Work::EnergyOnly) else {
             return;
-        }
-        let g = self.groups.as_ref().map(|g| &g[self.done..self.done + n]);
-        if self
-            .model
-            .score_into_here(rows, g, Work::EnergyOnly, &mut self.tmp)
-            .is_err()
-        {
-            self.failed = true;
-            return;
-        }
-        let t = &self.tmp;
-        for j in 0..n {
-            let r = self.done + j;
-            if t.valid[j] && self.in_window[r] {
-                self.worst.offer(t.score[j], r, |dst| copy(j, dst));
+        };
+        for j in 0..t.score.len() {
+            if t.valid[j] && self.in_window[first + j] {
+                self.worst.offer(t.score[j], first + j, |dst| copy(j, dst));
             }
         }
         self.score.extend_from_slice(&t.score);
         self.energy.extend_from_slice(&t.energy);
         self.valid.extend_from_slice(&t.valid);
-        self.done += n;
     }
 
     /// The picked rows as the file's columns, the score and [`PICKED_AT`].
@@ -307,26 +286,21 @@ impl FusedGroup for DriftRows {
     }
 
     fn finish(self: Box<Self>, others: Vec<RecordBatch>) -> Decoded {
+        self.scorer.check()?;
         let rows = self.in_window.len();
-        if self.failed || self.done != rows {
-            return Err(ParquetError::General(format!(
-                "scored {} of {rows} rows of a row group",
-                self.done
-            )));
-        }
         let mut out = Vec::with_capacity(2);
         if !self.worst.heap.is_empty() {
             out.push(self.picked(&others)?);
         }
         let DriftRows {
-            groups,
+            scorer,
             in_window,
             score,
             energy,
             valid,
             ..
         } = *self;
-        let group = match groups {
+        let group = match scorer.into_groups() {
             Some(g) => UInt32Array::from(g),
             None => UInt32Array::new_null(rows),
         };
