@@ -13,7 +13,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use arrow_array::RecordBatch;
-use arrow_schema::{DataType, SchemaRef};
+use arrow_schema::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::datasource::listing::ListingTable;
@@ -25,6 +25,7 @@ use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 
+use crate::fastlist::float_list;
 use crate::io::ParquetFile;
 use crate::store::Location;
 
@@ -52,7 +53,10 @@ impl FastListTable {
         let eligible = inner.options().table_partition_cols.is_empty()
             && !files.is_empty()
             && files.iter().all(|(_, s)| same(s))
-            && schema.fields().iter().any(|f| float_list(f.data_type()));
+            && schema
+                .fields()
+                .iter()
+                .any(|f| float_list(f.data_type()).is_some());
         FastListTable {
             files: eligible.then(|| files.into_iter().map(|(l, _)| l).collect()),
             inner,
@@ -63,10 +67,6 @@ impl FastListTable {
     pub fn fast(&self) -> bool {
         self.files.is_some()
     }
-}
-
-fn float_list(t: &DataType) -> bool {
-    matches!(t, DataType::FixedSizeList(item, _) if item.data_type() == &DataType::Float32)
 }
 
 #[async_trait]
@@ -110,7 +110,7 @@ impl TableProvider for FastListTable {
         };
         let lists = columns
             .iter()
-            .any(|&c| float_list(schema.field(c).data_type()));
+            .any(|&c| float_list(schema.field(c).data_type()).is_some());
         let Some(files) = self.files.as_ref().filter(|_| lists) else {
             return self.inner.scan(state, projection, filters, limit).await;
         };

@@ -50,6 +50,19 @@ struct ListColumn {
     max_def: i16,
 }
 
+/// The item field and size of a column type the fast path can take:
+/// `FixedSizeList<Float32, d>` with `d > 0`.
+pub fn float_list(t: &DataType) -> Option<(&Arc<Field>, usize)> {
+    match t {
+        DataType::FixedSizeList(item, dim)
+            if item.data_type() == &DataType::Float32 && *dim > 0 =>
+        {
+            Some((item, *dim as usize))
+        }
+        _ => None,
+    }
+}
+
 /// The columns of a file the fast path applies to, or `None` when none does.
 pub fn plan(meta: &ArrowReaderMetadata, columns: Option<&[usize]>) -> Option<Plan> {
     let schema = meta.schema();
@@ -65,12 +78,9 @@ pub fn plan(meta: &ArrowReaderMetadata, columns: Option<&[usize]>) -> Option<Pla
     };
     let mut lists = vec![];
     for &root in &roots {
-        let DataType::FixedSizeList(item, dim) = schema.field(root).data_type() else {
+        let Some((item, dim)) = float_list(schema.field(root).data_type()) else {
             continue;
         };
-        if item.data_type() != &DataType::Float32 || *dim <= 0 {
-            continue;
-        }
         // The root's single leaf.
         let leaves: Vec<usize> = (0..pschema.num_columns())
             .filter(|&i| pschema.get_column_root_idx(i) == root)
@@ -83,7 +93,7 @@ pub fn plan(meta: &ArrowReaderMetadata, columns: Option<&[usize]>) -> Option<Pla
         lists.push(ListColumn {
             root,
             leaf,
-            dim: *dim as usize,
+            dim,
             item: item.clone(),
             max_def: desc.max_def_level(),
         });
@@ -698,6 +708,7 @@ fn general<R: ChunkReader + 'static>(
 
 /// The values of a list column chunk, or `None` when the chunk is not a dense PLAIN
 /// `FixedSizeList` this path can copy exactly.
+///
 /// The values come in buffers of `per` values (a batch's worth), so a batch that
 /// outlives its row group, queued in a DataFusion plan say, keeps 32 MiB alive rather
 /// than the row group's 128 MiB.

@@ -173,7 +173,12 @@ pub async fn register_table(ctx: &SessionContext, name: &str, loc: &Location) ->
 /// Swaps table `name` (a [`ListingTable`]) for a [`FastListTable`] over it, so its
 /// embedding scans take the fast list reader. A table whose files cannot all be opened
 /// here keeps the listing table, which reports any error when it is queried.
-async fn fast_scans(ctx: &SessionContext, name: &str, stores: &Stores, spec: &str) -> Result<()> {
+async fn fast_scans(
+    ctx: &SessionContext,
+    name: &str,
+    stores: &Arc<Stores>,
+    spec: &str,
+) -> Result<()> {
     let table = ctx.table_provider(name).await.map_err(df_err)?;
     let Ok(listing) = (table as Arc<dyn std::any::Any + Send + Sync>).downcast::<ListingTable>()
     else {
@@ -182,16 +187,24 @@ async fn fast_scans(ctx: &SessionContext, name: &str, stores: &Stores, spec: &st
     if !listing.options().table_partition_cols.is_empty() || !crate::io::fast_decode() {
         return Ok(());
     }
-    let Ok(locations) = crate::io::expand_inputs(stores, &[spec.to_string()]) else {
+    // Listing and footer reads block (on the network, for an object store): off
+    // tokio's threads.
+    let (stores, spec) = (stores.clone(), spec.to_string());
+    let files = tokio::task::spawn_blocking(move || {
+        let locations = crate::io::expand_inputs(&stores, &[spec]).ok()?;
+        locations
+            .into_iter()
+            .map(|loc| {
+                let schema = crate::io::ParquetFile::open(&loc).ok()?.schema;
+                Some((loc, schema))
+            })
+            .collect::<Option<Vec<_>>>()
+    })
+    .await
+    .map_err(|e| Error::Usage(format!("table '{name}': {e}")))?;
+    let Some(files) = files else {
         return Ok(());
     };
-    let mut files = Vec::with_capacity(locations.len());
-    for loc in locations {
-        let Ok(f) = crate::io::ParquetFile::open(&loc) else {
-            return Ok(());
-        };
-        files.push((loc, f.schema));
-    }
     let fast = crate::fast_table::FastListTable::new(listing, files);
     if fast.fast() {
         ctx.deregister_table(name).map_err(df_err)?;
