@@ -77,7 +77,8 @@ impl RowStats<'_> {
 }
 
 impl FusedDrift {
-    /// The consumer for files with `schema`'s columns, the embedding at `emb`.
+    /// The consumer for files with `schema`'s columns, the embedding at `emb`;
+    /// `None` where the embedding is not a list the fast reader takes.
     pub fn new(
         model: Arc<Model>,
         routing: Routing,
@@ -86,11 +87,13 @@ impl FusedDrift {
         schema: SchemaRef,
         emb: usize,
         path: PathBuf,
-    ) -> Self {
+    ) -> Option<Self> {
+        let (item, dim) = crate::fastlist::float_list(schema.field(emb).data_type())?;
+        let item = item.clone();
         let mut fields: Vec<arrow_schema::FieldRef> = schema.fields().iter().cloned().collect();
         fields.push(Arc::new(Field::new(WORST_SCORE, DataType::Float64, true)));
         fields.push(Arc::new(Field::new(PICKED_AT, DataType::UInt64, false)));
-        FusedDrift {
+        Some(FusedDrift {
             model,
             routing,
             window,
@@ -98,8 +101,10 @@ impl FusedDrift {
             schema,
             picked: Arc::new(Schema::new(fields)),
             emb,
+            item,
+            dim,
             path,
-        }
+        })
     }
 
     pub fn part<'b>(&self, batch: &'b RecordBatch) -> Part<'b> {
@@ -133,6 +138,9 @@ pub(super) struct FusedDrift {
     /// `schema`, the score and [`PICKED_AT`]: the schema of every picked batch.
     picked: SchemaRef,
     emb: usize,
+    /// The embedding's item field and size.
+    item: Arc<Field>,
+    dim: usize,
     /// Only for error-returning signatures, whose errors decline here.
     path: PathBuf,
 }
@@ -170,21 +178,18 @@ impl Fused for FusedDrift {
                 }
             }
         }
-        let DataType::FixedSizeList(item, dim) = self.schema.field(self.emb).data_type() else {
-            return None;
-        };
         Some(Box::new(DriftRows {
             scorer: GroupScorer::new(self.model.clone(), groups, rows),
             schema: self.schema.clone(),
             picked: self.picked.clone(),
             emb: self.emb,
-            item: item.clone(),
-            dim: *dim as usize,
+            item: self.item.clone(),
+            dim: self.dim,
             in_window,
             score: Vec::with_capacity(rows),
             energy: Vec::with_capacity(rows),
             valid: Vec::with_capacity(rows),
-            worst: Picks::new(self.top_k, *dim as usize),
+            worst: Picks::new(self.top_k, self.dim),
         }))
     }
 }

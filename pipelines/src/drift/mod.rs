@@ -869,7 +869,7 @@ impl DriftJob {
             // which reports it.
             let fused = files.first().filter(|_| self.fused).and_then(|first| {
                 let emb = first.column_index(&self.spec.source.embedding).ok()?;
-                Some(Arc::new(fused::FusedDrift::new(
+                fused::FusedDrift::new(
                     shared.clone(),
                     routing.clone(),
                     window.map(|(tw, w)| (tw.clone(), w)),
@@ -877,7 +877,8 @@ impl DriftJob {
                     first.schema.clone(),
                     emb,
                     first.path.clone(),
-                )))
+                )
+                .map(Arc::new)
             });
             for f in files {
                 part_of.push(p);
