@@ -416,4 +416,219 @@ fn reclag_filter_bad_input() {
     let a = args(&["--keep", "id", "--output", &out, "--group", "label"]);
     let msg = cli_ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(msg.contains("kept 1 of 4 rows"), "{msg}");
+    // A file with no rows gives an output with no rows and every column.
+    let empty = tmp.path().join("empty.parquet");
+    let none: Vec<Option<Vec<f32>>> = vec![];
+    write_parquet(
+        &empty,
+        vec![
+            ("embedding", fsl(&none, 3)),
+            (
+                "label",
+                Arc::new(arrow_array::Int64Array::from(Vec::<i64>::new())),
+            ),
+        ],
+    );
+    let msg = cli_ok(&[
+        "filter",
+        "--model",
+        &model,
+        "--input",
+        &s(&empty),
+        "--keep",
+        "ood",
+        "--output",
+        &out,
+        "--group",
+        "label",
+    ]);
+    assert!(msg.contains("kept 0 of 0 rows"), "{msg}");
+    let written = scan(Path::new(&out)).collect().unwrap();
+    assert_eq!(written.height(), 0);
+    assert_eq!(written.get_column_names(), ["embedding", "label"]);
+}
+
+/// `Frames` is Polars' `scan_parquet` over reclag's reader: over a glob of two files,
+/// the second with its columns in another order and one more, the frames stacked are
+/// the frames Polars reads (types, nulls, strings, the embedding), cut at the reader's
+/// batches. A file whose pages are zeroed ends the frames with an error naming it.
+#[test]
+fn frames_are_polars_scans_through_reclags_reader() {
+    use arrow_array::{Float64Array, Int64Array, StringArray};
+    use reclag_pipelines::frames::Frames;
+    use reclag_pipelines::store::Stores;
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut rows, labels) = crate::common::clusters(3, 9_000, 8, 11);
+    rows[17] = None;
+    let n = rows.len();
+    let write = |path: &Path, cols: Vec<(&str, ArrayRef)>| {
+        let batch = arrow_array::RecordBatch::try_from_iter(cols).unwrap();
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_max_row_group_row_count(Some(5_000))
+            .build();
+        let f = std::fs::File::create(path).unwrap();
+        let mut w = parquet::arrow::ArrowWriter::try_new(f, batch.schema(), Some(props)).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+    };
+    let names: StringArray = (0..n)
+        .map(|i| (i % 5 != 0).then(|| format!("row-{i}")))
+        .collect();
+    let (a, b) = (tmp.path().join("a.parquet"), tmp.path().join("b.parquet"));
+    write(
+        &a,
+        vec![
+            ("id", Arc::new(Int64Array::from_iter_values(0..n as i64))),
+            ("label", Arc::new(Int64Array::from(labels.clone()))),
+            ("name", Arc::new(names.clone())),
+            ("embedding", fsl(&rows, 8)),
+        ],
+    );
+    let m = 7_000;
+    write(
+        &b,
+        vec![
+            ("embedding", fsl(&rows[..m], 8)),
+            ("extra", Arc::new(Float64Array::from(vec![0.5; m]))),
+            ("name", Arc::new(names.slice(0, m))),
+            ("label", Arc::new(Int64Array::from(labels[..m].to_vec()))),
+            ("id", Arc::new(Int64Array::from_iter_values(0..m as i64))),
+        ],
+    );
+    let stores = Stores::default();
+    let frames = Frames::open(&stores, &[s(&tmp.path().join("*.parquet"))]).unwrap();
+    assert_eq!(frames.rows(), (n + m) as u64);
+    let empty = frames.empty().unwrap();
+    let mut got = empty.clone();
+    let mut count = 0;
+    for frame in frames {
+        got.vstack_mut_owned(frame.unwrap()).unwrap();
+        count += 1;
+    }
+    assert!(count >= 3, "{count} frames");
+    let columns = ["id", "label", "name", "embedding"];
+    let want = concat(
+        [scan(&a), scan(&b).select(columns.map(col))],
+        UnionArgs::default(),
+    )
+    .unwrap()
+    .collect()
+    .unwrap();
+    assert_eq!(
+        got.schema(),
+        want.schema(),
+        "the frames' types are Polars' own"
+    );
+    assert_eq!(empty.schema(), want.schema());
+    assert!(
+        got.equals_missing(&want),
+        "the frames hold the rows Polars reads"
+    );
+    assert_eq!(
+        got.column("embedding").unwrap().null_count(),
+        2,
+        "the null embedding, in each file"
+    );
+
+    // Zeroed pages in a later file: the good file's frames, then its name in an error.
+    let bad = tmp.path().join("c.parquet");
+    let mut bytes = std::fs::read(&b).unwrap();
+    let len = bytes.len();
+    let footer = u32::from_le_bytes(bytes[len - 8..len - 4].try_into().unwrap()) as usize;
+    bytes[4..len - 8 - footer].fill(0);
+    std::fs::write(&bad, bytes).unwrap();
+    let mut rows_before = 0;
+    let mut frames = Frames::open(&stores, &[s(&a), s(&bad)]).unwrap();
+    let err = loop {
+        match frames.next().expect("an error before the end") {
+            Ok(f) => rows_before += f.height(),
+            Err(e) => break e.to_string(),
+        }
+    };
+    assert!(err.contains("c.parquet"), "{err}");
+    assert_eq!(rows_before, n, "every row of the good file came first");
+    assert!(frames.next().is_none(), "nothing after the error");
+}
+
+/// `reclag filter` encodes row groups in parallel and writes them in order: over
+/// 180k rows (three output row groups, two encoded at a time), the output is the
+/// in-memory Polars filter row for row.
+#[test]
+fn reclag_filter_writes_parallel_row_groups_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (train_rows, train_labels) = crate::common::clusters(3, 300, 4, 5);
+    let train_path = tmp.path().join("train.parquet");
+    write_parquet(
+        &train_path,
+        vec![
+            ("embedding", fsl(&train_rows, 4)),
+            (
+                "label",
+                Arc::new(arrow_array::Int64Array::from(train_labels)),
+            ),
+        ],
+    );
+    let model = train(&train_path, &tmp.path().join("m.parquet"));
+    // The same centres (same seed), more rows, and every 7th row far away.
+    let (mut rows, labels) = crate::common::clusters(3, 60_000, 4, 5);
+    for r in rows.iter_mut().step_by(7) {
+        *r = Some(vec![30.0, -30.0, 30.0, -30.0]);
+    }
+    let n = rows.len();
+    let input = tmp.path().join("in.parquet");
+    write_parquet(
+        &input,
+        vec![
+            (
+                "id",
+                Arc::new(arrow_array::Int64Array::from_iter_values(0..n as i64)),
+            ),
+            ("embedding", fsl(&rows, 4)),
+            ("label", Arc::new(arrow_array::Int64Array::from(labels))),
+        ],
+    );
+    let out = tmp.path().join("clean.parquet");
+    let msg = cli_ok(&[
+        "filter",
+        "--model",
+        &s(&tmp.path().join("m.parquet")),
+        "--input",
+        &s(&input),
+        "--group",
+        "label",
+        "--keep",
+        "id",
+        "--output",
+        &s(&out),
+    ]);
+    let want = scan(&input)
+        .filter(reclag_pipelines::filter::keep_predicate(
+            &model,
+            "embedding",
+            Some("label"),
+            reclag_pipelines::filter::Keep::Id,
+        ))
+        .collect()
+        .unwrap();
+    assert!(
+        want.height() > 2 * 65_536 && want.height() < n - n / 8,
+        "{} rows kept",
+        want.height()
+    );
+    assert!(
+        msg.contains(&format!("kept {} of {n} rows", want.height())),
+        "{msg}"
+    );
+    let got = scan(&out).collect().unwrap();
+    assert!(
+        got.equals_missing(&want),
+        "the output is the filter, in order"
+    );
+    let groups = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(&out).unwrap(),
+    )
+    .unwrap()
+    .metadata()
+    .num_row_groups();
+    assert_eq!(groups, 3, "65,536-row row groups");
 }

@@ -142,8 +142,10 @@ mod readers {
         })
     }
 
-    fn data_file() -> &'static (tempfile::TempDir, Vec<u8>) {
-        static D: OnceLock<(tempfile::TempDir, Vec<u8>)> = OnceLock::new();
+    /// A small valid data file's bytes. Only bytes are kept across cases: a static
+    /// `TempDir` is never dropped, so its directory would outlive the test run.
+    fn data_file() -> &'static Vec<u8> {
+        static D: OnceLock<Vec<u8>> = OnceLock::new();
         D.get_or_init(|| {
             let dir = tempfile::tempdir().unwrap();
             let rows: Vec<Option<Vec<f32>>> =
@@ -159,9 +161,7 @@ mod readers {
                     ),
                 ],
             );
-            let bytes = std::fs::read(&p).unwrap();
-            std::fs::write(dir.path().join("model.parquet"), &model_bytes().0).unwrap();
-            (dir, bytes)
+            std::fs::read(&p).unwrap()
         })
     }
 
@@ -190,8 +190,9 @@ mod readers {
         /// A damaged input table fails `reclag score` with an error naming the file.
         #[test]
         fn data_reader_survives_damage(cut in 0usize..8192, flips in proptest::collection::vec((0usize..8192, 1u8..=255), 1..4)) {
-            let (dir, good) = data_file();
-            let mut b = good.clone();
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("model.parquet"), &model_bytes().0).unwrap();
+            let mut b = data_file().clone();
             for (pos, x) in flips {
                 let n = b.len();
                 b[pos % n] ^= x;
@@ -199,7 +200,7 @@ mod readers {
             if cut < b.len() && cut % 2 == 0 {
                 b.truncate(cut);
             }
-            let input = dir.path().join(format!("in-{}.parquet", std::process::id()));
+            let input = dir.path().join("in.parquet");
             std::fs::write(&input, &b).unwrap();
             let out = dir.path().join("out.parquet");
             let r = cli(&["score", "--model", dir.path().join("model.parquet").to_str().unwrap(), "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap()]);

@@ -301,6 +301,38 @@ fn s3_train_score_and_sql_over_a_hive_lake() {
         "far rows are OOD"
     );
 
+    // `reclag filter` reads the same objects: it quarantines exactly the rows `score`
+    // flagged, with every column.
+    let quarantine = t.join("quarantine.parquet");
+    let msg = ok(
+        &env,
+        &[
+            "filter",
+            "--model",
+            "s3://lake/models/m.parquet",
+            "--input",
+            "s3://lake/events/day=*/*.parquet",
+            "--group",
+            "label",
+            "--keep",
+            "ood",
+            "--output",
+            &quarantine.display().to_string(),
+        ],
+    );
+    let flagged: Vec<i64> = (0..r.num_rows())
+        .filter(|&i| is_ood.value(i))
+        .map(|i| ids.value(i))
+        .collect();
+    assert!(
+        msg.contains(&format!("kept {} of 150 rows", flagged.len())),
+        "{msg}"
+    );
+    let q = read_parquet(&quarantine);
+    let q_ids = q.column_by_name("id").unwrap().as_primitive::<Int64Type>();
+    assert_eq!(q_ids.values().to_vec(), flagged);
+    assert_eq!(q.num_columns(), 3, "id, embedding and label kept");
+
     // SQL over the hive lake: `day` becomes a column, and the per-day OOD counts equal
     // what `reclag score` wrote.
     let q = "SELECT CAST(day AS VARCHAR) AS day, count(*) AS n FROM events \

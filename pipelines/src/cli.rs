@@ -126,8 +126,10 @@ pub struct DriftRunArgs {
 #[command(after_long_help = "\
 Every input column is kept. Rows whose embedding is null or non-finite are neither ID
 nor OOD and are kept by neither --keep id nor --keep ood; the summary counts them with
-the rows dropped. Runs on Polars' streaming engine, so memory stays bounded for data
-larger than RAM. The output is written to a temporary name and renamed when complete.
+the rows dropped. Batches from reclag's Parquet reader are filtered one at a time by
+the Polars expression is_ood and written as they come, so memory stays bounded for
+data larger than RAM. The output is written to a temporary name and renamed when
+complete.
 
 Examples:
   reclag filter --model model.parquet --input 'new/*.parquet' --group label \\
@@ -137,7 +139,8 @@ pub struct FilterArgs {
     /// The model file: a path or URL.
     #[arg(long, value_name = "MODEL")]
     pub model: String,
-    /// Local Parquet file(s), directories of them, or globs.
+    /// Parquet file(s), directories of them, or globs; local paths or object-store
+    /// URLs (s3://, gs://, az://). All must share one schema.
     #[arg(long, required = true, num_args = 1.., value_name = "PATH")]
     pub input: Vec<String>,
     /// Which rows to keep: id (the model accepts them) or ood (quarantine).

@@ -39,12 +39,27 @@ pub enum Error {
         source: reclag::Error,
     },
 
+    /// A Polars step failed; `context` says which (the file, the plan, the output).
+    #[error("{context}: {source}")]
+    Polars {
+        context: String,
+        #[source]
+        source: polars::prelude::PolarsError,
+    },
+
     /// Bad arguments or input, with a hint of what to do next.
     #[error("{0}")]
     Usage(String),
 }
 
 impl Error {
+    pub(crate) fn polars(
+        context: impl Into<String>,
+    ) -> impl FnOnce(polars::prelude::PolarsError) -> Error {
+        let context = context.into();
+        move |source| Error::Polars { context, source }
+    }
+
     pub(crate) fn in_file(path: &std::path::Path) -> impl FnOnce(reclag::Error) -> Error + '_ {
         move |source| Error::InFile {
             path: path.to_path_buf(),

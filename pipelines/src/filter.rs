@@ -1,19 +1,27 @@
 //! `reclag filter`: keep the in-distribution rows (or the OOD ones) of a Parquet
-//! dataset, with every column, through Polars' streaming engine: `scan_parquet` →
-//! `filter(is_ood)` → `sink_parquet`, so memory is bounded by Polars' batches, not by
-//! the dataset.
+//! dataset, with every column: the Polars predicate `is_ood` on frames from reclag's
+//! reader ([`Frames`]), written by Polars' Parquet writer a row group at a time, so
+//! memory is bounded by the frames in flight, not by the dataset. Polars'
+//! `scan_parquet` would give the same rows ([`sink_parquet`] is that path, for plans
+//! users build themselves) at a fifth of the speed (BENCHMARKS.md).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use polars::prelude::{
-    Expr, FileWriteFormat, LazyFrame, ParquetWriteOptions, PlRefPath, ScanArgsParquet,
-    SinkDestination, SinkTarget, UnifiedSinkArgs, col,
+    CompatLevel, DataFrame, Expr, FileWriteFormat, IntoLazy, LazyFrame, ParquetCompression,
+    ParquetWriteOptions, ParquetWriter, PlRefPath, PolarsError, PolarsResult, SchemaExt,
+    SinkDestination, SinkTarget, StatisticsOptions, UnifiedSinkArgs, col, get_encodings,
+};
+use polars_parquet::read::ParquetError;
+use polars_parquet::write::{
+    CompressedPage, Compressor, Encoding, ParquetType, Version, WriteOptions, array_to_columns,
 };
 use reclag::Model;
 
 use crate::error::{Error, Result};
-use crate::io::{ParquetFile, expand_inputs};
+use crate::frames::Frames;
+use crate::io::open_all;
 use crate::store::Stores;
 
 /// Which side of the split to keep.
@@ -57,38 +65,16 @@ pub fn keep_predicate(
     }
 }
 
-fn polars_err(context: impl Into<String>) -> impl FnOnce(polars::prelude::PolarsError) -> Error {
-    move |source| Error::Usage(format!("{}: {source}", context.into()))
-}
+/// Rows of an output row group at most, as `score` writes...
+const ROW_GROUP: usize = 65_536;
+/// ...and bytes at most: a row group is held while it is encoded, one per core, so
+/// with 2 KiB embeddings 64Ki rows would put a quarter of a GiB in flight per core.
+const ROW_GROUP_BYTES: usize = 64 << 20;
 
-/// Local paths of the inputs, each checked to have the embedding (of the model's
-/// dimension) and group columns, so a bad file is named before Polars starts.
-fn local_inputs(model: &Model, job: &FilterJob) -> Result<(Vec<PathBuf>, u64)> {
-    let mut paths = Vec::new();
-    let mut rows = 0;
-    for loc in expand_inputs(&job.stores, &job.inputs)? {
-        let Some(local) = loc.local.clone() else {
-            return Err(Error::Usage(format!(
-                "{}: reclag filter reads local Parquet files; for object storage use `reclag score` or `reclag sql` (their inputs can be s3://, gs:// or az:// URLs)",
-                loc.display
-            )));
-        };
-        let file = ParquetFile::open(&loc)?;
-        file.check_scoring_columns(model.dim(), &job.embedding, job.group.as_deref())
-            .map_err(|e| {
-                Error::Usage(format!(
-                    "{e}; name the columns with --embedding and --group (no --group scores against the union of all groups)"
-                ))
-            })?;
-        rows += file.rows;
-        paths.push(local);
-    }
-    Ok((paths, rows))
-}
-
-/// Runs the split. The output is written under a temporary name beside it and renamed
-/// when Polars has finished, so a reader never sees a partial file and a rerun after a
-/// crash starts clean.
+/// Runs the split: frames from reclag's reader ([`Frames`]), each filtered by the
+/// Polars predicate, written by Polars' Parquet writer. The output is written under a
+/// temporary name beside it and renamed when complete, so a reader never sees a
+/// partial file and a rerun after a crash starts clean.
 pub fn run(model: &Arc<Model>, job: &FilterJob) -> Result<FilterSummary> {
     if job.output.contains("://") && !job.output.starts_with("file://") {
         return Err(Error::Usage(format!(
@@ -96,45 +82,191 @@ pub fn run(model: &Arc<Model>, job: &FilterJob) -> Result<FilterSummary> {
             job.output, job.output
         )));
     }
-    let (paths, rows_in) = local_inputs(model, job)?;
+    let files = open_all(&job.stores, &job.inputs)?;
+    for f in &files {
+        f.check_scoring_columns(model.dim(), &job.embedding, job.group.as_deref())
+            .map_err(|e| {
+                Error::Usage(format!(
+                    "{e}; name the columns with --embedding and --group (no --group scores against the union of all groups)"
+                ))
+            })?;
+    }
+    let n_files = files.len();
     let out = job.stores.locate(&job.output)?;
     let out_path = out
         .local
         .clone()
         .ok_or_else(|| Error::Usage(format!("--output {}: not a local path", job.output)))?;
+    let frames = Frames::new(files)?;
+    let rows_in = frames.rows();
+    let predicate = keep_predicate(model, &job.embedding, job.group.as_deref(), job.keep);
     let tmp = temp_sibling(&out_path);
-    let sources = paths
-        .iter()
-        .map(|p| PlRefPath::new(p.to_string_lossy().as_ref()))
-        .collect();
-    let args = ScanArgsParquet {
-        glob: false,
-        ..Default::default()
-    };
-    let lf = LazyFrame::scan_parquet_files(sources, args)
-        .map_err(polars_err("scanning the inputs"))?
-        .filter(keep_predicate(
-            model,
-            &job.embedding,
-            job.group.as_deref(),
-            job.keep,
-        ));
-    let result = sink_parquet(lf, &tmp).and_then(|()| {
+    let result = write_kept(frames, predicate, &tmp).and_then(|kept| {
         std::fs::rename(&tmp, &out_path).map_err(|source| Error::Io {
             context: format!("renaming {} to {}", tmp.display(), out_path.display()),
             source,
-        })
+        })?;
+        Ok(kept)
     });
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
+    match result {
+        Ok(rows_kept) => Ok(FilterSummary {
+            files: n_files,
+            rows_in,
+            rows_kept,
+        }),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
     }
-    let rows_kept = ParquetFile::open(&out)?.rows;
-    Ok(FilterSummary {
-        files: paths.len(),
-        rows_in,
-        rows_kept,
-    })
+}
+
+/// One row group's pages, per leaf column, encoded and compressed.
+type Encoded = PolarsResult<(u64, Vec<Vec<CompressedPage>>)>;
+
+/// What encoding a row group needs from the writer, taken once.
+struct Layout {
+    fields: Vec<ParquetType>,
+    encodings: Vec<Vec<Encoding>>,
+    options: WriteOptions,
+}
+
+impl Layout {
+    /// Encodes and compresses `group` (one chunk per column) in memory, columns in
+    /// parallel: the work Polars' streaming sink does per row group, eagerly, so
+    /// several row groups can be encoded at once and written in order.
+    fn encode(&self, group: &DataFrame) -> Encoded {
+        use rayon::prelude::*;
+        let Some(batch) = group.iter_chunks(CompatLevel::newest(), false).next() else {
+            return Ok((0, Vec::new()));
+        };
+        let columns = batch
+            .columns()
+            .par_iter()
+            .zip(&self.fields)
+            .zip(&self.encodings)
+            .map(|((array, field), encodings)| {
+                array_to_columns(array, field.clone(), self.options, encodings)?
+                    .into_iter()
+                    .map(|pages| {
+                        let pages = pages.map(|page| {
+                            page.map_err(|e| ParquetError::FeatureNotSupported(e.to_string()))
+                        });
+                        Compressor::new_from_vec(pages, self.options.compression, Vec::new())
+                            .collect::<Result<Vec<_>, ParquetError>>()
+                            .map_err(PolarsError::from)
+                    })
+                    .collect::<PolarsResult<Vec<_>>>()
+            })
+            .collect::<PolarsResult<Vec<_>>>()?;
+        Ok((batch.len() as u64, columns.into_iter().flatten().collect()))
+    }
+}
+
+/// Filters every frame and writes the kept rows to `path`.
+///
+/// Encoding and compressing the kept rows costs far more than reading and filtering
+/// them (the writer walks every embedding value for its levels and statistics), so
+/// row groups are encoded in parallel, one per core, while the next ones are
+/// filtered, and written in order.
+fn write_kept(frames: Frames, predicate: Expr, path: &Path) -> Result<u64> {
+    let empty = frames.empty()?;
+    let file = std::fs::File::create(path).map_err(|source| Error::Io {
+        context: format!("creating {}", path.display()),
+        source,
+    })?;
+    let writing = format!("writing {}", path.display());
+    let compression = ParquetCompression::default();
+    let mut writer = ParquetWriter::new(&file)
+        .with_compression(compression)
+        .batched(empty.schema())
+        .map_err(Error::polars(&writing))?;
+    let layout = Layout {
+        fields: writer.parquet_schema().fields().to_vec(),
+        encodings: get_encodings(&empty.schema().to_arrow(CompatLevel::newest()))
+            .iter()
+            .cloned()
+            .collect(),
+        // What `ParquetWriter` writes with these settings.
+        options: WriteOptions {
+            statistics: StatisticsOptions::default(),
+            version: Version::V1,
+            compression: compression.into(),
+            data_page_size: None,
+        },
+    };
+    let pb = crate::progress::bar(frames.rows(), "rows", "filtering");
+    let together = rayon::current_num_threads().max(1);
+    let kept = std::thread::scope(|scope| -> Result<u64> {
+        let layout = &layout;
+        let mut encoding: Option<std::thread::ScopedJoinHandle<'_, Vec<Encoded>>> = None;
+        // Writes what was being encoded, then starts encoding `groups`.
+        let mut hand_over = |groups: Vec<DataFrame>| -> Result<()> {
+            if let Some(h) = encoding.take() {
+                for encoded in h.join().expect("encoding does not panic") {
+                    let (rows, pages) = encoded.map_err(Error::polars(&writing))?;
+                    if rows > 0 {
+                        writer
+                            .write_row_group(rows, &pages)
+                            .map_err(Error::polars(&writing))?;
+                    }
+                }
+            }
+            if !groups.is_empty() {
+                encoding = Some(scope.spawn(move || {
+                    use rayon::prelude::*;
+                    groups.par_iter().map(|g| layout.encode(g)).collect()
+                }));
+            }
+            Ok(())
+        };
+        let mut groups = Vec::with_capacity(together);
+        let mut pending = empty.clone();
+        let mut kept = 0u64;
+        let seal = |pending: &mut DataFrame, groups: &mut Vec<DataFrame>| {
+            // One chunk per column: one row group.
+            let mut group = std::mem::replace(pending, empty.clone());
+            group.rechunk_mut_par();
+            groups.push(group);
+        };
+        for frame in frames {
+            let frame = frame?;
+            let rows = frame.height() as u64;
+            let frame = frame
+                .lazy()
+                .filter(predicate.clone())
+                .collect()
+                .map_err(Error::polars("filtering a frame"))?;
+            pb.inc(rows);
+            kept += frame.height() as u64;
+            pending
+                .vstack_mut_owned(frame)
+                .map_err(Error::polars("gathering kept rows"))?;
+            let row_bytes = pending.estimated_size() / pending.height().max(1);
+            if pending.height() >= ROW_GROUP.min(ROW_GROUP_BYTES / row_bytes.max(1)) {
+                seal(&mut pending, &mut groups);
+                if groups.len() == together {
+                    hand_over(std::mem::take(&mut groups))?;
+                }
+            }
+        }
+        if pending.height() > 0 {
+            seal(&mut pending, &mut groups);
+        }
+        hand_over(groups)?;
+        hand_over(Vec::new())?;
+        Ok(kept)
+    })?;
+    writer.finish().map_err(Error::polars(&writing))?;
+    drop(writer);
+    // On disk before the rename, so a crash never leaves a complete name on a partial
+    // file.
+    file.sync_all().map_err(|source| Error::Io {
+        context: format!("syncing {}", path.display()),
+        source,
+    })?;
+    pb.finish_and_clear();
+    Ok(kept)
 }
 
 /// Streams `lf` into a Parquet file at `path` with Polars' streaming engine.
@@ -147,7 +279,7 @@ pub fn sink_parquet(lf: LazyFrame, path: &Path) -> Result<()> {
     )
     .and_then(|lf| lf.collect())
     .map(|_| ())
-    .map_err(polars_err(format!("writing {}", path.display())))
+    .map_err(Error::polars(format!("writing {}", path.display())))
 }
 
 fn temp_sibling(path: &Path) -> PathBuf {

@@ -9,6 +9,7 @@ pub mod eval;
 pub mod fast_table;
 pub mod fastlist;
 pub mod filter;
+pub mod frames;
 pub mod inspect;
 pub mod io;
 pub mod progress;
