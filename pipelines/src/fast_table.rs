@@ -4,10 +4,11 @@
 //! and definition levels one value at a time, which made `SELECT count(*) ... WHERE
 //! reclag_is_ood(...)` six times slower than `reclag score` on the same file. A
 //! [`FastListTable`] wraps the [`ListingTable`] that `reclag sql` registers. A scan
-//! that reads a float list column of a table without partition columns streams the
-//! files through `io::read_ahead_each` instead. Every other scan (no list column, a
-//! hive lake, `count(*)` answered from the footers) is the listing table's own, with its
-//! pruning and statistics.
+//! that reads a float list column streams the files through `io::read_ahead_each`
+//! instead. In a hive lake the listing table still picks the files: it prunes the
+//! partitions the query's filters rule out, and each file's partition values are
+//! appended to its rows. Every other scan (no list column, `count(*)` answered from the
+//! footers) is the listing table's own, with its pruning and statistics.
 
 use std::fmt;
 use std::sync::Arc;
@@ -16,7 +17,9 @@ use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::ScalarValue;
 use datafusion::datasource::listing::ListingTable;
+use datafusion::datasource::listing::helpers::expr_applicable_for_cols;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
@@ -33,28 +36,28 @@ use crate::store::Location;
 #[derive(Debug)]
 pub struct FastListTable {
     inner: Arc<ListingTable>,
-    /// The table's files, all with one schema; `None` where the fast scan does not
-    /// apply (partition columns, differing files, no float list column).
+    /// The table's files, all with the table's file columns; `None` where the fast
+    /// scan does not apply (differing files, no float list column).
     files: Option<Vec<Location>>,
 }
 
 impl FastListTable {
     /// `files` are the table's files with their schemas; the fast scan is used only
-    /// where every one has the table's columns, in order.
+    /// where every one has the table's file columns (those before the partition
+    /// columns), in order.
     pub fn new(inner: Arc<ListingTable>, files: Vec<(Location, SchemaRef)>) -> Self {
         let schema = inner.schema();
+        let file_columns = file_columns(&inner);
         let same = |f: &SchemaRef| {
-            f.fields().len() == schema.fields().len()
+            f.fields().len() == file_columns
                 && f.fields()
                     .iter()
                     .zip(schema.fields())
                     .all(|(a, b)| a.name() == b.name())
         };
-        let eligible = inner.options().table_partition_cols.is_empty()
-            && !files.is_empty()
+        let eligible = !files.is_empty()
             && files.iter().all(|(_, s)| same(s))
-            && schema
-                .fields()
+            && schema.fields()[..file_columns]
                 .iter()
                 .any(|f| float_list(f.data_type()).is_some());
         FastListTable {
@@ -67,6 +70,65 @@ impl FastListTable {
     pub fn fast(&self) -> bool {
         self.files.is_some()
     }
+
+    /// The files a scan reads, each with its partition values (in the order of the
+    /// table's partition columns). Without partition columns, every file; in a hive
+    /// lake, the files of the partitions `filters` leave, as the listing table lists
+    /// them for its own scan. `None` if it lists a file whose columns were not checked
+    /// when the table was registered (one written since): the listing table's scan
+    /// reconciles such a file's schema, the fast reader does not.
+    async fn scan_files(
+        &self,
+        state: &dyn Session,
+        files: &[Location],
+        filters: &[Expr],
+    ) -> DfResult<Option<Vec<(Location, Vec<ScalarValue>)>>> {
+        if self.inner.options().table_partition_cols.is_empty() {
+            return Ok(Some(
+                files.iter().map(|f| (f.clone(), Vec::new())).collect(),
+            ));
+        }
+        // Only filters on partition columns alone prune partitions; the listing
+        // table's scan hands over just those, and so must this one.
+        let names: Vec<&str> = self
+            .inner
+            .options()
+            .table_partition_cols
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
+        let pruning: Vec<Expr> = filters
+            .iter()
+            .filter(|f| expr_applicable_for_cols(&names, f))
+            .cloned()
+            .collect();
+        let listed = self
+            .inner
+            .list_files_for_scan(state, &pruning, None)
+            .await?;
+        let known: std::collections::HashSet<&object_store::path::Path> =
+            files.iter().map(|f| &f.key).collect();
+        let root = &files[0];
+        Ok(listed
+            .file_groups
+            .iter()
+            .flat_map(|g| g.iter())
+            .map(|f| {
+                known.contains(&f.object_meta.location).then(|| {
+                    (
+                        root.child(f.object_meta.location.clone())
+                            .with_size(f.object_meta.size),
+                        f.partition_values.clone(),
+                    )
+                })
+            })
+            .collect())
+    }
+}
+
+/// How many of the table's columns come from the files (the partition columns follow).
+fn file_columns(table: &ListingTable) -> usize {
+    table.schema().fields().len() - table.options().table_partition_cols.len()
 }
 
 #[async_trait]
@@ -114,9 +176,13 @@ impl TableProvider for FastListTable {
         let Some(files) = self.files.as_ref().filter(|_| lists) else {
             return self.inner.scan(state, projection, filters, limit).await;
         };
+        let Some(files) = self.scan_files(state, files, filters).await? else {
+            return self.inner.scan(state, projection, filters, limit).await;
+        };
         let projected = Arc::new(schema.project(&columns)?);
         let stream = Arc::new(FastScan {
-            files: files.clone(),
+            files,
+            file_columns: file_columns(&self.inner),
             columns,
             schema: projected.clone(),
         });
@@ -134,7 +200,10 @@ impl TableProvider for FastListTable {
 /// One scan's stream: the files read in one reader chain on a thread of its own (the
 /// decoding is CPU work, kept off tokio's threads), cast to the table's types.
 struct FastScan {
-    files: Vec<Location>,
+    /// Each file with its partition values.
+    files: Vec<(Location, Vec<ScalarValue>)>,
+    /// Table columns below this index are the files'; the rest are partition columns.
+    file_columns: usize,
     /// Table column indices, in the order the scan wants them.
     columns: Vec<usize>,
     schema: SchemaRef,
@@ -165,19 +234,27 @@ impl PartitionStream for FastScan {
             self.columns.clone(),
             self.schema.clone(),
         );
+        let file_columns = self.file_columns;
         std::thread::spawn(move || {
-            // The reader hands columns in file order; `order[k]` is where the scan's
-            // `k`-th column is among them.
-            let mut sorted = columns.clone();
+            // The reader hands the file columns in file order; each of the scan's
+            // columns is one of those or a partition value.
+            let mut sorted: Vec<usize> = columns
+                .iter()
+                .copied()
+                .filter(|&c| c < file_columns)
+                .collect();
             sorted.sort_unstable();
             sorted.dedup();
-            let order: Vec<usize> = columns
+            let order: Vec<Source> = columns
                 .iter()
-                .map(|c| sorted.binary_search(c).unwrap_or(0))
+                .map(|&c| match sorted.binary_search(&c) {
+                    Ok(at) => Source::File(at),
+                    Err(_) => Source::Partition(c - file_columns),
+                })
                 .collect();
             let opened = match files
                 .iter()
-                .map(ParquetFile::open)
+                .map(|(loc, _)| ParquetFile::open(loc))
                 .collect::<Result<Vec<_>, _>>()
             {
                 Ok(f) => f,
@@ -187,10 +264,10 @@ impl PartitionStream for FastScan {
                 }
             };
             let each = opened.into_iter().map(|f| (f, None)).collect();
-            crate::io::read_ahead_each(each, Some(&sorted), |_, b| {
+            crate::io::read_ahead_each(each, Some(&sorted), |i, b| {
                 let b = b
                     .map_err(external)
-                    .and_then(|b| conform(&schema, &order, &b));
+                    .and_then(|b| conform(&schema, &order, &files[i].1, &b));
                 let stop = b.is_err();
                 tx.blocking_send(b).is_ok() && !stop
             });
@@ -201,17 +278,48 @@ impl PartitionStream for FastScan {
     }
 }
 
-/// `batch`'s columns in the scan's order, cast where the table declares another type
-/// (DataFusion reads strings as `Utf8View`, for one).
-fn conform(schema: &SchemaRef, order: &[usize], batch: &RecordBatch) -> DfResult<RecordBatch> {
+/// Where a scanned column comes from.
+#[derive(Clone, Copy)]
+enum Source {
+    /// The reader's batch, at this index.
+    File(usize),
+    /// The file's partition value, for this partition column.
+    Partition(usize),
+}
+
+/// `batch`'s columns in the scan's order, with the file's partition values repeated
+/// down its rows, cast where the table declares another type (DataFusion reads strings
+/// as `Utf8View`, for one).
+fn conform(
+    schema: &SchemaRef,
+    order: &[Source],
+    partition: &[ScalarValue],
+    batch: &RecordBatch,
+) -> DfResult<RecordBatch> {
     let mut cols = Vec::with_capacity(order.len());
-    for (field, &at) in schema.fields().iter().zip(order) {
-        let col = batch.column(at);
+    for (field, &source) in schema.fields().iter().zip(order) {
+        let col = match source {
+            Source::File(at) => batch.column(at).clone(),
+            Source::Partition(k) => partition
+                .get(k)
+                .ok_or_else(|| {
+                    DataFusionError::Internal(format!(
+                        "no value of partition column '{}' for a listed file",
+                        field.name()
+                    ))
+                })?
+                .to_array_of_size(batch.num_rows())?,
+        };
         cols.push(if col.data_type() == field.data_type() {
-            col.clone()
+            col
         } else {
-            datafusion::arrow::compute::cast(col, field.data_type())?
+            datafusion::arrow::compute::cast(&col, field.data_type())?
         });
     }
-    Ok(RecordBatch::try_new(schema.clone(), cols)?)
+    let options = arrow_array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    Ok(RecordBatch::try_new_with_options(
+        schema.clone(),
+        cols,
+        &options,
+    )?)
 }

@@ -199,19 +199,25 @@ struct Pool {
 }
 
 impl Pool {
+    /// A free buffer of at least `cap` values, else a new one. A smaller free buffer
+    /// (another list column's, say) is left for a request it fits: growing it would
+    /// allocate fresh pages, the cost the pool exists to avoid.
     fn take(&self, cap: usize) -> Vec<f32> {
-        let mut v = self
-            .free
-            .lock()
-            .ok()
-            .and_then(|mut f| f.pop())
-            .unwrap_or_default();
-        v.clear();
-        if v.capacity() < cap {
-            v.reserve(cap);
-            crate::alloc::huge_pages(&mut v);
+        let reused = self.free.lock().ok().and_then(|mut f| {
+            let at = f.iter().position(|v| v.capacity() >= cap)?;
+            Some(f.swap_remove(at))
+        });
+        match reused {
+            Some(mut v) => {
+                v.clear();
+                v
+            }
+            None => {
+                let mut v = Vec::with_capacity(cap);
+                crate::alloc::huge_pages(&mut v);
+                v
+            }
         }
-        v
     }
 }
 
@@ -728,8 +734,7 @@ fn decode_list<R: ChunkReader + 'static>(
     let mut sink = Collect {
         pool,
         per,
-        left: total.saturating_sub(per),
-        cur: pool.take(per.min(total)),
+        cur: pool.take(per),
         done: Vec::with_capacity(total.div_ceil(per)),
     };
     let whole = stream_list(file, chunk, rows, l, &mut sink)?;
@@ -795,8 +800,6 @@ trait Pages {
 struct Collect<'p> {
     pool: &'p Arc<Pool>,
     per: usize,
-    /// Values not yet given a buffer.
-    left: usize,
     cur: Vec<f32>,
     done: Vec<ScalarBuffer<f32>>,
 }
@@ -805,8 +808,9 @@ impl Pages for Collect<'_> {
     fn values(&mut self, mut b: &[u8]) -> bool {
         while !b.is_empty() {
             if self.cur.len() == self.per {
-                let next = self.pool.take(self.per.min(self.left));
-                self.left = self.left.saturating_sub(self.per);
+                // Every buffer of a column has room for a whole batch, the last
+                // one of a row group too, so any of them serves any batch later.
+                let next = self.pool.take(self.per);
                 let full = std::mem::replace(&mut self.cur, next);
                 self.done.push(leased(full, self.pool));
             }
@@ -1793,6 +1797,35 @@ mod tests {
         assert!(sparse.get_bytes(6, 4).is_err());
         assert!(sparse.get_read(2).is_err());
         assert_eq!(&sparse.get_bytes(5, 2).unwrap()[..], b"bc");
+    }
+
+    /// The pool hands out a free buffer only where it holds the request without
+    /// growing (a new allocation in disguise), and the buffer it hands out is the one
+    /// that came back, not a copy.
+    #[test]
+    fn pool_reuses_only_buffers_that_fit() {
+        let pool: Arc<Pool> = Arc::default();
+        let small = pool.take(10);
+        let big = pool.take(1000);
+        let (small_at, big_at) = (small.as_ptr(), big.as_ptr());
+        drop(leased(small, &pool));
+        drop(leased(big, &pool));
+        let got = pool.take(500);
+        assert_eq!(
+            got.as_ptr(),
+            big_at,
+            "the big buffer serves a smaller request"
+        );
+        assert!(got.is_empty() && got.capacity() >= 1000);
+        let fresh = pool.take(500);
+        assert_ne!(
+            fresh.as_ptr(),
+            small_at,
+            "the small one is not grown into it"
+        );
+        assert!(fresh.capacity() >= 500);
+        let reused = pool.take(5);
+        assert_eq!(reused.as_ptr(), small_at);
     }
 
     /// A range of a chunked column is a view inside one buffer and a copy across

@@ -184,7 +184,7 @@ async fn fast_scans(
     else {
         return Ok(());
     };
-    if !listing.options().table_partition_cols.is_empty() || !crate::io::fast_decode() {
+    if !crate::io::fast_decode() {
         return Ok(());
     }
     // Listing and footer reads block (on the network, for an object store): off
