@@ -11,7 +11,8 @@
 //!   reader (`reclag_pipelines::frames`, what `reclag filter` runs), and on Polars' own
 //!   `scan_parquet` through its streaming engine, each against the SQL path;
 //! - **drift**: `reclag drift run` over a lake of 10 daily partitions × 100k rows,
-//!   against `reclag score` over the same files;
+//!   and SQL's OOD count over it as a hive table, against `reclag score` over the
+//!   same files;
 //! - **memory**: peak RSS of `reclag score --input - --output -` streaming 1M and 10M
 //!   generated rows (no disk), each in a fresh process.
 //!
@@ -454,7 +455,7 @@ fn main() {
     let parts = env_usize("RECLAG_BENCH_LAKE_PARTS", 10);
     let per = env_usize("RECLAG_BENCH_LAKE_ROWS", 100_000);
     let root = lake(parts, per);
-    let (mut t_ls, mut t_dr) = (vec![], vec![]);
+    let (mut t_ls, mut t_dr, mut t_lq) = (vec![], vec![], vec![]);
     for _ in 0..runs {
         let t0 = Instant::now();
         let lake_glob = format!("{}/date=*/*.parquet", root.display());
@@ -466,8 +467,15 @@ fn main() {
             parts
         );
         t_dr.push(t0.elapsed().as_secs_f64());
+        let t0 = Instant::now();
+        assert_eq!(
+            sql_count(&rt, &root, &model_path),
+            parts as u64 * per as u64 / 10,
+            "the lake's OOD rows: a tenth of each partition"
+        );
+        t_lq.push(t0.elapsed().as_secs_f64());
     }
-    let (ls, dr) = (median(t_ls), median(t_dr));
+    let (ls, dr, lq) = (median(t_ls), median(t_dr), median(t_lq));
     let lrate = |t: f64| (parts * per) as f64 / t;
     println!("\n# Drift run vs score over a lake of {parts} partitions × {per} rows × {D}");
     println!("| step | median s | rows/s | ratio |");
@@ -480,6 +488,11 @@ fn main() {
         "| reclag drift run (metrics, worst rows, report) | {dr:.2} | {:.0} | {:.2}× the time of score (target ≤ 1.25) |",
         lrate(dr),
         dr / ls
+    );
+    println!(
+        "| SQL count(*) WHERE reclag_is_ood over the lake as a hive table | {lq:.2} | {:.0} | {:.2} of score's rows/s |",
+        lrate(lq),
+        ls / lq
     );
 
     let sizes: Vec<usize> = std::env::var("RECLAG_BENCH_RSS_ROWS")

@@ -106,6 +106,18 @@ pub fn write_parquet(path: &Path, cols: Vec<(&str, ArrayRef)>) {
     w.close().unwrap();
 }
 
+/// Writes `batch` to a Parquet file in row groups of at most `rows` rows, so a test
+/// crosses row-group (and reader-batch) boundaries on a small table.
+pub fn write_row_groups(path: &Path, batch: &RecordBatch, rows: usize) {
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_max_row_group_row_count(Some(rows))
+        .build();
+    let f = std::fs::File::create(path).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(f, batch.schema(), Some(props)).unwrap();
+    w.write(batch).unwrap();
+    w.close().unwrap();
+}
+
 pub fn read_parquet(path: &Path) -> RecordBatch {
     let f = std::fs::File::open(path).unwrap();
     let r = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)

@@ -956,13 +956,7 @@ fn fused_drift_writes_the_bytes_of_the_arrow_path() {
     let mixed = lake.join("date=2026-11-05");
     std::fs::create_dir_all(&mixed).unwrap();
     let b = with_null_embedding(&days[4].1, 7);
-    let props = parquet::file::properties::WriterProperties::builder()
-        .set_max_row_group_row_count(Some(300))
-        .build();
-    let f = std::fs::File::create(mixed.join("part-0.parquet")).unwrap();
-    let mut w = parquet::arrow::ArrowWriter::try_new(f, b.schema(), Some(props)).unwrap();
-    w.write(&b).unwrap();
-    w.close().unwrap();
+    crate::common::write_row_groups(&mixed.join("part-0.parquet"), &b, 300);
     let tlake = tmp.path().join("tlake");
     write_time_lake(&tlake, &days);
 

@@ -463,13 +463,7 @@ fn frames_are_polars_scans_through_reclags_reader() {
     let n = rows.len();
     let write = |path: &Path, cols: Vec<(&str, ArrayRef)>| {
         let batch = arrow_array::RecordBatch::try_from_iter(cols).unwrap();
-        let props = parquet::file::properties::WriterProperties::builder()
-            .set_max_row_group_row_count(Some(5_000))
-            .build();
-        let f = std::fs::File::create(path).unwrap();
-        let mut w = parquet::arrow::ArrowWriter::try_new(f, batch.schema(), Some(props)).unwrap();
-        w.write(&batch).unwrap();
-        w.close().unwrap();
+        crate::common::write_row_groups(path, &batch, 5_000);
     };
     let names: StringArray = (0..n)
         .map(|i| (i % 5 != 0).then(|| format!("row-{i}")))

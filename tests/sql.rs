@@ -443,13 +443,7 @@ fn fast_scans_equal_datafusions_parquet_scan() {
             .collect();
         let field = arrow_schema::Field::new("label_name", arrow_schema::DataType::Utf8, true);
         let b = crate::common::with_column(&b, field, Arc::new(names));
-        let props = parquet::file::properties::WriterProperties::builder()
-            .set_max_row_group_row_count(Some(128))
-            .build();
-        let f = std::fs::File::create(dst).unwrap();
-        let mut w = parquet::arrow::ArrowWriter::try_new(f, b.schema(), Some(props)).unwrap();
-        w.write(&b).unwrap();
-        w.close().unwrap();
+        crate::common::write_row_groups(dst, &b, 128);
     };
     for (i, f) in [&sample[1], &sample[2]].iter().enumerate() {
         named(f, &flat.join(format!("part-{i}.parquet")));
