@@ -416,6 +416,42 @@ fn reclag_filter_bad_input() {
     let a = args(&["--keep", "id", "--output", &out, "--group", "label"]);
     let msg = cli_ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(msg.contains("kept 1 of 4 rows"), "{msg}");
+    // A file that fails mid-run (its column chunks zeroed, footer intact): an error
+    // naming it, and no output, partial or temporary.
+    let spoiled = tmp.path().join("spoiled.parquet");
+    let mut bytes = std::fs::read(&table).unwrap();
+    let meta = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(&table).unwrap(),
+    )
+    .unwrap()
+    .metadata()
+    .clone();
+    for c in meta.row_groups().iter().flat_map(|rg| rg.columns()) {
+        let (at, len) = c.byte_range();
+        bytes[at as usize..(at + len) as usize].fill(0);
+    }
+    std::fs::write(&spoiled, bytes).unwrap();
+    let never = s(&tmp.path().join("never.parquet"));
+    let e = cli_err(&[
+        "filter",
+        "--model",
+        &model,
+        "--input",
+        &input,
+        &s(&spoiled),
+        "--keep",
+        "id",
+        "--output",
+        &never,
+    ]);
+    assert!(e.contains("spoiled.parquet"), "{e}");
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("never.parquet"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     // A file with no rows gives an output with no rows and every column.
     let empty = tmp.path().join("empty.parquet");
     let none: Vec<Option<Vec<f32>>> = vec![];
