@@ -419,18 +419,7 @@ fn reclag_filter_bad_input() {
     // A file that fails mid-run (its column chunks zeroed, footer intact): an error
     // naming it, and no output, partial or temporary.
     let spoiled = tmp.path().join("spoiled.parquet");
-    let mut bytes = std::fs::read(&table).unwrap();
-    let meta = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-        std::fs::File::open(&table).unwrap(),
-    )
-    .unwrap()
-    .metadata()
-    .clone();
-    for c in meta.row_groups().iter().flat_map(|rg| rg.columns()) {
-        let (at, len) = c.byte_range();
-        bytes[at as usize..(at + len) as usize].fill(0);
-    }
-    std::fs::write(&spoiled, bytes).unwrap();
+    crate::common::zero_column_chunks(&table, &spoiled);
     let never = s(&tmp.path().join("never.parquet"));
     let e = cli_err(&[
         "filter",

@@ -511,23 +511,8 @@ fn fast_scans_equal_datafusions_parquet_scan() {
     // zeroed, fails only the query that reads it.
     let hive3 = tmp.path().join("hive/date=2026-12-03");
     std::fs::create_dir_all(&hive3).unwrap();
-    // Only the column chunks: the footer and page index stay readable, so the table
-    // registers and lists the partition.
-    let src = hive.join("part-0.parquet");
-    let mut bytes = std::fs::read(&src).unwrap();
-    let meta = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-        std::fs::File::open(&src).unwrap(),
-    )
-    .unwrap()
-    .metadata()
-    .clone();
-    for rg in meta.row_groups() {
-        for c in rg.columns() {
-            let (at, len) = c.byte_range();
-            bytes[at as usize..(at + len) as usize].fill(0);
-        }
-    }
-    std::fs::write(hive3.join("part-0.parquet"), bytes).unwrap();
+    // The footer stays readable, so the table registers and lists the partition.
+    crate::common::zero_column_chunks(&hive.join("part-0.parquet"), &hive3.join("part-0.parquet"));
     let by_date = "SELECT date, count(*) AS n, \
          sum(CASE WHEN reclag_is_ood('prod', embedding, label) THEN 1 ELSE 0 END) AS ood, \
          min(embedding[1]) AS e1 FROM t WHERE date <> '2026-12-03' GROUP BY date ORDER BY date";
