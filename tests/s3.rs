@@ -351,6 +351,20 @@ fn s3_train_score_and_sql_over_a_hive_lake() {
             &res.display().to_string(),
         ],
     );
+    // The hive lake on S3 takes the fast list reader: the listing's object keys
+    // match the files the table was registered with.
+    let plan = ok(
+        &env,
+        &[
+            "sql",
+            &format!("EXPLAIN {q}"),
+            "--table",
+            "events=s3://lake/events/",
+            "--model",
+            "prod=s3://lake/models/m.parquet",
+        ],
+    );
+    assert!(plan.contains("StreamingTableExec"), "{plan}");
     let b = read_parquet(&res);
     let n = b.column(1).as_primitive::<Int64Type>();
     assert_eq!(b.num_rows(), 2);
