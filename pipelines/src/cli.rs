@@ -149,6 +149,7 @@ pub struct FilterArgs {
     /// The output Parquet file (local).
     #[arg(long, value_name = "OUT")]
     pub output: String,
+    /// Embedding column: FixedSizeList/List/LargeList of Float32 or Float64.
     #[arg(long, default_value = "embedding", value_name = "COL")]
     pub embedding: String,
     /// Route each row to the group named by this column (integer or string class
@@ -314,6 +315,7 @@ pub struct ScoreArgs {
     /// A Parquet path or URL; `-` writes an Arrow IPC stream to stdout.
     #[arg(long, value_name = "OUT")]
     pub output: String,
+    /// Embedding column: FixedSizeList/List/LargeList of Float32 or Float64.
     #[arg(long, default_value = "embedding", value_name = "COL")]
     pub embedding: String,
     #[command(flatten)]
@@ -348,6 +350,7 @@ pub struct EvalArgs {
     /// An OOD table, named for the report. Repeat for several.
     #[arg(long, required = true, value_name = "NAME=PATH", value_parser = parse_named)]
     pub ood: Vec<(String, String)>,
+    /// Embedding column: FixedSizeList/List/LargeList of Float32 or Float64.
     #[arg(long, default_value = "embedding", value_name = "COL")]
     pub embedding: String,
     #[command(flatten)]
