@@ -118,18 +118,26 @@ pub fn write_row_groups(path: &Path, batch: &RecordBatch, rows: usize) {
     w.close().unwrap();
 }
 
+/// A Parquet file's footer.
+pub fn metadata(path: &Path) -> Arc<parquet::file::metadata::ParquetMetaData> {
+    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(path).unwrap(),
+    )
+    .unwrap()
+    .metadata()
+    .clone()
+}
+
 /// Copies the Parquet file `src` to `dst` with every column chunk zeroed: the footer
 /// and page index still read, so the file lists and opens, and fails only when its
 /// pages are read.
 pub fn zero_column_chunks(src: &Path, dst: &Path) {
     let mut bytes = std::fs::read(src).unwrap();
-    let meta = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-        std::fs::File::open(src).unwrap(),
-    )
-    .unwrap()
-    .metadata()
-    .clone();
-    for c in meta.row_groups().iter().flat_map(|rg| rg.columns()) {
+    for c in metadata(src)
+        .row_groups()
+        .iter()
+        .flat_map(|rg| rg.columns())
+    {
         let (at, len) = c.byte_range();
         bytes[at as usize..(at + len) as usize].fill(0);
     }

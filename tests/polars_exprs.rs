@@ -308,12 +308,7 @@ fn streaming_sink_over_many_row_groups_equals_in_memory() {
         .with_row_group_size(Some(1000))
         .finish(&mut frame)
         .unwrap();
-    let groups = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-        std::fs::File::open(&mixed).unwrap(),
-    )
-    .unwrap()
-    .metadata()
-    .num_row_groups();
+    let groups = crate::common::metadata(&mixed).num_row_groups();
     assert!(groups >= 10, "{groups} row groups");
 
     let keep = || {
@@ -643,11 +638,6 @@ fn reclag_filter_writes_parallel_row_groups_in_order() {
         got.equals_missing(&want),
         "the output is the filter, in order"
     );
-    let groups = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-        std::fs::File::open(&out).unwrap(),
-    )
-    .unwrap()
-    .metadata()
-    .num_row_groups();
+    let groups = crate::common::metadata(&out).num_row_groups();
     assert_eq!(groups, 3, "65,536-row row groups");
 }

@@ -5,7 +5,7 @@
 //! `scan_parquet` would give the same rows ([`sink_parquet`] is that path, for plans
 //! users build themselves) at a fifth of the speed (BENCHMARKS.md).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use polars::prelude::{
@@ -21,7 +21,7 @@ use reclag::Model;
 
 use crate::error::{Error, Result};
 use crate::frames::Frames;
-use crate::io::open_all;
+use crate::io::{AtomicFile, open_all};
 use crate::store::Stores;
 
 /// Which side of the split to keep.
@@ -72,9 +72,7 @@ const ROW_GROUP: usize = 65_536;
 const ROW_GROUP_BYTES: usize = 64 << 20;
 
 /// Runs the split: frames from reclag's reader ([`Frames`]), each filtered by the
-/// Polars predicate, written by Polars' Parquet writer. The output is written under a
-/// temporary name beside it and renamed when complete, so a reader never sees a
-/// partial file and a rerun after a crash starts clean.
+/// Polars predicate, written by Polars' Parquet writer through an [`AtomicFile`].
 pub fn run(model: &Arc<Model>, job: &FilterJob) -> Result<FilterSummary> {
     if job.output.contains("://") && !job.output.starts_with("file://") {
         return Err(Error::Usage(format!(
@@ -100,25 +98,14 @@ pub fn run(model: &Arc<Model>, job: &FilterJob) -> Result<FilterSummary> {
     let frames = Frames::new(files)?;
     let rows_in = frames.rows();
     let predicate = keep_predicate(model, &job.embedding, job.group.as_deref(), job.keep);
-    let tmp = temp_sibling(&out_path);
-    let result = write_kept(frames, predicate, &tmp).and_then(|kept| {
-        std::fs::rename(&tmp, &out_path).map_err(|source| Error::Io {
-            context: format!("renaming {} to {}", tmp.display(), out_path.display()),
-            source,
-        })?;
-        Ok(kept)
-    });
-    match result {
-        Ok(rows_kept) => Ok(FilterSummary {
-            files: n_files,
-            rows_in,
-            rows_kept,
-        }),
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
+    let (out, file) = AtomicFile::create(&out_path)?;
+    let rows_kept = write_kept(frames, predicate, &file, out.tmp())?;
+    out.commit(&file)?;
+    Ok(FilterSummary {
+        files: n_files,
+        rows_in,
+        rows_kept,
+    })
 }
 
 /// One row group's pages, per leaf column, encoded and compressed.
@@ -163,21 +150,17 @@ impl Layout {
     }
 }
 
-/// Filters every frame and writes the kept rows to `path`.
+/// Filters every frame and writes the kept rows to `file` (at `path`).
 ///
 /// Encoding and compressing the kept rows costs far more than reading and filtering
 /// them (the writer walks every embedding value for its levels and statistics), so
 /// row groups are encoded in parallel, one per core, while the next ones are
 /// filtered, and written in order.
-fn write_kept(frames: Frames, predicate: Expr, path: &Path) -> Result<u64> {
+fn write_kept(frames: Frames, predicate: Expr, file: &std::fs::File, path: &Path) -> Result<u64> {
     let empty = frames.empty()?;
-    let file = std::fs::File::create(path).map_err(|source| Error::Io {
-        context: format!("creating {}", path.display()),
-        source,
-    })?;
     let writing = format!("writing {}", path.display());
     let compression = ParquetCompression::default();
-    let mut writer = ParquetWriter::new(&file)
+    let mut writer = ParquetWriter::new(file)
         .with_compression(compression)
         .batched(empty.schema())
         .map_err(Error::polars(&writing))?;
@@ -258,13 +241,6 @@ fn write_kept(frames: Frames, predicate: Expr, path: &Path) -> Result<u64> {
         Ok(kept)
     })?;
     writer.finish().map_err(Error::polars(&writing))?;
-    drop(writer);
-    // On disk before the rename, so a crash never leaves a complete name on a partial
-    // file.
-    file.sync_all().map_err(|source| Error::Io {
-        context: format!("syncing {}", path.display()),
-        source,
-    })?;
     pb.finish_and_clear();
     Ok(kept)
 }
@@ -280,12 +256,4 @@ pub fn sink_parquet(lf: LazyFrame, path: &Path) -> Result<()> {
     .and_then(|lf| lf.collect())
     .map(|_| ())
     .map_err(Error::polars(format!("writing {}", path.display())))
-}
-
-fn temp_sibling(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "out".into());
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }

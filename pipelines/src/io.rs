@@ -669,17 +669,19 @@ pub fn open_all(stores: &Stores, inputs: &[String]) -> Result<Vec<ParquetFile>> 
     Ok(files)
 }
 
-/// A Parquet file written under a temporary sibling name and renamed into place by
-/// [`AtomicParquet::finish`]. Dropped unfinished (an error, a panic, Ctrl-C unwinding),
-/// it removes the temporary file, so a reader never sees a partial output.
-pub struct AtomicParquet {
+/// An output file written under a temporary sibling name and renamed into place by
+/// [`AtomicFile::commit`]. Dropped uncommitted (an error, a panic, Ctrl-C unwinding),
+/// it removes the temporary file, so a reader never sees a partial output and a rerun
+/// after a crash starts clean. Every local output goes through it.
+pub struct AtomicFile {
     tmp: PathBuf,
     target: PathBuf,
-    writer: Option<ArrowWriter<File>>,
+    committed: bool,
 }
 
-impl AtomicParquet {
-    pub fn create(target: &Path, schema: SchemaRef) -> Result<Self> {
+impl AtomicFile {
+    /// The temporary file beside `target`, whose directory must exist.
+    pub fn create(target: &Path) -> Result<(Self, File)> {
         let dir = target
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -695,23 +697,70 @@ impl AtomicParquet {
             context: format!("creating {}", tmp.display()),
             source,
         })?;
+        let out = AtomicFile {
+            tmp,
+            target: target.to_path_buf(),
+            committed: false,
+        };
+        Ok((out, f))
+    }
+
+    /// The temporary name, for messages about writing it.
+    pub fn tmp(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Syncs `file` (the one `create` returned, fully written) and renames it into
+    /// place: on disk before the rename, so a crash never leaves the target's name on
+    /// a partial file.
+    pub fn commit(mut self, file: &File) -> Result<()> {
+        file.sync_all().map_err(|source| Error::Io {
+            context: format!("syncing {}", self.tmp.display()),
+            source,
+        })?;
+        std::fs::rename(&self.tmp, &self.target).map_err(|source| Error::Io {
+            context: format!(
+                "renaming {} to {}",
+                self.tmp.display(),
+                self.target.display()
+            ),
+            source,
+        })?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// A Parquet file written through an [`AtomicFile`].
+pub struct AtomicParquet {
+    out: AtomicFile,
+    writer: ArrowWriter<File>,
+}
+
+impl AtomicParquet {
+    pub fn create(target: &Path, schema: SchemaRef) -> Result<Self> {
+        let (out, f) = AtomicFile::create(target)?;
         let writer = ArrowWriter::try_new(f, schema, Some(writer_props())).map_err(|source| {
             Error::Parquet {
-                path: tmp.clone(),
+                path: out.tmp.clone(),
                 source,
             }
         })?;
-        Ok(AtomicParquet {
-            tmp,
-            target: target.to_path_buf(),
-            writer: Some(writer),
-        })
+        Ok(AtomicParquet { out, writer })
     }
 
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        let w = self.writer.as_mut().expect("not finished");
+        let w = &mut self.writer;
         let e = |source| Error::Parquet {
-            path: self.tmp.clone(),
+            path: self.out.tmp.clone(),
             source,
         };
         let closed = w.flushed_row_groups().len();
@@ -725,32 +774,12 @@ impl AtomicParquet {
         Ok(())
     }
 
-    pub fn finish(mut self) -> Result<()> {
-        let w = self.writer.take().expect("not finished");
-        let f = w.into_inner().map_err(|source| Error::Parquet {
-            path: self.tmp.clone(),
+    pub fn finish(self) -> Result<()> {
+        let f = self.writer.into_inner().map_err(|source| Error::Parquet {
+            path: self.out.tmp.clone(),
             source,
         })?;
-        f.sync_all().map_err(|source| Error::Io {
-            context: format!("syncing {}", self.tmp.display()),
-            source,
-        })?;
-        std::fs::rename(&self.tmp, &self.target).map_err(|source| Error::Io {
-            context: format!(
-                "renaming {} to {}",
-                self.tmp.display(),
-                self.target.display()
-            ),
-            source,
-        })
-    }
-}
-
-impl Drop for AtomicParquet {
-    fn drop(&mut self) {
-        if self.writer.is_some() {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
+        self.out.commit(&f)
     }
 }
 

@@ -268,40 +268,22 @@ pub async fn run(job: &SqlJob) -> Result<String> {
 enum Sink {
     /// Local, object store or stdout, through the shared writer.
     Parquet(crate::io::Sink),
-    Csv(Box<datafusion::arrow::csv::Writer<File>>, Tmp),
-    Json(datafusion::arrow::json::LineDelimitedWriter<File>, Tmp),
-}
-
-/// A temporary sibling of the target, removed unless renamed into place.
-struct Tmp {
-    tmp: PathBuf,
-    target: PathBuf,
-    done: bool,
-}
-
-impl Drop for Tmp {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
-    }
+    Csv(
+        Box<datafusion::arrow::csv::Writer<File>>,
+        crate::io::AtomicFile,
+    ),
+    Json(
+        datafusion::arrow::json::LineDelimitedWriter<File>,
+        crate::io::AtomicFile,
+    ),
 }
 
 impl Sink {
     fn create(fmt: SqlFormat, target: &Path) -> Result<Self> {
-        let tmp = reclag::format::temp_sibling(target);
-        let f = File::create(&tmp).map_err(|source| Error::Io {
-            context: format!("creating {}", tmp.display()),
-            source,
-        })?;
-        let t = Tmp {
-            tmp,
-            target: target.to_path_buf(),
-            done: false,
-        };
+        let (out, f) = crate::io::AtomicFile::create(target)?;
         Ok(match fmt {
-            SqlFormat::Csv => Sink::Csv(Box::new(datafusion::arrow::csv::Writer::new(f)), t),
-            _ => Sink::Json(datafusion::arrow::json::LineDelimitedWriter::new(f), t),
+            SqlFormat::Csv => Sink::Csv(Box::new(datafusion::arrow::csv::Writer::new(f)), out),
+            _ => Sink::Json(datafusion::arrow::json::LineDelimitedWriter::new(f), out),
         })
     }
 
@@ -317,25 +299,13 @@ impl Sink {
     }
 
     fn finish(self) -> Result<()> {
-        let rename = |mut t: Tmp| -> Result<()> {
-            std::fs::rename(&t.tmp, &t.target).map_err(|source| Error::Io {
-                context: format!("renaming {} to {}", t.tmp.display(), t.target.display()),
-                source,
-            })?;
-            t.done = true;
-            Ok(())
-        };
         match self {
             Sink::Parquet(w) => w.finish(),
-            Sink::Csv(w, t) => {
-                drop(w.into_inner());
-                rename(t)
-            }
-            Sink::Json(mut w, t) => {
+            Sink::Csv(w, out) => out.commit(&w.into_inner()),
+            Sink::Json(mut w, out) => {
                 w.finish()
                     .map_err(|e| Error::Usage(format!("writing the result: {e}")))?;
-                drop(w.into_inner());
-                rename(t)
+                out.commit(&w.into_inner())
             }
         }
     }
