@@ -48,6 +48,8 @@ pub fn model() -> Model {
         groups,
         tau_star: 2.0,
         provenance: Provenance::default(),
+        whitening: None,
+        beta_search: None,
     })
     .unwrap()
 }

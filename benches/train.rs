@@ -38,7 +38,7 @@ fn main() {
         embedding: "embedding".into(),
         label: Some("label".into()),
         output: tmp.path().join("model.parquet").display().to_string(),
-        params: TrainParams::default(),
+        params: TrainParams::paper(),
         max_rows_per_group: None,
         stores: Default::default(),
     };

@@ -395,6 +395,8 @@ pub fn explain_type() -> DataType {
             Field::new_list_field(DataType::Struct(near), false),
             true,
         ),
+        Field::new("runner_up", DataType::Utf8, true),
+        Field::new("runner_up_margin", DataType::Float64, true),
     ]))
 }
 
@@ -420,11 +422,27 @@ pub fn explain_array(model: &Model, ex: Explanation) -> ArrayRef {
     offsets.push(0i32);
     let mut order: Vec<usize> = (0..k).collect();
     let mut taus = Vec::with_capacity(n);
+    let mut runner_up = Vec::with_capacity(n);
+    let mut runner_margin = Vec::with_capacity(n);
     for i in 0..n {
-        taus.push(match ex.group[i] {
-            Some(g) => groups[g as usize].tau,
-            None => model.tau_star(),
+        let used = ex
+            .scores
+            .group
+            .get(i)
+            .copied()
+            .unwrap_or(ScoreOutput::UNION);
+        taus.push(match used {
+            ScoreOutput::UNION => model.tau_star(),
+            g => groups[g as usize].tau,
         });
+        // The group of largest margin besides the one used: the class a row routed
+        // by best margin nearly went to, or the one an OOD row resembles most.
+        let e = ex.group_energy.get(i * k..(i + 1) * k).unwrap_or(&[]);
+        let second = (0..e.len())
+            .filter(|&g| g as u32 != used && ex.scores.valid[i])
+            .max_by(|&a, &b| (e[a] - groups[a].tau).total_cmp(&(e[b] - groups[b].tau)));
+        runner_up.push(second.and_then(key));
+        runner_margin.push(second.map_or(0.0, |g| e[g] - groups[g].tau));
         if ex.scores.valid[i] {
             let e = &ex.group_energy[i * k..(i + 1) * k];
             order.sort_by(|&a, &b| e[b].total_cmp(&e[a]));
@@ -478,6 +496,8 @@ pub fn explain_array(model: &Model, ex: Explanation) -> ArrayRef {
             Arc::new(BooleanArray::new(ex.scores.is_ood.into(), nulls.clone())),
             i32s(steps),
             Arc::new(nearest_groups),
+            Arc::new(StringArray::from(runner_up)),
+            f64s(runner_margin),
         ],
         nulls,
     ))

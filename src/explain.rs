@@ -5,7 +5,7 @@ use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::kernel::{argmax, gemm_abt, log_mean_exp};
-use crate::model::{Model, Normalize};
+use crate::model::{Model, Route};
 use crate::rows::Rows;
 use crate::score::{ScoreOutput, Work};
 
@@ -28,21 +28,37 @@ const BLOCK: usize = 256;
 
 impl Model {
     /// Explains every row; rows that score null (null or non-finite embeddings) get
-    /// `nearest_memory = -1` and NaN group energies.
+    /// `nearest_memory = -1` and NaN group energies. Rows without a group are routed
+    /// as [`Model::score_routed`] routes them.
     pub fn explain_into(
         &self,
         rows: &Rows<'_>,
         groups: Option<&[Option<u32>]>,
         out: &mut Explanation,
     ) -> Result<()> {
-        self.score_into(rows, groups, Work::WithDynamics, &mut out.scores)?;
+        self.explain_routed(rows, groups, Route::Best, out)
+    }
+
+    /// [`Model::explain_into`] with the route for rows without a group.
+    pub fn explain_routed(
+        &self,
+        rows: &Rows<'_>,
+        groups: Option<&[Option<u32>]>,
+        route: Route,
+        out: &mut Explanation,
+    ) -> Result<()> {
+        self.score_routed(rows, groups, route, Work::WithDynamics, &mut out.scores)?;
         let n = rows.len();
         let k = self.groups().len();
-        // A one-group model scores everything against its one group: the union.
+        // A one-group model's explanations name no group, as its file has one.
         let single = k == 1;
         out.group.clear();
-        out.group
-            .extend((0..n).map(|i| groups.and_then(|g| g[i]).filter(|_| !single)));
+        out.group.extend(
+            out.scores
+                .group
+                .iter()
+                .map(|&g| Some(g).filter(|&g| g != ScoreOutput::UNION && !single)),
+        );
         out.nearest_memory.resize(n, -1);
         out.group_energy.resize(n * k, f64::NAN);
         let d = self.dim();
@@ -51,15 +67,7 @@ impl Model {
         let chosen = &out.group;
         // The union is every group's memories in order, so one product of a block of
         // rows with it gives each group's `Ξ_g x` as a slice of each row.
-        let offsets: Vec<usize> = self
-            .groups()
-            .iter()
-            .scan(0, |o, g| {
-                let start = *o;
-                *o += g.m;
-                Some(start)
-            })
-            .collect();
+        let offsets = self.union_offsets();
         out.nearest_memory
             .par_chunks_mut(BLOCK)
             .zip(out.group_energy.par_chunks_mut(BLOCK * k))
@@ -67,36 +75,27 @@ impl Model {
             .for_each(|(b, (near, energy))| {
                 near.fill(-1);
                 energy.fill(f64::NAN);
-                let mut x = vec![0.0; near.len() * d];
+                let (mut pre, mut ok) = (Vec::new(), Vec::new());
+                self.preprocess(rows, b * BLOCK, near.len(), &mut pre, &mut ok);
+                let mut x = Vec::with_capacity(pre.len());
                 let mut kept = Vec::with_capacity(near.len());
                 for r in 0..near.len() {
-                    let i = b * BLOCK + r;
-                    let xr = &mut x[kept.len() * d..(kept.len() + 1) * d];
-                    let Some(norm) = rows.gather_norm(i, xr).filter(|_| valid[i]) else {
-                        continue;
-                    };
-                    if self.normalize() == Normalize::L2 && norm > 0.0 {
-                        xr.iter_mut().for_each(|v| *v /= norm);
+                    if ok[r] && valid[b * BLOCK + r] {
+                        x.extend_from_slice(&pre[r * d..(r + 1) * d]);
+                        kept.push(r);
                     }
-                    kept.push(r);
                 }
                 let mut h = vec![0.0; kept.len() * union_m];
-                gemm_abt(
-                    &x[..kept.len() * d],
-                    kept.len(),
-                    d,
-                    union_xi,
-                    union_m,
-                    &mut h,
-                );
+                gemm_abt(&x, kept.len(), d, union_xi, union_m, &mut h);
                 for (hr, &r) in h.chunks_exact(union_m).zip(&kept) {
                     let slice = |g: usize| &hr[offsets[g]..offsets[g] + self.groups()[g].m];
                     for (g, e) in energy[r * k..(r + 1) * k].iter_mut().enumerate() {
                         *e = log_mean_exp(slice(g), self.beta());
                     }
-                    near[r] = match chosen[b * BLOCK + r] {
-                        Some(g) => argmax(slice(g as usize)),
-                        None => argmax(hr),
+                    near[r] = match (chosen[b * BLOCK + r], single) {
+                        (Some(g), _) => argmax(slice(g as usize)),
+                        (None, true) => argmax(slice(0)),
+                        (None, false) => argmax(hr),
                     } as i32;
                 }
             });
@@ -107,7 +106,7 @@ impl Model {
 #[cfg(test)]
 mod tests {
     use crate::model::{CalibratedOn, Group, GroupKey, ModelParts, Provenance};
-    use crate::{Explanation, Model, Normalize, Rows};
+    use crate::{Explanation, Model, Normalize, Route, Rows};
 
     fn two_groups() -> Model {
         let g = |key: i64, xi: Vec<f64>| Group {
@@ -131,6 +130,8 @@ mod tests {
             ],
             tau_star: 1.0,
             provenance: Provenance::default(),
+            whitening: None,
+            beta_search: None,
         })
         .unwrap()
     }
@@ -157,10 +158,17 @@ mod tests {
         assert_eq!(ex.scores.energy[0], ex.group_energy[0]);
         assert_eq!(ex.scores.energy[1], ex.group_energy[2]);
         // Union mode: the nearest memory indexes the union (group 20's first is 2).
-        m.explain_into(&Rows::dense_f32(&rows, 3), None, &mut ex)
+        m.explain_routed(&Rows::dense_f32(&rows, 3), None, Route::Union, &mut ex)
             .unwrap();
         assert_eq!(ex.group, [None, None]);
         assert_eq!(ex.nearest_memory, [2, 0]);
+        // Best routing: each row goes to the group it resembles, and is ID there.
+        m.explain_into(&Rows::dense_f32(&rows, 3), None, &mut ex)
+            .unwrap();
+        assert_eq!(ex.group, [Some(1), Some(0)]);
+        assert_eq!(ex.nearest_memory, [0, 0]);
+        assert_eq!(ex.scores.is_ood, [false, false]);
+        assert_eq!(ex.scores.energy[0], ex.group_energy[1]);
         let arr = crate::arrow::explain_array(&m, ex);
         assert_eq!(arr.len(), 2);
         assert_eq!(arr.data_type(), &crate::arrow::explain_type());

@@ -1,15 +1,19 @@
 //! The model file: one Parquet file any engine can read.
 //!
-//! One row per memory pattern (`group`, `memory`, `vector` as
-//! `FixedSizeList<Float32, d>`), with each group's `tau`, row counts and calibration
-//! source repeated on its rows, and key-value metadata `reclag.*` carrying β, the
-//! preprocessing, `τ*`, the dynamics settings, provenance and a SHA-256 content
-//! checksum that loading verifies.
+//! Version 2 (written): one row per stored vector, `part` saying what it is:
+//! `memory` rows (`group`, `memory` index, `vector` as `FixedSizeList<Float64, d>`,
+//! with each group's `tau`, row counts and calibration source repeated on its rows),
+//! and for §10's recipe one `mean` row (`μ`) and `d` `whitening` rows (`W`, row
+//! `memory`). Key-value metadata `reclag.*` carries β and how it was chosen, the
+//! recipe and preprocessing, `τ*`, the dynamics settings, provenance and a SHA-256
+//! content checksum that loading verifies.
+//!
+//! Version 1 (read): memory rows only, vectors as `Float32`, no `part` column.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow_array::builder::{FixedSizeListBuilder, Float32Builder};
+use arrow_array::builder::{FixedSizeListBuilder, Float64Builder};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, Float64Type, Int32Type, Int64Type};
 use arrow_array::{
@@ -24,16 +28,19 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::model::{
-    CalibratedOn, Group, GroupKey, LabelKind, Model, ModelParts, Normalize, Provenance,
+    BetaSearch, CalibratedOn, Group, GroupKey, LabelKind, Model, ModelParts, Normalize, Provenance,
+    Recipe, Whitening,
 };
 
-pub const FORMAT_VERSION: &str = "1";
+pub const FORMAT_VERSION: &str = "2";
+/// Versions this build reads.
+const READS: [&str; 2] = ["1", "2"];
 const K_VERSION: &str = "reclag.format_version";
 const K_CHECKSUM: &str = "reclag.checksum";
 
-fn meta_pairs(model: &Model) -> Vec<(&'static str, String)> {
-    vec![
-        (K_VERSION, FORMAT_VERSION.to_string()),
+fn meta_pairs(model: &Model, version: &str) -> Vec<(&'static str, String)> {
+    let mut v = vec![
+        (K_VERSION, version.to_string()),
         ("reclag.beta", model.beta().to_string()),
         ("reclag.normalize", model.normalize().as_str().to_string()),
         ("reclag.dim", model.dim().to_string()),
@@ -44,15 +51,31 @@ fn meta_pairs(model: &Model) -> Vec<(&'static str, String)> {
         ("reclag.groups", model.groups().len().to_string()),
         ("reclag.training", model.provenance().training.clone()),
         ("reclag.source", model.provenance().source.clone()),
-    ]
+    ];
+    if version != "1" {
+        v.push(("reclag.recipe", model.recipe().as_str().to_string()));
+        if let Some(b) = model.beta_search() {
+            let json = serde_json::json!({ "grid": b.grid, "mean_auroc": b.mean_auroc });
+            v.push((K_BETA_SEARCH, json.to_string()));
+        }
+    }
+    v
 }
+
+const K_BETA_SEARCH: &str = "reclag.beta_search";
 
 /// SHA-256 over the canonical content: every metadata value and every stored number
 /// (memories as the f32 the file holds). Hex-encoded.
 pub fn checksum(model: &Model) -> String {
+    checksum_as(model, FORMAT_VERSION)
+}
+
+/// [`checksum`] as a file of `version` records it: version 1 files hash their
+/// memories as f32 and have no whitening.
+fn checksum_as(model: &Model, version: &str) -> String {
     let mut h = Sha256::new();
     h.update(b"reclag-model\0");
-    for (k, v) in meta_pairs(model) {
+    for (k, v) in meta_pairs(model, version) {
         h.update(k.as_bytes());
         h.update([0]);
         h.update(v.as_bytes());
@@ -63,12 +86,22 @@ pub fn checksum(model: &Model) -> String {
         h.update([0]);
         h.update((g.m as u64).to_le_bytes());
         for v in &g.xi {
-            h.update((*v as f32).to_le_bytes());
+            if version == "1" {
+                h.update((*v as f32).to_le_bytes());
+            } else {
+                h.update(v.to_le_bytes());
+            }
         }
         h.update(g.tau.to_bits().to_le_bytes());
         h.update(g.n_train.to_le_bytes());
         h.update(g.n_calibration.to_le_bytes());
         h.update(g.calibrated_on.as_str().as_bytes());
+    }
+    if let Some(w) = model.whitening() {
+        h.update(b"whitening\0");
+        for v in w.mean().iter().chain(w.matrix()) {
+            h.update(v.to_le_bytes());
+        }
     }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -79,74 +112,106 @@ fn schema(model: &Model) -> Schema {
         _ => DataType::Int64,
     };
     Schema::new(vec![
+        Field::new("part", DataType::Utf8, false),
         Field::new("group", group_type, true),
         Field::new("memory", DataType::Int32, false),
         Field::new(
             "vector",
             DataType::FixedSizeList(
-                Arc::new(Field::new("item", DataType::Float32, true)),
+                Arc::new(Field::new("item", DataType::Float64, true)),
                 model.dim() as i32,
             ),
             false,
         ),
-        Field::new("tau", DataType::Float64, false),
-        Field::new("n_train", DataType::Int64, false),
-        Field::new("n_calibration", DataType::Int64, false),
-        Field::new("calibrated_on", DataType::Utf8, false),
+        Field::new("tau", DataType::Float64, true),
+        Field::new("n_train", DataType::Int64, true),
+        Field::new("n_calibration", DataType::Int64, true),
+        Field::new("calibrated_on", DataType::Utf8, true),
     ])
+}
+
+/// One stored vector: a group's memory, or part of the preprocessing.
+enum Row<'a> {
+    Memory(&'a Group, usize),
+    Mean,
+    Whitening(usize),
 }
 
 /// Serialises a model to Parquet bytes.
 pub fn to_bytes(model: &Model) -> Result<Vec<u8>> {
     let schema = Arc::new(schema(model));
     let d = model.dim();
-    let rows: Vec<(&Group, usize)> = model
+    let mut rows: Vec<Row<'_>> = model
         .groups()
         .iter()
-        .flat_map(|g| (0..g.m).map(move |i| (g, i)))
+        .flat_map(|g| (0..g.m).map(move |i| Row::Memory(g, i)))
         .collect();
+    if model.whitening().is_some() {
+        rows.push(Row::Mean);
+        rows.extend((0..d).map(Row::Whitening));
+    }
+    fn group_of<'a>(r: &Row<'a>) -> Option<&'a Group> {
+        match r {
+            Row::Memory(g, _) => Some(*g),
+            _ => None,
+        }
+    }
     let group: ArrayRef = match model.label_kind() {
-        LabelKind::Str => Arc::new(StringArray::from_iter(rows.iter().map(
-            |(g, _)| match &g.key {
+        LabelKind::Str => Arc::new(StringArray::from_iter(rows.iter().map(|r| {
+            match group_of(r).and_then(|g| g.key.as_ref()) {
                 Some(GroupKey::Str(s)) => Some(s.as_str()),
                 _ => None,
-            },
-        ))),
-        _ => Arc::new(Int64Array::from_iter(rows.iter().map(
-            |(g, _)| match &g.key {
+            }
+        }))),
+        _ => Arc::new(Int64Array::from_iter(rows.iter().map(|r| {
+            match group_of(r).and_then(|g| g.key.as_ref()) {
                 Some(GroupKey::Int(v)) => Some(*v),
                 _ => None,
-            },
-        ))),
+            }
+        }))),
     };
     let mut vb = FixedSizeListBuilder::with_capacity(
-        Float32Builder::with_capacity(rows.len() * d),
+        Float64Builder::with_capacity(rows.len() * d),
         d as i32,
         rows.len(),
     );
-    for (g, i) in &rows {
-        for v in &g.xi[i * d..(i + 1) * d] {
-            vb.values().append_value(*v as f32);
-        }
+    for r in &rows {
+        let v = match (r, model.whitening()) {
+            (Row::Memory(g, i), _) => &g.xi[i * d..(i + 1) * d],
+            (Row::Mean, Some(w)) => w.mean(),
+            (Row::Whitening(j), Some(w)) => &w.matrix()[j * d..(j + 1) * d],
+            _ => unreachable!("preprocessing rows exist only with whitening"),
+        };
+        vb.values().append_slice(v);
         vb.append(true);
     }
     let cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(rows.iter().map(
+            |r| match r {
+                Row::Memory(..) => "memory",
+                Row::Mean => "mean",
+                Row::Whitening(_) => "whitening",
+            },
+        ))),
         group,
-        Arc::new(Int32Array::from_iter_values(
-            rows.iter().map(|(_, i)| *i as i32),
-        )),
+        Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| match r {
+            Row::Memory(_, i) | Row::Whitening(i) => *i as i32,
+            Row::Mean => 0,
+        }))),
         Arc::new(vb.finish()) as ArrayRef,
-        Arc::new(Float64Array::from_iter_values(
-            rows.iter().map(|(g, _)| g.tau),
+        Arc::new(Float64Array::from_iter(
+            rows.iter().map(|r| group_of(r).map(|g| g.tau)),
         )),
-        Arc::new(Int64Array::from_iter_values(
-            rows.iter().map(|(g, _)| g.n_train as i64),
+        Arc::new(Int64Array::from_iter(
+            rows.iter().map(|r| group_of(r).map(|g| g.n_train as i64)),
         )),
-        Arc::new(Int64Array::from_iter_values(
-            rows.iter().map(|(g, _)| g.n_calibration as i64),
+        Arc::new(Int64Array::from_iter(
+            rows.iter()
+                .map(|r| group_of(r).map(|g| g.n_calibration as i64)),
         )),
-        Arc::new(StringArray::from_iter_values(
-            rows.iter().map(|(g, _)| g.calibrated_on.as_str()),
+        Arc::new(StringArray::from_iter(
+            rows.iter()
+                .map(|r| group_of(r).map(|g| g.calibrated_on.as_str())),
         )),
     ];
     let arrow_err = |source| Error::Arrow {
@@ -154,7 +219,7 @@ pub fn to_bytes(model: &Model) -> Result<Vec<u8>> {
         source,
     };
     let batch = RecordBatch::try_new(schema.clone(), cols).map_err(arrow_err)?;
-    let mut kv: Vec<KeyValue> = meta_pairs(model)
+    let mut kv: Vec<KeyValue> = meta_pairs(model, FORMAT_VERSION)
         .into_iter()
         .map(|(k, v)| KeyValue::new(k.to_string(), v))
         .collect();
@@ -277,11 +342,13 @@ fn parse(bytes: bytes::Bytes, origin: &Path) -> Result<Model> {
             "a Parquet file but not a reclag model (no '{K_VERSION}' metadata); create one with `reclag train`"
         )));
     };
-    if version != FORMAT_VERSION {
+    if !READS.contains(&version) {
         return Err(err(format!(
-            "model format version {version} is not supported by this build (it reads version {FORMAT_VERSION}); upgrade reclag"
+            "model format version {version} is not supported by this build (it reads versions {}); upgrade reclag",
+            READS.join(", ")
         )));
     }
+    let version = version.to_string();
     let req = |k: &str| get(k).ok_or_else(|| err(format!("missing metadata key '{k}'")));
     let num = |k: &str| -> Result<f64> {
         let v = req(k)?;
@@ -309,6 +376,35 @@ fn parse(bytes: bytes::Bytes, origin: &Path) -> Result<Model> {
         training: get("reclag.training").unwrap_or_default().to_string(),
         source: get("reclag.source").unwrap_or_default().to_string(),
     };
+    let recipe = match get("reclag.recipe") {
+        Some(r) => Recipe::parse(r).map_err(|e| err(e.to_string()))?,
+        None => Recipe::Paper,
+    };
+    let beta_search = match get(K_BETA_SEARCH) {
+        None => None,
+        Some(j) => {
+            let bad = || {
+                err(format!(
+                    "metadata '{K_BETA_SEARCH}' = '{j}' is not a beta table"
+                ))
+            };
+            let v: serde_json::Value = serde_json::from_str(j).map_err(|_| bad())?;
+            let floats = |k: &str| -> Result<Vec<f64>> {
+                v.get(k)
+                    .and_then(|a| a.as_array())
+                    .ok_or_else(bad)?
+                    .iter()
+                    .map(|x| x.as_f64().ok_or_else(bad))
+                    .collect()
+            };
+            Some(BetaSearch {
+                grid: floats("grid")?,
+                mean_auroc: floats("mean_auroc")?,
+            })
+        }
+    };
+    let mut mean: Option<Vec<f64>> = None;
+    let mut whiten: Vec<f64> = Vec::new();
 
     let reader = builder
         .build()
@@ -335,6 +431,11 @@ fn parse(bytes: bytes::Bytes, origin: &Path) -> Result<Model> {
                 a.data_type()
             ))
         };
+        let part = match batch.column_by_name("part") {
+            Some(p) => Some(p.as_string_opt::<i32>().ok_or_else(|| bad("part", p))?),
+            None if version == "1" => None,
+            None => return Err(err("missing column 'part'".into())),
+        };
         let memory = memory
             .as_primitive_opt::<Int32Type>()
             .ok_or_else(|| bad("memory", memory))?;
@@ -347,10 +448,22 @@ fn parse(bytes: bytes::Bytes, origin: &Path) -> Result<Model> {
                 vector_l.value_length()
             )));
         }
-        let vals = vector_l
-            .values()
-            .as_primitive_opt::<Float32Type>()
-            .ok_or_else(|| bad("vector", vector))?;
+        // Version 1 stored f32; version 2 stores f64 (the whitening must be exact).
+        let values: Vec<f64> = match (version.as_str(), vector_l.values().data_type()) {
+            ("1", DataType::Float32) => vector_l
+                .values()
+                .as_primitive::<Float32Type>()
+                .values()
+                .iter()
+                .map(|&v| f64::from(v))
+                .collect(),
+            (v, DataType::Float64) if v != "1" => vector_l
+                .values()
+                .as_primitive::<Float64Type>()
+                .values()
+                .to_vec(),
+            _ => return Err(bad("vector", vector)),
+        };
         let tau = tau
             .as_primitive_opt::<Float64Type>()
             .ok_or_else(|| bad("tau", tau))?;
@@ -364,6 +477,29 @@ fn parse(bytes: bytes::Bytes, origin: &Path) -> Result<Model> {
             .as_string_opt::<i32>()
             .ok_or_else(|| bad("calibrated_on", cal_on))?;
         for r in 0..batch.num_rows() {
+            let s = r * d;
+            let v = &values[s..s + d];
+            match part.map_or("memory", |p| p.value(r)) {
+                "memory" => {}
+                "mean" => {
+                    mean = Some(v.to_vec());
+                    continue;
+                }
+                "whitening" => {
+                    if memory.value(r) as usize != whiten.len() / d {
+                        return Err(err(format!(
+                            "whitening row {} out of order at row {r}",
+                            memory.value(r)
+                        )));
+                    }
+                    whiten.extend_from_slice(v);
+                    continue;
+                }
+                o => return Err(err(format!("unknown part '{o}' at row {r}"))),
+            }
+            if tau.is_null(r) || n_train.is_null(r) || n_cal.is_null(r) || cal_on.is_null(r) {
+                return Err(err(format!("memory row {r} has a null tau or row count")));
+            }
             let key = match label_type.as_str() {
                 "none" => None,
                 "int64" => Some(GroupKey::Int(
@@ -404,11 +540,24 @@ fn parse(bytes: bytes::Bytes, origin: &Path) -> Result<Model> {
                     memory.value(r)
                 )));
             }
-            let s = r * d;
-            g.xi.extend(vals.values()[s..s + d].iter().map(|&v| f64::from(v)));
+            g.xi.extend_from_slice(v);
             g.m += 1;
         }
     }
+    let whitening = match (recipe, mean) {
+        (Recipe::Paper, None) if whiten.is_empty() => None,
+        (Recipe::Whitened, Some(mu)) if whiten.len() == d * d => {
+            Some(Whitening::new(d, mu, whiten).map_err(|e| err(e.to_string()))?)
+        }
+        (r, mu) => {
+            return Err(err(format!(
+                "recipe '{}' with {} mean row(s) and {} of {d} whitening rows",
+                r.as_str(),
+                usize::from(mu.is_some()),
+                whiten.len() / d
+            )));
+        }
+    };
     if groups.len() != n_groups {
         return Err(err(format!(
             "metadata says {n_groups} groups, file has {}",
@@ -424,9 +573,11 @@ fn parse(bytes: bytes::Bytes, origin: &Path) -> Result<Model> {
         groups,
         tau_star,
         provenance,
+        whitening,
+        beta_search,
     })
     .map_err(|e| err(e.to_string()))?;
-    let actual = checksum(&model);
+    let actual = checksum_as(&model, &version);
     if actual != stored_sum {
         return Err(err(format!(
             "checksum mismatch (file says {stored_sum}, content hashes to {actual}): the file is corrupt or was edited; retrain or restore it"

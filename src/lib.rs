@@ -13,6 +13,7 @@ pub mod error;
 pub mod explain;
 pub mod format;
 pub mod kernel;
+pub mod kmeans;
 pub mod metrics;
 pub mod model;
 pub mod rng;
@@ -21,11 +22,13 @@ pub mod score;
 mod tile;
 pub mod train;
 pub mod vexp;
+pub mod whiten;
 
 pub use error::{Error, Result};
 pub use explain::Explanation;
 pub use model::{
-    CalibratedOn, Group, GroupKey, LabelKind, Model, ModelParts, Normalize, Provenance, lyapunov,
+    BetaSearch, CalibratedOn, Group, GroupKey, LabelKind, Model, ModelParts, Normalize, Provenance,
+    Recipe, Route, Whitening, lyapunov,
 };
 pub use rows::{Rows, Values};
 pub use score::{ScoreOutput, Work};

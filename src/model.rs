@@ -45,6 +45,124 @@ impl Normalize {
     }
 }
 
+/// §10's centring and whitening, stored in the model and applied after `l2`:
+/// `pre(x) = l2(W (l2(x) − μ))`. `W` is symmetric (`d×d`, row-major).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Whitening {
+    mu: Vec<f64>,
+    w: Vec<f64>,
+    /// `Wμ`, so a row costs one `d×d` product: `W(z − μ) = Wz − Wμ`.
+    w_mu: Vec<f64>,
+}
+
+impl Whitening {
+    /// Checks shapes and finiteness; `w` must be symmetric (it is `V diag(λ'^{-1/2}) Vᵀ`).
+    pub fn new(d: usize, mu: Vec<f64>, w: Vec<f64>) -> Result<Self> {
+        if mu.len() != d || w.len() != d * d {
+            return Err(Error::Model(format!(
+                "whitening needs a mean of {d} values and a {d}x{d} matrix, found {} and {}",
+                mu.len(),
+                w.len()
+            )));
+        }
+        if mu.iter().chain(&w).any(|v| !v.is_finite()) {
+            return Err(Error::Model("whitening has non-finite values".into()));
+        }
+        let mut w_mu = vec![0.0; d];
+        crate::kernel::gemm_abt(&w, d, d, &mu, 1, &mut w_mu);
+        Ok(Whitening { mu, w, w_mu })
+    }
+    pub fn mean(&self) -> &[f64] {
+        &self.mu
+    }
+    /// `W`, row-major `d×d`.
+    pub fn matrix(&self) -> &[f64] {
+        &self.w
+    }
+
+    /// Whitens `n` rows of `z` (already `l2`-normalised, row-major) into `out`, then
+    /// normalises each: `out_i = l2(W z_i − Wμ)`. A zero result stays zero.
+    pub(crate) fn apply_block(&self, z: &[f64], n: usize, out: &mut [f64]) {
+        let d = self.mu.len();
+        // `W` is symmetric, so `z Wᵀ = z W`: the rows come out whitened.
+        crate::kernel::gemm_abt(z, n, d, &self.w, d, out);
+        for y in out.chunks_exact_mut(d) {
+            y.iter_mut().zip(&self.w_mu).for_each(|(v, m)| *v -= m);
+            let norm = crate::kernel::norm2(y).sqrt();
+            if norm > 0.0 {
+                let inv = 1.0 / norm;
+                y.iter_mut().for_each(|v| *v *= inv);
+            }
+        }
+    }
+}
+
+/// How the recipe chose β (§10, `beta = auto`): each candidate's mean
+/// leave-one-group-out AUROC on the calibration rows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BetaSearch {
+    pub grid: Vec<f64>,
+    pub mean_auroc: Vec<f64>,
+}
+
+/// Which recipe built a model (§1–§9 or §10).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Recipe {
+    /// §10: whitened features, spherical k-means memories, best-group routing.
+    #[default]
+    Whitened,
+    /// §1–§9: the paper's SFNN-trained memories on `l2` (or raw) rows.
+    Paper,
+}
+
+impl Recipe {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Recipe::Whitened => "whitened",
+            Recipe::Paper => "paper",
+        }
+    }
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "whitened" => Ok(Recipe::Whitened),
+            "paper" => Ok(Recipe::Paper),
+            o => Err(Error::param(
+                "recipe",
+                format!("expected one of whitened, paper; found '{o}'"),
+            )),
+        }
+    }
+}
+
+/// Where a row without a group value is scored (§4, §10).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Route {
+    /// The group of largest margin `A_g − τ_g`; its `Ξ_g, τ_g` decide the rest.
+    #[default]
+    Best,
+    /// The union of every group's memories against `τ_*`, decided on the first step.
+    Union,
+}
+
+impl Route {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Route::Best => "best",
+            Route::Union => "union",
+        }
+    }
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "best" => Ok(Route::Best),
+            "union" => Ok(Route::Union),
+            o => Err(Error::param(
+                "route",
+                format!("expected one of best, union; found '{o}'"),
+            )),
+        }
+    }
+}
+
 /// A group's identity: the class label it was trained on.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum GroupKey {
@@ -120,6 +238,8 @@ pub struct Model {
     /// the layout the scoring GEMM broadcasts rows against (see `tile`).
     pub(crate) panels: Vec<crate::tile::Aligned>,
     pub(crate) provenance: Provenance,
+    pub(crate) whitening: Option<Whitening>,
+    pub(crate) beta_search: Option<BetaSearch>,
     by_int: HashMap<i64, usize>,
     /// `by_int` as a table indexed by the label, when every label is in
     /// `0..DENSE_LABELS`: class ids usually are, and the lookup is per row (a hash
@@ -160,6 +280,10 @@ pub struct ModelParts {
     pub groups: Vec<Group>,
     pub tau_star: f64,
     pub provenance: Provenance,
+    /// §10's whitening; `None` for the paper recipe.
+    pub whitening: Option<Whitening>,
+    /// β's selection table, when `beta = auto` chose it.
+    pub beta_search: Option<BetaSearch>,
 }
 
 impl Model {
@@ -179,6 +303,29 @@ impl Model {
         }
         if p.max_iter == 0 {
             return Err(Error::Model("max_iter must be >= 1".into()));
+        }
+        if p.whitening.is_some() && p.normalize != Normalize::L2 {
+            return Err(Error::Model(
+                "whitening applies to l2-normalised rows; normalize must be l2".into(),
+            ));
+        }
+        if let Some(w) = &p.whitening
+            && w.mu.len() != p.d
+        {
+            return Err(Error::Model(format!(
+                "whitening has dimension {}, the model {}",
+                w.mu.len(),
+                p.d
+            )));
+        }
+        if let Some(b) = &p.beta_search
+            && b.grid.len() != b.mean_auroc.len()
+        {
+            return Err(Error::Model(format!(
+                "beta search has {} candidates and {} AUROCs",
+                b.grid.len(),
+                b.mean_auroc.len()
+            )));
         }
         let mut by_int = HashMap::new();
         let mut by_str = HashMap::new();
@@ -250,6 +397,8 @@ impl Model {
             grams,
             panels,
             provenance: p.provenance,
+            whitening: p.whitening,
+            beta_search: p.beta_search,
             by_int,
             dense_int,
             by_str,
@@ -280,6 +429,73 @@ impl Model {
     pub fn provenance(&self) -> &Provenance {
         &self.provenance
     }
+    pub fn whitening(&self) -> Option<&Whitening> {
+        self.whitening.as_ref()
+    }
+    pub fn beta_search(&self) -> Option<&BetaSearch> {
+        self.beta_search.as_ref()
+    }
+    /// The recipe is a property of the preprocessing: only §10 whitens.
+    pub fn recipe(&self) -> Recipe {
+        if self.whitening.is_some() {
+            Recipe::Whitened
+        } else {
+            Recipe::Paper
+        }
+    }
+    /// Index of each group's first memory in the union (group order).
+    pub fn union_offsets(&self) -> Vec<usize> {
+        self.groups
+            .iter()
+            .scan(0, |o, g| {
+                let start = *o;
+                *o += g.m;
+                Some(start)
+            })
+            .collect()
+    }
+
+    /// `pre(x)` (§1, §10) of rows `start..start + n` into `out` (`n×d`, row-major).
+    /// `valid[i]` is false for a null or non-finite row, whose values are left NaN.
+    pub fn preprocess(
+        &self,
+        rows: &crate::rows::Rows<'_>,
+        start: usize,
+        n: usize,
+        out: &mut Vec<f64>,
+        valid: &mut Vec<bool>,
+    ) {
+        let d = self.d;
+        out.clear();
+        out.resize(n * d, 0.0);
+        valid.clear();
+        for (i, r) in out.chunks_exact_mut(d).enumerate() {
+            match rows.gather_norm(start + i, r) {
+                Some(norm) => {
+                    if self.normalize == Normalize::L2 && norm > 0.0 {
+                        let inv = 1.0 / norm;
+                        r.iter_mut().for_each(|v| *v *= inv);
+                    }
+                    valid.push(true);
+                }
+                None => {
+                    r.fill(0.0);
+                    valid.push(false);
+                }
+            }
+        }
+        if let Some(w) = &self.whitening {
+            let mut y = vec![0.0; n * d];
+            w.apply_block(out, n, &mut y);
+            *out = y;
+        }
+        for (r, ok) in out.chunks_exact_mut(d).zip(valid.iter()) {
+            if !ok {
+                r.fill(f64::NAN);
+            }
+        }
+    }
+
     pub fn label_kind(&self) -> LabelKind {
         key_kind(&self.groups[0].key)
     }
@@ -378,6 +594,8 @@ mod tests {
             groups: keys.iter().map(|&k| group(k)).collect(),
             tau_star: 0.1,
             provenance: Provenance::default(),
+            whitening: None,
+            beta_search: None,
         })
         .unwrap()
     }

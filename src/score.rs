@@ -9,8 +9,7 @@ use crate::error::{Error, Result};
 use crate::kernel::{
     argmax, gemm_ab, gemm_abt, lme_softmax, lme_softmax_rows, log_mean_exp, sigmoid, small_gemm,
 };
-use crate::model::Model;
-use crate::model::Normalize;
+use crate::model::{Model, Normalize, Route};
 use crate::rows::Rows;
 use crate::tile;
 
@@ -29,11 +28,18 @@ pub struct ScoreOutput {
     pub attractor: Vec<i32>,
     /// Number of updates applied by the dynamics (0 when they were not run).
     pub steps: Vec<u32>,
+    /// The group each row was scored against ([`ScoreOutput::UNION`] in union mode):
+    /// its own group, or the one best routing chose.
+    pub group: Vec<u32>,
     pub valid: Vec<bool>,
 }
 
 impl ScoreOutput {
+    /// [`ScoreOutput::group`] of a row scored against the union of all groups.
+    pub const UNION: u32 = u32::MAX;
+
     fn resize(&mut self, n: usize) {
+        self.group.resize(n, Self::UNION);
         self.score.resize(n, 0.0);
         self.energy.resize(n, 0.0);
         self.ood_probability.resize(n, 0.0);
@@ -77,6 +83,7 @@ struct OutChunk<'o> {
     is_ood: &'o mut [bool],
     attractor: &'o mut [i32],
     steps: &'o mut [u32],
+    group: &'o mut [u32],
     valid: &'o mut [bool],
 }
 
@@ -84,8 +91,9 @@ impl Model {
     /// Scores `rows` into `out` (resized to `rows.len()`).
     ///
     /// `groups[i]` is the group index for row `i` (from [`Model::resolve_int`] /
-    /// [`Model::resolve_str`]) or `None` for union mode; `groups = None` means union
-    /// mode for every row. A model with one group always uses union mode (spec §4).
+    /// [`Model::resolve_str`]) or `None` for a row without a group, which is routed to
+    /// the group of largest margin (`route = best`, §4); `groups = None` routes every
+    /// row that way. [`Model::score_routed`] chooses union mode instead.
     pub fn score_into(
         &self,
         rows: &Rows<'_>,
@@ -93,10 +101,22 @@ impl Model {
         work: Work,
         out: &mut ScoreOutput,
     ) -> Result<()> {
-        self.score_with(rows, groups, work, out, true)
+        self.score_with(rows, groups, Route::Best, work, out, true)
     }
 
-    /// [`Model::score_into`] on the calling thread only: the same outputs, bit for
+    /// [`Model::score_into`] with the route for rows without a group.
+    pub fn score_routed(
+        &self,
+        rows: &Rows<'_>,
+        groups: Option<&[Option<u32>]>,
+        route: Route,
+        work: Work,
+        out: &mut ScoreOutput,
+    ) -> Result<()> {
+        self.score_with(rows, groups, route, work, out, true)
+    }
+
+    /// [`Model::score_routed`] on the calling thread only: the same outputs, bit for
     /// bit. For callers that already run one scorer per core on rows they just wrote
     /// (a decoded page in this core's cache): handing those rows to a pool thread
     /// would cost a wake-up and, on another core, a second trip through the cache
@@ -105,16 +125,18 @@ impl Model {
         &self,
         rows: &Rows<'_>,
         groups: Option<&[Option<u32>]>,
+        route: Route,
         work: Work,
         out: &mut ScoreOutput,
     ) -> Result<()> {
-        self.score_with(rows, groups, work, out, false)
+        self.score_with(rows, groups, route, work, out, false)
     }
 
     fn score_with(
         &self,
         rows: &Rows<'_>,
         groups: Option<&[Option<u32>]>,
+        route: Route,
         work: Work,
         out: &mut ScoreOutput,
         parallel: bool,
@@ -152,7 +174,19 @@ impl Model {
         let block = |mut c: OutChunk<'_>| {
             let len = c.valid.len();
             let g = groups.map(|g| &g[c.start..c.start + len]);
-            self.score_block(rows, c.start, g, work, &mut c);
+            if self.whitening.is_some() {
+                // §10's `pre` is not a per-row scale of `Ξx`, so the block's rows are
+                // whitened into scratch first (one `d×d` product per row) and scored
+                // from there.
+                let (mut pre, mut valid) = (Vec::new(), Vec::new());
+                self.preprocess(rows, c.start, len, &mut pre, &mut valid);
+                let pre_rows = Rows::dense_f64(&pre, self.d);
+                self.score_block(&pre_rows, 0, g, route, work, &mut c, false);
+            } else {
+                let start = c.start;
+                let l2 = self.normalize == Normalize::L2;
+                self.score_block(rows, start, g, route, work, &mut c, l2);
+            }
         };
         if parallel {
             chunks.into_par_iter().for_each(block);
@@ -162,159 +196,268 @@ impl Model {
         Ok(())
     }
 
-    fn target(&self, sel: usize) -> Target<'_> {
-        if sel >= self.groups.len() || self.groups.len() == 1 {
-            Target {
-                xi: &self.union_xi,
-                m: self.union_m,
-                tau: self.tau_star,
-                gram: self.grams[self.groups.len()].as_deref(),
-                panel: &self.panels[self.groups.len()],
-            }
-        } else {
-            let g = &self.groups[sel];
-            Target {
-                xi: &g.xi,
-                m: g.m,
-                tau: g.tau,
-                gram: self.grams[sel].as_deref(),
-                panel: &self.panels[sel],
-            }
+    fn target(&self, g: usize) -> Target<'_> {
+        let grp = &self.groups[g];
+        Target {
+            xi: &grp.xi,
+            m: grp.m,
+            tau: grp.tau,
+            gram: self.grams[g].as_deref(),
+            panel: &self.panels[g],
         }
     }
 
+    fn union_target(&self) -> Target<'_> {
+        let k = self.groups.len();
+        Target {
+            xi: &self.union_xi,
+            m: self.union_m,
+            tau: self.tau_star,
+            gram: self.grams[k].as_deref(),
+            panel: &self.panels[k],
+        }
+    }
+
+    /// `Ξx_0` of the rows `rows_in` (block-relative) against `t`'s memories, with
+    /// `pre`'s scale applied when `l2`. Null and non-finite rows are marked invalid in
+    /// `c` and left out; returns the kept rows, their `Ξx_0` (`kept×m`) and `‖x_0‖²`.
+    #[allow(clippy::too_many_arguments)]
+    fn dots(
+        &self,
+        rows: &Rows<'_>,
+        start: usize,
+        rows_in: &[usize],
+        t: Target<'_>,
+        l2: bool,
+        c: &mut OutChunk<'_>,
+    ) -> (Vec<usize>, Vec<f64>, Vec<f64>) {
+        let mut idx = Vec::with_capacity(rows_in.len());
+        let mut abs = Vec::with_capacity(rows_in.len());
+        for &i in rows_in {
+            if rows.is_null(start + i) {
+                c.valid[i] = false;
+                c.steps[i] = 0;
+            } else {
+                idx.push(i);
+                abs.push(start + i);
+            }
+        }
+        let mut hs = vec![0.0; abs.len() * t.m];
+        let mut sq = vec![0.0; abs.len()];
+        tile::dots_in_place(rows, &abs, t.xi, t.panel, t.m, &mut hs, &mut sq);
+        // Drop non-finite rows (NaN/inf make ‖x‖² non-finite; a finite row whose
+        // square overflowed gets its norm recomputed with scaling).
+        let mut x0sq = Vec::with_capacity(idx.len());
+        let mut kept = 0;
+        for r in 0..idx.len() {
+            let i = idx[r];
+            let norm = if sq[r].is_finite() {
+                Some(sq[r].sqrt())
+            } else {
+                rows.norm(start + i)
+            };
+            c.valid[i] = norm.is_some();
+            let Some(norm) = norm else {
+                c.steps[i] = 0;
+                continue;
+            };
+            // `pre` is linear per row, so it is applied to `h = Ξx` after the
+            // product rather than to the d-vector: `Ξ(x/‖x‖) = (Ξx)/‖x‖`.
+            let s = if l2 && norm > 0.0 { 1.0 / norm } else { 1.0 };
+            x0sq.push((norm * s) * (norm * s));
+            let h = &mut hs[r * t.m..(r + 1) * t.m];
+            if s != 1.0 {
+                h.iter_mut().for_each(|v| *v *= s);
+            }
+            hs.copy_within(r * t.m..(r + 1) * t.m, kept * t.m);
+            idx[kept] = i;
+            kept += 1;
+        }
+        idx.truncate(kept);
+        hs.truncate(kept * t.m);
+        (idx, hs, x0sq)
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn score_block(
         &self,
         rows: &Rows<'_>,
         start: usize,
         groups: Option<&[Option<u32>]>,
+        route: Route,
         work: Work,
         c: &mut OutChunk<'_>,
+        l2: bool,
     ) {
-        let d = self.d;
         let len = c.valid.len();
         let k = self.groups.len();
-        // Bucket rows by target first (a group index, or k for the union); each
-        // bucket's rows are then read in place by the tile kernel.
+        // Bucket rows by their group first (k: no group); each bucket's rows are then
+        // read in place by the tile kernel. A one-group model scores every row against
+        // its one group.
         let mut buckets: Vec<Vec<usize>> = vec![Vec::new(); k + 1];
         for i in 0..len {
             let sel = groups
                 .and_then(|g| g[i])
                 .map(|v| v as usize)
                 .filter(|_| k > 1)
-                .unwrap_or(k);
+                .unwrap_or(if k == 1 { 0 } else { k });
             buckets[sel].push(i);
         }
-        let mut hs = Vec::new();
-        let mut x0sq = Vec::new();
-        let mut sq = Vec::new();
-        let mut p0 = Vec::new();
-        let mut a0 = Vec::new();
-        let mut scale = Vec::new();
-        let mut idx = Vec::with_capacity(len);
-        let mut abs = Vec::with_capacity(len);
-        for (sel, rows_in) in buckets.iter().enumerate() {
+        for (g, rows_in) in buckets[..k].iter().enumerate() {
             if rows_in.is_empty() {
                 continue;
             }
-            let t = self.target(sel);
-            idx.clear();
-            abs.clear();
-            for &i in rows_in {
-                if rows.is_null(start + i) {
-                    c.valid[i] = false;
-                    c.steps[i] = 0;
-                } else {
-                    idx.push(i);
-                    abs.push(start + i);
+            let t = self.target(g);
+            let (idx, hs, x0sq) = self.dots(rows, start, rows_in, t, l2, c);
+            let mut a0 = vec![0.0; idx.len()];
+            let mut p0 = vec![0.0; hs.len()];
+            lme_softmax_rows(&hs, t.m, self.beta, &mut p0, &mut a0);
+            self.finish(t, g as u32, &idx, hs, &x0sq, &a0, &p0, work, c);
+        }
+        if buckets[k].is_empty() {
+            return;
+        }
+        let u = self.union_target();
+        let (idx, hs, x0sq) = self.dots(rows, start, &buckets[k], u, l2, c);
+        if idx.is_empty() {
+            return;
+        }
+        match route {
+            Route::Union => self.finish_union(u, &idx, &hs, c),
+            Route::Best => self.route_best(&idx, &hs, &x0sq, work, c),
+        }
+    }
+
+    /// §4's union mode: `τ_*` against the union's energy, decided on the first step.
+    fn finish_union(&self, u: Target<'_>, idx: &[usize], hs: &[f64], c: &mut OutChunk<'_>) {
+        let mut a0 = vec![0.0; idx.len()];
+        let mut p0 = vec![0.0; hs.len()];
+        lme_softmax_rows(hs, u.m, self.beta, &mut p0, &mut a0);
+        for (r, &i) in idx.iter().enumerate() {
+            let a = a0[r];
+            c.energy[i] = a;
+            c.score[i] = a - u.tau;
+            c.prob[i] = sigmoid(self.beta * (u.tau - a));
+            let ood = a <= u.tau;
+            c.is_ood[i] = ood;
+            c.attractor[i] = if ood {
+                -1
+            } else {
+                argmax(&hs[r * u.m..(r + 1) * u.m]) as i32
+            };
+            c.steps[i] = 0;
+            c.group[i] = ScoreOutput::UNION;
+        }
+    }
+
+    /// §10's best route: each group's energy from its slice of the union's `Ξx_0`,
+    /// the group of largest margin (ties: the first), then that group's dynamics.
+    fn route_best(
+        &self,
+        idx: &[usize],
+        hs: &[f64],
+        x0sq: &[f64],
+        work: Work,
+        c: &mut OutChunk<'_>,
+    ) {
+        let n = idx.len();
+        let um = self.union_m;
+        let offsets = self.union_offsets();
+        let mut best = vec![(f64::NEG_INFINITY, 0usize); n];
+        let mut per_group: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> =
+            Vec::with_capacity(self.groups.len());
+        for (g, grp) in self.groups.iter().enumerate() {
+            let m = grp.m;
+            let mut h = Vec::with_capacity(n * m);
+            for r in 0..n {
+                h.extend_from_slice(&hs[r * um + offsets[g]..r * um + offsets[g] + m]);
+            }
+            let mut a = vec![0.0; n];
+            let mut p = vec![0.0; n * m];
+            lme_softmax_rows(&h, m, self.beta, &mut p, &mut a);
+            for (b, &e) in best.iter_mut().zip(&a) {
+                let margin = e - grp.tau;
+                // Strictly greater: on a tie the earlier group keeps the row.
+                if g == 0 || margin > b.0 {
+                    *b = (margin, g);
                 }
             }
-            hs.clear();
-            hs.resize(abs.len() * t.m, 0.0);
-            sq.clear();
-            sq.resize(abs.len(), 0.0);
-            tile::dots_in_place(rows, &abs, t.xi, t.panel, t.m, &mut hs, &mut sq);
-            // Drop non-finite rows (NaN/inf make ‖x‖² non-finite; a finite row whose
-            // square overflowed gets its norm recomputed with scaling).
-            x0sq.clear();
-            scale.clear();
-            let mut kept = 0;
-            for r in 0..idx.len() {
-                let i = idx[r];
-                let norm = if sq[r].is_finite() {
-                    Some(sq[r].sqrt())
-                } else {
-                    rows.norm(start + i)
-                };
-                c.valid[i] = norm.is_some();
-                let Some(norm) = norm else {
-                    c.steps[i] = 0;
-                    continue;
-                };
-                // `pre` is linear per row, so it is applied to `h = Ξx` after the
-                // product rather than to the d-vector: `Ξ(x/‖x‖) = (Ξx)/‖x‖`.
-                let s = match self.normalize {
-                    Normalize::L2 if norm > 0.0 => 1.0 / norm,
-                    _ => 1.0,
-                };
-                scale.push(s);
-                x0sq.push((norm * s) * (norm * s));
-                hs.copy_within(r * t.m..(r + 1) * t.m, kept * t.m);
-                idx[kept] = i;
-                kept += 1;
-            }
-            idx.truncate(kept);
-            hs.truncate(kept * t.m);
-            let ns = kept;
-            if ns == 0 {
+            per_group.push((h, a, p));
+        }
+        for (g, (h, a, p)) in per_group.into_iter().enumerate() {
+            let m = self.groups[g].m;
+            let mine: Vec<usize> = (0..n).filter(|&r| best[r].1 == g).collect();
+            if mine.is_empty() {
                 continue;
             }
-            p0.clear();
-            for (h, &s) in hs.chunks_exact_mut(t.m).zip(&scale) {
-                if s != 1.0 {
-                    h.iter_mut().for_each(|v| *v *= s);
-                }
+            let sel_idx: Vec<usize> = mine.iter().map(|&r| idx[r]).collect();
+            let mut sel_h = Vec::with_capacity(mine.len() * m);
+            let mut sel_p = Vec::with_capacity(mine.len() * m);
+            let mut sel_a = Vec::with_capacity(mine.len());
+            let mut sel_sq = Vec::with_capacity(mine.len());
+            for &r in &mine {
+                sel_h.extend_from_slice(&h[r * m..(r + 1) * m]);
+                sel_p.extend_from_slice(&p[r * m..(r + 1) * m]);
+                sel_a.push(a[r]);
+                sel_sq.push(x0sq[r]);
             }
-            // With dynamics, the first step's softmax shares these exponentials.
-            a0.clear();
-            a0.resize(ns, 0.0);
-            p0.resize(ns * t.m, 0.0);
-            lme_softmax_rows(&hs, t.m, self.beta, &mut p0, &mut a0);
+            let t = self.target(g);
+            self.finish(
+                t, g as u32, &sel_idx, sel_h, &sel_sq, &sel_a, &sel_p, work, c,
+            );
+        }
+    }
+
+    /// Outputs of rows scored against one group `t`: §4's margin and posterior from
+    /// the first energies `a0`, then §3's dynamics (which reuse `p0`).
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        t: Target<'_>,
+        g: u32,
+        idx: &[usize],
+        mut hs: Vec<f64>,
+        x0sq: &[f64],
+        a0: &[f64],
+        p0: &[f64],
+        work: Work,
+        c: &mut OutChunk<'_>,
+    ) {
+        if idx.is_empty() {
+            return;
+        }
+        for (r, &i) in idx.iter().enumerate() {
+            let a = a0[r];
+            c.energy[i] = a;
+            c.score[i] = a - t.tau;
+            c.prob[i] = sigmoid(self.beta * (t.tau - a));
+            c.group[i] = g;
+        }
+        if work == Work::WithDynamics {
+            let first = First { energy: a0, p: p0 };
+            let res = dynamics(
+                t,
+                self.d,
+                self.beta,
+                self.max_iter,
+                self.tol,
+                x0sq,
+                first,
+                &mut hs,
+            );
             for (r, &i) in idx.iter().enumerate() {
-                let a = a0[r];
-                c.energy[i] = a;
-                c.score[i] = a - t.tau;
-                c.prob[i] = sigmoid(self.beta * (t.tau - a));
+                let (ood, att, steps) = res[r];
+                c.is_ood[i] = ood;
+                c.attractor[i] = att;
+                c.steps[i] = steps;
             }
-            if work == Work::WithDynamics {
-                let first = First {
-                    energy: &a0,
-                    p: &p0,
-                };
-                let res = dynamics(
-                    t,
-                    d,
-                    self.beta,
-                    self.max_iter,
-                    self.tol,
-                    &x0sq,
-                    first,
-                    &mut hs,
-                );
-                for (r, &i) in idx.iter().enumerate() {
-                    let (ood, att, steps) = res[r];
-                    c.is_ood[i] = ood;
-                    c.attractor[i] = att;
-                    c.steps[i] = steps;
-                }
-            } else {
-                // Not computed: `is_ood` is a property of the whole trajectory, so it is
-                // left false/-1 rather than guessed from the first step.
-                for &i in &idx {
-                    c.is_ood[i] = false;
-                    c.attractor[i] = -1;
-                    c.steps[i] = 0;
-                }
+        } else {
+            // Not computed: `is_ood` is a property of the whole trajectory, so it is
+            // left false/-1 rather than guessed from the first step.
+            for &i in idx {
+                c.is_ood[i] = false;
+                c.attractor[i] = -1;
+                c.steps[i] = 0;
             }
         }
     }
@@ -328,6 +471,7 @@ fn split_out(out: &mut ScoreOutput, n: usize) -> Vec<OutChunk<'_>> {
     let mut is_ood = out.is_ood.chunks_mut(BLOCK);
     let mut attractor = out.attractor.chunks_mut(BLOCK);
     let mut steps = out.steps.chunks_mut(BLOCK);
+    let mut group = out.group.chunks_mut(BLOCK);
     let mut start = 0;
     for valid in out.valid.chunks_mut(BLOCK) {
         let len = valid.len();
@@ -339,6 +483,7 @@ fn split_out(out: &mut ScoreOutput, n: usize) -> Vec<OutChunk<'_>> {
             is_ood: is_ood.next().expect("same length"),
             attractor: attractor.next().expect("same length"),
             steps: steps.next().expect("same length"),
+            group: group.next().expect("same length"),
             valid,
         });
         start += len;
@@ -689,6 +834,8 @@ mod tests {
             groups,
             tau_star: 0.3,
             provenance: Provenance::default(),
+            whitening: None,
+            beta_search: None,
         })
         .unwrap();
         let mut x: Vec<f32> = (0..n * d).map(|_| rng.next_f64() as f32 - 0.5).collect();
@@ -708,10 +855,10 @@ mod tests {
             .score_into(&rows, Some(&g), Work::WithDynamics, &mut a)
             .unwrap();
         model
-            .score_into_here(&rows, Some(&g), Work::WithDynamics, &mut b)
+            .score_into_here(&rows, Some(&g), Route::Best, Work::WithDynamics, &mut b)
             .unwrap();
         model
-            .score_into_here(&le, Some(&g), Work::WithDynamics, &mut c)
+            .score_into_here(&le, Some(&g), Route::Best, Work::WithDynamics, &mut c)
             .unwrap();
         let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         for o in [&b, &c] {
@@ -751,6 +898,8 @@ mod tests {
                 }],
                 tau_star: tau,
                 provenance: Provenance::default(),
+                whitening: None,
+                beta_search: None,
             })
             .unwrap();
             assert!(model.grams.iter().all(|g| g.is_some()));

@@ -12,7 +12,9 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::kernel::{gemm_abt, gemm_atb, lme_softmax, norm2};
 use crate::metrics::quantile_lower;
-use crate::model::{CalibratedOn, Group, GroupKey, Model, ModelParts, Normalize, Provenance};
+use crate::model::{
+    BetaSearch, CalibratedOn, Group, GroupKey, Model, ModelParts, Normalize, Provenance, Recipe,
+};
 use crate::rng::Rng;
 use crate::rows::Rows;
 use crate::score::energies;
@@ -46,11 +48,16 @@ impl Init {
     }
 }
 
-/// Training hyper-parameters; defaults are the spec's.
+/// Training hyper-parameters. [`TrainParams::default`] is §10's whitened recipe,
+/// [`TrainParams::paper`] the paper's (§5).
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainParams {
+    pub recipe: Recipe,
     pub memories: usize,
+    /// Used as given unless `beta_auto`.
     pub beta: f64,
+    /// §10's leave-one-group-out choice of β from [`BETA_GRID`] (whitened recipe).
+    pub beta_auto: bool,
     pub epochs: usize,
     pub batch_size: usize,
     pub lr: f64,
@@ -67,9 +74,32 @@ pub struct TrainParams {
     pub tol: f64,
 }
 
+/// §10's candidates for `beta = auto`.
+pub const BETA_GRID: [f64; 8] = [1.0, 2.0, 3.0, 5.0, 7.0, 10.0, 15.0, 20.0];
+/// β when `beta = auto` cannot choose: one group, or a group with fewer than
+/// [`MIN_HOLDOUT`] calibration rows.
+pub const BETA_FALLBACK: f64 = 10.0;
+/// Fewest held-out rows a group calibrates on (§7); below it, its training rows.
+pub const MIN_HOLDOUT: usize = 20;
+
 impl Default for TrainParams {
     fn default() -> Self {
         TrainParams {
+            recipe: Recipe::Whitened,
+            memories: 64,
+            beta: BETA_FALLBACK,
+            beta_auto: true,
+            ..TrainParams::paper()
+        }
+    }
+}
+
+impl TrainParams {
+    /// The paper's recipe with its defaults (§1–§9).
+    pub fn paper() -> Self {
+        TrainParams {
+            recipe: Recipe::Paper,
+            beta_auto: false,
             memories: 10,
             beta: 5.0,
             epochs: 50,
@@ -130,6 +160,18 @@ impl TrainParams {
             return Err(Error::param(
                 "ood-rate",
                 format!("must be in (0, 1), found {}", p.ood_rate),
+            ));
+        }
+        if p.beta_auto && p.recipe == Recipe::Paper {
+            return Err(Error::param(
+                "beta",
+                "auto chooses beta for the whitened recipe only; give --beta a number with --recipe paper",
+            ));
+        }
+        if p.recipe == Recipe::Whitened && p.normalize != Normalize::L2 {
+            return Err(Error::param(
+                "normalize",
+                "the whitened recipe normalises rows with l2 before whitening; --normalize none needs --recipe paper",
             ));
         }
         if !(0.0..1.0).contains(&p.calibration_fraction) {
@@ -305,6 +347,9 @@ impl ValidParams {
                 data.skipped_invalid, data.skipped_null_label
             )));
         }
+        if p.recipe == Recipe::Whitened {
+            return self.fit_whitened(data, source, progress);
+        }
         progress.start((p.epochs * data.groups.len()) as u64);
         let fitted: Vec<Fitted> = data
             .groups
@@ -326,6 +371,7 @@ impl ValidParams {
         .ok_or_else(|| Error::EmptyInput("no calibration rows".into()))?;
 
         let training = serde_json::json!({
+            "recipe": p.recipe.as_str(),
             "memories": p.memories, "beta": p.beta, "epochs": p.epochs,
             "batch_size": p.batch_size, "lr": p.lr, "adam_b1": p.adam_b1,
             "adam_b2": p.adam_b2, "adam_eps": p.adam_eps, "init_norm": p.init_norm,
@@ -348,6 +394,8 @@ impl ValidParams {
                 training,
                 source: source.to_string(),
             },
+            whitening: None,
+            beta_search: None,
         })
     }
 
@@ -365,15 +413,8 @@ impl ValidParams {
         for r in x.chunks_mut(d) {
             p.normalize.apply(r);
         }
-        // Held-out calibration split (§7).
-        let mut idx: Vec<usize> = (0..n).collect();
-        Rng::derive(p.seed, format!("split:{label}").as_bytes()).shuffle(&mut idx);
-        let n_cal = (p.calibration_fraction * n as f64).floor() as usize;
-        let (fit_idx, cal_idx, calibrated_on) = if n_cal < 20 {
-            (&idx[..], &idx[..], CalibratedOn::Train)
-        } else {
-            (&idx[n_cal..], &idx[..n_cal], CalibratedOn::Holdout)
-        };
+        let split = Split::new(p, &label, n);
+        let (fit_idx, cal_idx, calibrated_on) = (split.fit(), split.cal(), split.on);
         let gather = |ids: &[usize]| -> Vec<f64> {
             let mut v = Vec::with_capacity(ids.len() * d);
             for &i in ids {
@@ -427,6 +468,313 @@ impl ValidParams {
                 calibrated_on,
             },
             calib,
+        })
+    }
+}
+
+/// §7's held-out calibration split of one group's `n` rows: a seeded shuffle, the
+/// first `⌊fraction·n⌋` held out, or every row for both when that is under
+/// [`MIN_HOLDOUT`].
+struct Split {
+    idx: Vec<usize>,
+    n_cal: usize,
+    on: CalibratedOn,
+}
+
+impl Split {
+    fn new(p: &TrainParams, label: &str, n: usize) -> Self {
+        let mut idx: Vec<usize> = (0..n).collect();
+        Rng::derive(p.seed, format!("split:{label}").as_bytes()).shuffle(&mut idx);
+        let n_cal = (p.calibration_fraction * n as f64).floor() as usize;
+        let on = if n_cal < MIN_HOLDOUT {
+            CalibratedOn::Train
+        } else {
+            CalibratedOn::Holdout
+        };
+        Split { idx, n_cal, on }
+    }
+    fn fit(&self) -> &[usize] {
+        match self.on {
+            CalibratedOn::Train => &self.idx,
+            CalibratedOn::Holdout => &self.idx[self.n_cal..],
+        }
+    }
+    fn cal(&self) -> &[usize] {
+        match self.on {
+            CalibratedOn::Train => &self.idx,
+            CalibratedOn::Holdout => &self.idx[..self.n_cal],
+        }
+    }
+}
+
+/// One β of §10's leave-one-group-out table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BetaTrial {
+    pub beta: f64,
+    /// `τ_g` at this β (§7 on each group's calibration rows).
+    pub tau: Vec<f64>,
+    /// Per held-out group `c`: the AUROC of the other groups' calibration rows
+    /// against `c`'s, both scored by `max_{g≠c}(A_g − τ_g)`.
+    pub auroc: Vec<f64>,
+    pub mean: f64,
+}
+
+/// §10's leave-one-group-out table: `memories[g]` is `Ξ_g` (`m_g×d`), `cal[g]` group
+/// g's preprocessed calibration rows.
+pub fn leave_one_group_out(
+    memories: &[(&[f64], usize)],
+    cal: &[&[f64]],
+    d: usize,
+    grid: &[f64],
+    ood_rate: f64,
+) -> Vec<BetaTrial> {
+    let k = memories.len();
+    let union: Vec<f64> = memories
+        .iter()
+        .flat_map(|(xi, _)| xi.iter().copied())
+        .collect();
+    let um: usize = memories.iter().map(|(_, m)| m).sum();
+    let offsets: Vec<usize> = memories
+        .iter()
+        .scan(0, |o, (_, m)| {
+            let s = *o;
+            *o += m;
+            Some(s)
+        })
+        .collect();
+    // energies[b][g] = A_j of every calibration row of group g, for every group j
+    // (row-major n_g × k), at grid[b]. One product per block serves every β.
+    let energies: Vec<Vec<Vec<f64>>> = {
+        let per_group: Vec<Vec<Vec<f64>>> = cal
+            .iter()
+            .map(|x| {
+                let n = x.len() / d;
+                let mut out = vec![vec![0.0; n * k]; grid.len()];
+                let blocks: Vec<Vec<Vec<f64>>> = x
+                    .par_chunks(1024 * d)
+                    .map(|xb| {
+                        let nb = xb.len() / d;
+                        let mut h = vec![0.0; nb * um];
+                        gemm_abt(xb, nb, d, &union, um, &mut h);
+                        grid.iter()
+                            .map(|&beta| {
+                                let mut e = Vec::with_capacity(nb * k);
+                                for hr in h.chunks_exact(um) {
+                                    for j in 0..k {
+                                        let sl = &hr[offsets[j]..offsets[j] + memories[j].1];
+                                        e.push(crate::kernel::log_mean_exp(sl, beta));
+                                    }
+                                }
+                                e
+                            })
+                            .collect()
+                    })
+                    .collect();
+                for (b, o) in out.iter_mut().enumerate() {
+                    o.clear();
+                    for blk in &blocks {
+                        o.extend_from_slice(&blk[b]);
+                    }
+                }
+                out
+            })
+            .collect();
+        (0..grid.len())
+            .map(|b| per_group.iter().map(|g| g[b].clone()).collect())
+            .collect()
+    };
+    grid.iter()
+        .enumerate()
+        .map(|(b, &beta)| {
+            let e = &energies[b];
+            let tau: Vec<f64> = (0..k)
+                .map(|g| {
+                    let own: Vec<f64> = e[g].chunks_exact(k).map(|r| r[g]).collect();
+                    quantile_lower(&own, ood_rate).unwrap_or(f64::NAN)
+                })
+                .collect();
+            let best_without = |r: &[f64], c: usize| {
+                (0..k)
+                    .filter(|&g| g != c)
+                    .map(|g| r[g] - tau[g])
+                    .fold(f64::NEG_INFINITY, f64::max)
+            };
+            let auroc: Vec<f64> = (0..k)
+                .map(|c| {
+                    let mut id = Vec::new();
+                    let mut ood = Vec::new();
+                    for (g, eg) in e.iter().enumerate() {
+                        let side = if g == c { &mut ood } else { &mut id };
+                        side.extend(eg.chunks_exact(k).map(|r| best_without(r, c)));
+                    }
+                    crate::metrics::auroc(&id, &ood)
+                })
+                .collect();
+            let mean = auroc.iter().sum::<f64>() / k as f64;
+            BetaTrial {
+                beta,
+                tau,
+                auroc,
+                mean,
+            }
+        })
+        .collect()
+}
+
+/// The β of largest mean AUROC; on a tie, the smaller β.
+pub fn choose_beta(table: &[BetaTrial]) -> f64 {
+    let mut best: Option<&BetaTrial> = None;
+    for t in table {
+        best = match best {
+            Some(b) if t.mean > b.mean || (t.mean == b.mean && t.beta < b.beta) => Some(t),
+            None => Some(t),
+            keep => keep,
+        };
+    }
+    best.map_or(BETA_FALLBACK, |b| b.beta)
+}
+
+impl ValidParams {
+    /// §10: l2, centre and whiten with the pooled within-group covariance of the fit
+    /// rows, spherical k-means memories per group, β by leave-one-group-out, and
+    /// thresholds on the held-out rows.
+    fn fit_whitened(
+        &self,
+        data: &TrainingSet,
+        source: &str,
+        progress: &dyn Progress,
+    ) -> Result<Model> {
+        let p = &self.0;
+        let d = data.d;
+        struct Part {
+            key: Option<GroupKey>,
+            label: String,
+            fit: Vec<f64>,
+            cal: Vec<f64>,
+            n_fit: usize,
+            n_cal: usize,
+            on: CalibratedOn,
+        }
+        let mut parts: Vec<Part> = data
+            .groups
+            .par_iter()
+            .map(|(key, res)| {
+                let label = format!("{key:?}");
+                let n = res.rows.len() / d;
+                let split = Split::new(p, &label, n);
+                let gather = |ids: &[usize]| {
+                    let mut v = Vec::with_capacity(ids.len() * d);
+                    for &i in ids {
+                        let at = v.len();
+                        v.extend(res.rows[i * d..(i + 1) * d].iter().map(|&x| f64::from(x)));
+                        Normalize::L2.apply(&mut v[at..]);
+                    }
+                    v
+                };
+                Part {
+                    key: key.clone(),
+                    fit: gather(split.fit()),
+                    cal: gather(split.cal()),
+                    n_fit: split.fit().len(),
+                    n_cal: split.cal().len(),
+                    on: split.on,
+                    label,
+                }
+            })
+            .collect();
+        let fit_rows: Vec<&[f64]> = parts.iter().map(|g| g.fit.as_slice()).collect();
+        let (whitening, _) = crate::whiten::fit(&fit_rows, d, crate::whiten::SHRINKAGE)?;
+        let whiten_rows = |x: &mut Vec<f64>| {
+            let mut y = vec![0.0; x.len()];
+            y.par_chunks_mut(1024 * d)
+                .zip(x.par_chunks(1024 * d))
+                .for_each(|(yb, xb)| whitening.apply_block(xb, xb.len() / d, yb));
+            *x = y;
+        };
+        for g in parts.iter_mut() {
+            whiten_rows(&mut g.fit);
+            whiten_rows(&mut g.cal);
+        }
+        progress.start(parts.len() as u64);
+        let memories: Vec<(Vec<f64>, usize)> = parts
+            .par_iter()
+            .map(|g| {
+                let mut rng = Rng::derive(p.seed, format!("kmeans:{}", g.label).as_bytes());
+                let xi = crate::kmeans::memories(&g.fit, d, p.memories, &mut rng);
+                progress.advance(1);
+                let m = xi.len() / d;
+                (xi, m)
+            })
+            .collect();
+        let mem_refs: Vec<(&[f64], usize)> =
+            memories.iter().map(|(x, m)| (x.as_slice(), *m)).collect();
+        let cal_refs: Vec<&[f64]> = parts.iter().map(|g| g.cal.as_slice()).collect();
+        let can_choose = parts.len() > 1 && parts.iter().all(|g| g.on == CalibratedOn::Holdout);
+        let (beta, beta_search) = match (p.beta_auto, can_choose) {
+            (false, _) => (p.beta, None),
+            (true, false) => (BETA_FALLBACK, None),
+            (true, true) => {
+                let table = leave_one_group_out(&mem_refs, &cal_refs, d, &BETA_GRID, p.ood_rate);
+                let beta = choose_beta(&table);
+                let search = BetaSearch {
+                    grid: table.iter().map(|t| t.beta).collect(),
+                    mean_auroc: table.iter().map(|t| t.mean).collect(),
+                };
+                (beta, Some(search))
+            }
+        };
+        let groups: Vec<Group> = parts
+            .iter()
+            .zip(&memories)
+            .map(|(g, (xi, m))| {
+                let e = energies(xi, *m, beta, &g.cal, d);
+                let tau = quantile_lower(&e, p.ood_rate).ok_or_else(|| {
+                    Error::EmptyInput(format!("group {} has no calibration rows", g.label))
+                })?;
+                Ok(Group {
+                    key: g.key.clone(),
+                    xi: xi.clone(),
+                    m: *m,
+                    tau,
+                    n_train: g.n_fit as u64,
+                    n_calibration: g.n_cal as u64,
+                    calibrated_on: g.on,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let union_xi: Vec<f64> = groups.iter().flat_map(|g| g.xi.iter().copied()).collect();
+        let union_m = groups.iter().map(|g| g.m).sum();
+        let calib_all: Vec<f64> = parts.iter().flat_map(|g| g.cal.iter().copied()).collect();
+        let tau_star = quantile_lower(
+            &energies(&union_xi, union_m, beta, &calib_all, d),
+            p.ood_rate,
+        )
+        .ok_or_else(|| Error::EmptyInput("no calibration rows".into()))?;
+        let training = serde_json::json!({
+            "recipe": p.recipe.as_str(),
+            "memories": p.memories, "beta": beta, "beta_auto": p.beta_auto,
+            "shrinkage": crate::whiten::SHRINKAGE, "kmeans_iterations": crate::kmeans::ITERATIONS,
+            "normalize": p.normalize.as_str(),
+            "ood_rate": p.ood_rate, "calibration_fraction": p.calibration_fraction,
+            "seed": p.seed, "max_rows_per_group": data.cap,
+            "rows_seen": data.rows_seen(), "rows_kept": data.rows_kept(),
+            "skipped_invalid": data.skipped_invalid, "skipped_null_label": data.skipped_null_label,
+        })
+        .to_string();
+        Model::new(ModelParts {
+            d,
+            beta,
+            normalize: Normalize::L2,
+            max_iter: p.max_iter,
+            tol: p.tol,
+            groups,
+            tau_star,
+            provenance: Provenance {
+                training,
+                source: source.to_string(),
+            },
+            whitening: Some(whitening),
+            beta_search,
         })
     }
 }

@@ -36,6 +36,8 @@ fn fixture(dir: &Path) -> (PathBuf, PathBuf) {
         "label",
         "--output",
         &s(&model),
+        "--recipe",
+        "paper",
         "--epochs",
         "5",
     ]);
@@ -58,6 +60,8 @@ fn same_seed_same_bytes_other_seed_other_bytes() {
             &s(&p),
             "--seed",
             seed,
+            "--recipe",
+            "paper",
             "--epochs",
             "10",
         ]);
@@ -82,6 +86,8 @@ fn same_seed_same_bytes_other_seed_other_bytes() {
             &s(k),
             "--init",
             "kmeans++",
+            "--recipe",
+            "paper",
             "--epochs",
             "3",
         ]);
@@ -104,6 +110,8 @@ fn max_rows_per_group_bounds_the_sample() {
         &s(&m),
         "--max-rows-per-group",
         "40",
+        "--recipe",
+        "paper",
         "--epochs",
         "2",
     ]);
@@ -140,6 +148,7 @@ fn model_file_round_trips_and_is_plain_parquet() {
     assert_eq!(
         names,
         [
+            "part",
             "group",
             "memory",
             "vector",
@@ -150,9 +159,9 @@ fn model_file_round_trips_and_is_plain_parquet() {
         ]
     );
     assert_eq!(batch.num_rows(), 30);
-    let tau = batch.column(3).as_primitive::<Float64Type>();
+    let tau = batch.column(4).as_primitive::<Float64Type>();
     assert_eq!(tau.value(0), model.groups()[0].tau);
-    assert_eq!(batch.column(1).as_primitive::<Int32Type>().value(9), 9);
+    assert_eq!(batch.column(2).as_primitive::<Int32Type>().value(9), 9);
     let inspect = cli_ok(&["inspect", &s(&model_path)]);
     assert!(
         inspect.contains("dimension      8") && inspect.contains(&reclag::format::checksum(&model))
@@ -358,6 +367,8 @@ fn group_with_fewer_rows_than_memories() {
         "label",
         "--output",
         &s(&m),
+        "--recipe",
+        "paper",
         "--epochs",
         "3",
     ]);
@@ -537,7 +548,7 @@ fn unknown_group_names_value_and_known_groups() {
 }
 
 #[test]
-fn string_labels_and_null_group_use_union() {
+fn string_labels_and_null_group_route_by_best_margin() {
     let tmp = tempfile::tempdir().unwrap();
     let (rows, labels) = clusters(2, 40, 8, 5);
     let names: Vec<Option<&str>> = labels
@@ -564,6 +575,8 @@ fn string_labels_and_null_group_use_union() {
         "animal",
         "--output",
         &s(&m),
+        "--recipe",
+        "paper",
         "--epochs",
         "3",
     ]);
@@ -597,14 +610,30 @@ fn string_labels_and_null_group_use_union() {
         .unwrap()
         .as_primitive::<Float64Type>();
     let model = reclag::format::load(&m).unwrap();
-    // Row 1 (null group) is scored against the union: its energy matches union mode.
+    // Row 1 (null group) is routed by best margin: a "cat" row goes to "cat", so it
+    // scores as row 0 does; union mode gives another energy.
     let flat: Vec<f32> = rows[0].clone().unwrap();
     let mut out = ScoreOutput::default();
     model
         .score_into(&Rows::dense_f32(&flat, 8), None, Work::EnergyOnly, &mut out)
         .unwrap();
     assert_eq!(energy.value(1), out.energy[0]);
-    assert_ne!(energy.value(0), energy.value(1));
+    assert_eq!(energy.value(0), energy.value(1));
+    assert_eq!(
+        out.group[0] as usize,
+        model.resolve_str("cat", "animal").unwrap()
+    );
+    let mut union = ScoreOutput::default();
+    model
+        .score_routed(
+            &Rows::dense_f32(&flat, 8),
+            None,
+            reclag::Route::Union,
+            Work::EnergyOnly,
+            &mut union,
+        )
+        .unwrap();
+    assert_ne!(union.energy[0], energy.value(1));
     let e = cli_err(&[
         "score",
         "--model",
@@ -699,9 +728,9 @@ fn corrupt_truncated_and_foreign_model_files() {
     );
     // Flip one byte inside a float of the vector column: the checksum catches it.
     let model = reclag::format::load(&model_path).unwrap();
-    let needle = (model.groups()[0].xi[0] as f32).to_le_bytes();
+    let needle = model.groups()[0].xi[0].to_le_bytes();
     let pos = bytes
-        .windows(4)
+        .windows(8)
         .position(|w| w == needle)
         .expect("memory value stored plain");
     let mut flipped = bytes.clone();

@@ -81,6 +81,8 @@ pub fn model(
             .collect(),
         tau_star,
         provenance: Provenance::default(),
+        whitening: None,
+        beta_search: None,
     })
     .unwrap()
 }
@@ -242,6 +244,8 @@ pub fn train_model(input: &Path, out: &Path, epochs: u32) -> Arc<reclag::Model> 
         "label",
         "--output",
         &out.display().to_string(),
+        "--recipe",
+        "paper",
         "--epochs",
         &epochs.to_string(),
     ]);

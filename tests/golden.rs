@@ -3,7 +3,7 @@
 use reclag::kernel::log_mean_exp;
 use reclag::metrics::{auroc, average_precision, fpr_at_95_tpr, quantile_lower};
 use reclag::train::{Adam, StepScratch, loss_and_grad_into};
-use reclag::{GroupKey, Normalize, Rows, ScoreOutput, Work, lyapunov};
+use reclag::{GroupKey, Normalize, Route, Rows, ScoreOutput, Work, lyapunov};
 
 use crate::common::{close, json, mat, model, vecf};
 
@@ -248,8 +248,14 @@ fn union_and_group_energies() {
     ] {
         let groups = vec![sel; n];
         let mut out = ScoreOutput::default();
-        mdl.score_into(&view, Some(&groups), Work::EnergyOnly, &mut out)
-            .unwrap();
+        mdl.score_routed(
+            &view,
+            Some(&groups),
+            Route::Union,
+            Work::EnergyOnly,
+            &mut out,
+        )
+        .unwrap();
         for (got, want) in out.energy.iter().zip(vecf(&g[key])) {
             close(*got, want, 1e-9, key);
         }

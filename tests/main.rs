@@ -9,3 +9,4 @@ mod properties;
 mod reference;
 mod s3;
 mod sql;
+mod whitened;

@@ -57,6 +57,8 @@ async fn sql_equals_score_row_for_row_on_text_wordnet() {
         "label",
         "--output",
         &s(&model),
+        "--recipe",
+        "paper",
         "--epochs",
         "5",
     ]);
@@ -216,6 +218,8 @@ async fn sql_bad_input() {
         "label",
         "--output",
         &s(&model),
+        "--recipe",
+        "paper",
         "--epochs",
         "2",
     ]);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use reclag::baselines::Baseline;
-use reclag::{Init, LabelKind, Normalize, TrainParams};
+use reclag::{Init, LabelKind, Normalize, Recipe, Route, TrainParams};
 
 use crate::error::{Error, Result};
 use crate::eval::{EvalJob, parse_named};
@@ -92,6 +92,7 @@ The job spec (TOML; examples in pipelines/jobs/):
   # lateness = \"2h\"                 #   once closed (end + lateness ≤ now)
   embedding = \"embedding\"
   group = \"label\"                 # optional: per-group rates and routing
+  # route = \"union\"               # without group: best margin (default) or union
   [model]
   url = \"models/prod.parquet\"
   [output]
@@ -218,12 +219,21 @@ pub struct TrainArgs {
     /// Where to write the model (one Parquet file, written atomically): a path or URL.
     #[arg(long, value_name = "MODEL")]
     pub output: String,
+    /// The training recipe: `whitened` (default, spec §10) or `paper` (§1–§9, the
+    /// method as published; reproduces the reference numbers).
+    #[arg(long, value_enum, default_value_t = RecipeArg::Whitened)]
+    pub recipe: RecipeArg,
     /// Memory patterns per group (M); a group with fewer rows uses one per row.
-    #[arg(long, default_value_t = 10)]
-    pub memories: usize,
-    /// Inverse temperature β.
-    #[arg(long, default_value_t = 5.0)]
-    pub beta: f64,
+    /// Default: 64 with the whitened recipe, 10 with paper.
+    #[arg(long)]
+    pub memories: Option<usize>,
+    /// Inverse temperature β, or `auto`: chosen from 1, 2, 3, 5, 7, 10, 15, 20 by
+    /// leave-one-group-out on the calibration rows (each group in turn plays OOD
+    /// against the others; no OOD data needed). Default: auto with the whitened
+    /// recipe (10 when there is one group, or a group has under 20 held-out rows),
+    /// 5 with paper.
+    #[arg(long, value_name = "BETA|auto")]
+    pub beta: Option<String>,
     #[arg(long, default_value_t = 50)]
     pub epochs: usize,
     #[arg(long, default_value_t = 50)]
@@ -275,12 +285,42 @@ pub enum NormalizeArg {
 #[derive(Args, Debug, Clone)]
 pub struct RoutingArgs {
     /// Route each row to the group named by this column (integer or string);
-    /// null values use the union of all groups.
+    /// null values are routed by best margin.
     #[arg(long, value_name = "COL", conflicts_with = "group_from_logits")]
     pub group: Option<String>,
     /// Route each row to the group whose integer label is argmax of this logits column.
     #[arg(long, value_name = "COL")]
     pub group_from_logits: Option<String>,
+    /// Without --group or --group-from-logits, where each row is scored: `best`
+    /// (default) routes it to the group of largest margin A_g − τ_g and runs that
+    /// group's dynamics; `union` scores it against every group's memories at once
+    /// with the union threshold τ*, deciding is_ood on the first step.
+    #[arg(long, value_enum, value_name = "ROUTE", conflicts_with_all = ["group", "group_from_logits"])]
+    pub route: Option<RouteArg>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum RouteArg {
+    Best,
+    Union,
+}
+
+impl From<RouteArg> for Route {
+    fn from(r: RouteArg) -> Route {
+        match r {
+            RouteArg::Best => Route::Best,
+            RouteArg::Union => Route::Union,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum RecipeArg {
+    /// §10: l2, centre, whiten, l2; spherical k-means memories; β chosen by
+    /// leave-one-group-out; rows without a group routed by best margin.
+    Whitened,
+    /// §1–§9: the paper's SFNN-trained memories on l2 rows.
+    Paper,
 }
 
 #[derive(Args, Debug)]
@@ -487,7 +527,7 @@ fn io_err(source: std::io::Error) -> Error {
 pub fn dispatch(cli: Cli, stores: Arc<Stores>, out: &mut dyn Write) -> Result<ExitCode> {
     match cli.command {
         Command::Train(a) => {
-            let job = train_job(a, stores);
+            let job = train_job(a, stores)?;
             let model = crate::train::run(&job)?;
             writeln!(
                 out,
@@ -518,7 +558,11 @@ pub fn dispatch(cli: Cli, stores: Arc<Stores>, out: &mut dyn Write) -> Result<Ex
                 inputs: a.input,
                 output: a.output,
                 embedding: a.embedding,
-                routing: Routing::from_flags(a.routing.group, a.routing.group_from_logits)?,
+                routing: Routing::with_route(
+                    a.routing.group,
+                    a.routing.group_from_logits,
+                    a.routing.route.map(Route::from),
+                )?,
                 keep_columns: a.keep_columns,
                 stores,
                 decode_only: a.decode_only,
@@ -643,8 +687,24 @@ pub fn dispatch(cli: Cli, stores: Arc<Stores>, out: &mut dyn Write) -> Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn train_job(a: TrainArgs, stores: Arc<Stores>) -> TrainJob {
-    TrainJob {
+pub fn train_job(a: TrainArgs, stores: Arc<Stores>) -> Result<TrainJob> {
+    let (recipe, defaults) = match a.recipe {
+        RecipeArg::Whitened => (Recipe::Whitened, TrainParams::default()),
+        RecipeArg::Paper => (Recipe::Paper, TrainParams::paper()),
+    };
+    let beta =
+        match a.beta.as_deref() {
+            None | Some("auto") => None,
+            Some(b) => Some(b.parse::<f64>().map_err(|_| {
+                Error::Usage(format!("--beta takes a number or `auto`; found '{b}'"))
+            })?),
+        };
+    if a.beta.as_deref() == Some("auto") && recipe == Recipe::Paper {
+        return Err(Error::Usage(
+            "--beta auto chooses β for the whitened recipe; with --recipe paper give a number (the paper uses 5)".into(),
+        ));
+    }
+    Ok(TrainJob {
         inputs: a.input,
         embedding: a.embedding,
         label: a.label,
@@ -652,8 +712,10 @@ pub fn train_job(a: TrainArgs, stores: Arc<Stores>) -> TrainJob {
         max_rows_per_group: a.max_rows_per_group,
         stores,
         params: TrainParams {
-            memories: a.memories,
-            beta: a.beta,
+            recipe,
+            memories: a.memories.unwrap_or(defaults.memories),
+            beta: beta.unwrap_or(defaults.beta),
+            beta_auto: beta.is_none() && defaults.beta_auto,
             epochs: a.epochs,
             batch_size: a.batch_size,
             lr: a.lr,
@@ -671,9 +733,9 @@ pub fn train_job(a: TrainArgs, stores: Arc<Stores>) -> TrainJob {
             seed: a.seed,
             max_iter: a.max_iter,
             tol: a.tol,
-            ..TrainParams::default()
+            ..defaults
         },
-    }
+    })
 }
 
 fn eval_job(a: EvalArgs, model: &reclag::Model, stores: Arc<Stores>) -> Result<EvalJob> {
@@ -693,7 +755,11 @@ fn eval_job(a: EvalArgs, model: &reclag::Model, stores: Arc<Stores>) -> Result<E
         id: a.id,
         ood: a.ood,
         embedding: a.embedding,
-        routing: Routing::from_flags(a.routing.group, a.routing.group_from_logits)?,
+        routing: Routing::with_route(
+            a.routing.group,
+            a.routing.group_from_logits,
+            a.routing.route.map(Route::from),
+        )?,
         baselines,
         logits,
         train: a.train,

@@ -66,8 +66,36 @@ pub fn run(dir: Option<PathBuf>, out: &mut dyn std::io::Write) -> Result<()> {
         dir.display()
     )
     .map_err(io)?;
-    let mut steps: Vec<Vec<String>> = vec![
-        vec![
+    let paper_path = dir.join("model_paper.parquet");
+    let mnist = format!("mnist={}", s(&p[2]));
+    let letters = format!("font_letters={}", s(&p[3]));
+    let strings = |v: Vec<&str>| v.into_iter().map(String::from).collect::<Vec<String>>();
+    // The default (whitened) recipe, scored without labels or logits: each row goes to
+    // the group of largest margin. Then the paper's recipe, routed by the classifier's
+    // logits as in the paper, for comparison.
+    let eval = |model: &Path, route: &[&str], baselines: &str| {
+        let mut v = vec![
+            "eval".to_string(),
+            "--model".into(),
+            s(model),
+            "--id".into(),
+            s(&p[1]),
+            "--ood".into(),
+            mnist.clone(),
+            "--ood".into(),
+            letters.clone(),
+        ];
+        v.extend(route.iter().map(|r| r.to_string()));
+        v.extend(strings(vec![
+            "--train",
+            &s(&p[0]),
+            "--baselines",
+            baselines,
+        ]));
+        v
+    };
+    let steps: Vec<Vec<String>> = vec![
+        strings(vec![
             "train",
             "--input",
             &s(&p[0]),
@@ -75,11 +103,8 @@ pub fn run(dir: Option<PathBuf>, out: &mut dyn std::io::Write) -> Result<()> {
             "label",
             "--output",
             &s(&model_path),
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect(),
-        vec![
+        ]),
+        strings(vec![
             "score",
             "--model",
             &s(&model_path),
@@ -87,43 +112,28 @@ pub fn run(dir: Option<PathBuf>, out: &mut dyn std::io::Write) -> Result<()> {
             &s(&p[1]),
             "--output",
             &s(&scored),
-            "--group-from-logits",
-            "logits",
             "--keep-columns",
             "label",
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect(),
-        vec!["inspect", &s(&model_path)]
-            .into_iter()
-            .map(String::from)
-            .collect(),
-    ];
-    let mnist = format!("mnist={}", s(&p[2]));
-    let letters = format!("font_letters={}", s(&p[3]));
-    steps.push(
-        vec![
-            "eval",
-            "--model",
-            &s(&model_path),
-            "--id",
-            &s(&p[1]),
-            "--ood",
-            &mnist,
-            "--ood",
-            &letters,
-            "--group-from-logits",
-            "logits",
-            "--train",
+        ]),
+        strings(vec!["inspect", &s(&model_path)]),
+        eval(&model_path, &[], "mahalanobis,knn,he,she"),
+        strings(vec![
+            "train",
+            "--recipe",
+            "paper",
+            "--input",
             &s(&p[0]),
-            "--baselines",
-            "he,she,mahalanobis,knn,msp,energy",
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect(),
-    );
+            "--label",
+            "label",
+            "--output",
+            &s(&paper_path),
+        ]),
+        eval(
+            &paper_path,
+            &["--group-from-logits", "logits"],
+            "msp,energy",
+        ),
+    ];
     for args in steps {
         writeln!(out, "\n$ reclag {}", args.join(" ")).map_err(io)?;
         let mut full = vec!["reclag".to_string()];

@@ -69,7 +69,13 @@ fn load_table(model: &Model, inputs: &[String], job: &EvalJob, want_logits: bool
             let rows = reclag::arrow::embedding_rows(col.as_ref(), &job.embedding, Some(d))
                 .map_err(Error::in_file(&path))?;
             let groups = job.routing.resolve(model, &batch, &path)?;
-            model.score_into(&rows, groups.as_deref(), Work::EnergyOnly, &mut out)?;
+            model.score_routed(
+                &rows,
+                groups.as_deref(),
+                job.routing.route(),
+                Work::EnergyOnly,
+                &mut out,
+            )?;
             let lrows = match logits_col {
                 Some(c) => Some(
                     reclag::arrow::embedding_rows(

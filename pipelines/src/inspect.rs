@@ -4,16 +4,37 @@ use reclag::Model;
 
 pub fn render(model: &Model, checksum: &str) -> String {
     let mut s = String::new();
+    s += &format!("recipe         {}\n", model.recipe().as_str());
     s += &format!("dimension      {}\n", model.dim());
     s += &format!("beta           {}\n", model.beta());
-    s += &format!("normalize      {}\n", model.normalize().as_str());
+    if let Some(b) = model.beta_search() {
+        // The leave-one-group-out table β was chosen from (§10).
+        let cells: Vec<String> = b
+            .grid
+            .iter()
+            .zip(&b.mean_auroc)
+            .map(|(beta, a)| {
+                let mark = if *beta == model.beta() { "*" } else { "" };
+                format!("{beta}{mark}: {a:.4}")
+            })
+            .collect();
+        s += &format!(
+            "beta search    mean leave-one-group-out AUROC  {}\n",
+            cells.join("  ")
+        );
+    }
+    let pre = match model.whitening() {
+        Some(_) => "l2, centre, whiten (pooled within-group covariance), l2".to_string(),
+        None => model.normalize().as_str().to_string(),
+    };
+    s += &format!("preprocessing  {pre}\n");
     s += &format!(
         "groups         {} ({} labels)\n",
         model.groups().len(),
         model.label_kind().as_str()
     );
     s += &format!(
-        "tau*           {:.6}  (union threshold, used when no group is given)\n",
+        "tau*           {:.6}  (union threshold, for --route union)\n",
         model.tau_star()
     );
     s += &format!(

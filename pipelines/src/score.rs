@@ -82,7 +82,7 @@ pub fn score_batch(
     let rows = reclag::arrow::embedding_rows(col.as_ref(), embedding, Some(model.dim()))
         .map_err(Error::in_file(path))?;
     let groups = routing.resolve(model, batch, path)?;
-    model.score_into(&rows, groups.as_deref(), work, out)?;
+    model.score_routed(&rows, groups.as_deref(), routing.route(), work, out)?;
     Ok(groups)
 }
 
@@ -375,7 +375,7 @@ impl Fused for FusedScore {
         let groups = fused_groups(&self.model, &self.routing, others, &self.path)?;
         let rows = others.iter().map(RecordBatch::num_rows).sum();
         Some(Box::new(FusedRows {
-            scorer: GroupScorer::new(self.model.clone(), groups, rows),
+            scorer: GroupScorer::new(self.model.clone(), groups, self.routing.route(), rows),
             keep: self.keep.clone(),
             schema: self.schema.clone(),
             out: ScoreOutput::default(),
@@ -412,6 +412,7 @@ pub(crate) fn fused_groups(
 pub(crate) struct GroupScorer {
     model: Arc<Model>,
     groups: Option<Vec<Option<u32>>>,
+    route: reclag::Route,
     rows: usize,
     done: usize,
     failed: bool,
@@ -419,10 +420,16 @@ pub(crate) struct GroupScorer {
 }
 
 impl GroupScorer {
-    pub fn new(model: Arc<Model>, groups: Option<Vec<Option<u32>>>, rows: usize) -> Self {
+    pub fn new(
+        model: Arc<Model>,
+        groups: Option<Vec<Option<u32>>>,
+        route: reclag::Route,
+        rows: usize,
+    ) -> Self {
         GroupScorer {
             model,
             groups,
+            route,
             rows,
             done: 0,
             failed: false,
@@ -441,7 +448,7 @@ impl GroupScorer {
         let g = self.groups.as_ref().map(|g| &g[self.done..self.done + n]);
         if self
             .model
-            .score_into_here(rows, g, work, &mut self.out)
+            .score_into_here(rows, g, self.route, work, &mut self.out)
             .is_err()
         {
             self.failed = true;
@@ -521,6 +528,7 @@ impl FusedGroup for FusedRows {
                 energy: o.energy[r.clone()].to_vec(),
                 ood_probability: o.ood_probability[r.clone()].to_vec(),
                 is_ood: o.is_ood[r.clone()].to_vec(),
+                group: vec![],
                 attractor: o.attractor[r.clone()].to_vec(),
                 steps: vec![],
                 valid: o.valid[r].to_vec(),

@@ -15,7 +15,7 @@ use datafusion::logical_expr::{
     ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature,
     TypeSignature, Volatility,
 };
-use reclag::{Model, Rows, ScoreOutput, Work};
+use reclag::{Model, Route, Rows, ScoreOutput, Work};
 
 /// Loads a model from a path or URL and says where it came from, as an absolute URL
 /// another process can load it from again. The pipelines crate installs one that
@@ -292,14 +292,15 @@ impl Output {
         model: &Model,
         rows: &Rows<'_>,
         groups: Option<&[Option<u32>]>,
+        route: Route,
     ) -> reclag::Result<ArrayRef> {
         if self == Output::Explain {
             let mut ex = reclag::Explanation::default();
-            model.explain_into(rows, groups, &mut ex)?;
+            model.explain_routed(rows, groups, route, &mut ex)?;
             return Ok(reclag::arrow::explain_array(model, ex));
         }
         let mut out = ScoreOutput::default();
-        model.score_into(rows, groups, self.work(), &mut out)?;
+        model.score_routed(rows, groups, route, self.work(), &mut out)?;
         Ok(self.array(out))
     }
 
@@ -368,7 +369,7 @@ impl ReclagFunc {
         &self.registry
     }
 
-    fn model_from_literal(&self, v: Option<&ScalarValue>) -> Result<Arc<Model>> {
+    fn model_from_literal(&self, v: Option<&ScalarValue>) -> Result<(Arc<Model>, Route)> {
         let name = match v {
             Some(
                 ScalarValue::Utf8(Some(s))
@@ -383,10 +384,23 @@ impl ReclagFunc {
                 );
             }
         };
+        let (name, route) = split_route(name);
         match self.registry.resolve(name) {
-            Ok(m) => Ok(m),
+            Ok(m) => Ok((m, route)),
             Err(e) => plan_err!("{}: {e}", self.name),
         }
+    }
+}
+
+/// Suffix of a model argument that asks for union mode (§4) for rows without a group:
+/// `reclag_score('prod#union', embedding)`. Without it they are routed by best margin.
+pub const UNION_SUFFIX: &str = "#union";
+
+/// The model name or URL and the route its argument asks for.
+pub fn split_route(arg: &str) -> (&str, Route) {
+    match arg.strip_suffix(UNION_SUFFIX) {
+        Some(name) => (name, Route::Union),
+        None => (arg, Route::Best),
     }
 }
 
@@ -413,7 +427,7 @@ impl ScalarUDFImpl for ReclagFunc {
         let Some(literal) = args.scalar_arguments.first().copied().flatten() else {
             return Ok(field);
         };
-        let model = self.model_from_literal(Some(literal))?;
+        let (model, _) = self.model_from_literal(Some(literal))?;
         let emb = &args.arg_fields[1];
         if let Err(e) =
             reclag::arrow::check_embedding_type(emb.data_type(), emb.name(), Some(model.dim()))
@@ -429,7 +443,7 @@ impl ScalarUDFImpl for ReclagFunc {
                 || matches!(g.data_type(), DataType::Dictionary(_, v) if matches!(**v, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View));
             if !ok {
                 return plan_err!(
-                    "{}: group argument '{}' has type {}; expected an integer or string type (NULL for union mode)",
+                    "{}: group argument '{}' has type {}; expected an integer or string type (NULL for best routing)",
                     self.name,
                     g.name(),
                     g.data_type()
@@ -445,8 +459,9 @@ impl ScalarUDFImpl for ReclagFunc {
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let n = args.number_rows;
-        let model = match &args.args[0] {
+        let (model, route) = match &args.args[0] {
             ColumnarValue::Scalar(v) => self.model_from_literal(Some(v))?,
+
             ColumnarValue::Array(_) => {
                 return exec_err!(
                     "{}: the first argument must be a string literal naming a model, not a column, e.g. {}('prod', embedding)",
@@ -476,7 +491,10 @@ impl ScalarUDFImpl for ReclagFunc {
                 }
             }
         };
-        match off_reactor(|| self.output.evaluate(&model, &rows, groups.as_deref())) {
+        match off_reactor(|| {
+            self.output
+                .evaluate(&model, &rows, groups.as_deref(), route)
+        }) {
             Ok(a) => Ok(ColumnarValue::Array(a)),
             Err(e) => exec_err!("{}: {e}", self.name),
         }
@@ -513,7 +531,7 @@ pub fn doc(description: &str, example: &str) -> Documentation {
     )
     .with_argument(
         "model",
-        "String literal: a model registered on the session, or a model file path.",
+        "String literal: a model registered on the session, or a model file path or URL. A `#union` suffix ('prod#union') scores rows without a group against the union of all groups with the union threshold (spec §4) instead of routing them to the group of largest margin.",
     )
     .with_argument(
         "embedding",
@@ -521,7 +539,7 @@ pub fn doc(description: &str, example: &str) -> Documentation {
     )
     .with_argument(
         "group",
-        "Optional integer or string group (class label). NULL or omitted: the union of all groups.",
+        "Optional integer or string group (class label). NULL or omitted: the group of largest margin A_g − τ_g (best routing), or the union with a '#union' model suffix.",
     )
     .build()
 }

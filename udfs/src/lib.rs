@@ -90,6 +90,8 @@ pub(crate) mod test_util {
             }],
             tau_star: tau,
             provenance: Provenance::default(),
+            whitening: None,
+            beta_search: None,
         })
         .unwrap()
     }

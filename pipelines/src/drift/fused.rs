@@ -179,7 +179,7 @@ impl Fused for FusedDrift {
             }
         }
         Some(Box::new(DriftRows {
-            scorer: GroupScorer::new(self.model.clone(), groups, rows),
+            scorer: GroupScorer::new(self.model.clone(), groups, self.routing.route(), rows),
             schema: self.schema.clone(),
             picked: self.picked.clone(),
             emb: self.emb,

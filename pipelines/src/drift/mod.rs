@@ -993,7 +993,7 @@ impl DriftJob {
     fn routing(&self) -> Routing {
         match &self.spec.source.group {
             Some(g) => Routing::Column(g.clone()),
-            None => Routing::Union,
+            None => Routing::Ungrouped(self.spec.source.route.unwrap_or_default()),
         }
     }
 

@@ -49,8 +49,19 @@ pub struct SourceSpec {
     pub lateness: Option<String>,
     #[serde(default = "default_embedding")]
     pub embedding: String,
-    /// Route rows by this column (class label); omitted: the union of all groups.
+    /// Route rows by this column (class label); omitted: by the model (`route`).
     pub group: Option<String>,
+    /// Without `group`: `best` (default: the group of largest margin) or `union`.
+    #[serde(default, deserialize_with = "route")]
+    pub route: Option<reclag::Route>,
+}
+
+fn route<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<reclag::Route>, D::Error> {
+    let s: Option<String> = serde::Deserialize::deserialize(d)?;
+    s.map(|s| reclag::Route::parse(&s).map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 fn default_embedding() -> String {

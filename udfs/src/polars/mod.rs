@@ -154,7 +154,7 @@ fn evaluate(output: Output, model: &Model, cols: &mut [Column]) -> PolarsResult<
             ),
         };
         let out = output
-            .evaluate(model, &rows, resolved.as_deref())
+            .evaluate(model, &rows, resolved.as_deref(), reclag::Route::Best)
             .map_err(|e| polars_err!(ComputeError: "{name}: {e}"))?;
         chunks.push(bridge::to_polars(&out)?);
         offset += len;
