@@ -425,26 +425,21 @@ pub fn explain_array(model: &Model, ex: Explanation) -> ArrayRef {
     let mut runner_up = Vec::with_capacity(n);
     let mut runner_margin = Vec::with_capacity(n);
     for i in 0..n {
-        let used = ex
-            .scores
-            .group
-            .get(i)
-            .copied()
-            .unwrap_or(ScoreOutput::UNION);
+        let used = ex.scores.group[i];
         taus.push(match used {
             ScoreOutput::UNION => model.tau_star(),
             g => groups[g as usize].tau,
         });
         // The group of largest margin besides the one used: the class a row routed
         // by best margin nearly went to, or the one an OOD row resembles most.
-        let e = ex.group_energy.get(i * k..(i + 1) * k).unwrap_or(&[]);
-        let second = (0..e.len())
+        let e = &ex.group_energy[i * k..(i + 1) * k];
+        let margin = |g: usize| e[g] - groups[g].tau;
+        let second = (0..k)
             .filter(|&g| g as u32 != used && ex.scores.valid[i])
-            .max_by(|&a, &b| (e[a] - groups[a].tau).total_cmp(&(e[b] - groups[b].tau)));
+            .max_by(|&a, &b| margin(a).total_cmp(&margin(b)));
         runner_up.push(second.and_then(key));
-        runner_margin.push(second.map_or(0.0, |g| e[g] - groups[g].tau));
+        runner_margin.push(second.map_or(0.0, margin));
         if ex.scores.valid[i] {
-            let e = &ex.group_energy[i * k..(i + 1) * k];
             order.sort_by(|&a, &b| e[b].total_cmp(&e[a]));
             for &g in &order[..top] {
                 near_group.push(key(g));

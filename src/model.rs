@@ -88,11 +88,7 @@ impl Whitening {
         crate::kernel::gemm_abt(z, n, d, &self.w, d, out);
         for y in out.chunks_exact_mut(d) {
             y.iter_mut().zip(&self.w_mu).for_each(|(v, m)| *v -= m);
-            let norm = crate::kernel::norm2(y).sqrt();
-            if norm > 0.0 {
-                let inv = 1.0 / norm;
-                y.iter_mut().for_each(|v| *v *= inv);
-            }
+            Normalize::L2.apply(y);
         }
     }
 }
@@ -472,6 +468,7 @@ impl Model {
         for (i, r) in out.chunks_exact_mut(d).enumerate() {
             match rows.gather_norm(start + i, r) {
                 Some(norm) => {
+                    // The norm came with the copy; `Normalize::apply` would recompute it.
                     if self.normalize == Normalize::L2 && norm > 0.0 {
                         let inv = 1.0 / norm;
                         r.iter_mut().for_each(|v| *v *= inv);

@@ -221,7 +221,6 @@ impl Model {
     /// `Ξx_0` of the rows `rows_in` (block-relative) against `t`'s memories, with
     /// `pre`'s scale applied when `l2`. Null and non-finite rows are marked invalid in
     /// `c` and left out; returns the kept rows, their `Ξx_0` (`kept×m`) and `‖x_0‖²`.
-    #[allow(clippy::too_many_arguments)]
     fn dots(
         &self,
         rows: &Rows<'_>,
@@ -296,11 +295,11 @@ impl Model {
         // its one group.
         let mut buckets: Vec<Vec<usize>> = vec![Vec::new(); k + 1];
         for i in 0..len {
-            let sel = groups
-                .and_then(|g| g[i])
-                .map(|v| v as usize)
-                .filter(|_| k > 1)
-                .unwrap_or(if k == 1 { 0 } else { k });
+            let sel = match groups.and_then(|g| g[i]) {
+                _ if k == 1 => 0,
+                Some(g) => g as usize,
+                None => k,
+            };
             buckets[sel].push(i);
         }
         for (g, rows_in) in buckets[..k].iter().enumerate() {

@@ -358,44 +358,63 @@ impl ValidParams {
             .collect::<Result<_>>()?;
 
         let groups: Vec<Group> = fitted.iter().map(|f| f.group.clone()).collect();
-        let union_xi: Vec<f64> = groups.iter().flat_map(|g| g.xi.iter().copied()).collect();
-        let union_m = groups.iter().map(|g| g.m).sum();
         let calib_all: Vec<f64> = fitted
             .iter()
             .flat_map(|f| f.calib.iter().copied())
             .collect();
-        let tau_star = quantile_lower(
-            &energies(&union_xi, union_m, p.beta, &calib_all, d),
-            p.ood_rate,
-        )
-        .ok_or_else(|| Error::EmptyInput("no calibration rows".into()))?;
+        let paper = serde_json::json!({
+            "epochs": p.epochs, "batch_size": p.batch_size, "lr": p.lr,
+            "adam_b1": p.adam_b1, "adam_b2": p.adam_b2, "adam_eps": p.adam_eps,
+            "init_norm": p.init_norm, "init": p.init.as_str(),
+        });
+        self.assemble(data, source, p.beta, groups, &calib_all, paper, None, None)
+    }
 
-        let training = serde_json::json!({
+    /// Where both recipes end: `τ_*` of every calibration row against the union
+    /// (§7), the provenance (the common parameters and the recipe's own), the model.
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        &self,
+        data: &TrainingSet,
+        source: &str,
+        beta: f64,
+        groups: Vec<Group>,
+        calib: &[f64],
+        recipe_params: serde_json::Value,
+        whitening: Option<crate::model::Whitening>,
+        beta_search: Option<BetaSearch>,
+    ) -> Result<Model> {
+        let p = &self.0;
+        let d = data.d;
+        let union_xi: Vec<f64> = groups.iter().flat_map(|g| g.xi.iter().copied()).collect();
+        let union_m = groups.iter().map(|g| g.m).sum();
+        let tau_star = quantile_lower(&energies(&union_xi, union_m, beta, calib, d), p.ood_rate)
+            .ok_or_else(|| Error::EmptyInput("no calibration rows".into()))?;
+        let mut training = serde_json::json!({
             "recipe": p.recipe.as_str(),
-            "memories": p.memories, "beta": p.beta, "epochs": p.epochs,
-            "batch_size": p.batch_size, "lr": p.lr, "adam_b1": p.adam_b1,
-            "adam_b2": p.adam_b2, "adam_eps": p.adam_eps, "init_norm": p.init_norm,
-            "init": p.init.as_str(), "normalize": p.normalize.as_str(),
+            "memories": p.memories, "beta": beta, "normalize": p.normalize.as_str(),
             "ood_rate": p.ood_rate, "calibration_fraction": p.calibration_fraction,
             "seed": p.seed, "max_rows_per_group": data.cap,
             "rows_seen": data.rows_seen(), "rows_kept": data.rows_kept(),
             "skipped_invalid": data.skipped_invalid, "skipped_null_label": data.skipped_null_label,
-        })
-        .to_string();
+        });
+        if let (Some(t), serde_json::Value::Object(r)) = (training.as_object_mut(), recipe_params) {
+            t.extend(r);
+        }
         Model::new(ModelParts {
             d,
-            beta: p.beta,
+            beta,
             normalize: p.normalize,
             max_iter: p.max_iter,
             tol: p.tol,
             groups,
             tau_star,
             provenance: Provenance {
-                training,
+                training: training.to_string(),
                 source: source.to_string(),
             },
-            whitening: None,
-            beta_search: None,
+            whitening,
+            beta_search,
         })
     }
 
@@ -542,54 +561,44 @@ pub fn leave_one_group_out(
             Some(s)
         })
         .collect();
-    // energies[b][g] = A_j of every calibration row of group g, for every group j
-    // (row-major n_g × k), at grid[b]. One product per block serves every β.
-    let energies: Vec<Vec<Vec<f64>>> = {
-        let per_group: Vec<Vec<Vec<f64>>> = cal
-            .iter()
-            .map(|x| {
-                let n = x.len() / d;
-                let mut out = vec![vec![0.0; n * k]; grid.len()];
-                let blocks: Vec<Vec<Vec<f64>>> = x
-                    .par_chunks(1024 * d)
-                    .map(|xb| {
-                        let nb = xb.len() / d;
-                        let mut h = vec![0.0; nb * um];
-                        gemm_abt(xb, nb, d, &union, um, &mut h);
-                        grid.iter()
-                            .map(|&beta| {
-                                let mut e = Vec::with_capacity(nb * k);
-                                for hr in h.chunks_exact(um) {
-                                    for j in 0..k {
-                                        let sl = &hr[offsets[j]..offsets[j] + memories[j].1];
-                                        e.push(crate::kernel::log_mean_exp(sl, beta));
-                                    }
-                                }
-                                e
-                            })
-                            .collect()
-                    })
-                    .collect();
-                for (b, o) in out.iter_mut().enumerate() {
-                    o.clear();
-                    for blk in &blocks {
-                        o.extend_from_slice(&blk[b]);
+    // energies[g]: for each calibration row of group g, for each β of the grid, A_j of
+    // every group j (row-major n_g × grid × k). One product per block serves every β.
+    let nb = grid.len();
+    let energies: Vec<Vec<f64>> = cal
+        .iter()
+        .map(|x| {
+            x.par_chunks(1024 * d)
+                .map(|xb| {
+                    let n = xb.len() / d;
+                    let mut h = vec![0.0; n * um];
+                    gemm_abt(xb, n, d, &union, um, &mut h);
+                    let mut e = Vec::with_capacity(n * nb * k);
+                    for hr in h.chunks_exact(um) {
+                        for &beta in grid {
+                            for (j, (_, m)) in memories.iter().enumerate() {
+                                let sl = &hr[offsets[j]..offsets[j] + m];
+                                e.push(crate::kernel::log_mean_exp(sl, beta));
+                            }
+                        }
                     }
-                }
-                out
-            })
-            .collect();
-        (0..grid.len())
-            .map(|b| per_group.iter().map(|g| g[b].clone()).collect())
-            .collect()
-    };
+                    e
+                })
+                .collect::<Vec<_>>()
+                .concat()
+        })
+        .collect();
     grid.iter()
         .enumerate()
         .map(|(b, &beta)| {
-            let e = &energies[b];
+            // Group g's rows at this β, each as A_j for every j.
+            let at = |g: usize| {
+                energies[g]
+                    .chunks_exact(nb * k)
+                    .map(move |r| &r[b * k..(b + 1) * k])
+            };
             let tau: Vec<f64> = (0..k)
                 .map(|g| {
-                    let own: Vec<f64> = e[g].chunks_exact(k).map(|r| r[g]).collect();
+                    let own: Vec<f64> = at(g).map(|r| r[g]).collect();
                     quantile_lower(&own, ood_rate).unwrap_or(f64::NAN)
                 })
                 .collect();
@@ -603,9 +612,9 @@ pub fn leave_one_group_out(
                 .map(|c| {
                     let mut id = Vec::new();
                     let mut ood = Vec::new();
-                    for (g, eg) in e.iter().enumerate() {
+                    for g in 0..k {
                         let side = if g == c { &mut ood } else { &mut id };
-                        side.extend(eg.chunks_exact(k).map(|r| best_without(r, c)));
+                        side.extend(at(g).map(|r| best_without(r, c)));
                     }
                     crate::metrics::auroc(&id, &ood)
                 })
@@ -651,8 +660,6 @@ impl ValidParams {
             label: String,
             fit: Vec<f64>,
             cal: Vec<f64>,
-            n_fit: usize,
-            n_cal: usize,
             on: CalibratedOn,
         }
         let mut parts: Vec<Part> = data
@@ -675,8 +682,6 @@ impl ValidParams {
                     key: key.clone(),
                     fit: gather(split.fit()),
                     cal: gather(split.cal()),
-                    n_fit: split.fit().len(),
-                    n_cal: split.cal().len(),
                     on: split.on,
                     label,
                 }
@@ -736,46 +741,27 @@ impl ValidParams {
                     xi: xi.clone(),
                     m: *m,
                     tau,
-                    n_train: g.n_fit as u64,
-                    n_calibration: g.n_cal as u64,
+                    n_train: (g.fit.len() / d) as u64,
+                    n_calibration: (g.cal.len() / d) as u64,
                     calibrated_on: g.on,
                 })
             })
             .collect::<Result<_>>()?;
-        let union_xi: Vec<f64> = groups.iter().flat_map(|g| g.xi.iter().copied()).collect();
-        let union_m = groups.iter().map(|g| g.m).sum();
         let calib_all: Vec<f64> = parts.iter().flat_map(|g| g.cal.iter().copied()).collect();
-        let tau_star = quantile_lower(
-            &energies(&union_xi, union_m, beta, &calib_all, d),
-            p.ood_rate,
-        )
-        .ok_or_else(|| Error::EmptyInput("no calibration rows".into()))?;
-        let training = serde_json::json!({
-            "recipe": p.recipe.as_str(),
-            "memories": p.memories, "beta": beta, "beta_auto": p.beta_auto,
-            "shrinkage": crate::whiten::SHRINKAGE, "kmeans_iterations": crate::kmeans::ITERATIONS,
-            "normalize": p.normalize.as_str(),
-            "ood_rate": p.ood_rate, "calibration_fraction": p.calibration_fraction,
-            "seed": p.seed, "max_rows_per_group": data.cap,
-            "rows_seen": data.rows_seen(), "rows_kept": data.rows_kept(),
-            "skipped_invalid": data.skipped_invalid, "skipped_null_label": data.skipped_null_label,
-        })
-        .to_string();
-        Model::new(ModelParts {
-            d,
+        let whitened = serde_json::json!({
+            "beta_auto": p.beta_auto, "shrinkage": crate::whiten::SHRINKAGE,
+            "kmeans_iterations": crate::kmeans::ITERATIONS,
+        });
+        self.assemble(
+            data,
+            source,
             beta,
-            normalize: Normalize::L2,
-            max_iter: p.max_iter,
-            tol: p.tol,
             groups,
-            tau_star,
-            provenance: Provenance {
-                training,
-                source: source.to_string(),
-            },
-            whitening: Some(whitening),
+            &calib_all,
+            whitened,
+            Some(whitening),
             beta_search,
-        })
+        )
     }
 }
 

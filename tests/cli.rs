@@ -1125,3 +1125,31 @@ fn bad_flags_are_reported_with_one_error_prefix() {
     assert!(e.contains("invalid value 'bogus'"), "{e}");
     assert!(e.contains("[possible values: as-score, arrow]"), "{e}");
 }
+
+/// `--beta auto` belongs to the whitened recipe; `--beta` takes a number otherwise.
+#[test]
+fn beta_auto_is_refused_with_the_paper_recipe() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, _) = fixture(tmp.path());
+    let m = tmp.path().join("m2.parquet");
+    let base = [
+        "train",
+        "--input",
+        &s(&data),
+        "--label",
+        "label",
+        "--output",
+        &s(&m),
+    ];
+    let e = cli_err(&[&base[..], &["--recipe", "paper", "--beta", "auto"]].concat());
+    assert!(
+        e.contains("auto chooses beta for the whitened recipe only"),
+        "{e}"
+    );
+    let e = cli_err(&[&base[..], &["--beta", "warm"]].concat());
+    assert!(
+        e.contains("--beta takes a number or `auto`; found 'warm'"),
+        "{e}"
+    );
+    assert!(!m.exists());
+}

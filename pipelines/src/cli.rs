@@ -692,18 +692,17 @@ pub fn train_job(a: TrainArgs, stores: Arc<Stores>) -> Result<TrainJob> {
         RecipeArg::Whitened => (Recipe::Whitened, TrainParams::default()),
         RecipeArg::Paper => (Recipe::Paper, TrainParams::paper()),
     };
-    let beta =
-        match a.beta.as_deref() {
-            None | Some("auto") => None,
-            Some(b) => Some(b.parse::<f64>().map_err(|_| {
+    // `auto` with the paper recipe reaches `TrainParams::check`, which refuses it.
+    let (beta, beta_auto) = match a.beta.as_deref() {
+        None => (defaults.beta, defaults.beta_auto),
+        Some("auto") => (defaults.beta, true),
+        Some(b) => (
+            b.parse::<f64>().map_err(|_| {
                 Error::Usage(format!("--beta takes a number or `auto`; found '{b}'"))
-            })?),
-        };
-    if a.beta.as_deref() == Some("auto") && recipe == Recipe::Paper {
-        return Err(Error::Usage(
-            "--beta auto chooses β for the whitened recipe; with --recipe paper give a number (the paper uses 5)".into(),
-        ));
-    }
+            })?,
+            false,
+        ),
+    };
     Ok(TrainJob {
         inputs: a.input,
         embedding: a.embedding,
@@ -714,8 +713,8 @@ pub fn train_job(a: TrainArgs, stores: Arc<Stores>) -> Result<TrainJob> {
         params: TrainParams {
             recipe,
             memories: a.memories.unwrap_or(defaults.memories),
-            beta: beta.unwrap_or(defaults.beta),
-            beta_auto: beta.is_none() && defaults.beta_auto,
+            beta,
+            beta_auto,
             epochs: a.epochs,
             batch_size: a.batch_size,
             lr: a.lr,
