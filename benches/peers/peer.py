@@ -11,6 +11,15 @@ row it computes, per RECLAG.md §2/§4, with the row's group g = label:
     ood    = energy ≤ τ_g          (the dead-zone test: the origin captures the row
                                     in one step; reclag's score ≤ 0)
 
+With a model of the whitened recipe (RECLAG.md §10) the peers compute that recipe
+instead, with no labels (best routing, the default of `reclag score`):
+
+    pre    = l2(W (x/‖x‖ − μ))
+    A_g    = A_β(Ξ_g · pre) for every group g;  g* = argmax_g (A_g − τ_g)
+    energy = A_{g*},  ood = A_{g*} ≤ τ_{g*}
+
+(DuckDB has no d × d matrix product; it computes the paper recipe only.)
+
 The scores stay in memory (`--save` writes them afterwards, for the agreement check,
 outside the timed runs). Prints one JSON line: peer, rows, OOD count, seconds inside
 the process.
@@ -21,36 +30,80 @@ import time
 
 
 def load_model(path):
+    """β, d, {group: (Ξ_g as float32, τ_g)} and the whitening (μ, W) or None."""
     import numpy as np
     import pyarrow.parquet as pq
 
     f = pq.ParquetFile(path)
     meta = {k.decode(): v.decode() for k, v in f.metadata.metadata.items()}
-    t = f.read(columns=["group", "vector", "tau"])
+    names = f.schema_arrow.names
+    t = f.read(columns=[c for c in ["part", "group", "memory", "vector", "tau"] if c in names])
     if meta.get("reclag.normalize", "l2") != "l2":
         raise SystemExit("the peers implement pre = l2 only")
     beta = float(meta["reclag.beta"])
     d = t.schema.field("vector").type.list_size
     vec = t.column("vector").combine_chunks().values.to_numpy().reshape(-1, d)
-    grp = t.column("group").to_numpy()
-    tau = t.column("tau").to_numpy()
+    # Format 2 keeps the preprocessing beside the memories, told apart by `part`.
+    part = t.column("part").to_numpy(zero_copy_only=False) if "part" in names else np.full(len(vec), "memory")
+    whiten = None
+    if (part == "mean").any():
+        mu = vec[part == "mean"][0]
+        order = np.argsort(t.column("memory").to_numpy()[part == "whitening"])
+        w = vec[part == "whitening"][order]
+        whiten = (mu.astype(np.float32), w.astype(np.float32))
+    mem = part == "memory"
+    grp = t.column("group").to_numpy(zero_copy_only=False)[mem]
+    tau = t.column("tau").to_numpy(zero_copy_only=False)[mem]
+    vec = vec[mem]
     model = {}
     for g in np.unique(grp):
         sel = grp == g
         model[int(g)] = (np.ascontiguousarray(vec[sel], dtype=np.float32), float(tau[sel][0]))
-    return beta, d, model
+    return beta, d, model, whiten
+
+
+def best_route_numpy(x, beta, model, whiten):
+    """§10 with best routing on a float32 batch: (energy, ood)."""
+    import numpy as np
+
+    mu, w = whiten
+    n = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
+    z = x / np.where(n > 0, n, 1)
+    y = z @ w - (mu @ w)
+    ny = np.sqrt(np.einsum("ij,ij->i", y, y))[:, None]
+    y /= np.where(ny > 0, ny, 1)
+    groups = list(model.items())
+    union = np.concatenate([xi for _, (xi, _) in groups])
+    h = beta * (y @ union.T).astype(np.float64)
+    a = np.empty((len(x), len(groups)))
+    o = 0
+    for j, (_, (xi, _)) in enumerate(groups):
+        hg = h[:, o:o + len(xi)]
+        m = hg.max(1)
+        a[:, j] = (m + np.log(np.exp(hg - m[:, None]).sum(1)) - np.log(len(xi))) / beta
+        o += len(xi)
+    tau = np.array([t for _, (_, t) in groups])
+    best = np.argmax(a - tau, axis=1)
+    e = a[np.arange(len(x)), best]
+    return e, e <= tau[best]
 
 
 def numpy_peer(fixture, model_path):
     import numpy as np
     import pyarrow.dataset as ds
 
-    beta, d, model = load_model(model_path)
+    beta, d, model, whiten = load_model(model_path)
     energy, ood, ids = [], [], []
     for b in ds.dataset(fixture).to_batches(
         columns=["id", "embedding", "label"], batch_size=65536, use_threads=True
     ):
         x = b.column("embedding").values.to_numpy(zero_copy_only=True).reshape(-1, d)
+        if whiten is not None:
+            e, f = best_route_numpy(x, beta, model, whiten)
+            energy.append(e)
+            ood.append(f)
+            ids.append(b.column("id").to_numpy())
+            continue
         norm = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
         lab = b.column("label").to_numpy()
         e = np.empty(len(x))
@@ -75,8 +128,15 @@ def torch_peer(fixture, model_path):
     import pyarrow.dataset as ds
     import torch
 
-    beta, d, model = load_model(model_path)
+    beta, d, model, whiten = load_model(model_path)
     tm = {g: (torch.from_numpy(xi), tau) for g, (xi, tau) in model.items()}
+    if whiten is not None:
+        mu, w = (torch.from_numpy(v) for v in whiten)
+        wmu = mu @ w
+        union = torch.cat([xi for xi, _ in tm.values()])
+        sizes = [len(xi) for xi, _ in tm.values()]
+        tau = torch.tensor([t for _, t in tm.values()], dtype=torch.float64)
+        logm = torch.log(torch.tensor(sizes, dtype=torch.float64))
     energy, ood, ids = [], [], []
     with torch.inference_mode():
         for b in ds.dataset(fixture).to_batches(
@@ -84,6 +144,17 @@ def torch_peer(fixture, model_path):
         ):
             xn = b.column("embedding").values.to_numpy(zero_copy_only=True).reshape(-1, d)
             x = torch.nn.functional.normalize(torch.from_numpy(xn), dim=1)
+            if whiten is not None:
+                y = torch.nn.functional.normalize(x @ w - wmu, dim=1)
+                h = beta * (y @ union.T).double()
+                a = torch.stack([torch.logsumexp(hg, 1) for hg in torch.split(h, sizes, 1)], 1)
+                a = (a - logm) / beta
+                best = torch.argmax(a - tau, 1)
+                e = a.gather(1, best[:, None]).squeeze(1)
+                energy.append(e)
+                ood.append(e <= tau[best])
+                ids.append(b.column("id").to_numpy())
+                continue
             lab = torch.from_numpy(b.column("label").to_numpy())
             e = torch.empty(len(x), dtype=torch.float64)
             f = torch.empty(len(x), dtype=torch.bool)
@@ -106,7 +177,9 @@ def duckdb_peer(fixture, model_path):
     import numpy as np
     import pyarrow as pa
 
-    beta, d, model = load_model(model_path)
+    beta, d, model, whiten = load_model(model_path)
+    if whiten is not None:
+        raise SystemExit("duckdb: the whitened recipe needs a d × d matrix product per row, which DuckDB SQL does not have")
     con = duckdb.connect()
     rows = []
     for g, (xi, tau) in model.items():
@@ -152,8 +225,12 @@ def polars_peer(fixture, model_path):
     import numpy as np
     import polars as pl
 
-    beta, d, model = load_model(model_path)
+    beta, d, model, whiten = load_model(model_path)
     ids, energy, ood = [], [], []
+    if whiten is not None:
+        df = pl.read_parquet(fixture, columns=["id", "embedding"])
+        e, f = best_route_numpy(df.get_column("embedding").to_numpy(), beta, model, whiten)
+        return df.get_column("id").to_numpy(), e, f
     # Polars reads (in parallel) and partitions by group; the inner products are
     # numpy matmuls on zero-copy views of the Array column.
     df = pl.read_parquet(fixture, columns=["id", "embedding", "label"])

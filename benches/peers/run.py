@@ -25,6 +25,9 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 VENV = os.path.join(ROOT, "target", "peers-venv")
 HERE = os.path.dirname(os.path.abspath(__file__))
 K, M = 10, 16
+# The whitened recipe's default memories per group (RECLAG.md §10).
+M_WHITENED = 64
+WHITENED = " (whitened)"
 ROW_GROUP = 65536
 BEGIN, END = "<!-- peers:begin -->", "<!-- peers:end -->"
 
@@ -139,6 +142,20 @@ def reclag_bin(args):
     return exe
 
 
+def reference(pq, np, scored):
+    """reclag's outputs in id order, the reference every peer is held to; and the
+    number of rows the dynamics flagged."""
+    t = pq.read_table(scored, columns=["id", "reclag_energy", "reclag_score", "reclag_is_ood"])
+    order = np.argsort(t.column("id").to_numpy(), kind="stable")
+    ref = {
+        "id": t.column("id").to_numpy()[order],
+        "energy": t.column("reclag_energy").to_numpy()[order],
+        "margin": t.column("reclag_score").to_numpy()[order],
+    }
+    ref["ood"] = ref["margin"] <= 0
+    return ref, int(t.column("reclag_is_ood").to_numpy(zero_copy_only=False).sum())
+
+
 def agree(name, ref, got, tol):
     """Max |Δenergy| and flag mismatches against reclag; raises when over `tol`."""
     import numpy as np
@@ -188,11 +205,17 @@ def main():
         fix = os.path.join(data, f"fix-{n}x{d}.parquet")
         fixture(fix, n, d, seed=d)
         model = os.path.join(data, f"model-{n}x{d}-e{args.epochs}.parquet")
-        train = [exe, "train", "--input", fix, "--label", "label", "--memories", str(M),
-                 "--epochs", str(args.epochs), "--output", model]
+        train = [exe, "train", "--input", fix, "--label", "label", "--recipe", "paper",
+                 "--memories", str(M), "--epochs", str(args.epochs), "--output", model]
         if not os.path.exists(model):
             log(f"== reclag train (d = {d})")
             run_measured(train)
+        wmodel = os.path.join(data, f"model-{n}x{d}-whitened.parquet")
+        if not os.path.exists(wmodel):
+            log(f"== reclag train --recipe whitened (d = {d})")
+            run_measured([exe, "train", "--input", fix, "--label", "label", "--memories",
+                          str(M_WHITENED), "--output", wmodel])
+        wout = os.path.join(data, f"scored-{n}x{d}-whitened.parquet")
         out = os.path.join(data, f"scored-{n}x{d}.parquet")
         contestants = {
             "reclag score": [exe, "score", "--model", model, "--input", fix, "--output", out,
@@ -204,6 +227,13 @@ def main():
         }
         for p in peers:
             contestants[p] = [py, os.path.join(HERE, "peer.py"), p, fix, model]
+        # The whitened recipe as `reclag score` runs it by default: no group, each row
+        # routed to the group of largest margin. DuckDB cannot express the whitening.
+        wpeers = [p for p in peers if p != "duckdb"]
+        contestants["reclag score" + WHITENED] = [exe, "score", "--model", wmodel, "--input", fix,
+                                                  "--output", wout, "--keep-columns", "id"]
+        for p in wpeers:
+            contestants[p + WHITENED] = [py, os.path.join(HERE, "peer.py"), p, fix, wmodel]
         limits = {
             "bytes read (page cache)": [py, os.path.join(HERE, "limits.py"), "read", fix],
             # The floor of `score` itself: what it decodes, through its reader, every
@@ -223,15 +253,7 @@ def main():
         # Agreement: reclag's own outputs are the reference.
         log(f"== agreement (d = {d})")
         run_measured(contestants["reclag score"])
-        t = pq.read_table(out, columns=["id", "reclag_energy", "reclag_score", "reclag_is_ood"])
-        order = np.argsort(t.column("id").to_numpy(), kind="stable")
-        ref = {
-            "id": t.column("id").to_numpy()[order],
-            "energy": t.column("reclag_energy").to_numpy()[order],
-            "margin": t.column("reclag_score").to_numpy()[order],
-        }
-        ref["ood"] = ref["margin"] <= 0
-        is_ood = int(t.column("reclag_is_ood").to_numpy(zero_copy_only=False).sum())
+        ref, is_ood = reference(pq, np, out)
         dres = {"agreement": {}, "times": {}, "rss": {}, "ood": int(ref["ood"].sum()), "is_ood": is_ood}
         run_measured(contestants["reclag sql"])
         with open(os.path.join(data, f"sql-{n}x{d}.ndjson")) as f:
@@ -249,6 +271,16 @@ def main():
             diff, flips = agree(p, ref, got, tol=1e-4)
             dres["agreement"][p] = {"max_abs_energy_diff": diff, "flag_flips_at_tau": flips}
             log(f"   {p}: max |Δenergy| = {diff:.2e}, flags differing at τ: {flips}")
+        run_measured(contestants["reclag score" + WHITENED])
+        wref, wis_ood = reference(pq, np, wout)
+        dres["whitened"] = {"ood": int(wref["ood"].sum()), "is_ood": wis_ood, "agreement": {}}
+        for p in wpeers:
+            npz = os.path.join(data, f"peer-{p}-{n}x{d}-whitened.npz")
+            run_measured(contestants[p + WHITENED] + ["--save", npz])
+            # The peers whiten in float32, as a user with BLAS would.
+            diff, flips = agree(p + WHITENED, wref, dict(np.load(npz)), tol=1e-4)
+            dres["whitened"]["agreement"][p] = {"max_abs_energy_diff": diff, "flag_flips_at_tau": flips}
+            log(f"   {p}{WHITENED}: max |Δenergy| = {diff:.2e}, flags differing at τ: {flips}")
         if args.tiny:
             results["dims"][d] = dres
             continue
@@ -280,8 +312,8 @@ def main():
 def train_bench(exe, py, data, n, d, epochs, runs):
     fix = os.path.join(data, f"fix-{n}x{d}.parquet")
     model = os.path.join(data, f"train-bench-{d}.parquet")
-    r_cmd = [exe, "train", "--input", fix, "--label", "label", "--memories", str(M),
-             "--epochs", str(epochs), "--output", model]
+    r_cmd = [exe, "train", "--input", fix, "--label", "label", "--recipe", "paper",
+             "--memories", str(M), "--epochs", str(epochs), "--output", model]
     n_cmd = [py, os.path.join(HERE, "numpy_reclag.py"), "--train", fix, "--memories", str(M),
              "--epochs", str(epochs)]
     times = {"reclag train": [], "numpy (numpy_reclag.py)": []}
@@ -317,8 +349,9 @@ def write_benchmarks(res):
     )
     for d, r in res["dims"].items():
         lines += ["", f"### d = {d}", ""]
-        t = {k: median(v) for k, v in r["times"].items()}
+        t_all = {k: median(v) for k, v in r["times"].items()}
         rss = {k: max(v) for k, v in r["rss"].items()}
+        t = {k: v for k, v in t_all.items() if not k.endswith(WHITENED)}
         peer_names = [p for p in res["peers"] if p in t]
         best = min(peer_names, key=lambda p: t[p]) if peer_names else None
         lines.append("| contestant | median s | rows/s | peak RSS | vs best peer |")
@@ -352,6 +385,32 @@ def write_benchmarks(res):
                 f"peak RSS {rss['reclag score']:.0f} MiB "
                 f"({'met' if rss['reclag score'] <= 1024 else 'NOT met'}: ≤ 1 GiB)."
             )
+        w = r.get("whitened")
+        tw = {k: v for k, v in t_all.items() if k.endswith(WHITENED)}
+        if w and tw:
+            lines += ["", f"Whitened recipe (§10), M = {M_WHITENED}, β auto, rows without a group routed "
+                      "by best margin (every group scored; a d × d whitening product per row):", ""]
+            wpeer = [k for k in tw if not k.startswith("reclag")]
+            wbest = min(wpeer, key=lambda k: tw[k]) if wpeer else None
+            lines.append("| contestant | median s | rows/s | peak RSS | vs best peer |")
+            lines.append("|---|---|---|---|---|")
+            for k in tw:
+                ratio = f"{tw[wbest] / tw[k]:.2f}×" if wbest else "—"
+                lines.append(f"| {k} | {tw[k]:.2f} | {n / tw[k]:,.0f} | {rss[k]:.0f} MiB | {ratio} |")
+            lines.append("")
+            lines.append(
+                "Agreement with `reclag score` (peers whiten in float32): "
+                + ", ".join(f"{p} {a['max_abs_energy_diff']:.1e} ({a['flag_flips_at_tau']})"
+                            for p, a in w["agreement"].items())
+                + f". OOD rows: {w['ood']:,} (score ≤ 0), {w['is_ood']:,} by the dynamics."
+            )
+            ws = tw["reclag score" + WHITENED]
+            if wbest:
+                lines.append(
+                    f"Targets: `reclag score` (whitened) at {tw[wbest] / ws:.2f}× the best peer ({wbest}) "
+                    f"({'met' if tw[wbest] / ws >= 3 else 'NOT met'}: ≥ 3×); its rows/s are "
+                    f"{t['reclag score'] / ws * 100:.0f} % of the paper recipe's (`reclag score` above)."
+                )
     tr = res.get("train")
     if tr:
         tt = {k: median(v) for k, v in tr["times"].items()}
