@@ -4,6 +4,11 @@
 //!     cargo bench --bench score
 //!
 //! Set `RECLAG_BENCH_ROWS` to shrink the problem (e.g. for a quick look).
+//!
+//! The `whitened_*` group scores rows without a group against a model of the
+//! whitened recipe (M = 64, β auto, best routing) with exact (f64) and f32-blocked
+//! products, beside the d × d whitening product alone: `cargo bench --bench score --
+//! whitened`. It uses at most 200,000 rows.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -12,7 +17,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array2, ArrayView2};
 use rayon::prelude::*;
-use reclag::{Rows, ScoreOutput, Work};
+use reclag::{GroupKey, NoProgress, Precision, Rows, ScoreOutput, TrainParams, TrainingSet, Work};
 
 #[path = "fixture.rs"]
 mod fixture;
@@ -84,5 +89,51 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// The whitened default on rows without a group: where its time goes (the whitening
+/// product alone, then the whole score) and what f32-blocked products save.
+fn whitened(c: &mut Criterion) {
+    let n = rows().min(200_000);
+    let (_, x, labels) = fixture(n);
+    let fit = n.min(20_000);
+    let keys: Vec<Option<GroupKey>> = labels[..fit]
+        .iter()
+        .map(|l| l.map(|g| GroupKey::Int(i64::from(g))))
+        .collect();
+    let mut set = TrainingSet::new(D, None, 1).unwrap();
+    set.push(&Rows::dense_f32(&x[..fit * D], D), Some(&keys))
+        .unwrap();
+    let model = TrainParams::default()
+        .check()
+        .unwrap()
+        .fit(&set, "bench", &NoProgress)
+        .unwrap();
+    let mut g = c.benchmark_group(format!("whitened_{n}x{D}_K{K}_M64_best_route"));
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(20))
+        .throughput(Throughput::Elements(n as u64));
+    let view = Rows::dense_f32(&x, D);
+    for precision in [Precision::Exact, Precision::F32Blocked] {
+        let mut m = model.clone();
+        m.set_precision(precision);
+        g.bench_function(format!("whitening_only_{}", precision.as_str()), |b| {
+            b.iter(|| {
+                (0..n).into_par_iter().step_by(1024).for_each(|start| {
+                    let (mut pre, mut valid) = (Vec::new(), Vec::new());
+                    m.preprocess(&view, start, 1024.min(n - start), &mut pre, &mut valid);
+                    black_box(&pre);
+                })
+            })
+        });
+        let mut out = ScoreOutput::default();
+        g.bench_function(format!("reclag_{}", precision.as_str()), |b| {
+            b.iter(|| {
+                m.score_into(&view, None, Work::WithDynamics, &mut out)
+                    .unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, whitened);
 criterion_main!(benches);

@@ -62,6 +62,10 @@ pub enum Error {
         source: arrow_schema::ArrowError,
     },
 
+    /// An output that cannot be written where it was asked for.
+    #[error("{0}")]
+    Output(String),
+
     #[error("{context}: {source}")]
     Io {
         context: String,

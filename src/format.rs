@@ -244,37 +244,35 @@ pub fn save(model: &Model, path: &Path) -> Result<()> {
     write_atomic(path, &bytes)
 }
 
-/// The hidden temporary name an output is written under before its rename: same
-/// directory (so the rename is atomic), unique per process.
-pub fn temp_sibling(target: &Path) -> std::path::PathBuf {
-    let dir = target
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    dir.join(format!(".{name}.tmp-{}", std::process::id()))
-}
+pub use crate::atomic::temp_sibling;
 
-/// Writes `bytes` to `path` through a temporary sibling and a rename, so readers never
-/// see a half-written file and a crash leaves the old file intact.
+/// Writes `bytes` to `path` through a temporary sibling and a rename (see
+/// [`crate::atomic`]), so readers never see a half-written file and a crash leaves the
+/// old file intact.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let io = |context: String| move |source| Error::Io { context, source };
-    let tmp = temp_sibling(path);
-    let mut f = std::fs::File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
-    f.write_all(bytes)
-        .map_err(io(format!("writing {}", tmp.display())))?;
-    f.sync_all()
-        .map_err(io(format!("syncing {}", tmp.display())))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io(format!(
-        "renaming {} to {}",
-        tmp.display(),
-        path.display()
-    )))
+    let mut t = crate::atomic::create(path)?;
+    let written = t
+        .file
+        .write_all(bytes)
+        .map_err(io(format!("writing {}", t.path.display())))
+        .and_then(|()| {
+            t.file
+                .sync_all()
+                .map_err(io(format!("syncing {}", t.path.display())))
+        })
+        .and_then(|()| {
+            std::fs::rename(&t.path, &t.target).map_err(io(format!(
+                "renaming {} to {}",
+                t.path.display(),
+                t.target.display()
+            )))
+        });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&t.path);
+    }
+    written
 }
 
 /// Loads a model file from disk, verifying version and checksum.

@@ -210,6 +210,52 @@ pub fn gemm_abt(a: &[f64], n: usize, d: usize, b: &[f64], m: usize, out: &mut [f
     general_mat_mul(1.0, &a, &b.t(), 0.0, &mut c);
 }
 
+/// Terms per f32 partial sum in [`gemm_abt_f32_blocked`]: each partial sum's rounding
+/// grows with its length, so the products are summed in f32 over this many terms and
+/// the partial sums in f64.
+pub const F32_BLOCK: usize = 32;
+
+/// Rows per pass of [`gemm_abt_f32_blocked`]: the f32 partials and the f64 sums of a
+/// pass stay in a core's L2 cache at `m` up to about 1000.
+const F32_ROWS: usize = 64;
+
+/// `out (n×m) = a (n×d) · bᵀ` (`b` is `m×d`, all row-major) with f32 products summed in
+/// f32 over [`F32_BLOCK`] terms and those partial sums added in f64: the variant of
+/// spec §1's f64 accumulation that `Precision::F32Blocked` measures. An f32 product
+/// runs at twice the vector width of an f64 one, so this is the one place where the
+/// rule's cost is visible; the deviations it causes are measured, not assumed.
+pub fn gemm_abt_f32_blocked(a: &[f32], n: usize, d: usize, b: &[f32], m: usize, out: &mut [f64]) {
+    debug_assert_eq!(a.len(), n * d);
+    debug_assert_eq!(b.len(), m * d);
+    debug_assert_eq!(out.len(), n * m);
+    out.fill(0.0);
+    if n == 0 || m == 0 || d == 0 {
+        return;
+    }
+    let b = ArrayView2::from_shape((m, d), b).expect("shape checked");
+    let mut part = vec![0f32; F32_ROWS.min(n) * m];
+    for (r0, acc) in (0..n).step_by(F32_ROWS).zip(out.chunks_mut(F32_ROWS * m)) {
+        let rows = acc.len() / m;
+        let a =
+            ArrayView2::from_shape((rows, d), &a[r0 * d..(r0 + rows) * d]).expect("shape checked");
+        let part = &mut part[..rows * m];
+        for k0 in (0..d).step_by(F32_BLOCK) {
+            let k1 = (k0 + F32_BLOCK).min(d);
+            let mut c = ArrayViewMut2::from_shape((rows, m), &mut *part).expect("shape checked");
+            general_mat_mul(
+                1.0,
+                &a.slice(ndarray::s![.., k0..k1]),
+                &b.slice(ndarray::s![.., k0..k1]).t(),
+                0.0,
+                &mut c,
+            );
+            acc.iter_mut()
+                .zip(part.iter())
+                .for_each(|(o, &p)| *o += f64::from(p));
+        }
+    }
+}
+
 /// `out (n×d) = p (n×m) · b (m×d)`, all row-major.
 pub fn gemm_ab(p: &[f64], n: usize, m: usize, b: &[f64], d: usize, out: &mut [f64]) {
     debug_assert_eq!(p.len(), n * m);
@@ -241,6 +287,35 @@ pub fn gemm_atb(c: &[f64], n: usize, m: usize, x: &[f64], d: usize, out: &mut [f
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn f32_blocked_products_match_f64_and_sum_blocks_in_f64() {
+        let (n, d, m) = (70, 100, 9);
+        let a: Vec<f64> = (0..n * d)
+            .map(|i| ((i * 37 % 101) as f64 - 50.0) / 50.0)
+            .collect();
+        let b: Vec<f64> = (0..m * d)
+            .map(|i| ((i * 53 % 97) as f64 - 48.0) / 48.0)
+            .collect();
+        let mut exact = vec![0.0; n * m];
+        gemm_abt(&a, n, d, &b, m, &mut exact);
+        let a32: Vec<f32> = a.iter().map(|&v| v as f32).collect();
+        let b32: Vec<f32> = b.iter().map(|&v| v as f32).collect();
+        let mut got = vec![0.0; n * m];
+        gemm_abt_f32_blocked(&a32, n, d, &b32, m, &mut got);
+        for (g, e) in got.iter().zip(&exact) {
+            assert!((g - e).abs() < 1e-5, "{g} vs {e}");
+        }
+        // 1e8 + 4095 ones: an f32 running sum stays at 1e8 (its ulp there is 8). The
+        // first block's 31 ones are lost the same way, but every later block sums to
+        // 32 exactly in f32 and those sums are added in f64: 1e8 + 4064.
+        let d = 4096;
+        let mut a = vec![1f32; d];
+        a[0] = 1e8;
+        let mut out = [0.0];
+        gemm_abt_f32_blocked(&a, 1, d, &vec![1f32; d], 1, &mut out);
+        assert!((out[0] - (1e8 + 4064.0)).abs() <= 8.0, "{}", out[0]);
+    }
 
     #[test]
     fn log_mean_exp_of_zero_is_zero_and_bounded_by_max() {

@@ -7,6 +7,7 @@
 //! Polars adapters live in `reclag-udfs`; IO, jobs and the CLI in `reclag-pipelines`.
 
 pub mod arrow;
+pub mod atomic;
 pub mod baselines;
 mod dynamics;
 pub mod error;
@@ -27,8 +28,8 @@ pub mod whiten;
 pub use error::{Error, Result};
 pub use explain::Explanation;
 pub use model::{
-    BetaSearch, CalibratedOn, Group, GroupKey, LabelKind, Model, ModelParts, Normalize, Provenance,
-    Recipe, Route, Whitening, lyapunov,
+    BetaSearch, CalibratedOn, Group, GroupKey, LabelKind, Model, ModelParts, Normalize, Precision,
+    Provenance, Recipe, Route, Whitening, lyapunov,
 };
 pub use rows::{Rows, Values};
 pub use score::{ScoreOutput, Work};

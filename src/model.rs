@@ -83,9 +83,26 @@ impl Whitening {
     /// Whitens `n` rows of `z` (already `l2`-normalised, row-major) into `out`, then
     /// normalises each: `out_i = l2(W z_i − Wμ)`. A zero result stays zero.
     pub(crate) fn apply_block(&self, z: &[f64], n: usize, out: &mut [f64]) {
+        self.apply_block_with(z, n, out, Precision::Exact);
+    }
+
+    pub(crate) fn apply_block_with(
+        &self,
+        z: &[f64],
+        n: usize,
+        out: &mut [f64],
+        precision: Precision,
+    ) {
         let d = self.mu.len();
         // `W` is symmetric, so `z Wᵀ = z W`: the rows come out whitened.
-        crate::kernel::gemm_abt(z, n, d, &self.w, d, out);
+        match precision {
+            Precision::Exact => crate::kernel::gemm_abt(z, n, d, &self.w, d, out),
+            Precision::F32Blocked => {
+                let z32: Vec<f32> = z.iter().map(|&v| v as f32).collect();
+                let w32: Vec<f32> = self.w.iter().map(|&v| v as f32).collect();
+                crate::kernel::gemm_abt_f32_blocked(&z32, n, d, &w32, d, out);
+            }
+        }
         for y in out.chunks_exact_mut(d) {
             y.iter_mut().zip(&self.w_mu).for_each(|(v, m)| *v -= m);
             Normalize::L2.apply(y);
@@ -125,6 +142,41 @@ impl Recipe {
             o => Err(Error::param(
                 "recipe",
                 format!("expected one of whitened, paper; found '{o}'"),
+            )),
+        }
+    }
+}
+
+/// How the two `d`-long products of the whitened recipe (the whitening `W(z − μ)` and
+/// `Ξ pre(x)` against every memory) are summed.
+///
+/// Spec §1 asks for f64 accumulation ([`Precision::Exact`], the default). The
+/// whitened recipe spends most of its time in those products, where f32 arithmetic
+/// runs at twice the vector width; [`Precision::F32Blocked`] rounds the operands to
+/// f32, sums their products in f32 over 32 terms and adds those partial sums in f64.
+/// It is a runtime choice (never stored in a model file) offered so its speed and its
+/// deviations can be measured against the rule: BENCHMARKS.md has both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Precision {
+    #[default]
+    Exact,
+    F32Blocked,
+}
+
+impl Precision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::Exact => "exact",
+            Precision::F32Blocked => "f32-blocked",
+        }
+    }
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "exact" => Ok(Precision::Exact),
+            "f32-blocked" => Ok(Precision::F32Blocked),
+            o => Err(Error::param(
+                "precision",
+                format!("expected one of exact, f32-blocked; found '{o}'"),
             )),
         }
     }
@@ -236,6 +288,7 @@ pub struct Model {
     pub(crate) provenance: Provenance,
     pub(crate) whitening: Option<Whitening>,
     pub(crate) beta_search: Option<BetaSearch>,
+    pub(crate) precision: Precision,
     by_int: HashMap<i64, usize>,
     /// `by_int` as a table indexed by the label, when every label is in
     /// `0..DENSE_LABELS`: class ids usually are, and the lookup is per row (a hash
@@ -395,6 +448,7 @@ impl Model {
             provenance: p.provenance,
             whitening: p.whitening,
             beta_search: p.beta_search,
+            precision: Precision::Exact,
             by_int,
             dense_int,
             by_str,
@@ -430,6 +484,14 @@ impl Model {
     }
     pub fn beta_search(&self) -> Option<&BetaSearch> {
         self.beta_search.as_ref()
+    }
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+    /// Chooses how the whitened recipe's products are summed when scoring (the paper
+    /// recipe's kernel is unaffected); see [`Precision`].
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
     }
     /// The recipe is a property of the preprocessing: only §10 whitens.
     pub fn recipe(&self) -> Recipe {
@@ -483,7 +545,7 @@ impl Model {
         }
         if let Some(w) = &self.whitening {
             let mut y = vec![0.0; n * d];
-            w.apply_block(out, n, &mut y);
+            w.apply_block_with(out, n, &mut y, self.precision);
             *out = y;
         }
         for (r, ok) in out.chunks_exact_mut(d).zip(valid.iter()) {

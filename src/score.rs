@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::kernel::{
     argmax, gemm_ab, gemm_abt, lme_softmax, lme_softmax_rows, log_mean_exp, sigmoid, small_gemm,
 };
-use crate::model::{Model, Normalize, Route};
+use crate::model::{Model, Normalize, Precision, Route};
 use crate::rows::Rows;
 use crate::tile;
 
@@ -230,6 +230,9 @@ impl Model {
         l2: bool,
         c: &mut OutChunk<'_>,
     ) -> (Vec<usize>, Vec<f64>, Vec<f64>) {
+        if self.precision == Precision::F32Blocked && self.whitening.is_some() {
+            return Self::dots_f32_blocked(rows, start, rows_in, t, c);
+        }
         let mut idx = Vec::with_capacity(rows_in.len());
         let mut abs = Vec::with_capacity(rows_in.len());
         for &i in rows_in {
@@ -274,6 +277,40 @@ impl Model {
         }
         idx.truncate(kept);
         hs.truncate(kept * t.m);
+        (idx, hs, x0sq)
+    }
+
+    /// [`Model::dots`] of already preprocessed (whitened) rows with
+    /// [`Precision::F32Blocked`] products; `‖x_0‖²` stays f64.
+    fn dots_f32_blocked(
+        rows: &Rows<'_>,
+        start: usize,
+        rows_in: &[usize],
+        t: Target<'_>,
+        c: &mut OutChunk<'_>,
+    ) -> (Vec<usize>, Vec<f64>, Vec<f64>) {
+        let d = rows.dim();
+        let mut idx = Vec::with_capacity(rows_in.len());
+        let mut x0sq = Vec::with_capacity(rows_in.len());
+        let mut x32 = Vec::with_capacity(rows_in.len() * d);
+        let mut row = vec![0.0; d];
+        for &i in rows_in {
+            match rows.gather_norm(start + i, &mut row) {
+                Some(norm) => {
+                    c.valid[i] = true;
+                    idx.push(i);
+                    x0sq.push(norm * norm);
+                    x32.extend(row.iter().map(|&v| v as f32));
+                }
+                None => {
+                    c.valid[i] = false;
+                    c.steps[i] = 0;
+                }
+            }
+        }
+        let xi32: Vec<f32> = t.xi.iter().map(|&v| v as f32).collect();
+        let mut hs = vec![0.0; idx.len() * t.m];
+        crate::kernel::gemm_abt_f32_blocked(&x32, idx.len(), d, &xi32, t.m, &mut hs);
         (idx, hs, x0sq)
     }
 

@@ -1128,7 +1128,7 @@ fn bad_flags_are_reported_with_one_error_prefix() {
 
 /// `--beta auto` belongs to the whitened recipe; `--beta` takes a number otherwise.
 #[test]
-fn beta_auto_is_refused_with_the_paper_recipe() {
+fn train_refuses_settings_of_the_other_recipe() {
     let tmp = tempfile::tempdir().unwrap();
     let (data, _) = fixture(tmp.path());
     let m = tmp.path().join("m2.parquet");
@@ -1151,5 +1151,146 @@ fn beta_auto_is_refused_with_the_paper_recipe() {
         e.contains("--beta takes a number or `auto`; found 'warm'"),
         "{e}"
     );
+    // The SFNN settings belong to the paper recipe; the whitened default refuses them.
+    let e = cli_err(&[&base[..], &["--epochs", "3", "--lr", "0.01"]].concat());
+    assert!(
+        e.contains("--epochs, --lr set(s) the paper recipe's SFNN training")
+            && e.contains("--recipe paper"),
+        "{e}"
+    );
     assert!(!m.exists());
+}
+
+/// `--output` naming a symbolic link writes the file it names and keeps the link; a
+/// FIFO, a device or a directory is refused with a message and left as it was; the
+/// temporary a killed run left behind is removed by the next run, and a temporary a
+/// live writer holds is not.
+#[test]
+fn outputs_write_through_links_and_refuse_special_files() {
+    use std::os::unix::fs::FileTypeExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, model) = fixture(tmp.path());
+    let score_to = |out: &Path| {
+        cli(&[
+            "score",
+            "--model",
+            &s(&model),
+            "--input",
+            &s(&data),
+            "--output",
+            &s(out),
+        ])
+    };
+    let reference = tmp.path().join("reference.parquet");
+    score_to(&reference).unwrap();
+    let expected = std::fs::read(&reference).unwrap();
+
+    let real = tmp.path().join("real.parquet");
+    std::fs::write(&real, b"yesterday").unwrap();
+    let link = tmp.path().join("link.parquet");
+    std::os::unix::fs::symlink("real.parquet", &link).unwrap();
+    score_to(&link).unwrap();
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(std::fs::read(&real).unwrap(), expected);
+
+    let fifo = tmp.path().join("fifo");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let err = score_to(&fifo).unwrap_err();
+    assert!(err.contains("is a FIFO, not a regular file"), "{err}");
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    // A link to a device (as /dev/stdout is) is refused, and the link stays.
+    let dev = tmp.path().join("dev.parquet");
+    std::os::unix::fs::symlink("/dev/null", &dev).unwrap();
+    let err = score_to(&dev).unwrap_err();
+    assert!(err.contains("is a device") && err.contains("`-`"), "{err}");
+    assert!(
+        std::fs::symlink_metadata(&dev)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    let err = cli(&[
+        "sql",
+        "--model",
+        &format!("m={}", s(&model)),
+        "--output",
+        &s(&dev),
+        "SELECT 1 AS one",
+    ])
+    .unwrap_err();
+    assert!(err.contains("is a device"), "{err}");
+
+    // A run killed mid-write left its temporary; the next run removes it.
+    let out = tmp.path().join("scored.parquet");
+    let stale = tmp.path().join(".scored.parquet.tmp-4194304");
+    std::fs::write(&stale, vec![7u8; 1 << 16]).unwrap();
+    let live = tmp.path().join(".scored.parquet.tmp-4194305");
+    let held = std::fs::File::create(&live).unwrap();
+    held.lock().unwrap();
+    score_to(&out).unwrap();
+    assert!(!stale.exists(), "the stale temporary is still there");
+    assert!(live.exists(), "a live writer's temporary was removed");
+    assert_eq!(std::fs::read(&out).unwrap(), expected);
+}
+
+/// Files of one input with different columns: `score` and `filter` fail naming the
+/// file and the column, whichever file comes first, instead of dropping a column.
+#[test]
+fn inputs_with_different_columns_fail_naming_file_and_column() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, model) = fixture(tmp.path());
+    let (rows, labels) = clusters(3, 10, 8, 2);
+    let emb = fsl(&rows, 8);
+    let label: ArrayRef = Arc::new(Int64Array::from(labels.clone()));
+    let names: ArrayRef = Arc::new(StringArray::from_iter_values(
+        labels.iter().map(|l| format!("class-{l}")),
+    ));
+    for (first, second) in [("a", "b"), ("b", "a")] {
+        let dir = tmp.path().join(format!("in-{first}"));
+        std::fs::create_dir(&dir).unwrap();
+        // `second` has the extra column: after the file without it in the first
+        // round, before it in the second.
+        write_parquet(
+            &dir.join(format!("{first}.parquet")),
+            vec![("embedding", emb.clone()), ("label", label.clone())],
+        );
+        write_parquet(
+            &dir.join(format!("{second}.parquet")),
+            vec![
+                ("embedding", emb.clone()),
+                ("label", label.clone()),
+                ("label_name", names.clone()),
+            ],
+        );
+        for cmd in ["score", "filter"] {
+            let out = tmp.path().join(format!("{cmd}-{first}.parquet"));
+            let (model, dir, out_s) = (s(&model), s(&dir), s(&out));
+            let mut args = vec![cmd, "--model", &model, "--input", &dir, "--output", &out_s];
+            if cmd == "filter" {
+                args.extend(["--keep", "id"]);
+            }
+            let err = cli_err(&args);
+            assert!(
+                err.contains("'label_name'") && err.contains("all inputs must share one schema"),
+                "{cmd}, {first} first: {err}"
+            );
+            assert!(!out.exists());
+        }
+    }
 }

@@ -254,14 +254,29 @@ pub fn train_model(input: &Path, out: &Path, epochs: u32) -> Arc<reclag::Model> 
 
 /// `b` with one more column at the end.
 pub fn with_column(b: &RecordBatch, field: arrow_schema::Field, col: ArrayRef) -> RecordBatch {
+    set_column(b, b.num_columns(), field, col)
+}
+
+/// `b` with column `at` replaced (or, at `b.num_columns()`, one added at the end).
+pub fn set_column(
+    b: &RecordBatch,
+    at: usize,
+    field: arrow_schema::Field,
+    col: ArrayRef,
+) -> RecordBatch {
     let mut fields: Vec<arrow_schema::Field> = b
         .schema()
         .fields()
         .iter()
         .map(|f| f.as_ref().clone())
         .collect();
-    fields.push(field);
     let mut cols = b.columns().to_vec();
-    cols.push(col);
+    if at == cols.len() {
+        fields.push(field);
+        cols.push(col);
+    } else {
+        fields[at] = field;
+        cols[at] = col;
+    }
     RecordBatch::try_new(Arc::new(arrow_schema::Schema::new(fields)), cols).unwrap()
 }

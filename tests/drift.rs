@@ -997,8 +997,13 @@ fn fused_drift_writes_the_bytes_of_the_arrow_path() {
 /// file cannot be read (pages zeroed) or opened (not Parquet) stops the run with an
 /// error naming the file, after every partition before it is committed and before
 /// any after it is. Fixed and rerun, the output is byte for byte a clean run's.
+/// A partition with a file that cannot be read (its pages wrecked, not Parquet at all,
+/// the label column of another type) is skipped with the reason in the summary, the
+/// state and the report, and every other partition is processed. With `strict` the
+/// run fails at it instead, naming it, after publishing the partitions before it; with
+/// the file repaired, a rerun gives the bytes of a clean run.
 #[test]
-fn a_partition_that_fails_stops_the_run_after_the_ones_before_it() {
+fn an_unreadable_partition_is_skipped_with_its_reason_or_fails_when_strict() {
     let Some(Setup {
         dir: _,
         tmp,
@@ -1009,36 +1014,85 @@ fn a_partition_that_fails_stops_the_run_after_the_ones_before_it() {
         return;
     };
     let stores = Arc::new(Stores::new(StoreEnv::default()));
-    let run = |out: &Path| {
+    let run = |out: &Path, strict: bool| {
         let spec = DriftSpec::parse(&spec_text(&s(&lake), &s(&model), &s(out))).unwrap();
-        DriftJob::new(spec, stores.clone()).run()
+        DriftJob::new(spec, stores.clone()).strict(strict).run()
     };
     let clean = tmp.path().join("clean");
-    run(&clean).unwrap();
+    run(&clean, false).unwrap();
     let want = snapshot(&clean);
     let file = |day: u32| lake.join(format!("date=2026-11-{day:02}/part-0.parquet"));
-    for (day, how) in [(3u32, "pages"), (2, "not parquet")] {
+    for (day, how) in [(3u32, "pages"), (2, "not parquet"), (3, "label type")] {
         let saved = std::fs::read(file(day)).unwrap();
-        if how == "pages" {
-            wreck_pages(&file(day));
-        } else {
-            std::fs::write(file(day), b"not a parquet file at all").unwrap();
+        match how {
+            "pages" => wreck_pages(&file(day)),
+            "not parquet" => std::fs::write(file(day), b"not a parquet file at all").unwrap(),
+            _ => {
+                let b = read_parquet(&file(day));
+                let at = b.schema().index_of("label").unwrap();
+                use arrow_array::cast::AsArray;
+                let ints = b.column(at).as_primitive::<arrow_array::types::Int64Type>();
+                let text: arrow_array::ArrayRef = Arc::new(arrow_array::StringArray::from_iter(
+                    ints.iter().map(|v| v.map(|x| x.to_string())),
+                ));
+                let b = crate::common::set_column(
+                    &b,
+                    at,
+                    arrow_schema::Field::new("label", arrow_schema::DataType::Utf8, true),
+                    text,
+                );
+                std::fs::write(file(day), parquet_bytes(&b)).unwrap();
+            }
         }
-        let out = tmp.path().join(format!("out-{day}"));
-        let e = run(&out).unwrap_err().to_string();
-        assert!(e.contains(&format!("date=2026-11-{day:02}")), "{how}: {e}");
+        let value = format!("2026-11-{day:02}");
+        let out = tmp.path().join(format!("skip-{how}"));
+        let summary = run(&out, false).unwrap_or_else(|e| panic!("{how}: {e}"));
+        let skipped: Vec<_> = summary
+            .skipped
+            .iter()
+            .map(|b| b.partition.clone())
+            .collect();
+        assert_eq!(skipped, std::slice::from_ref(&value), "{how}");
+        let reason = summary.skipped[0].reason.clone().unwrap();
+        assert!(reason.contains(&format!("date={value}")), "{how}: {reason}");
+        assert_eq!(summary.partitions.len(), 4, "{how}");
+        assert_eq!(state_partitions(&out), Some(4), "{how}");
+        for d in 1..=4u32 {
+            let metrics = out.join(format!("metrics/part-2026-11-{d:02}.parquet"));
+            assert_eq!(metrics.exists(), d != day, "{how}: day {d}");
+        }
+        let report = std::fs::read_to_string(out.join("report.html")).unwrap();
+        let shown = reason.split(": ").last().unwrap();
+        assert!(
+            report.contains(&html_escape(shown)),
+            "{how}: the report lacks {shown}"
+        );
+
+        let out = tmp.path().join(format!("strict-{how}"));
+        let e = run(&out, true).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("partition {value}")) && e.contains("--strict"),
+            "{how}: {e}"
+        );
         assert_eq!(state_partitions(&out), Some(day as usize - 1), "{how}");
         for d in 1..=4u32 {
             let metrics = out.join(format!("metrics/part-2026-11-{d:02}.parquet"));
             assert_eq!(metrics.exists(), d < day, "{how}: day {d}");
         }
         std::fs::write(file(day), saved).unwrap();
-        run(&out).unwrap();
+        run(&out, true).unwrap();
         assert!(
             snapshot(&out) == want,
             "{how}: the rerun differs from a clean run"
         );
     }
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// Not a test of its own: the child process of
@@ -1063,6 +1117,25 @@ fn cli_child_process() {
         }
     };
     std::process::exit(code);
+}
+
+/// This test binary re-run as [`cli_child_process`] with CLI arguments `args` (a JSON
+/// array), its output piped: a real `reclag` process to signal or race.
+fn spawn_cli_child(args: &serde_json::Value) -> std::process::Child {
+    std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "drift::cli_child_process",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+            "-q",
+        ])
+        .env("RECLAG_CHILD_ARGS", args.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 fn signal(pid: u32, sig: libc::c_int) {
@@ -1090,20 +1163,7 @@ fn sigterm_stops_a_watch_process_between_partitions() {
     std::fs::remove_dir_all(&out).unwrap();
 
     let args = serde_json::json!(["reclag", "drift", "watch", s(&job), "--every", "1h"]);
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "drift::cli_child_process",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-            "-q",
-        ])
-        .env("RECLAG_CHILD_ARGS", args.to_string())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_cli_child(&args);
     let pid = child.id();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     let at_stop = loop {
@@ -1167,4 +1227,100 @@ fn sigterm_stops_a_watch_process_between_partitions() {
         snapshot(&out) == uninterrupted,
         "outputs differ from an uninterrupted run"
     );
+}
+
+/// Three `reclag drift run --partition` processes on one output at once: the lock
+/// queues them, so the state lists all three partitions and each was processed by
+/// exactly one run; a plain run then adds the fourth, and the output is byte for byte
+/// that of one run over the lake. A run that may not wait names the holder.
+#[test]
+fn concurrent_runs_on_one_output_queue_behind_its_lock() {
+    let Some(Setup {
+        dir: _,
+        tmp,
+        model,
+        lake,
+    }) = setup(0..4)
+    else {
+        return;
+    };
+    let job_for = |out: &Path| {
+        let job = out.with_extension("toml");
+        std::fs::write(&job, spec_text(&s(&lake), &s(&model), &s(out))).unwrap();
+        job
+    };
+    let clean = tmp.path().join("clean");
+    let (code, _) = drift_cli(&[&s(&job_for(&clean))]);
+    assert_eq!(code, ExitCode::SUCCESS);
+    let want = snapshot(&clean);
+
+    let out = tmp.path().join("out");
+    let job = job_for(&out);
+    let children: Vec<_> = (1..=3)
+        .map(|day| {
+            let args = serde_json::json!([
+                "reclag",
+                "drift",
+                "run",
+                s(&job),
+                "--partition",
+                format!("2026-11-{day:02}")
+            ]);
+            spawn_cli_child(&args)
+        })
+        .collect();
+    let mut processed = Vec::new();
+    for child in children {
+        let o = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let line = stdout.lines().find(|l| l.starts_with('{')).unwrap();
+        let v = json(line);
+        processed.extend(
+            v["partitions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_str().unwrap().to_string()),
+        );
+    }
+    processed.sort();
+    assert_eq!(processed, ["2026-11-01", "2026-11-02", "2026-11-03"]);
+    assert_eq!(state_partitions(&out), Some(3));
+    let (code, text) = drift_cli(&[&s(&job)]);
+    assert_eq!(code, ExitCode::SUCCESS, "{text}");
+    let v = json(&text);
+    let added: Vec<&str> = v["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert_eq!(added, ["2026-11-04"]);
+    let got = snapshot(&out);
+    assert!(
+        got == want,
+        "differs from one run: {:?}",
+        differing(&got, &want)
+    );
+
+    // A holder that does not let go: a run that may not wait exits naming it.
+    let lock = std::fs::File::options()
+        .write(true)
+        .open(out.join("_lock"))
+        .unwrap();
+    lock.lock().unwrap();
+    std::fs::write(out.join("_lock"), "pid 1 on the-other-host").unwrap();
+    let (code, text) = drift_cli(&[&s(&job), "--lock-wait", "0s"]);
+    assert_eq!(code, ExitCode::from(1));
+    assert!(
+        text.contains("another drift run holds this output (pid 1 on the-other-host)"),
+        "{text}"
+    );
+    drop(lock);
 }

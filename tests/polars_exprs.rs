@@ -469,9 +469,10 @@ fn reclag_filter_bad_input() {
 }
 
 /// `Frames` is Polars' `scan_parquet` over reclag's reader: over a glob of two files,
-/// the second with its columns in another order and one more, the frames stacked are
-/// the frames Polars reads (types, nulls, strings, the embedding), cut at the reader's
-/// batches. A file whose pages are zeroed ends the frames with an error naming it.
+/// the second with its columns in another order, the frames stacked are the frames
+/// Polars reads (types, nulls, strings, the embedding), cut at the reader's batches.
+/// A file with one more column is refused naming it; a file whose pages are zeroed
+/// ends the frames with an error naming it.
 #[test]
 fn frames_are_polars_scans_through_reclags_reader() {
     use arrow_array::{Float64Array, Int64Array, StringArray};
@@ -503,13 +504,34 @@ fn frames_are_polars_scans_through_reclags_reader() {
         &b,
         vec![
             ("embedding", fsl(&rows[..m], 8)),
-            ("extra", Arc::new(Float64Array::from(vec![0.5; m]))),
             ("name", Arc::new(names.slice(0, m))),
             ("label", Arc::new(Int64Array::from(labels[..m].to_vec()))),
             ("id", Arc::new(Int64Array::from_iter_values(0..m as i64))),
         ],
     );
     let stores = Stores::default();
+    // A file with a column the others lack is refused, not silently narrowed.
+    let c = tmp.path().join("c").join("c.parquet");
+    std::fs::create_dir(c.parent().unwrap()).unwrap();
+    std::fs::copy(&a, tmp.path().join("c").join("a.parquet")).unwrap();
+    write(
+        &c,
+        vec![
+            ("id", Arc::new(Int64Array::from_iter_values(0..m as i64))),
+            ("label", Arc::new(Int64Array::from(labels[..m].to_vec()))),
+            ("name", Arc::new(names.slice(0, m))),
+            ("embedding", fsl(&rows[..m], 8)),
+            ("extra", Arc::new(Float64Array::from(vec![0.5; m]))),
+        ],
+    );
+    let err = Frames::open(&stores, &[s(c.parent().unwrap())])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("c.parquet: column(s) 'extra' are not in"),
+        "{err}"
+    );
     let frames = Frames::open(&stores, &[s(&tmp.path().join("*.parquet"))]).unwrap();
     assert_eq!(frames.rows(), (n + m) as u64);
     let empty = frames.empty().unwrap();

@@ -121,6 +121,18 @@ pub struct DriftRunArgs {
     /// Check the spec, the model and the lake, and list what would be processed.
     #[arg(long)]
     pub dry_run: bool,
+    /// Fail the run (exit 1) at the first partition that would be skipped: no
+    /// Parquet files, a missing column, a dimension mismatch, or a file that cannot be
+    /// read (not Parquet, corrupt, a column of another type). Without it such a
+    /// partition is recorded as skipped with the reason (summary and report) and the
+    /// run goes on.
+    #[arg(long)]
+    pub strict: bool,
+    /// One run per output at a time: a run holds `_lock` in the output location while
+    /// it runs. Another run waits this long for it (30s, 10m, 2h), then exits naming
+    /// the holder; 0s exits at once.
+    #[arg(long, default_value = "10m", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub lock_wait: std::time::Duration,
 }
 
 #[derive(Args, Debug)]
@@ -234,18 +246,21 @@ pub struct TrainArgs {
     /// 5 with paper.
     #[arg(long, value_name = "BETA|auto")]
     pub beta: Option<String>,
-    #[arg(long, default_value_t = 50)]
-    pub epochs: usize,
-    #[arg(long, default_value_t = 50)]
-    pub batch_size: usize,
-    /// Adam learning rate.
-    #[arg(long, default_value_t = 1e-3)]
-    pub lr: f64,
-    /// Norm the initial memories are rescaled to.
-    #[arg(long, default_value_t = 10.0)]
-    pub init_norm: f64,
-    #[arg(long, value_enum, default_value_t = InitArg::Random)]
-    pub init: InitArg,
+    /// Passes over the training rows (default 50).
+    #[arg(long, help_heading = "Paper recipe (SFNN training)")]
+    pub epochs: Option<usize>,
+    /// Rows per Adam step (default 50).
+    #[arg(long, help_heading = "Paper recipe (SFNN training)")]
+    pub batch_size: Option<usize>,
+    /// Adam learning rate (default 1e-3).
+    #[arg(long, help_heading = "Paper recipe (SFNN training)")]
+    pub lr: Option<f64>,
+    /// Norm the initial memories are rescaled to (default 10).
+    #[arg(long, help_heading = "Paper recipe (SFNN training)")]
+    pub init_norm: Option<f64>,
+    /// Initial memories (default random).
+    #[arg(long, value_enum, help_heading = "Paper recipe (SFNN training)")]
+    pub init: Option<InitArg>,
     /// Row preprocessing; l2 divides each row by its norm.
     #[arg(long, value_enum, default_value_t = NormalizeArg::L2)]
     pub normalize: NormalizeArg,
@@ -299,6 +314,26 @@ pub struct RoutingArgs {
     pub route: Option<RouteArg>,
 }
 
+const PRECISION_HELP: &str = "How a whitened model's two d-long products (the whitening and the \
+dot products with every memory) are summed: `exact` sums in f64 as the spec asks; `f32-blocked` \
+sums f32 products in f32 over 32 terms and those sums in f64, about twice the arithmetic rate, \
+with energies within about 1e-6 of exact (measured in BENCHMARKS.md). Paper-recipe models ignore it";
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum PrecisionArg {
+    Exact,
+    F32Blocked,
+}
+
+impl From<PrecisionArg> for reclag::Precision {
+    fn from(p: PrecisionArg) -> reclag::Precision {
+        match p {
+            PrecisionArg::Exact => reclag::Precision::Exact,
+            PrecisionArg::F32Blocked => reclag::Precision::F32Blocked,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum RouteArg {
     Best,
@@ -332,8 +367,11 @@ Output columns (added after the input columns):
   reclag_is_ood           the dynamics reached the origin
   reclag_attractor        memory index the row converged to, −1 if OOD
 Rows with a null embedding or a NaN/inf component get null outputs.
-A local output is written to a temporary name and renamed when complete; an
-object-store output is a multipart upload published only when complete.
+A local output is written to a temporary name and renamed when complete (through
+a symbolic link to the file it names; a FIFO or device such as /dev/stdout is
+refused: use --output -); temporaries of killed runs are removed by the next run.
+An object-store output is a multipart upload published only when complete. All
+files of --input must have the same columns.
 
 Memory is bounded: rows stream through in batches of 16384 and output row groups
 are closed at 128 MiB, so peak memory does not grow with the input.
@@ -360,6 +398,8 @@ pub struct ScoreArgs {
     pub embedding: String,
     #[command(flatten)]
     pub routing: RoutingArgs,
+    #[arg(long, value_enum, default_value = "exact", value_name = "P", help = PRECISION_HELP)]
+    pub precision: PrecisionArg,
     /// Input columns to copy to the output (default: all).
     #[arg(long, value_delimiter = ',', value_name = "COL,...")]
     pub keep_columns: Option<Vec<String>>,
@@ -395,6 +435,8 @@ pub struct EvalArgs {
     pub embedding: String,
     #[command(flatten)]
     pub routing: RoutingArgs,
+    #[arg(long, value_enum, default_value = "exact", value_name = "P", help = PRECISION_HELP)]
+    pub precision: PrecisionArg,
     /// Comma-separated: he, she, mahalanobis, knn, msp, energy.
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub baselines: Vec<String>,
@@ -553,7 +595,8 @@ pub fn dispatch(cli: Cli, stores: Arc<Stores>, out: &mut dyn Write) -> Result<Ex
             }
         }
         Command::Score(a) => {
-            let model = crate::store::load_model(&stores, &a.model)?;
+            let mut model = crate::store::load_model(&stores, &a.model)?;
+            model.set_precision(a.precision.into());
             let job = ScoreJob {
                 inputs: a.input,
                 output: a.output,
@@ -648,6 +691,8 @@ pub fn dispatch(cli: Cli, stores: Arc<Stores>, out: &mut dyn Write) -> Result<Ex
             let summary = crate::drift::DriftJob::new(spec, stores)
                 .select(select)
                 .dry_run(a.dry_run)
+                .strict(a.strict)
+                .lock_wait(a.lock_wait)
                 .run()?;
             writeln!(out, "{}", summary.json_line()).map_err(io_err)?;
             if summary.drift {
@@ -655,7 +700,8 @@ pub fn dispatch(cli: Cli, stores: Arc<Stores>, out: &mut dyn Write) -> Result<Ex
             }
         }
         Command::Eval(a) => {
-            let model = crate::store::load_model(&stores, &a.model)?;
+            let mut model = crate::store::load_model(&stores, &a.model)?;
+            model.set_precision(a.precision.into());
             let format = a.format;
             let job = eval_job(a, &model, stores)?;
             let rows = crate::eval::run(&model, &job)?;
@@ -692,6 +738,24 @@ pub fn train_job(a: TrainArgs, stores: Arc<Stores>) -> Result<TrainJob> {
         RecipeArg::Whitened => (Recipe::Whitened, TrainParams::default()),
         RecipeArg::Paper => (Recipe::Paper, TrainParams::paper()),
     };
+    // The SFNN settings mean nothing to k-means: say so rather than ignore them.
+    let sfnn: Vec<&str> = [
+        ("--epochs", a.epochs.is_some()),
+        ("--batch-size", a.batch_size.is_some()),
+        ("--lr", a.lr.is_some()),
+        ("--init-norm", a.init_norm.is_some()),
+        ("--init", a.init.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(f, given)| given.then_some(f))
+    .collect();
+    if recipe == Recipe::Whitened && !sfnn.is_empty() {
+        return Err(Error::Usage(format!(
+            "{} set(s) the paper recipe's SFNN training; the whitened recipe (the default) fits its memories by spherical k-means. Add --recipe paper, or drop {}",
+            sfnn.join(", "),
+            if sfnn.len() == 1 { "it" } else { "them" }
+        )));
+    }
     // `auto` with the paper recipe reaches `TrainParams::check`, which refuses it.
     let (beta, beta_auto) = match a.beta.as_deref() {
         None => (defaults.beta, defaults.beta_auto),
@@ -715,13 +779,14 @@ pub fn train_job(a: TrainArgs, stores: Arc<Stores>) -> Result<TrainJob> {
             memories: a.memories.unwrap_or(defaults.memories),
             beta,
             beta_auto,
-            epochs: a.epochs,
-            batch_size: a.batch_size,
-            lr: a.lr,
-            init_norm: a.init_norm,
+            epochs: a.epochs.unwrap_or(defaults.epochs),
+            batch_size: a.batch_size.unwrap_or(defaults.batch_size),
+            lr: a.lr.unwrap_or(defaults.lr),
+            init_norm: a.init_norm.unwrap_or(defaults.init_norm),
             init: match a.init {
-                InitArg::Random => Init::Random,
-                InitArg::KMeansPlusPlus => Init::KMeansPlusPlus,
+                None => defaults.init,
+                Some(InitArg::Random) => Init::Random,
+                Some(InitArg::KMeansPlusPlus) => Init::KMeansPlusPlus,
             },
             normalize: match a.normalize {
                 NormalizeArg::None => Normalize::None,

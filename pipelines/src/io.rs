@@ -664,6 +664,30 @@ pub fn open_all(stores: &Stores, inputs: &[String]) -> Result<Vec<ParquetFile>> 
                     }
                 }
             }
+            // Columns only a later file has would be dropped without a word (the
+            // output schema is the first file's); the check above catches the
+            // other order, so the rule does not depend on which file comes first.
+            let extra: Vec<&str> = f
+                .schema
+                .fields()
+                .iter()
+                .filter(|x| first.schema.field_with_name(x.name()).is_err())
+                .map(|x| x.name().as_str())
+                .collect();
+            if !extra.is_empty() {
+                return Err(Error::Usage(format!(
+                    "{}: column(s) {} are not in {}; all inputs must share one schema \
+                     (score the files separately, or use `reclag sql`, which fills a \
+                     column a file lacks with nulls)",
+                    f.path.display(),
+                    extra
+                        .iter()
+                        .map(|c| format!("'{c}'"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    first.path.display()
+                )));
+            }
         }
     }
     Ok(files)
@@ -680,7 +704,9 @@ pub struct AtomicFile {
 }
 
 impl AtomicFile {
-    /// The temporary file beside `target`, whose directory must exist.
+    /// The temporary file beside `target` (resolved through symbolic links; see
+    /// [`reclag::atomic`]), whose directory must exist. Stale temporaries of the same
+    /// target, left by runs that died, are removed first.
     pub fn create(target: &Path) -> Result<(Self, File)> {
         let dir = target
             .parent()
@@ -692,17 +718,13 @@ impl AtomicFile {
                 dir.display()
             )));
         }
-        let tmp = reclag::format::temp_sibling(target);
-        let f = File::create(&tmp).map_err(|source| Error::Io {
-            context: format!("creating {}", tmp.display()),
-            source,
-        })?;
+        let t = reclag::atomic::create(target)?;
         let out = AtomicFile {
-            tmp,
-            target: target.to_path_buf(),
+            tmp: t.path,
+            target: t.target,
             committed: false,
         };
-        Ok((out, f))
+        Ok((out, t.file))
     }
 
     /// The temporary name, for messages about writing it.

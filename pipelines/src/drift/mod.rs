@@ -8,6 +8,7 @@
 //! bytes for the partition it was in and never duplicates a row.
 
 mod fused;
+pub mod lock;
 pub mod report;
 pub mod spec;
 pub mod stats;
@@ -38,6 +39,10 @@ pub use spec::{DriftSpec, Partitioning};
 /// Exit code of a run that found drift (0: none, 1: error).
 pub const EXIT_DRIFT: u8 = 2;
 pub const STATE_FILE: &str = "_state.json";
+
+/// [`DriftJob::lock_wait`]'s default: long enough for a backfill started beside a
+/// nightly run to queue behind it, short enough that a hung run is noticed.
+pub const DEFAULT_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 /// The score's column in the worst rows.
 const WORST_SCORE: &str = "reclag_score";
 /// Score quantiles kept per partition for the report's histograms (0.5 % steps).
@@ -72,6 +77,8 @@ pub struct DriftJob {
     fault: Option<FaultHook>,
     cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
     fused: bool,
+    strict: bool,
+    lock_wait: std::time::Duration,
 }
 
 /// What a partition contributed, as recorded in the state file and the summary.
@@ -414,6 +421,19 @@ struct Found {
 /// A partition's time window: its layout and index; `None` for a hive partition.
 type Window<'p> = Option<(&'p window::TimeWindows, i64)>;
 
+/// Whether `e` says a file's contents are unusable (not Parquet, corrupt, a column
+/// of another type), which skips its partition, rather than that the store failed
+/// (refused, unreachable), which fails the run so a rerun retries the partition.
+fn unreadable(e: &Error) -> bool {
+    match e {
+        Error::Parquet { source, .. } => {
+            !matches!(source, parquet::errors::ParquetError::External(_))
+        }
+        Error::Arrow { .. } | Error::InFile { .. } | Error::Core(_) => true,
+        Error::Io { .. } | Error::Polars { .. } | Error::Usage(_) => false,
+    }
+}
+
 /// A partition's opened files, or why it is skipped.
 enum Prepared<'p> {
     Ready(Vec<ParquetFile>, Window<'p>),
@@ -452,7 +472,24 @@ impl DriftJob {
             fault: None,
             cancel: None,
             fused: crate::io::fused_scoring(),
+            strict: false,
+            lock_wait: DEFAULT_LOCK_WAIT,
         }
+    }
+
+    /// How long a run waits for another run on the same output to finish before it
+    /// exits naming that run ([`lock`]).
+    pub fn lock_wait(mut self, wait: std::time::Duration) -> Self {
+        self.lock_wait = wait;
+        self
+    }
+
+    /// Makes a partition that would be skipped (no files, a missing column, a file
+    /// that cannot be read) fail the run instead; the partitions before it are still
+    /// published.
+    pub fn strict(mut self, strict: bool) -> Self {
+        self.strict = strict;
+        self
     }
 
     pub fn select(mut self, select: Select) -> Self {
@@ -619,6 +656,16 @@ impl DriftJob {
         let (model, _) = crate::store::load_model_from(&self.stores, &self.spec.model.url)
             .map_err(|e| Error::Usage(format!("model.url: {e}")))?;
         let sha = reclag::format::checksum(&model);
+        // Held from before the state is read until the run ends, so a concurrent run
+        // sees every partition this one records.
+        let _lock = match self.dry_run {
+            true => None,
+            false => Some(lock::RunLock::acquire(
+                &self.out(lock::LOCK_FILE)?,
+                self.lock_wait,
+                &lock::this_run(started),
+            )?),
+        };
         let mut state = self.load_state()?;
         if !state.model_sha256.is_empty() && state.model_sha256 != sha {
             return Err(Error::Usage(format!(
@@ -686,92 +733,113 @@ impl DriftJob {
         summary.partitions.clear();
         let bar = crate::progress::bar(todo.len() as u64, "partitions", "drift");
         // Commits one partition's outputs, in order; `false` once cancelled.
-        let mut commit =
-            |part: &Partition, processed: Processed, state: &mut State| -> Result<bool> {
-                if self
-                    .cancel
-                    .as_ref()
-                    .is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst))
-                {
-                    summary.interrupted = true;
-                    return Ok(false);
-                }
-                let record = match processed {
-                    Processed::Skipped(reason) => {
-                        let r = PartitionRecord {
-                            partition: part.value.clone(),
-                            status: "skipped".into(),
-                            reason: Some(reason),
-                            rows: 0,
-                            ood_rows: 0,
-                            ood_rate: 0.0,
-                            expected_rate: 0.0,
-                            p_value: 1.0,
-                            drift: false,
-                            drift_groups: vec![],
-                            score_quantiles: vec![],
-                            groups: vec![],
-                            worst: vec![],
-                        };
-                        summary.skipped.push((&r).into());
-                        r
-                    }
-                    Processed::Done {
-                        record,
-                        metrics,
-                        worst,
-                    } => {
-                        let name = format!("part-{}.parquet", file_safe(&part.value));
-                        self.out(&format!("metrics/{name}"))?
-                            .put(parquet_bytes(&metrics)?)?;
-                        self.checkpoint(&format!("metrics:{}", part.value))?;
-                        if let Some(w) = worst {
-                            self.out(&format!("worst/{name}"))?
-                                .put(parquet_bytes(&w)?)?;
-                        }
-                        self.checkpoint(&format!("worst:{}", part.value))?;
-                        if record.drift {
-                            summary.drifted.push(record.as_ref().into());
-                        }
-                        *record
-                    }
-                };
-                summary.partitions.push(part.value.clone());
-                state.partitions.insert(part.value.clone(), record);
-                self.save_state(state)?;
-                self.checkpoint(&format!("state:{}", part.value))?;
-                bar.inc(1);
-                Ok(true)
-            };
-        let routing = self.routing();
-        for chunk in todo.chunks(CHAINED_PARTITIONS) {
-            // A partition that was skipped or failed to open is read as no files; its
-            // verdict (or error) is committed in its turn, after the ones before it.
-            let mut reads = Vec::with_capacity(chunk.len());
-            let mut not_read: Vec<Option<Result<Processed>>> = Vec::with_capacity(chunk.len());
-            for part in chunk {
-                let (files, window, verdict) = match self.prepare(&model, part) {
-                    Ok(Prepared::Ready(files, window)) => (files, window, None),
-                    Ok(Prepared::Skipped(reason)) => {
-                        (vec![], None, Some(Ok(Processed::Skipped(reason))))
-                    }
-                    Err(e) => (vec![], None, Some(Err(e))),
-                };
-                reads.push((files, window));
-                not_read.push(verdict);
+        let mut commit = |part: &Partition,
+                          processed: Processed,
+                          state: &mut State|
+         -> Result<bool> {
+            if self
+                .cancel
+                .as_ref()
+                .is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst))
+            {
+                summary.interrupted = true;
+                return Ok(false);
             }
-            let files_in: Vec<usize> = reads.iter().map(|(f, _)| f.len()).collect();
-            let mut go_on = true;
-            self.accumulate(&model, &routing, reads, self.spec.report.top_k, |i, g| {
-                let processed = match not_read[i].take() {
-                    Some(verdict) => verdict?,
-                    None => self.conclude(&model, chunk[i], &state, files_in[i], g)?,
-                };
-                go_on = commit(chunk[i], processed, &mut state)?;
-                Ok(go_on)
-            })?;
-            if !go_on {
-                break;
+            let record = match processed {
+                Processed::Skipped(reason) if self.strict => {
+                    return Err(Error::Usage(format!(
+                        "partition {}: {reason} (--strict: a partition that would be skipped fails the run; the partitions before it are published)",
+                        part.value
+                    )));
+                }
+                Processed::Skipped(reason) => {
+                    let r = PartitionRecord {
+                        partition: part.value.clone(),
+                        status: "skipped".into(),
+                        reason: Some(reason),
+                        rows: 0,
+                        ood_rows: 0,
+                        ood_rate: 0.0,
+                        expected_rate: 0.0,
+                        p_value: 1.0,
+                        drift: false,
+                        drift_groups: vec![],
+                        score_quantiles: vec![],
+                        groups: vec![],
+                        worst: vec![],
+                    };
+                    summary.skipped.push((&r).into());
+                    r
+                }
+                Processed::Done {
+                    record,
+                    metrics,
+                    worst,
+                } => {
+                    let name = format!("part-{}.parquet", file_safe(&part.value));
+                    self.out(&format!("metrics/{name}"))?
+                        .put(parquet_bytes(&metrics)?)?;
+                    self.checkpoint(&format!("metrics:{}", part.value))?;
+                    if let Some(w) = worst {
+                        self.out(&format!("worst/{name}"))?
+                            .put(parquet_bytes(&w)?)?;
+                    }
+                    self.checkpoint(&format!("worst:{}", part.value))?;
+                    if record.drift {
+                        summary.drifted.push(record.as_ref().into());
+                    }
+                    *record
+                }
+            };
+            summary.partitions.push(part.value.clone());
+            state.partitions.insert(part.value.clone(), record);
+            self.save_state(state)?;
+            self.checkpoint(&format!("state:{}", part.value))?;
+            bar.inc(1);
+            Ok(true)
+        };
+        let routing = self.routing();
+        'chunks: for chunk in todo.chunks(CHAINED_PARTITIONS) {
+            let mut rest: &[&Partition] = chunk;
+            while !rest.is_empty() {
+                // A partition that was skipped or failed to open is read as no files;
+                // its verdict (or error) is committed in its turn, after the ones
+                // before it.
+                let mut reads = Vec::with_capacity(rest.len());
+                let mut not_read: Vec<Option<Result<Processed>>> = Vec::with_capacity(rest.len());
+                for part in rest {
+                    let (files, window, verdict) = match self.prepare(&model, part) {
+                        Ok(Prepared::Ready(files, window)) => (files, window, None),
+                        Ok(Prepared::Skipped(reason)) => {
+                            (vec![], None, Some(Ok(Processed::Skipped(reason))))
+                        }
+                        Err(e) => (vec![], None, Some(Err(e))),
+                    };
+                    reads.push((files, window));
+                    not_read.push(verdict);
+                }
+                let files_in: Vec<usize> = reads.iter().map(|(f, _)| f.len()).collect();
+                let mut go_on = true;
+                let unreadable =
+                    self.accumulate(&model, &routing, reads, self.spec.report.top_k, |i, g| {
+                        let processed = match not_read[i].take() {
+                            Some(verdict) => verdict?,
+                            None => self.conclude(&model, rest[i], &state, files_in[i], g)?,
+                        };
+                        go_on = commit(rest[i], processed, &mut state)?;
+                        Ok(go_on)
+                    })?;
+                if !go_on {
+                    break 'chunks;
+                }
+                // The partitions before the unreadable one are committed; it is
+                // skipped with the reason, and the chain restarts after it.
+                let Some((p, e)) = unreadable else { break };
+                let reason = format!("could not be read: {e}");
+                if !commit(rest[p], Processed::Skipped(reason), &mut state)? {
+                    break 'chunks;
+                }
+                rest = &rest[p + 1..];
             }
         }
         bar.finish_and_clear();
@@ -850,7 +918,7 @@ impl DriftJob {
         parts: Vec<(Vec<ParquetFile>, Window<'_>)>,
         top_k: usize,
         mut each: impl FnMut(usize, Gathered) -> Result<bool>,
-    ) -> Result<()> {
+    ) -> Result<Option<(usize, Error)>> {
         let k = model.groups().len();
         let fresh = || Gathered {
             whole: Acc::default(),
@@ -908,11 +976,15 @@ impl DriftJob {
                 let p = part_of[fi];
                 while cur < p {
                     if !each(cur, std::mem::replace(&mut g, fresh()))? {
-                        return Ok(());
+                        return Ok(None);
                     }
                     cur += 1;
                 }
-                let batch = item?;
+                let batch = match item {
+                    Ok(b) => b,
+                    Err(e) if unreadable(&e) => return Ok(Some((p, e))),
+                    Err(e) => return Err(e),
+                };
                 if fi != file {
                     (file, base) = (fi, 0);
                 }
@@ -943,7 +1015,7 @@ impl DriftJob {
                     }
                     Some(fused::Part::Rows) | None => {}
                 }
-                let g = crate::score::score_batch(
+                let g = match crate::score::score_batch(
                     model,
                     &batch,
                     &self.spec.source.embedding,
@@ -952,7 +1024,12 @@ impl DriftJob {
                     &paths[fi],
                     &mut out,
                 )
-                .map_err(|e| crate::score::offset_rows(e, base as usize))?;
+                .map_err(|e| crate::score::offset_rows(e, base as usize))
+                {
+                    Ok(g) => g,
+                    Err(e) if unreadable(&e) => return Ok(Some((p, e))),
+                    Err(e) => return Err(e),
+                };
                 // A time window takes the rows whose timestamp falls in it. The whole
                 // batch is scored first, so an error names the row in its file.
                 let mask = match window {
@@ -982,11 +1059,11 @@ impl DriftJob {
             }
             while cur < windows.len() {
                 if !each(cur, std::mem::replace(&mut g, fresh()))? {
-                    return Ok(());
+                    return Ok(None);
                 }
                 cur += 1;
             }
-            Ok(())
+            Ok(None)
         })
     }
 
@@ -1030,7 +1107,13 @@ impl DriftJob {
         let routing = self.routing();
         let mut opened = Vec::with_capacity(files.len());
         for (loc, rgs) in &files {
-            let mut file = ParquetFile::open(loc)?;
+            let mut file = match ParquetFile::open(loc) {
+                Ok(f) => f,
+                Err(e) if unreadable(&e) => {
+                    return Ok(Prepared::Skipped(format!("could not be read: {e}")));
+                }
+                Err(e) => return Err(e),
+            };
             if let Some(rgs) = rgs {
                 file = file.with_row_groups(rgs.clone());
             }
