@@ -539,6 +539,24 @@ fn drift_over_an_s3_lake() {
             .unwrap()
             .is_some()
     );
+    // The run deleted its lock object; one left by another run (here: put by hand)
+    // is honoured through S3's conditional create, and its holder named.
+    let lock = stores.locate("s3://lake/drift-out/_lock").unwrap();
+    assert!(
+        lock.head().unwrap().is_none(),
+        "the lock object outlived its run"
+    );
+    lock.put("pid 7 on another-host".into()).unwrap();
+    let held = DriftJob::new(spec.clone(), stores.clone())
+        .lock_wait(std::time::Duration::ZERO)
+        .run()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        held.contains("another drift run holds this output (pid 7 on another-host)"),
+        "{held}"
+    );
+    assert_eq!(lock.get().unwrap(), "pid 7 on another-host".as_bytes());
 }
 
 /// A one-thread HTTP server on loopback that answers each request with the next
