@@ -24,14 +24,16 @@ const TMP_MARK: &str = ".tmp-";
 /// Symbolic links followed before giving up (Linux's own limit).
 const MAX_LINKS: usize = 40;
 
-/// A temporary sibling of an output, created and locked; see the module docs.
+/// An output being written under its temporary sibling name; see the module docs.
+/// [`Temp::commit`] renames it into place. Dropped uncommitted (an error, a panic,
+/// Ctrl-C unwinding), it removes the temporary file, so a reader never sees a partial
+/// output and a rerun starts clean. Every local output goes through it.
 pub struct Temp {
     /// Where the rename lands: the target with its symbolic links resolved.
-    pub target: PathBuf,
+    target: PathBuf,
     /// The temporary file's path.
-    pub path: PathBuf,
-    /// Open for writing, exclusively locked until dropped.
-    pub file: File,
+    tmp: PathBuf,
+    committed: bool,
 }
 
 /// Resolves `target` through symbolic links (dangling ones included: the file the
@@ -117,7 +119,7 @@ fn special_kind(meta: &std::fs::Metadata) -> &'static str {
 
 /// The hidden temporary name of `target`'s output in this process: same directory
 /// (so the rename is atomic), unique per process.
-pub fn temp_sibling(target: &Path) -> PathBuf {
+fn temp_sibling(target: &Path) -> PathBuf {
     let (dir, name) = dir_and_name(target);
     dir.join(format!(".{name}{TMP_MARK}{}", std::process::id()))
 }
@@ -134,20 +136,68 @@ fn dir_and_name(target: &Path) -> (&Path, String) {
     (dir, name)
 }
 
-/// Resolves `target` ([`resolve_target`]), removes stale temporaries of it left by
-/// writers that died, and creates and locks this process's temporary.
-pub fn create(target: &Path) -> Result<Temp> {
-    let target = resolve_target(target)?;
-    remove_stale(&target);
-    let path = temp_sibling(&target);
-    let file = File::create(&path).map_err(|source| Error::Io {
-        context: format!("creating {}", path.display()),
-        source,
-    })?;
-    // A filesystem without locks (some network mounts) still gets its output; its
-    // temporaries are then only removed by the run that made them.
-    let _ = file.try_lock();
-    Ok(Temp { target, path, file })
+impl Temp {
+    /// Resolves `target` ([`resolve_target`]), whose directory must exist, removes
+    /// stale temporaries of it left by writers that died, and creates this process's
+    /// temporary, returned open for writing and exclusively locked until closed.
+    pub fn create(target: &Path) -> Result<(Temp, File)> {
+        let (dir, _) = dir_and_name(target);
+        if !dir.is_dir() {
+            return Err(Error::Output(format!(
+                "output directory {} does not exist; create it first",
+                dir.display()
+            )));
+        }
+        let target = resolve_target(target)?;
+        remove_stale(&target);
+        let tmp = temp_sibling(&target);
+        let file = File::create(&tmp).map_err(|source| Error::Io {
+            context: format!("creating {}", tmp.display()),
+            source,
+        })?;
+        // A filesystem without locks (some network mounts) still gets its output; its
+        // temporaries are then only removed by the run that made them.
+        let _ = file.try_lock();
+        let t = Temp {
+            target,
+            tmp,
+            committed: false,
+        };
+        Ok((t, file))
+    }
+
+    /// The temporary name, for messages about writing it.
+    pub fn tmp(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Syncs `file` (the one `create` returned, fully written) and renames it into
+    /// place: on disk before the rename, so a crash never leaves the target's name on
+    /// a partial file.
+    pub fn commit(mut self, file: &File) -> Result<()> {
+        file.sync_all().map_err(|source| Error::Io {
+            context: format!("syncing {}", self.tmp.display()),
+            source,
+        })?;
+        std::fs::rename(&self.tmp, &self.target).map_err(|source| Error::Io {
+            context: format!(
+                "renaming {} to {}",
+                self.tmp.display(),
+                self.target.display()
+            ),
+            source,
+        })?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Temp {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 /// Removes `.NAME.tmp-PID` siblings of `target` that no live writer holds. A writer
@@ -191,11 +241,11 @@ mod tests {
         held.lock().unwrap();
         let other = dir.path().join(".other.parquet.tmp-3");
         std::fs::write(&other, b"x").unwrap();
-        let t = create(&target).unwrap();
+        let (t, _file) = Temp::create(&target).unwrap();
         assert!(!stale.exists(), "a temporary nobody holds is removed");
         assert!(live.exists(), "a locked temporary belongs to a live writer");
         assert!(other.exists(), "another output's temporary is not ours");
-        assert!(t.path.exists());
+        assert!(t.tmp().exists());
     }
 
     #[cfg(unix)]

@@ -244,35 +244,17 @@ pub fn save(model: &Model, path: &Path) -> Result<()> {
     write_atomic(path, &bytes)
 }
 
-pub use crate::atomic::temp_sibling;
-
 /// Writes `bytes` to `path` through a temporary sibling and a rename (see
 /// [`crate::atomic`]), so readers never see a half-written file and a crash leaves the
 /// old file intact.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    let io = |context: String| move |source| Error::Io { context, source };
-    let mut t = crate::atomic::create(path)?;
-    let written = t
-        .file
-        .write_all(bytes)
-        .map_err(io(format!("writing {}", t.path.display())))
-        .and_then(|()| {
-            t.file
-                .sync_all()
-                .map_err(io(format!("syncing {}", t.path.display())))
-        })
-        .and_then(|()| {
-            std::fs::rename(&t.path, &t.target).map_err(io(format!(
-                "renaming {} to {}",
-                t.path.display(),
-                t.target.display()
-            )))
-        });
-    if written.is_err() {
-        let _ = std::fs::remove_file(&t.path);
-    }
-    written
+    let (t, mut f) = crate::atomic::Temp::create(path)?;
+    f.write_all(bytes).map_err(|source| Error::Io {
+        context: format!("writing {}", t.tmp().display()),
+        source,
+    })?;
+    t.commit(&f)
 }
 
 /// Loads a model file from disk, verifying version and checksum.

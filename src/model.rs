@@ -170,16 +170,6 @@ impl Precision {
             Precision::F32Blocked => "f32-blocked",
         }
     }
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "exact" => Ok(Precision::Exact),
-            "f32-blocked" => Ok(Precision::F32Blocked),
-            o => Err(Error::param(
-                "precision",
-                format!("expected one of exact, f32-blocked; found '{o}'"),
-            )),
-        }
-    }
 }
 
 /// Where a row without a group value is scored (§4, §10).

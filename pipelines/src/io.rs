@@ -693,73 +693,8 @@ pub fn open_all(stores: &Stores, inputs: &[String]) -> Result<Vec<ParquetFile>> 
     Ok(files)
 }
 
-/// An output file written under a temporary sibling name and renamed into place by
-/// [`AtomicFile::commit`]. Dropped uncommitted (an error, a panic, Ctrl-C unwinding),
-/// it removes the temporary file, so a reader never sees a partial output and a rerun
-/// after a crash starts clean. Every local output goes through it.
-pub struct AtomicFile {
-    tmp: PathBuf,
-    target: PathBuf,
-    committed: bool,
-}
-
-impl AtomicFile {
-    /// The temporary file beside `target` (resolved through symbolic links; see
-    /// [`reclag::atomic`]), whose directory must exist. Stale temporaries of the same
-    /// target, left by runs that died, are removed first.
-    pub fn create(target: &Path) -> Result<(Self, File)> {
-        let dir = target
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        if !dir.is_dir() {
-            return Err(Error::Usage(format!(
-                "output directory {} does not exist; create it first",
-                dir.display()
-            )));
-        }
-        let t = reclag::atomic::create(target)?;
-        let out = AtomicFile {
-            tmp: t.path,
-            target: t.target,
-            committed: false,
-        };
-        Ok((out, t.file))
-    }
-
-    /// The temporary name, for messages about writing it.
-    pub fn tmp(&self) -> &Path {
-        &self.tmp
-    }
-
-    /// Syncs `file` (the one `create` returned, fully written) and renames it into
-    /// place: on disk before the rename, so a crash never leaves the target's name on
-    /// a partial file.
-    pub fn commit(mut self, file: &File) -> Result<()> {
-        file.sync_all().map_err(|source| Error::Io {
-            context: format!("syncing {}", self.tmp.display()),
-            source,
-        })?;
-        std::fs::rename(&self.tmp, &self.target).map_err(|source| Error::Io {
-            context: format!(
-                "renaming {} to {}",
-                self.tmp.display(),
-                self.target.display()
-            ),
-            source,
-        })?;
-        self.committed = true;
-        Ok(())
-    }
-}
-
-impl Drop for AtomicFile {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
-    }
-}
+/// Every local output is written through it: see [`reclag::atomic`].
+pub use reclag::atomic::Temp as AtomicFile;
 
 /// A Parquet file written through an [`AtomicFile`].
 pub struct AtomicParquet {
@@ -772,7 +707,7 @@ impl AtomicParquet {
         let (out, f) = AtomicFile::create(target)?;
         let writer = ArrowWriter::try_new(f, schema, Some(writer_props())).map_err(|source| {
             Error::Parquet {
-                path: out.tmp.clone(),
+                path: out.tmp().to_path_buf(),
                 source,
             }
         })?;
@@ -782,7 +717,7 @@ impl AtomicParquet {
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         let w = &mut self.writer;
         let e = |source| Error::Parquet {
-            path: self.out.tmp.clone(),
+            path: self.out.tmp().to_path_buf(),
             source,
         };
         let closed = w.flushed_row_groups().len();
@@ -798,10 +733,10 @@ impl AtomicParquet {
 
     pub fn finish(self) -> Result<()> {
         let f = self.writer.into_inner().map_err(|source| Error::Parquet {
-            path: self.out.tmp.clone(),
+            path: self.out.tmp().to_path_buf(),
             source,
         })?;
-        self.out.commit(&f)
+        Ok(self.out.commit(&f)?)
     }
 }
 

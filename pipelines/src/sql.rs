@@ -301,11 +301,11 @@ impl Sink {
     fn finish(self) -> Result<()> {
         match self {
             Sink::Parquet(w) => w.finish(),
-            Sink::Csv(w, out) => out.commit(&w.into_inner()),
+            Sink::Csv(w, out) => Ok(out.commit(&w.into_inner())?),
             Sink::Json(mut w, out) => {
                 w.finish()
                     .map_err(|e| Error::Usage(format!("writing the result: {e}")))?;
-                out.commit(&w.into_inner())
+                Ok(out.commit(&w.into_inner())?)
             }
         }
     }

@@ -799,48 +799,50 @@ impl DriftJob {
             Ok(true)
         };
         let routing = self.routing();
-        'chunks: for chunk in todo.chunks(CHAINED_PARTITIONS) {
-            let mut rest: &[&Partition] = chunk;
-            while !rest.is_empty() {
-                // A partition that was skipped or failed to open is read as no files;
-                // its verdict (or error) is committed in its turn, after the ones
-                // before it.
-                let mut reads = Vec::with_capacity(rest.len());
-                let mut not_read: Vec<Option<Result<Processed>>> = Vec::with_capacity(rest.len());
-                for part in rest {
-                    let (files, window, verdict) = match self.prepare(&model, part) {
-                        Ok(Prepared::Ready(files, window)) => (files, window, None),
-                        Ok(Prepared::Skipped(reason)) => {
-                            (vec![], None, Some(Ok(Processed::Skipped(reason))))
-                        }
-                        Err(e) => (vec![], None, Some(Err(e))),
-                    };
-                    reads.push((files, window));
-                    not_read.push(verdict);
-                }
-                let files_in: Vec<usize> = reads.iter().map(|(f, _)| f.len()).collect();
-                let mut go_on = true;
-                let unreadable =
-                    self.accumulate(&model, &routing, reads, self.spec.report.top_k, |i, g| {
-                        let processed = match not_read[i].take() {
-                            Some(verdict) => verdict?,
-                            None => self.conclude(&model, rest[i], &state, files_in[i], g)?,
-                        };
-                        go_on = commit(rest[i], processed, &mut state)?;
-                        Ok(go_on)
-                    })?;
-                if !go_on {
-                    break 'chunks;
-                }
-                // The partitions before the unreadable one are committed; it is
-                // skipped with the reason, and the chain restarts after it.
-                let Some((p, e)) = unreadable else { break };
-                let reason = format!("could not be read: {e}");
-                if !commit(rest[p], Processed::Skipped(reason), &mut state)? {
-                    break 'chunks;
-                }
-                rest = &rest[p + 1..];
+        let mut rest: &[&Partition] = &todo;
+        while !rest.is_empty() {
+            let chain = &rest[..rest.len().min(CHAINED_PARTITIONS)];
+            // A partition that was skipped or failed to open is read as no files; its
+            // verdict (or error) is committed in its turn, after the ones before it.
+            let mut reads = Vec::with_capacity(chain.len());
+            let mut not_read: Vec<Option<Result<Processed>>> = Vec::with_capacity(chain.len());
+            for part in chain {
+                let (files, window, verdict) = match self.prepare(&model, part) {
+                    Ok(Prepared::Ready(files, window)) => (files, window, None),
+                    Ok(Prepared::Skipped(reason)) => {
+                        (vec![], None, Some(Ok(Processed::Skipped(reason))))
+                    }
+                    Err(e) => (vec![], None, Some(Err(e))),
+                };
+                reads.push((files, window));
+                not_read.push(verdict);
             }
+            let files_in: Vec<usize> = reads.iter().map(|(f, _)| f.len()).collect();
+            let mut go_on = true;
+            let unreadable =
+                self.accumulate(&model, &routing, reads, self.spec.report.top_k, |i, g| {
+                    let processed = match not_read[i].take() {
+                        Some(verdict) => verdict?,
+                        None => self.conclude(&model, chain[i], &state, files_in[i], g)?,
+                    };
+                    go_on = commit(chain[i], processed, &mut state)?;
+                    Ok(go_on)
+                })?;
+            if !go_on {
+                break;
+            }
+            rest = match unreadable {
+                None => &rest[chain.len()..],
+                // The partitions before the unreadable one are committed; it is
+                // skipped with the reason, and the next chain starts after it.
+                Some((p, e)) => {
+                    let reason = format!("could not be read: {e}");
+                    if !commit(chain[p], Processed::Skipped(reason), &mut state)? {
+                        break;
+                    }
+                    &rest[p + 1..]
+                }
+            };
         }
         bar.finish_and_clear();
         let html = report::render(&self.spec, &state);
