@@ -381,7 +381,7 @@ def write_benchmarks(res):
                 f"Targets: `reclag score` at {t[best] / s:.2f}× the best peer ({best}) "
                 f"({'met' if t[best] / s >= 3 else 'NOT met'}: ≥ 3×); at {floor / s * 100:.0f} % of the rows/s of "
                 f"decoding what it decodes ({'met' if floor / s >= 0.7 else 'NOT met'}: ≥ 70 %; "
-                f"{arrow / s * 100:.0f} % of decoding to Arrow arrays, the earlier runs' measure); "
+                f"{arrow / s * 100:.0f} % of decoding to Arrow arrays); "
                 f"peak RSS {rss['reclag score']:.0f} MiB "
                 f"({'met' if rss['reclag score'] <= 1024 else 'NOT met'}: ≤ 1 GiB)."
             )
