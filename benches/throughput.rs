@@ -14,16 +14,26 @@
 //!   and SQL's OOD count over it as a hive table, against `reclag score` over the
 //!   same files;
 //! - **memory**: peak RSS of `reclag score --input - --output -` streaming 1M and 10M
-//!   generated rows (no disk), each in a fresh process.
+//!   generated rows (no disk), each in a fresh process;
+//! - **stores**: `reclag score` store → store from moto (S3) and Azurite on loopback, against local disk → local disk, with the requests made
+//!   (counted by a pass-through proxy in a separate run). Skipped, with the reason,
+//!   where a server is not installed (see the README), or with
+//!   `RECLAG_BENCH_STORES=0`.
 //!
 //!     cargo bench --bench throughput
 //!
+//! `RECLAG_BENCH_ONLY=stores` runs the stores section alone.
 //! `RECLAG_BENCH_ROWS` sets the Parquet table size (default 1M × 512, K = 10, M = 16;
 //! the file is generated once under `target/bench-data/`); `RECLAG_BENCH_RSS_ROWS` the
 //! streamed sizes (default `1000000,10000000`); `RECLAG_BENCH_RUNS` the repeats.
 
 #[path = "fixture.rs"]
 mod fixture;
+
+/// The servers the object-store tests run against, reused here.
+#[path = "../tests/emulators.rs"]
+#[allow(dead_code)]
+mod emulators;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -365,6 +375,10 @@ fn main() {
     let runs = env_usize("RECLAG_BENCH_RUNS", 3);
     let path = table(n);
     let out = dir.join("scored.parquet");
+    if std::env::var("RECLAG_BENCH_ONLY").is_ok_and(|v| v == "stores") {
+        stores_section(&model, &path, n, runs, &out);
+        return;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -495,6 +509,10 @@ fn main() {
         ls / lq
     );
 
+    if std::env::var("RECLAG_BENCH_STORES").map_or(true, |v| v != "0") {
+        stores_section(&model, &path, n, runs, &out);
+    }
+
     let sizes: Vec<usize> = std::env::var("RECLAG_BENCH_RSS_ROWS")
         .unwrap_or_else(|_| "1000000,10000000".into())
         .split(',')
@@ -522,6 +540,89 @@ fn main() {
             (rows * D * 4) as f64 / (1u64 << 30) as f64,
             rows as f64 / secs,
             kb / 1024.0
+        );
+    }
+}
+
+/// `reclag score` keeping `id` from each emulator to itself, against the same from
+/// local disk to local disk in the same run.
+fn stores_section(model: &reclag::Model, table: &Path, n: usize, runs: usize, out: &Path) {
+    use emulators::{Emulator, FaultProxy, Kind};
+    println!("\n# reclag score store → store, {n} × {D} (keep id), against local disk");
+    println!("| store | local s | store s | store / local | requests per run |");
+    println!("|---|---|---|---|---|");
+    let job = |input: String, output: String, env: StoreEnv| ScoreJob {
+        inputs: vec![input],
+        output,
+        embedding: "embedding".into(),
+        routing: Routing::from_flags(Some("label".into()), None).unwrap(),
+        keep_columns: Some(vec!["id".into()]),
+        stores: Arc::new(Stores::new(env)),
+        decode_only: None,
+    };
+    let bytes = bytes::Bytes::from(std::fs::read(table).unwrap());
+    for kind in [Kind::S3, Kind::Azure] {
+        let Some(emu) = Emulator::start(kind) else {
+            println!("| {kind:?} | skipped: not installed | | | |");
+            continue;
+        };
+        emu.bucket("bench");
+        let stores = Stores::new(emu.env());
+        let input = emu.url("bench/emb.parquet");
+        let put = |url: &str, b: bytes::Bytes| {
+            let loc = stores.locate(url).unwrap();
+            reclag_pipelines::store::block_on(async {
+                use parquet::arrow::async_writer::AsyncFileWriter;
+                let mut up =
+                    reclag_pipelines::upload::Upload::new(loc.store.clone(), loc.key.clone());
+                for part in b.chunks(8 << 20) {
+                    up.write(b.slice_ref(part)).await.unwrap();
+                }
+                up.complete().await.unwrap();
+            });
+        };
+        put(&input, bytes.clone());
+        let (mut t_local, mut t_store) = (vec![], vec![]);
+        for _ in 0..runs {
+            let t0 = Instant::now();
+            let local = reclag_pipelines::score::run(
+                model,
+                &job(
+                    table.display().to_string(),
+                    out.display().to_string(),
+                    StoreEnv::default(),
+                ),
+            )
+            .unwrap();
+            t_local.push(t0.elapsed().as_secs_f64());
+            let t0 = Instant::now();
+            let remote = reclag_pipelines::score::run(
+                model,
+                &job(input.clone(), emu.url("bench/scored.parquet"), emu.env()),
+            )
+            .unwrap();
+            t_store.push(t0.elapsed().as_secs_f64());
+            assert_eq!(
+                local.ood_rows, remote.ood_rows,
+                "{kind:?}: the store run disagrees"
+            );
+        }
+        let proxy = FaultProxy::start(&emu, vec![]);
+        reclag_pipelines::score::run(
+            model,
+            &job(
+                input.clone(),
+                emu.url("bench/counted.parquet"),
+                proxy.env(&emu, &[]),
+            ),
+        )
+        .unwrap();
+        let requests = proxy.requests.lock().unwrap().len();
+        let (l, r) = (median(t_local), median(t_store));
+        println!(
+            "| {} ({kind:?}) | {l:.2} | {r:.2} | {:.1}× | {requests} |",
+            emu.url("bench/"),
+            r / l
         );
     }
 }

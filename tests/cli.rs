@@ -1294,3 +1294,120 @@ fn inputs_with_different_columns_fail_naming_file_and_column() {
         }
     }
 }
+
+/// A Parquet file of `rows` random `d`-wide embeddings and a `label` in 0..4, written
+/// as ONE row group (what pyarrow does below 1M rows), plain and uncompressed.
+fn write_one_row_group(path: &Path, rows: usize, d: usize, seed: u64) {
+    use arrow_array::{FixedSizeListArray, Float32Array, RecordBatch};
+    let mut rng = reclag::rng::Rng::new(seed);
+    let values: Vec<f32> = (0..rows * d).map(|_| rng.next_f64() as f32 - 0.5).collect();
+    let item = Arc::new(arrow_schema::Field::new(
+        "item",
+        arrow_schema::DataType::Float32,
+        false,
+    ));
+    let emb = FixedSizeListArray::new(item, d as i32, Arc::new(Float32Array::from(values)), None);
+    let label = Int64Array::from_iter_values((0..rows as i64).map(|i| i % 4));
+    let batch = RecordBatch::try_from_iter([
+        ("embedding", Arc::new(emb) as ArrayRef),
+        ("label", Arc::new(label) as ArrayRef),
+    ])
+    .unwrap();
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_max_row_group_row_count(Some(rows))
+        .set_dictionary_enabled(false)
+        .build();
+    let f = std::fs::File::create(path).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(f, batch.schema(), Some(props)).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+/// Runs the CLI with `args` in a child process and returns its peak resident set size
+/// in MiB (the child's VmHWM, which it prints as it exits), failing the test if the
+/// run failed.
+fn peak_rss_mib(args: &[&str]) -> f64 {
+    let argv: Vec<String> = std::iter::once("reclag")
+        .chain(args.iter().copied())
+        .map(String::from)
+        .collect();
+    let out = crate::drift::cli_child(&serde_json::Value::from(argv))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{args:?} failed: {err}");
+    let kb: f64 = err
+        .lines()
+        .find_map(|l| l.strip_prefix("peak_rss_kb="))
+        .unwrap_or_else(|| panic!("the child printed no peak: {err}"))
+        .parse()
+        .unwrap();
+    kb / 1024.0
+}
+
+/// `reclag score` keeping every column of 2048-d rows stored as one row group per file
+/// (as pyarrow writes them): peak memory must not follow the input's length. Four times
+/// the rows (128 MiB against 512 MiB of embeddings) may cost at most 128 MiB more; when
+/// the fast reader held the whole row group, it cost about twice the extra input.
+#[test]
+fn score_memory_does_not_grow_with_the_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = 2048;
+    let train = tmp.path().join("train.parquet");
+    write_one_row_group(&train, 1000, d, 1);
+    let model = tmp.path().join("model.parquet");
+    cli_ok(&[
+        "train",
+        "--input",
+        &s(&train),
+        "--label",
+        "label",
+        "--output",
+        &s(&model),
+        "--recipe",
+        "paper",
+        "--epochs",
+        "2",
+    ]);
+    let mut peaks = vec![];
+    for rows in [16 * 1024, 64 * 1024] {
+        let input = tmp.path().join(format!("in-{rows}.parquet"));
+        write_one_row_group(&input, rows, d, 2);
+        let out = tmp.path().join(format!("out-{rows}.parquet"));
+        let peak = peak_rss_mib(&[
+            "score",
+            "--model",
+            &s(&model),
+            "--input",
+            &s(&input),
+            "--output",
+            &s(&out),
+            "--group",
+            "label",
+        ]);
+        // Every row and every input column came through.
+        let meta = crate::common::metadata(&out);
+        assert_eq!(meta.file_metadata().num_rows(), rows as i64);
+        assert!(
+            meta.file_metadata()
+                .schema_descr()
+                .root_schema()
+                .get_fields()
+                .len()
+                >= 7
+        );
+        std::fs::remove_file(&input).unwrap();
+        std::fs::remove_file(&out).unwrap();
+        peaks.push(peak);
+    }
+    eprintln!(
+        "peak RSS: {:.0} MiB at 16k rows, {:.0} MiB at 64k rows",
+        peaks[0], peaks[1]
+    );
+    assert!(
+        peaks[1] < peaks[0] + 128.0,
+        "peak RSS grew with the input: {:.0} MiB at 16k rows, {:.0} MiB at 64k rows",
+        peaks[0],
+        peaks[1]
+    );
+}

@@ -12,6 +12,7 @@ use reclag_pipelines::drift::{DriftJob, DriftSpec, Select};
 use reclag_pipelines::store::{StoreEnv, Stores};
 
 use crate::common::{cli_ok, read_parquet, shared, train_model};
+use crate::emulators::{Emulator, Fault, FaultProxy, Kind, Rule};
 
 pub const DRIFTED: [&str; 2] = ["2026-11-07", "2026-11-09"];
 
@@ -67,11 +68,10 @@ pub fn lake_batches(dir: &Path) -> Vec<(String, RecordBatch)> {
 
 /// The minimal spec, plus a `[reference]` of held-out ID rows.
 pub fn spec_text(lake: &str, model: &str, out: &str) -> String {
-    let reference = Path::new(model).with_file_name("reference.parquet");
-    let reference = if model.starts_with("s3://") {
-        "s3://lake/reference.parquet".to_string()
-    } else {
-        s(&reference)
+    // Beside the model, in the store or on disk.
+    let reference = match model.split_once("://") {
+        Some((scheme, _)) => format!("{scheme}://lake/reference.parquet"),
+        None => s(&Path::new(model).with_file_name("reference.parquet")),
     };
     format!(
         "{}\n[reference]\nurl = \"{reference}\"\n",
@@ -466,32 +466,44 @@ fn drift_bad_specs_and_odd_partitions_are_explained() {
 /// The same lake on the real S3-compatible server: lake, model and outputs in S3.
 #[test]
 fn drift_over_an_s3_lake() {
+    drift_over_a_store_lake(Kind::S3);
+}
+
+#[test]
+fn drift_over_an_azure_lake() {
+    drift_over_a_store_lake(Kind::Azure);
+}
+
+/// A drift job whose lake, model, output and state all live in the store: the drifted
+/// days found, a rerun adds nothing, and the run's lock is a conditional create there.
+fn drift_over_a_store_lake(kind: Kind) {
     let Some(dir) = shared("data/image_fmnist") else {
         return;
     };
-    let Some(moto) = crate::s3::Moto::start() else {
+    let Some(emu) = Emulator::start(kind) else {
         return;
     };
-    moto.bucket("lake");
-    let stores = Arc::new(Stores::new(moto.env()));
+    emu.bucket("lake");
+    let u = |rest: &str| emu.url(rest);
+    let stores = Arc::new(Stores::new(emu.env()));
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("m.parquet");
     train(&dir, &model);
     let put = |url: &str, bytes: Vec<u8>| {
         stores.locate(url).unwrap().put(bytes.into()).unwrap();
     };
-    put("s3://lake/models/m.parquet", std::fs::read(&model).unwrap());
-    put("s3://lake/reference.parquet", reference_file(&dir));
+    put(&u("lake/models/m.parquet"), std::fs::read(&model).unwrap());
+    put(&u("lake/reference.parquet"), reference_file(&dir));
     for (value, bytes) in lake_files(&dir) {
         put(
-            &format!("s3://lake/events/date={value}/part-0.parquet"),
+            &u(&format!("lake/events/date={value}/part-0.parquet")),
             bytes,
         );
     }
     let spec = DriftSpec::parse(&spec_text(
-        "s3://lake/events",
-        "s3://lake/models/m.parquet",
-        "s3://lake/drift-out/",
+        &u("lake/events"),
+        &u("lake/models/m.parquet"),
+        &u("lake/drift-out/"),
     ))
     .unwrap();
     let summary = DriftJob::new(spec.clone(), stores.clone()).run().unwrap();
@@ -503,7 +515,7 @@ fn drift_over_an_s3_lake() {
     assert_eq!(drifted, DRIFTED);
     assert_eq!(summary.partitions.len(), 10);
     let state = stores
-        .locate("s3://lake/drift-out/_state.json")
+        .locate(&u("lake/drift-out/_state.json"))
         .unwrap()
         .get()
         .unwrap();
@@ -514,7 +526,7 @@ fn drift_over_an_s3_lake() {
     assert!(again.partitions.is_empty() && !again.drift);
     assert_eq!(
         stores
-            .locate("s3://lake/drift-out/_state.json")
+            .locate(&u("lake/drift-out/_state.json"))
             .unwrap()
             .get()
             .unwrap(),
@@ -522,7 +534,7 @@ fn drift_over_an_s3_lake() {
         "a rerun leaves the state as it was"
     );
     let listed = stores
-        .locate("s3://lake/drift-out/metrics/")
+        .locate(&u("lake/drift-out/metrics/"))
         .unwrap()
         .list()
         .unwrap();
@@ -533,15 +545,15 @@ fn drift_over_an_s3_lake() {
     );
     assert!(
         stores
-            .locate("s3://lake/drift-out/report.html")
+            .locate(&u("lake/drift-out/report.html"))
             .unwrap()
             .head()
             .unwrap()
             .is_some()
     );
     // The run deleted its lock object; one left by another run (here: put by hand)
-    // is honoured through S3's conditional create, and its holder named.
-    let lock = stores.locate("s3://lake/drift-out/_lock").unwrap();
+    // is honoured through the store's conditional create, and its holder named.
+    let lock = stores.locate(&u("lake/drift-out/_lock")).unwrap();
     assert!(
         lock.head().unwrap().is_none(),
         "the lock object outlived its run"
@@ -557,6 +569,73 @@ fn drift_over_an_s3_lake() {
         "{held}"
     );
     assert_eq!(lock.get().unwrap(), "pid 7 on another-host".as_bytes());
+    use datafusion::object_store::ObjectStoreExt as _;
+    reclag_pipelines::store::block_on(lock.store.delete(&lock.key)).unwrap();
+    if kind == Kind::S3 {
+        forbidden_partition_then_rerun(
+            &emu,
+            &spec_text(
+                &u("lake/events"),
+                &u("lake/models/m.parquet"),
+                &u("lake/drift-403/"),
+            ),
+        );
+    }
+}
+
+/// A 403 on one partition's object fails the run naming the object; that partition
+/// has no metrics and is not in the state, and a rerun without the fault completes the
+/// lake with one metrics file per partition.
+fn forbidden_partition_then_rerun(emu: &Emulator, spec: &str) {
+    let spec = DriftSpec::parse(spec).unwrap();
+    let proxy = FaultProxy::start(
+        emu,
+        vec![Rule::new(
+            "GET",
+            "/lake/events/date=2026-11-05/",
+            Fault::Status(403),
+            usize::MAX,
+        )],
+    );
+    let faulty = Arc::new(Stores::new(proxy.env(emu, &[])));
+    let e = DriftJob::new(spec.clone(), faulty)
+        .run()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&emu.url("lake/events/date=2026-11-05/part-0.parquet")),
+        "{e}"
+    );
+    let stores = Arc::new(Stores::new(emu.env()));
+    let metrics = |stores: &Stores| -> Vec<String> {
+        stores
+            .locate(&emu.url("lake/drift-403/metrics/"))
+            .unwrap()
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|m| m.location.to_string())
+            .collect()
+    };
+    assert!(
+        !metrics(&stores).iter().any(|m| m.contains("2026-11-05")),
+        "{:?}",
+        metrics(&stores)
+    );
+    if let Ok(state) = stores
+        .locate(&emu.url("lake/drift-403/_state.json"))
+        .unwrap()
+        .get()
+    {
+        assert!(!String::from_utf8_lossy(&state).contains("2026-11-05"));
+    }
+    let summary = DriftJob::new(spec, stores.clone()).run().unwrap();
+    assert!(
+        summary.partitions.iter().any(|p| p == "2026-11-05"),
+        "{:?}",
+        summary.partitions
+    );
+    assert_eq!(metrics(&stores).len(), 10, "{:?}", metrics(&stores));
 }
 
 /// A one-thread HTTP server on loopback that answers each request with the next
@@ -1124,6 +1203,8 @@ fn cli_child_process() {
         return;
     };
     let args: Vec<String> = serde_json::from_str(&args).unwrap();
+    // As the binary's `main` does, so memory measured here is the binary's.
+    reclag_pipelines::alloc::tune();
     let mut out = std::io::stdout();
     let code = match reclag_pipelines::cli::run(args, &mut out) {
         Ok(c) if c == ExitCode::SUCCESS => 0,
@@ -1134,22 +1215,40 @@ fn cli_child_process() {
             1
         }
     };
+    // This process's own peak (VmHWM of the memory map exec gave it). The parent's
+    // wait4 `ru_maxrss` would also count the copy of the parent a fork makes before
+    // exec, which holds the test's data.
+    if let Some(kb) = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:").map(str::to_string))
+        })
+    {
+        eprintln!("peak_rss_kb={}", kb.trim().trim_end_matches("kB").trim());
+    }
     std::process::exit(code);
 }
 
 /// This test binary re-run as [`cli_child_process`] with CLI arguments `args` (a JSON
-/// array), its output piped: a real `reclag` process to signal or race.
+/// array), stdio not yet set: a real `reclag` process to signal, race or measure.
+pub(crate) fn cli_child(args: &serde_json::Value) -> std::process::Command {
+    let mut c = std::process::Command::new(std::env::current_exe().unwrap());
+    c.args([
+        "--exact",
+        "drift::cli_child_process",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+        "-q",
+    ])
+    .env("RECLAG_CHILD_ARGS", args.to_string());
+    c
+}
+
+/// [`cli_child`] with its output piped.
 fn spawn_cli_child(args: &serde_json::Value) -> std::process::Child {
-    std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "drift::cli_child_process",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-            "-q",
-        ])
-        .env("RECLAG_CHILD_ARGS", args.to_string())
+    cli_child(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -3,10 +3,11 @@
 mod cli;
 mod common;
 mod drift;
+mod emulators;
 mod golden;
 mod polars_exprs;
 mod properties;
 mod reference;
-mod s3;
 mod sql;
+mod stores;
 mod whitened;

@@ -370,11 +370,17 @@ Rows with a null embedding or a NaN/inf component get null outputs.
 A local output is written to a temporary name and renamed when complete (through
 a symbolic link to the file it names; a FIFO or device such as /dev/stdout is
 refused: use --output -); temporaries of killed runs are removed by the next run.
-An object-store output is a multipart upload published only when complete. All
+An object-store output is one PUT, or from 10 MiB a multipart upload published only
+when complete and aborted if the run fails (see `reclag --help` for timeouts and
+retries). All
 files of --input must have the same columns.
 
-Memory is bounded: rows stream through in batches of 16384 and output row groups
-are closed at 128 MiB, so peak memory does not grow with the input.
+Memory is bounded by the input's row-group size, never by its length: rows stream
+through in batches of at most 16384 rows or 32 MiB, two queued per stage; the fast
+reader holds up to three row groups of up to 256 MiB decoded, and a file with larger
+row groups is read page by page instead (slower: write row groups of at most 256 MiB
+for full speed); output row groups close at 128 MiB. An object-store input also holds
+one row group's compressed column chunks per read.
 
 Examples:
   reclag score --model model.parquet --input events/ --output scored.parquet \\

@@ -159,6 +159,21 @@ impl Plan {
         self
     }
 
+    /// The bytes row group `rg` decodes to under this plan: the uncompressed size of
+    /// every projected leaf column but a fused list's, which is consumed page by page
+    /// and never held. The reader holds this much per row group it decodes, times
+    /// [`IN_FLIGHT`] and one more waiting to be consumed.
+    pub fn row_group_bytes(&self, meta: &ArrowReaderMetadata, rg: usize) -> u64 {
+        let md = meta.metadata().row_group(rg);
+        let pschema = meta.metadata().file_metadata().schema_descr();
+        let fused_leaf = self.fused.as_ref().map(|f| self.lists[f.list].leaf);
+        (0..md.num_columns())
+            .filter(|&c| self.roots.contains(&pschema.get_column_root_idx(c)))
+            .filter(|&c| Some(c) != fused_leaf)
+            .map(|c| md.column(c).uncompressed_size().max(0) as u64)
+            .sum()
+    }
+
     /// The place of file column `root` among the projected columns.
     fn root_pos(&self, root: usize) -> usize {
         self.roots.iter().position(|&r| r == root).unwrap_or(0)
@@ -356,7 +371,7 @@ type Unit = (usize, usize);
 
 /// Row groups decoding at once: one per core of the 2-core machines this is tuned
 /// on, the consumer's work (scoring, encoding) riding on the same threads.
-const IN_FLIGHT: usize = 2;
+pub const IN_FLIGHT: usize = 2;
 
 /// The order to start row groups in: output order, except that a short last row
 /// group starts second. Started last, it finishes early and leaves one core idle

@@ -27,6 +27,48 @@ use crate::store::{Location, Stores, block_on};
 
 pub const BATCH_ROWS: usize = 16 * 1024;
 
+/// Decoded bytes per batch at most: wide rows get fewer rows per batch (16k rows of
+/// 4096-d embeddings would be 256 MiB each, and a handful are in flight between
+/// decoding, scoring and writing). Measured on 2048-d rows kept in the output, read
+/// from one-row-group files: with 32 MiB batches peak RSS still rose with the input
+/// (657 MiB at 64k rows, 1.1 GiB at 256k: freed batches fragment the heap, whose
+/// blocks below 64 MiB the allocator settings keep); with 8 MiB it was 317, 327 and
+/// 325 MiB at 16k, 64k and 256k rows, and no slower. A list column scored page by
+/// page (see [`crate::fastlist::Fused`]) is never held, so it does not count.
+pub const BATCH_BYTES: u64 = 8 << 20;
+
+/// Decoded bytes of one row group above which the fast reader, which holds whole row
+/// groups ([`crate::fastlist::IN_FLIGHT`] decoding and one waiting), gives way to
+/// parquet's reader, which streams pages into batches of [`BATCH_BYTES`]. A file
+/// written as one huge row group (pyarrow's default is up to 1M rows: 16 GiB at
+/// 4096-d) then costs a few batches of memory instead of the row group, at the
+/// general reader's speed. Peak memory therefore depends on the row-group size up to
+/// this bound and never on the input's length.
+pub const FAST_ROW_GROUP_BYTES: u64 = 256 << 20;
+
+/// Rows per batch for the projected root columns of a file (all when `None`): the
+/// mean uncompressed bytes per row, from the footer, bounded by [`BATCH_BYTES`].
+fn batch_rows(md: &ParquetMetaData, columns: Option<&[usize]>) -> usize {
+    let pschema = md.file_metadata().schema_descr();
+    let (mut bytes, mut rows) = (0u64, 0u64);
+    for rg in md.row_groups() {
+        rows += rg.num_rows().max(0) as u64;
+        for (c, col) in rg.columns().iter().enumerate() {
+            let root = pschema.get_column_root_idx(c);
+            if columns.is_none_or(|cols| cols.contains(&root)) {
+                bytes += col.uncompressed_size().max(0) as u64;
+            }
+        }
+    }
+    rows_within(bytes, rows)
+}
+
+/// Rows per batch when `rows` rows decode to `bytes`.
+fn rows_within(bytes: u64, rows: u64) -> usize {
+    let per_row = bytes.div_ceil(rows.max(1)).max(1);
+    (BATCH_BYTES / per_row).clamp(1, BATCH_ROWS as u64) as usize
+}
+
 /// A row group is closed once its encoded size passes this, so writer memory stays
 /// bounded however wide the rows (the writer's default closes only at 1M rows, which
 /// is 2 GiB of 512-d embeddings).
@@ -297,8 +339,25 @@ impl ParquetFile {
             if let Some(f) = &fused {
                 plan = plan.with_fused(f.clone());
             }
+            let chosen: Vec<usize> = rgs
+                .clone()
+                .unwrap_or_else(|| (0..md.num_row_groups()).collect());
+            let held: Vec<u64> = chosen
+                .iter()
+                .map(|&rg| plan.row_group_bytes(&meta, rg))
+                .collect();
+            if held.iter().any(|&b| b > FAST_ROW_GROUP_BYTES) {
+                return Ok(None);
+            }
+            let rows = rows_within(
+                held.iter().sum(),
+                chosen
+                    .iter()
+                    .map(|&rg| md.row_group(rg).num_rows().max(0) as u64)
+                    .sum(),
+            );
             Ok(Some(Inner::Fast(crate::fastlist::FastReader::new(
-                source, meta, plan, rgs, BATCH_ROWS,
+                source, meta, plan, rgs, rows,
             ))))
         };
         let inner = match self.source {
@@ -406,7 +465,8 @@ fn configure<T>(
     columns: Option<&[usize]>,
     row_groups: Option<Vec<usize>>,
 ) -> parquet::arrow::arrow_reader::ArrowReaderBuilder<T> {
-    let mut b = builder.with_batch_size(BATCH_ROWS);
+    let rows = batch_rows(builder.metadata(), columns);
+    let mut b = builder.with_batch_size(rows);
     if let Some(rgs) = row_groups {
         b = b.with_row_groups(rgs);
     }
@@ -787,15 +847,13 @@ fn writer_props() -> WriterProperties {
 }
 
 /// Where a result table goes. Every kind appears whole or not at all: a local file is
-/// written under a temporary sibling and renamed; an object is a multipart upload that
-/// the store publishes only on completion (an unfinished one is never visible); stdout
-/// is an Arrow IPC stream, for Unix pipelines.
+/// written under a temporary sibling and renamed; an object is one PUT or a multipart
+/// upload that the store publishes only on completion (an unfinished one is never
+/// visible, and a failed one is aborted: see [`crate::upload`]); stdout is an Arrow
+/// IPC stream, for Unix pipelines.
 pub enum Sink {
     Local(AtomicParquet),
-    Remote {
-        writer: Box<AsyncArrowWriter<object_store::buffered::BufWriter>>,
-        path: PathBuf,
-    },
+    Remote(RemoteSink),
     Stdout(arrow_ipc::writer::StreamWriter<std::io::BufWriter<Box<dyn std::io::Write + Send>>>),
 }
 
@@ -817,7 +875,7 @@ impl Sink {
             return Ok(Sink::Local(AtomicParquet::create(p, schema)?));
         }
         let path = loc.display_path();
-        let upload = object_store::buffered::BufWriter::new(loc.store.clone(), loc.key.clone());
+        let upload = crate::upload::Upload::new(loc.store.clone(), loc.key.clone());
         let writer =
             AsyncArrowWriter::try_new(upload, schema, Some(writer_props())).map_err(|source| {
                 Error::Parquet {
@@ -825,16 +883,21 @@ impl Sink {
                     source,
                 }
             })?;
-        Ok(Sink::Remote {
-            writer: Box::new(writer),
+        Ok(Sink::Remote(RemoteSink {
+            writer: Some(Box::new(writer)),
             path,
-        })
+        }))
     }
 
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         match self {
             Sink::Local(w) => w.write(batch),
-            Sink::Remote { writer, path } => block_on(async {
+            Sink::Remote(RemoteSink { writer, path }) => block_on(async {
+                let Some(writer) = writer.as_mut() else {
+                    return Err(parquet::errors::ParquetError::General(
+                        "the output was already finished".into(),
+                    ));
+                };
                 writer.write(batch).await?;
                 if writer.in_progress_size() > ROW_GROUP_BYTES {
                     writer.flush().await?;
@@ -852,9 +915,24 @@ impl Sink {
     pub fn finish(self) -> Result<()> {
         match self {
             Sink::Local(w) => w.finish(),
-            Sink::Remote { writer, path } => block_on(writer.close())
-                .map(|_| ())
-                .map_err(|source| Error::Parquet { path, source }),
+            Sink::Remote(mut r) => {
+                let Some(mut w) = r.writer.take() else {
+                    return Ok(());
+                };
+                block_on(async {
+                    match w.finish().await {
+                        Ok(_) => Ok(()),
+                        Err(e) => {
+                            w.into_inner().abort().await;
+                            Err(e)
+                        }
+                    }
+                })
+                .map_err(|source| Error::Parquet {
+                    path: r.path.clone(),
+                    source,
+                })
+            }
             Sink::Stdout(mut w) => {
                 w.finish().map_err(stdout_err)?;
                 use std::io::Write;
@@ -863,6 +941,21 @@ impl Sink {
                     source,
                 })
             }
+        }
+    }
+}
+
+/// An object output: `writer` is taken when finished.
+pub struct RemoteSink {
+    writer: Option<Box<AsyncArrowWriter<crate::upload::Upload>>>,
+    path: PathBuf,
+}
+
+impl Drop for RemoteSink {
+    /// Dropped unfinished (a run that failed), the multipart upload is aborted.
+    fn drop(&mut self) {
+        if let Some(w) = self.writer.take() {
+            block_on(w.into_inner().abort());
         }
     }
 }

@@ -19,5 +19,6 @@ mod snappy;
 pub mod sql;
 pub mod store;
 pub mod train;
+pub mod upload;
 
 pub use error::{Error, Result};

@@ -33,7 +33,12 @@ paths and file:// are local). Configuration comes from the standard variables:
          else application default credentials.
   Azure  AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY, or
          AZURE_STORAGE_SAS_KEY, or AZURE_CLIENT_ID + AZURE_CLIENT_SECRET +
-         AZURE_TENANT_ID.";
+         AZURE_TENANT_ID; AZURE_STORAGE_ENDPOINT for Azurite or another endpoint.
+  Every store: RECLAG_STORE_TIMEOUT (default 30s) bounds each request;
+         RECLAG_STORE_RETRIES (default 10) retries a request that timed out, lost its
+         connection or got a 5xx/429, with exponential backoff (0.1 s doubling to
+         15 s, for at most 3 minutes); a 4xx such as 403 fails at once, naming the
+         object, and an output is then never published.";
 
 /// A snapshot of the variables that configure object stores.
 #[derive(Clone, Debug, Default)]
@@ -45,7 +50,10 @@ impl StoreEnv {
     pub fn from_process() -> Self {
         let vars = std::env::vars()
             .filter(|(k, _)| {
-                k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_")
+                k.starts_with("AWS_")
+                    || k.starts_with("GOOGLE_")
+                    || k.starts_with("AZURE_")
+                    || k.starts_with("RECLAG_STORE_")
             })
             .collect();
         StoreEnv { vars }
@@ -61,6 +69,12 @@ impl StoreEnv {
                 .map(|(k, v)| (k.into(), v.into()))
                 .collect(),
         }
+    }
+
+    /// The variables, for a program that passes them on (a test pointing a copy at
+    /// another endpoint, say).
+    pub fn vars(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
     fn get(&self, key: &str) -> Option<&str> {
@@ -411,6 +425,41 @@ fn lexical(p: &std::path::Path) -> PathBuf {
     out
 }
 
+/// Requests time out after this unless `RECLAG_STORE_TIMEOUT` says otherwise:
+/// object_store's own default.
+pub const DEFAULT_STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Retries of one request unless `RECLAG_STORE_RETRIES` says otherwise: object_store's
+/// own default.
+pub const DEFAULT_STORE_RETRIES: usize = 10;
+
+/// The timeout and retry policy every store gets, from `RECLAG_STORE_TIMEOUT` and
+/// `RECLAG_STORE_RETRIES`.
+fn policy(env: &StoreEnv) -> Result<(object_store::ClientOptions, object_store::RetryConfig)> {
+    let timeout = match env.get("RECLAG_STORE_TIMEOUT") {
+        None => DEFAULT_STORE_TIMEOUT,
+        Some(v) => humantime::parse_duration(v).map_err(|e| {
+            Error::Usage(format!(
+                "RECLAG_STORE_TIMEOUT='{v}' is not a duration ({e}); write it as 30s, 2m or 500ms"
+            ))
+        })?,
+    };
+    let retries = match env.get("RECLAG_STORE_RETRIES") {
+        None => DEFAULT_STORE_RETRIES,
+        Some(v) => v.parse().map_err(|_| {
+            Error::Usage(format!(
+                "RECLAG_STORE_RETRIES='{v}' is not a count; write a whole number such as 10 (0 disables retries)"
+            ))
+        })?,
+    };
+    let options = object_store::ClientOptions::new().with_timeout(timeout);
+    let retry = object_store::RetryConfig {
+        max_retries: retries,
+        ..Default::default()
+    };
+    Ok((options, retry))
+}
+
 fn build(base: &Url, env: &StoreEnv) -> Result<Arc<dyn ObjectStore>> {
     let bucket = base.host_str().unwrap_or_default().to_string();
     let fail = |e: object_store::Error| {
@@ -418,11 +467,16 @@ fn build(base: &Url, env: &StoreEnv) -> Result<Arc<dyn ObjectStore>> {
             "cannot configure {base}: {e} (see `reclag --help` for the variables)"
         ))
     };
+    if base.scheme() == "file" {
+        return Ok(Arc::new(LocalFileSystem::new()));
+    }
+    let (options, retry) = policy(env)?;
     match base.scheme() {
-        "file" => Ok(Arc::new(LocalFileSystem::new())),
         "s3" | "s3a" => {
             check_aws(env, base)?;
-            let mut b = object_store::aws::AmazonS3Builder::new();
+            let mut b = object_store::aws::AmazonS3Builder::new()
+                .with_client_options(options)
+                .with_retry(retry);
             for (k, v) in env.with_prefix("AWS_") {
                 if let Ok(key) = k.parse() {
                     b = b.with_config(key, v);
@@ -444,7 +498,9 @@ fn build(base: &Url, env: &StoreEnv) -> Result<Arc<dyn ObjectStore>> {
             Ok(Arc::new(b.with_bucket_name(bucket).build().map_err(fail)?))
         }
         "gs" => {
-            let mut b = object_store::gcp::GoogleCloudStorageBuilder::new();
+            let mut b = object_store::gcp::GoogleCloudStorageBuilder::new()
+                .with_client_options(options)
+                .with_retry(retry);
             for (k, v) in env.with_prefix("GOOGLE_") {
                 if let Ok(key) = k.parse() {
                     b = b.with_config(key, v);
@@ -453,7 +509,9 @@ fn build(base: &Url, env: &StoreEnv) -> Result<Arc<dyn ObjectStore>> {
             Ok(Arc::new(b.with_bucket_name(bucket).build().map_err(fail)?))
         }
         _ => {
-            let mut b = object_store::azure::MicrosoftAzureBuilder::new();
+            let mut b = object_store::azure::MicrosoftAzureBuilder::new()
+                .with_client_options(options)
+                .with_retry(retry);
             for (k, v) in env.with_prefix("AZURE_") {
                 if let Ok(key) = k.parse() {
                     b = b.with_config(key, v);

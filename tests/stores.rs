@@ -1,113 +1,20 @@
-//! Object storage end to end against a real S3-compatible server (moto) started on
-//! loopback: train from s3, score s3 → s3, SQL over an s3 hive-partitioned lake, and
-//! the failures users hit (a missing object, a foreign object, missing credentials).
+//! Object storage end to end against real servers started on loopback: moto (S3) and
+//! Azurite (Azure Blob Storage). On each: train from the store, score store → store, `reclag filter` and SQL over a
+//! hive-partitioned lake there; and the failures users hit (a missing object, a
+//! foreign object, missing credentials).
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;
 use arrow_array::{ArrayRef, Int64Array};
 use reclag_pipelines::store::{StoreEnv, Stores};
+use reclag_pipelines::upload::PART_BYTES;
 
 use crate::common::{clusters, fsl, read_parquet, write_parquet};
-
-/// A moto S3 server on a free loopback port, killed on drop.
-pub struct Moto {
-    child: Child,
-    pub endpoint: String,
-    port: u16,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Moto {
-    /// Starts the server; `None` (with the reason printed) where moto is not installed
-    /// on a user's machine. CI installs it (`.ci/run`) and sets
-    /// `RECLAG_REQUIRE_SHARED=1`, which turns the skip into a failure.
-    pub fn start() -> Option<Moto> {
-        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-        let have = Command::new(&python)
-            .args(["-c", "import moto.server, flask, werkzeug"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !have {
-            let msg = "moto[server] is not installed (pip install 'moto[server]')";
-            if std::env::var("RECLAG_REQUIRE_SHARED").is_ok_and(|v| v == "1") {
-                panic!("{msg}; CI requires it");
-            }
-            eprintln!("SKIP: {msg}; S3 tests skipped");
-            return None;
-        }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(&python)
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start moto");
-        let moto = Moto {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-            port,
-        };
-        let t0 = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(60),
-                "moto did not start within 60 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Some(moto)
-    }
-
-    /// Credentials and endpoint as a user would export them.
-    pub fn env(&self) -> StoreEnv {
-        StoreEnv::from_vars([
-            ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
-            ("AWS_SECRET_ACCESS_KEY", "moto-secret-do-not-print"),
-            ("AWS_REGION", "us-east-1"),
-            ("AWS_ENDPOINT_URL_S3", self.endpoint.as_str()),
-        ])
-    }
-
-    /// Creates a bucket (object_store has no bucket API; moto accepts a bare PUT).
-    pub fn bucket(&self, name: &str) {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        write!(
-            s,
-            "PUT /{name} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            self.port
-        )
-        .unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).unwrap();
-        assert!(resp.starts_with("HTTP/1.1 200"), "create bucket: {resp}");
-    }
-}
+use crate::emulators::{Emulator, Fault, FaultProxy, Kind, Rule, open_uploads};
 
 fn cli_env(env: &StoreEnv, args: &[&str]) -> Result<String, String> {
     let mut out = Vec::new();
@@ -165,9 +72,23 @@ fn table(
 
 #[test]
 fn s3_train_score_and_sql_over_a_hive_lake() {
-    let Some(moto) = Moto::start() else { return };
-    moto.bucket("lake");
-    let env = moto.env();
+    end_to_end(Kind::S3);
+}
+
+#[test]
+fn azure_train_score_and_sql_over_a_hive_lake() {
+    end_to_end(Kind::Azure);
+}
+
+/// Train from the store, score store → store over a glob (equal to scoring the same
+/// files locally), `reclag filter` and SQL over a hive lake there, results written back.
+fn end_to_end(kind: Kind) {
+    let Some(emu) = Emulator::start(kind) else {
+        return;
+    };
+    emu.bucket("lake");
+    let env = emu.env();
+    let u = |rest: &str| emu.url(rest);
     let stores = Stores::new(env.clone());
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
@@ -178,14 +99,14 @@ fn s3_train_score_and_sql_over_a_hive_lake() {
         let p = t.join(format!("train-{i}.parquet"));
         let lo = (i * 120) as i64;
         write_parquet(&p, table(r, l, lo..lo + r.len() as i64));
-        upload(&stores, &format!("s3://lake/train/part-{i}.parquet"), &p);
+        upload(&stores, &u(&format!("lake/train/part-{i}.parquet")), &p);
     }
     let msg = ok(
         &env,
         &[
             "train",
             "--input",
-            "s3://lake/train/",
+            &u("lake/train/"),
             "--label",
             "label",
             "--recipe",
@@ -193,15 +114,15 @@ fn s3_train_score_and_sql_over_a_hive_lake() {
             "--epochs",
             "5",
             "--output",
-            "s3://lake/models/m.parquet",
+            &u("lake/models/m.parquet"),
         ],
     );
     assert!(msg.contains("trained 3 group(s), d=8"), "{msg}");
-    let info = ok(&env, &["inspect", "s3://lake/models/m.parquet"]);
+    let info = ok(&env, &["inspect", &u("lake/models/m.parquet")]);
     assert!(info.contains("dimension      8"), "{info}");
 
     // The same data trained locally gives the same model content (only the recorded
-    // source differs), so the s3 reader saw exactly the same rows.
+    // source differs), so the store reader saw exactly the same rows.
     let local_train = t.join("train-all.parquet");
     write_parquet(&local_train, table(&rows, &labels, 0..240));
     ok(
@@ -221,7 +142,7 @@ fn s3_train_score_and_sql_over_a_hive_lake() {
         ],
     );
     let remote_model = t.join("remote-model.parquet");
-    download(&stores, "s3://lake/models/m.parquet", &remote_model);
+    download(&stores, &u("lake/models/m.parquet"), &remote_model);
     let a = reclag::format::load(&remote_model).unwrap();
     let b = reclag::format::load(&t.join("local-model.parquet")).unwrap();
     for (ga, gb) in a.groups().iter().zip(b.groups()) {
@@ -251,29 +172,29 @@ fn s3_train_score_and_sql_over_a_hive_lake() {
         write_parquet(&p, table(&r, &l, lo..lo + 75));
         upload(
             &stores,
-            &format!("s3://lake/events/day={day}/part-0.parquet"),
+            &u(&format!("lake/events/day={day}/part-0.parquet")),
             &p,
         );
     }
 
-    // score s3 → s3 over a glob, then compare with scoring the same files locally.
+    // score store → store over a glob, then compare with scoring the same files locally.
     let msg = ok(
         &env,
         &[
             "score",
             "--model",
-            "s3://lake/models/m.parquet",
+            &u("lake/models/m.parquet"),
             "--input",
-            "s3://lake/events/day=*/*.parquet",
+            &u("lake/events/day=*/*.parquet"),
             "--output",
-            "s3://lake/scored/all.parquet",
+            &u("lake/scored/all.parquet"),
             "--group",
             "label",
         ],
     );
     assert!(msg.contains("scored 150 rows"), "{msg}");
     let scored = t.join("scored.parquet");
-    download(&stores, "s3://lake/scored/all.parquet", &scored);
+    download(&stores, &u("lake/scored/all.parquet"), &scored);
     let local_out = t.join("local-scored.parquet");
     ok(
         &env,
@@ -292,7 +213,7 @@ fn s3_train_score_and_sql_over_a_hive_lake() {
     );
     let (r, l) = (read_parquet(&scored), read_parquet(&local_out));
     assert_eq!(r.num_rows(), 150);
-    assert_eq!(r, l, "s3 → s3 scoring differs from local scoring");
+    assert_eq!(r, l, "store → store scoring differs from local scoring");
     let is_ood = r.column_by_name("reclag_is_ood").unwrap().as_boolean();
     let ids = r.column_by_name("id").unwrap().as_primitive::<Int64Type>();
     let ood_per_day = |day: usize| {
@@ -313,9 +234,9 @@ fn s3_train_score_and_sql_over_a_hive_lake() {
         &[
             "filter",
             "--model",
-            "s3://lake/models/m.parquet",
+            &u("lake/models/m.parquet"),
             "--input",
-            "s3://lake/events/day=*/*.parquet",
+            &u("lake/events/day=*/*.parquet"),
             "--group",
             "label",
             "--keep",
@@ -348,14 +269,14 @@ fn s3_train_score_and_sql_over_a_hive_lake() {
             "sql",
             q,
             "--table",
-            "events=s3://lake/events/",
+            &format!("events={}", u("lake/events/")),
             "--model",
-            "prod=s3://lake/models/m.parquet",
+            &format!("prod={}", u("lake/models/m.parquet")),
             "--output",
             &res.display().to_string(),
         ],
     );
-    // The hive lake on S3 takes the fast list reader: the listing's object keys
+    // The hive lake in the store takes the fast list reader: the listing's object keys
     // match the files the table was registered with.
     let plan = ok(
         &env,
@@ -363,9 +284,9 @@ fn s3_train_score_and_sql_over_a_hive_lake() {
             "sql",
             &format!("EXPLAIN {q}"),
             "--table",
-            "events=s3://lake/events/",
+            &format!("events={}", u("lake/events/")),
             "--model",
-            "prod=s3://lake/models/m.parquet",
+            &format!("prod={}", u("lake/models/m.parquet")),
         ],
     );
     assert!(plan.contains("StreamingTableExec"), "{plan}");
@@ -377,31 +298,36 @@ fn s3_train_score_and_sql_over_a_hive_lake() {
         assert_eq!(&day, want);
         assert_eq!(n.value(k), ood_per_day(k), "day {want}");
     }
-    // A glob table, a model URL inside the query, and a result written to s3.
-    let q2 = "SELECT count(*) AS n FROM ev \
-              WHERE reclag_is_ood('s3://lake/models/m.parquet', embedding, label)";
+    // A glob table, a model URL inside the query, and a result written to the store.
+    let q2 = format!(
+        "SELECT count(*) AS n FROM ev WHERE reclag_is_ood('{}', embedding, label)",
+        u("lake/models/m.parquet")
+    );
     ok(
         &env,
         &[
             "sql",
-            q2,
+            &q2,
             "--table",
-            "ev=s3://lake/events/day=*/part-*.parquet",
+            &format!("ev={}", u("lake/events/day=*/part-*.parquet")),
             "--output",
-            "s3://lake/results/n.parquet",
+            &u("lake/results/n.parquet"),
         ],
     );
     let res2 = t.join("n.parquet");
-    download(&stores, "s3://lake/results/n.parquet", &res2);
+    download(&stores, &u("lake/results/n.parquet"), &res2);
     let b2 = read_parquet(&res2);
     assert_eq!(
         b2.column(0).as_primitive::<Int64Type>().value(0),
         ood_per_day(0) + ood_per_day(1)
     );
-    // One object as a table: its embedding scan takes the fast list reader, over S3.
-    let one = format!("ev=s3://lake/events/day={}/part-0.parquet", days[0]);
+    // One object as a table: its embedding scan takes the fast list reader, from the store.
+    let one = format!(
+        "ev={}",
+        u(&format!("lake/events/day={}/part-0.parquet", days[0]))
+    );
     let q3 = "SELECT count(*) AS n FROM ev WHERE reclag_is_ood('prod', embedding, label)";
-    let model = "prod=s3://lake/models/m.parquet";
+    let model = &format!("prod={}", u("lake/models/m.parquet"));
     let plan = ok(
         &env,
         &[
@@ -431,7 +357,9 @@ fn s3_train_score_and_sql_over_a_hive_lake() {
 
 #[test]
 fn s3_failures_are_clear() {
-    let Some(moto) = Moto::start() else { return };
+    let Some(moto) = Emulator::start(Kind::S3) else {
+        return;
+    };
     moto.bucket("bkt");
     let env = moto.env();
     let stores = Stores::new(env.clone());
@@ -552,13 +480,217 @@ fn s3_failures_are_clear() {
         !e.contains("moto-secret-do-not-print"),
         "secret printed: {e}"
     );
+    // A timeout or retry count that does not parse is named, with the form to use.
+    for (var, value, says) in [
+        ("RECLAG_STORE_TIMEOUT", "soon", "is not a duration"),
+        ("RECLAG_STORE_RETRIES", "many", "is not a count"),
+    ] {
+        let mut vars: Vec<(String, String)> = env
+            .vars()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        vars.push((var.into(), value.into()));
+        let e = err(
+            &StoreEnv::from_vars(vars),
+            &["inspect", "s3://bkt/m.parquet"],
+        );
+        assert!(e.contains(&format!("{var}='{value}' {says}")), "{e}");
+    }
     let help = ok(&env, &["--help"]);
     for v in [
         "AWS_ACCESS_KEY_ID",
         "AWS_ENDPOINT_URL_S3",
         "GOOGLE_SERVICE_ACCOUNT",
         "AZURE_STORAGE_ACCOUNT_NAME",
+        "RECLAG_STORE_TIMEOUT",
+        "RECLAG_STORE_RETRIES",
     ] {
         assert!(help.contains(v), "--help does not name {v}");
     }
+}
+
+/// A model trained on 64-d clusters and a two-file lake of their rows in the store,
+/// large enough (60k rows with their embeddings kept: about 15 MB) that a scored
+/// output is a multipart upload of two parts.
+fn big_lake(emu: &Emulator, t: &Path) -> String {
+    let stores = Stores::new(emu.env());
+    let (rows, labels) = clusters(3, 80, 64, 3);
+    let train = t.join("train.parquet");
+    write_parquet(&train, table_d(&rows, &labels, 0..240, 64));
+    let model = t.join("m.parquet");
+    crate::common::cli_ok(&[
+        "train",
+        "--input",
+        &train.display().to_string(),
+        "--label",
+        "label",
+        "--recipe",
+        "paper",
+        "--epochs",
+        "2",
+        "--output",
+        &model.display().to_string(),
+    ]);
+    upload(&stores, &emu.url("lake/models/m.parquet"), &model);
+    // The same centres as the training rows: mostly ID, as a real day would be.
+    let (rows, labels) = clusters(3, 20_000, 64, 3);
+    for (i, (r, l)) in rows.chunks(30_000).zip(labels.chunks(30_000)).enumerate() {
+        let p = t.join(format!("ev{i}.parquet"));
+        let lo = (i * 30_000) as i64;
+        write_parquet(&p, table_d(r, l, lo..lo + r.len() as i64, 64));
+        upload(
+            &stores,
+            &emu.url(&format!("lake/events/day={i}/part-0.parquet")),
+            &p,
+        );
+    }
+    emu.url("lake/models/m.parquet")
+}
+
+fn table_d(
+    rows: &[Option<Vec<f32>>],
+    labels: &[i64],
+    ids: std::ops::Range<i64>,
+    d: i32,
+) -> Vec<(&'static str, ArrayRef)> {
+    vec![
+        (
+            "id",
+            Arc::new(Int64Array::from_iter_values(ids)) as ArrayRef,
+        ),
+        ("embedding", fsl(rows, d)),
+        (
+            "label",
+            Arc::new(Int64Array::from(labels.to_vec())) as ArrayRef,
+        ),
+    ]
+}
+
+fn score_args<'a>(model: &'a str, input: &'a str, output: &'a str) -> Vec<&'a str> {
+    vec![
+        "score", "--model", model, "--input", input, "--output", output, "--group", "label",
+    ]
+}
+
+/// 503s, a connection reset and a request that hangs past `RECLAG_STORE_TIMEOUT`, on
+/// reads, on the multipart upload's start, one part and its completion: the run
+/// retries through all of them and writes the same bytes as a run without faults.
+#[test]
+fn transient_store_faults_are_retried_to_the_same_bytes() {
+    let Some(emu) = Emulator::start(Kind::S3) else {
+        return;
+    };
+    emu.bucket("lake");
+    let tmp = tempfile::tempdir().unwrap();
+    let model = big_lake(&emu, tmp.path());
+    let input = emu.url("lake/events/");
+    let stores = Stores::new(emu.env());
+
+    let clean_url = emu.url("lake/out/clean.parquet");
+    let clean = ok(&emu.env(), &score_args(&model, &input, &clean_url));
+    let proxy = FaultProxy::start(
+        &emu,
+        vec![
+            Rule::new(
+                "GET",
+                "/lake/models/",
+                Fault::Stall(Duration::from_secs(3)),
+                1,
+            ),
+            Rule::new("GET", "/lake/events/day=1/", Fault::Reset, 1),
+            Rule::new("GET", "/lake/events/", Fault::Status(503), 2),
+            Rule::new("HEAD", "", Fault::Status(500), 1),
+            Rule::new("POST", "?uploads", Fault::Status(503), 1),
+            Rule::new("PUT", "partNumber=1", Fault::Status(503), 1),
+            Rule::new("POST", "uploadId=", Fault::Status(503), 1),
+        ],
+    );
+    let env = proxy.env(&emu, &[("RECLAG_STORE_TIMEOUT", "1s")]);
+    let faulty_url = emu.url("lake/out/faulty.parquet");
+    let faulty = ok(&env, &score_args(&model, &input, &faulty_url));
+    assert!(
+        proxy.unused().is_empty(),
+        "faults never injected: {:?}",
+        proxy.unused()
+    );
+    assert_eq!(
+        clean.replace("clean", "X"),
+        faulty.replace("faulty", "X"),
+        "summaries differ"
+    );
+    let a = stores.locate(&clean_url).unwrap().get().unwrap();
+    let b = stores.locate(&faulty_url).unwrap().get().unwrap();
+    assert!(
+        a.len() > PART_BYTES,
+        "{} bytes: not a multipart output",
+        a.len()
+    );
+    assert!(
+        a == b,
+        "a run through faults wrote other bytes than a clean run"
+    );
+    eprintln!("injected: {:#?}", proxy.injected.lock().unwrap());
+}
+
+/// A 403 on one input object fails the run naming that object, and nothing is
+/// published; a 403 on one part of the output's multipart upload fails the run, and
+/// the upload is aborted (the store holds no open upload) and nothing is published.
+#[test]
+fn a_forbidden_object_fails_naming_it_and_publishes_nothing() {
+    let Some(emu) = Emulator::start(Kind::S3) else {
+        return;
+    };
+    emu.bucket("lake");
+    let tmp = tempfile::tempdir().unwrap();
+    let model = big_lake(&emu, tmp.path());
+    let input = emu.url("lake/events/");
+    let stores = Stores::new(emu.env());
+
+    let proxy = FaultProxy::start(
+        &emu,
+        vec![Rule::new(
+            "GET",
+            "/lake/events/day=1/",
+            Fault::Status(403),
+            usize::MAX,
+        )],
+    );
+    let out = emu.url("lake/out/o.parquet");
+    let e = err(&proxy.env(&emu, &[]), &score_args(&model, &input, &out));
+    assert!(
+        e.contains(&emu.url("lake/events/day=1/part-0.parquet")),
+        "{e}"
+    );
+    assert!(e.contains("403"), "{e}");
+    assert!(stores.locate(&out).unwrap().head().unwrap().is_none());
+    let local = tmp.path().join("o.parquet");
+    let e = err(
+        &proxy.env(&emu, &[]),
+        &score_args(&model, &input, &local.display().to_string()),
+    );
+    assert!(e.contains("day=1/part-0.parquet"), "{e}");
+    assert!(!local.exists());
+
+    assert_eq!(open_uploads(&emu, "lake"), 0);
+    let proxy = FaultProxy::start(
+        &emu,
+        vec![Rule::new(
+            "PUT",
+            "partNumber=1",
+            Fault::Status(403),
+            usize::MAX,
+        )],
+    );
+    let e = err(&proxy.env(&emu, &[]), &score_args(&model, &input, &out));
+    assert!(e.contains(&out) && e.contains("403"), "{e}");
+    assert!(
+        !proxy.injected.lock().unwrap().is_empty(),
+        "no part was refused"
+    );
+    assert!(stores.locate(&out).unwrap().head().unwrap().is_none());
+    assert_eq!(
+        open_uploads(&emu, "lake"),
+        0,
+        "the failed multipart upload was not aborted"
+    );
 }
