@@ -9,6 +9,7 @@
 pub mod arrow;
 pub mod atomic;
 pub mod baselines;
+pub mod conformal;
 mod dynamics;
 pub mod error;
 pub mod explain;

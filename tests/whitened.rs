@@ -671,3 +671,45 @@ fn ungrouped_rows_are_flagged_near_the_ood_rate_in_every_front_end() {
         assert_eq!(read_parquet(&kept).num_rows(), n - flagged);
     }
 }
+
+/// §11 against the golden file: each case's best-route p-value from the stored
+/// best-route calibration scores, its p-value under every group from that group's
+/// own margins `A_g − τ_g`, and the Benjamini–Hochberg decision over the cases'
+/// best-route p-values.
+#[test]
+fn golden_conformal_p_values_and_benjamini_hochberg() {
+    use reclag::conformal::{Calibration, benjamini_hochberg};
+    let Some(g) = json("spec/golden/whitened.json") else {
+        return;
+    };
+    let best = Calibration::new(vecf(&g["calibration_scores_best"]));
+    let tau = vecf(&g["tau"]);
+    let own: Vec<Calibration> = (0..tau.len())
+        .map(|k| Calibration::new(vecf(&g["calibration_scores_own"][k.to_string()])))
+        .collect();
+    let mut p_best = vec![];
+    for (i, c) in g["cases"].as_array().unwrap().iter().enumerate() {
+        let p = best.p_value(c["score"].as_f64().unwrap());
+        near(
+            p,
+            c["p_value_best"].as_f64().unwrap(),
+            1e-12,
+            &format!("case {i} p_value_best"),
+        );
+        p_best.push(p);
+        let energies = vecf(&c["energy_per_group"]);
+        for (k, want) in vecf(&c["p_value_if_group"]).into_iter().enumerate() {
+            let p = own[k].p_value(energies[k] - tau[k]);
+            near(p, want, 1e-12, &format!("case {i} p_value_if_group[{k}]"));
+        }
+    }
+    let bh = &g["benjamini_hochberg"];
+    let want: Vec<bool> = bh["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_bool().unwrap())
+        .collect();
+    assert!(want.contains(&true) && want.contains(&false));
+    assert_eq!(benjamini_hochberg(&p_best, bh["q"].as_f64().unwrap()), want);
+}
