@@ -177,16 +177,23 @@ fn score_as(
     out: &Path,
     decode_only: Option<reclag_pipelines::score::DecodeOnly>,
 ) -> ScoreSummary {
-    let job = ScoreJob {
+    let mut job = score_job(input, out.display().to_string(), StoreEnv::default());
+    job.decode_only = decode_only;
+    reclag_pipelines::score::run(model, &job).unwrap()
+}
+
+/// `reclag score --input INPUT --output OUTPUT --group label --keep-columns id`, with
+/// the stores configured from `env`.
+fn score_job(input: String, output: String, env: StoreEnv) -> ScoreJob {
+    ScoreJob {
         inputs: vec![input],
-        output: out.display().to_string(),
+        output,
         embedding: "embedding".into(),
         routing: Routing::from_flags(Some("label".into()), None).unwrap(),
         keep_columns: Some(vec!["id".into()]),
-        stores: Arc::new(Stores::new(StoreEnv::default())),
-        decode_only,
-    };
-    reclag_pipelines::score::run(model, &job).unwrap()
+        stores: Arc::new(Stores::new(env)),
+        decode_only: None,
+    }
 }
 
 fn sql_count(rt: &tokio::runtime::Runtime, path: &Path, model: &Path) -> u64 {
@@ -551,15 +558,6 @@ fn stores_section(model: &reclag::Model, table: &Path, n: usize, runs: usize, ou
     println!("\n# reclag score store → store, {n} × {D} (keep id), against local disk");
     println!("| store | local s | store s | store / local | requests per run |");
     println!("|---|---|---|---|---|");
-    let job = |input: String, output: String, env: StoreEnv| ScoreJob {
-        inputs: vec![input],
-        output,
-        embedding: "embedding".into(),
-        routing: Routing::from_flags(Some("label".into()), None).unwrap(),
-        keep_columns: Some(vec!["id".into()]),
-        stores: Arc::new(Stores::new(env)),
-        decode_only: None,
-    };
     let bytes = bytes::Bytes::from(std::fs::read(table).unwrap());
     for kind in [Kind::S3, Kind::Azure] {
         let Some(emu) = Emulator::start(kind) else {
@@ -587,7 +585,7 @@ fn stores_section(model: &reclag::Model, table: &Path, n: usize, runs: usize, ou
             let t0 = Instant::now();
             let local = reclag_pipelines::score::run(
                 model,
-                &job(
+                &score_job(
                     table.display().to_string(),
                     out.display().to_string(),
                     StoreEnv::default(),
@@ -598,7 +596,7 @@ fn stores_section(model: &reclag::Model, table: &Path, n: usize, runs: usize, ou
             let t0 = Instant::now();
             let remote = reclag_pipelines::score::run(
                 model,
-                &job(input.clone(), emu.url("bench/scored.parquet"), emu.env()),
+                &score_job(input.clone(), emu.url("bench/scored.parquet"), emu.env()),
             )
             .unwrap();
             t_store.push(t0.elapsed().as_secs_f64());
@@ -610,7 +608,7 @@ fn stores_section(model: &reclag::Model, table: &Path, n: usize, runs: usize, ou
         let proxy = FaultProxy::start(&emu, vec![]);
         reclag_pipelines::score::run(
             model,
-            &job(
+            &score_job(
                 input.clone(),
                 emu.url("bench/counted.parquet"),
                 proxy.env(&emu, &[]),

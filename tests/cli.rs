@@ -1296,7 +1296,7 @@ fn inputs_with_different_columns_fail_naming_file_and_column() {
 }
 
 /// A Parquet file of `rows` random `d`-wide embeddings and a `label` in 0..4, written
-/// as ONE row group (what pyarrow does below 1M rows), plain and uncompressed.
+/// as ONE row group (what pyarrow does below 1M rows).
 fn write_one_row_group(path: &Path, rows: usize, d: usize, seed: u64) {
     use arrow_array::{FixedSizeListArray, Float32Array, RecordBatch};
     let mut rng = reclag::rng::Rng::new(seed);
@@ -1313,14 +1313,7 @@ fn write_one_row_group(path: &Path, rows: usize, d: usize, seed: u64) {
         ("label", Arc::new(label) as ArrayRef),
     ])
     .unwrap();
-    let props = parquet::file::properties::WriterProperties::builder()
-        .set_max_row_group_row_count(Some(rows))
-        .set_dictionary_enabled(false)
-        .build();
-    let f = std::fs::File::create(path).unwrap();
-    let mut w = parquet::arrow::ArrowWriter::try_new(f, batch.schema(), Some(props)).unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
+    crate::common::write_row_groups(path, &batch, rows);
 }
 
 /// Runs the CLI with `args` in a child process and returns its peak resident set size
@@ -1356,19 +1349,7 @@ fn score_memory_does_not_grow_with_the_input() {
     let train = tmp.path().join("train.parquet");
     write_one_row_group(&train, 1000, d, 1);
     let model = tmp.path().join("model.parquet");
-    cli_ok(&[
-        "train",
-        "--input",
-        &s(&train),
-        "--label",
-        "label",
-        "--output",
-        &s(&model),
-        "--recipe",
-        "paper",
-        "--epochs",
-        "2",
-    ]);
+    crate::common::train_model(&train, &model, 2);
     let mut peaks = vec![];
     for rows in [16 * 1024, 64 * 1024] {
         let input = tmp.path().join(format!("in-{rows}.parquet"));

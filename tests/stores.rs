@@ -57,17 +57,7 @@ fn table(
     labels: &[i64],
     ids: std::ops::Range<i64>,
 ) -> Vec<(&'static str, ArrayRef)> {
-    vec![
-        (
-            "id",
-            Arc::new(Int64Array::from_iter_values(ids)) as ArrayRef,
-        ),
-        ("embedding", fsl(rows, 8)),
-        (
-            "label",
-            Arc::new(Int64Array::from(labels.to_vec())) as ArrayRef,
-        ),
-    ]
+    table_d(rows, labels, ids, 8)
 }
 
 #[test]
@@ -509,28 +499,38 @@ fn s3_failures_are_clear() {
     }
 }
 
-/// A model trained on 64-d clusters and a two-file lake of their rows in the store,
-/// large enough (60k rows with their embeddings kept: about 15 MB) that a scored
-/// output is a multipart upload of two parts.
+/// A moto server holding a model trained on 64-d clusters and a two-file lake of their
+/// rows, large enough (60k rows with their embeddings kept: about 15 MB) that a
+/// scored output is a multipart upload.
+struct BigLake {
+    emu: Emulator,
+    tmp: tempfile::TempDir,
+    model: String,
+    input: String,
+    stores: Stores,
+}
+
+fn big_lake_on_s3() -> Option<BigLake> {
+    let emu = Emulator::start(Kind::S3)?;
+    emu.bucket("lake");
+    let tmp = tempfile::tempdir().unwrap();
+    let model = big_lake(&emu, tmp.path());
+    Some(BigLake {
+        input: emu.url("lake/events/"),
+        stores: Stores::new(emu.env()),
+        emu,
+        tmp,
+        model,
+    })
+}
+
 fn big_lake(emu: &Emulator, t: &Path) -> String {
     let stores = Stores::new(emu.env());
     let (rows, labels) = clusters(3, 80, 64, 3);
     let train = t.join("train.parquet");
     write_parquet(&train, table_d(&rows, &labels, 0..240, 64));
     let model = t.join("m.parquet");
-    crate::common::cli_ok(&[
-        "train",
-        "--input",
-        &train.display().to_string(),
-        "--label",
-        "label",
-        "--recipe",
-        "paper",
-        "--epochs",
-        "2",
-        "--output",
-        &model.display().to_string(),
-    ]);
+    crate::common::train_model(&train, &model, 2);
     upload(&stores, &emu.url("lake/models/m.parquet"), &model);
     // The same centres as the training rows: mostly ID, as a real day would be.
     let (rows, labels) = clusters(3, 20_000, 64, 3);
@@ -577,14 +577,16 @@ fn score_args<'a>(model: &'a str, input: &'a str, output: &'a str) -> Vec<&'a st
 /// retries through all of them and writes the same bytes as a run without faults.
 #[test]
 fn transient_store_faults_are_retried_to_the_same_bytes() {
-    let Some(emu) = Emulator::start(Kind::S3) else {
+    let Some(BigLake {
+        emu,
+        tmp: _tmp,
+        model,
+        input,
+        stores,
+    }) = big_lake_on_s3()
+    else {
         return;
     };
-    emu.bucket("lake");
-    let tmp = tempfile::tempdir().unwrap();
-    let model = big_lake(&emu, tmp.path());
-    let input = emu.url("lake/events/");
-    let stores = Stores::new(emu.env());
 
     let clean_url = emu.url("lake/out/clean.parquet");
     let clean = ok(&emu.env(), &score_args(&model, &input, &clean_url));
@@ -637,14 +639,16 @@ fn transient_store_faults_are_retried_to_the_same_bytes() {
 /// the upload is aborted (the store holds no open upload) and nothing is published.
 #[test]
 fn a_forbidden_object_fails_naming_it_and_publishes_nothing() {
-    let Some(emu) = Emulator::start(Kind::S3) else {
+    let Some(BigLake {
+        emu,
+        tmp,
+        model,
+        input,
+        stores,
+    }) = big_lake_on_s3()
+    else {
         return;
     };
-    emu.bucket("lake");
-    let tmp = tempfile::tempdir().unwrap();
-    let model = big_lake(&emu, tmp.path());
-    let input = emu.url("lake/events/");
-    let stores = Stores::new(emu.env());
 
     let proxy = FaultProxy::start(
         &emu,

@@ -93,11 +93,6 @@ impl Upload {
         }
         self.done = true;
     }
-
-    /// Whether the object was published.
-    pub fn is_done(&self) -> bool {
-        self.done
-    }
 }
 
 fn external(e: object_store::Error) -> parquet::errors::ParquetError {
