@@ -369,6 +369,13 @@ pub fn output_arrays(out: ScoreOutput) -> OutputArrays {
     }
 }
 
+/// §11's p-values as an Arrow array: null where a row has no score (NaN).
+pub fn p_value_array(p: Vec<f64>) -> ArrayRef {
+    let nulls = NullBuffer::from_iter(p.iter().map(|v| !v.is_nan()));
+    let nulls = (nulls.null_count() > 0).then_some(nulls);
+    Arc::new(Float64Array::new(p.into(), nulls))
+}
+
 /// How many of the most similar groups an explanation lists.
 pub const EXPLAIN_TOP_GROUPS: usize = 3;
 

@@ -62,6 +62,14 @@ pub enum Error {
         source: arrow_schema::ArrowError,
     },
 
+    #[error(
+        "the model has no calibration scores (a model file of format version 1 or 2), so it has no p-values; add them with `reclag calibrate --model MODEL --input ID_ROWS --output NEW_MODEL`, or retrain"
+    )]
+    NoCalibration,
+
+    #[error("calibration: {0}")]
+    Calibration(String),
+
     /// An output that cannot be written where it was asked for.
     #[error("{0}")]
     Output(String),

@@ -1,6 +1,13 @@
 //! The model file: one Parquet file any engine can read.
 //!
-//! Version 2 (written): one row per stored vector, `part` saying what it is:
+//! Version 3 (written for models with calibration scores): version 2's rows, plus
+//! §11's calibration scores as `scores` (`List<Float64>`, ascending) on rows with a
+//! null `vector`: `calibration` (one per group, `group` set: the margins of its own
+//! calibration rows), `calibration_best` and `calibration_union` (all calibration
+//! rows). Metadata adds `reclag.calibration_ood_rate` and, when known,
+//! `reclag.label_column` and `reclag.recalibrated_from` (the source model's checksum).
+//!
+//! Version 2 (written for models without calibration scores, read): one row per stored vector, `part` saying what it is:
 //! `memory` rows (`group`, `memory` index, `vector` as `FixedSizeList<Float64, d>`,
 //! with each group's `tau`, row counts and calibration source repeated on its rows),
 //! and for §10's recipe one `mean` row (`μ`) and `d` `whitening` rows (`W`, row
@@ -13,7 +20,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow_array::builder::{FixedSizeListBuilder, Float64Builder};
+use arrow_array::builder::{FixedSizeListBuilder, Float64Builder, ListBuilder};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, Float64Type, Int32Type, Int64Type};
 use arrow_array::{
@@ -26,15 +33,30 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use sha2::{Digest, Sha256};
 
+use crate::conformal::{Against, Calibration, CalibrationSets};
 use crate::error::{Error, Result};
 use crate::model::{
     BetaSearch, CalibratedOn, Group, GroupKey, LabelKind, Model, ModelParts, Normalize, Provenance,
     Recipe, Whitening,
 };
 
-pub const FORMAT_VERSION: &str = "2";
+/// The newest version this build writes (models without calibration scores, loaded
+/// from older files, are written as version 2, byte for byte as before).
+pub const FORMAT_VERSION: &str = "3";
 /// Versions this build reads.
-const READS: [&str; 2] = ["1", "2"];
+const READS: [&str; 3] = ["1", "2", "3"];
+const K_LABEL_COLUMN: &str = "reclag.label_column";
+const K_RECALIBRATED_FROM: &str = "reclag.recalibrated_from";
+const K_CALIBRATION_RATE: &str = "reclag.calibration_ood_rate";
+
+/// The version `model` is written as: 3 when it has calibration scores.
+pub fn version_of(model: &Model) -> &'static str {
+    if model.calibration().is_some() {
+        FORMAT_VERSION
+    } else {
+        "2"
+    }
+}
 const K_VERSION: &str = "reclag.format_version";
 const K_CHECKSUM: &str = "reclag.checksum";
 
@@ -59,6 +81,18 @@ fn meta_pairs(model: &Model, version: &str) -> Vec<(&'static str, String)> {
             v.push((K_BETA_SEARCH, json.to_string()));
         }
     }
+    if version == "3" {
+        let p = model.provenance();
+        if let Some(c) = &p.label_column {
+            v.push((K_LABEL_COLUMN, c.clone()));
+        }
+        if let Some(c) = &p.recalibrated_from {
+            v.push((K_RECALIBRATED_FROM, c.clone()));
+        }
+        if let Some(c) = model.calibration() {
+            v.push((K_CALIBRATION_RATE, c.ood_rate.to_string()));
+        }
+    }
     v
 }
 
@@ -67,7 +101,7 @@ const K_BETA_SEARCH: &str = "reclag.beta_search";
 /// SHA-256 over the canonical content: every metadata value and every stored number
 /// (memories as the f32 the file holds). Hex-encoded.
 pub fn checksum(model: &Model) -> String {
-    checksum_as(model, FORMAT_VERSION)
+    checksum_as(model, version_of(model))
 }
 
 /// [`checksum`] as a file of `version` records it: version 1 files hash their
@@ -103,15 +137,25 @@ fn checksum_as(model: &Model, version: &str) -> String {
             h.update(v.to_le_bytes());
         }
     }
+    if let (Some(c), "3") = (model.calibration(), version) {
+        h.update(b"calibration\0");
+        for set in c.own.iter().chain([&c.best, &c.union]) {
+            h.update((set.len() as u64).to_le_bytes());
+            for v in set.scores() {
+                h.update(v.to_le_bytes());
+            }
+        }
+    }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn schema(model: &Model) -> Schema {
+fn schema(model: &Model, version: &str) -> Schema {
     let group_type = match model.label_kind() {
         LabelKind::Str => DataType::Utf8,
         _ => DataType::Int64,
     };
-    Schema::new(vec![
+    let v3 = version == "3";
+    let mut fields = vec![
         Field::new("part", DataType::Utf8, false),
         Field::new("group", group_type, true),
         Field::new("memory", DataType::Int32, false),
@@ -121,25 +165,36 @@ fn schema(model: &Model) -> Schema {
                 Arc::new(Field::new("item", DataType::Float64, true)),
                 model.dim() as i32,
             ),
-            false,
+            v3,
         ),
         Field::new("tau", DataType::Float64, true),
         Field::new("n_train", DataType::Int64, true),
         Field::new("n_calibration", DataType::Int64, true),
         Field::new("calibrated_on", DataType::Utf8, true),
-    ])
+    ];
+    if v3 {
+        fields.push(Field::new_list(
+            "scores",
+            Field::new_list_field(DataType::Float64, false),
+            true,
+        ));
+    }
+    Schema::new(fields)
 }
 
-/// One stored vector: a group's memory, or part of the preprocessing.
+/// One stored row: a group's memory, part of the preprocessing, or a set of
+/// calibration scores.
 enum Row<'a> {
     Memory(&'a Group, usize),
     Mean,
     Whitening(usize),
+    Calibration(Against),
 }
 
 /// Serialises a model to Parquet bytes.
 pub fn to_bytes(model: &Model) -> Result<Vec<u8>> {
-    let schema = Arc::new(schema(model));
+    let version = version_of(model);
+    let schema = Arc::new(schema(model, version));
     let d = model.dim();
     let mut rows: Vec<Row<'_>> = model
         .groups()
@@ -150,6 +205,19 @@ pub fn to_bytes(model: &Model) -> Result<Vec<u8>> {
         rows.push(Row::Mean);
         rows.extend((0..d).map(Row::Whitening));
     }
+    if model.calibration().is_some() {
+        let k = model.groups().len() as u32;
+        rows.extend((0..k).map(|g| Row::Calibration(Against::Group(g))));
+        rows.push(Row::Calibration(Against::Best));
+        rows.push(Row::Calibration(Against::Union));
+    }
+    fn key_of<'m>(model: &'m Model, r: &Row<'m>) -> Option<&'m GroupKey> {
+        match r {
+            Row::Memory(g, _) => g.key.as_ref(),
+            Row::Calibration(Against::Group(g)) => model.groups()[*g as usize].key.as_ref(),
+            _ => None,
+        }
+    }
     fn group_of<'a>(r: &Row<'a>) -> Option<&'a Group> {
         match r {
             Row::Memory(g, _) => Some(*g),
@@ -158,13 +226,13 @@ pub fn to_bytes(model: &Model) -> Result<Vec<u8>> {
     }
     let group: ArrayRef = match model.label_kind() {
         LabelKind::Str => Arc::new(StringArray::from_iter(rows.iter().map(|r| {
-            match group_of(r).and_then(|g| g.key.as_ref()) {
+            match key_of(model, r) {
                 Some(GroupKey::Str(s)) => Some(s.as_str()),
                 _ => None,
             }
         }))),
         _ => Arc::new(Int64Array::from_iter(rows.iter().map(|r| {
-            match group_of(r).and_then(|g| g.key.as_ref()) {
+            match key_of(model, r) {
                 Some(GroupKey::Int(v)) => Some(*v),
                 _ => None,
             }
@@ -175,15 +243,29 @@ pub fn to_bytes(model: &Model) -> Result<Vec<u8>> {
         d as i32,
         rows.len(),
     );
+    let mut scores = ListBuilder::new(Float64Builder::new())
+        .with_field(Arc::new(Field::new_list_field(DataType::Float64, false)));
     for r in &rows {
         let v = match (r, model.whitening()) {
             (Row::Memory(g, i), _) => &g.xi[i * d..(i + 1) * d],
             (Row::Mean, Some(w)) => w.mean(),
             (Row::Whitening(j), Some(w)) => &w.matrix()[j * d..(j + 1) * d],
+            (Row::Calibration(_), _) => &[],
             _ => unreachable!("preprocessing rows exist only with whitening"),
         };
-        vb.values().append_slice(v);
-        vb.append(true);
+        match (r, model.calibration()) {
+            (Row::Calibration(a), Some(c)) => {
+                vb.values().append_nulls(d);
+                vb.append(false);
+                scores.values().append_slice(c.against(*a).scores());
+                scores.append(true);
+            }
+            _ => {
+                vb.values().append_slice(v);
+                vb.append(true);
+                scores.append(false);
+            }
+        }
     }
     let cols: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(rows.iter().map(
@@ -191,12 +273,15 @@ pub fn to_bytes(model: &Model) -> Result<Vec<u8>> {
                 Row::Memory(..) => "memory",
                 Row::Mean => "mean",
                 Row::Whitening(_) => "whitening",
+                Row::Calibration(Against::Group(_)) => "calibration",
+                Row::Calibration(Against::Best) => "calibration_best",
+                Row::Calibration(Against::Union) => "calibration_union",
             },
         ))),
         group,
         Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| match r {
             Row::Memory(_, i) | Row::Whitening(i) => *i as i32,
-            Row::Mean => 0,
+            Row::Mean | Row::Calibration(_) => 0,
         }))),
         Arc::new(vb.finish()) as ArrayRef,
         Arc::new(Float64Array::from_iter(
@@ -218,8 +303,12 @@ pub fn to_bytes(model: &Model) -> Result<Vec<u8>> {
         context: "building the model table".into(),
         source,
     };
+    let mut cols = cols;
+    if version == "3" {
+        cols.push(Arc::new(scores.finish()));
+    }
     let batch = RecordBatch::try_new(schema.clone(), cols).map_err(arrow_err)?;
-    let mut kv: Vec<KeyValue> = meta_pairs(model, FORMAT_VERSION)
+    let mut kv: Vec<KeyValue> = meta_pairs(model, version)
         .into_iter()
         .map(|(k, v)| KeyValue::new(k.to_string(), v))
         .collect();
@@ -355,6 +444,8 @@ fn parse(bytes: bytes::Bytes, origin: &Path) -> Result<Model> {
     let provenance = Provenance {
         training: get("reclag.training").unwrap_or_default().to_string(),
         source: get("reclag.source").unwrap_or_default().to_string(),
+        label_column: get(K_LABEL_COLUMN).map(str::to_string),
+        recalibrated_from: get(K_RECALIBRATED_FROM).map(str::to_string),
     };
     let recipe = match get("reclag.recipe") {
         Some(r) => Recipe::parse(r).map_err(|e| err(e.to_string()))?,
@@ -385,6 +476,9 @@ fn parse(bytes: bytes::Bytes, origin: &Path) -> Result<Model> {
     };
     let mut mean: Option<Vec<f64>> = None;
     let mut whiten: Vec<f64> = Vec::new();
+    // Calibration rows in file order: own sets (with their group keys), best, union.
+    let mut own: Vec<(Option<GroupKey>, Vec<f64>)> = Vec::new();
+    let (mut best, mut union): (Option<Vec<f64>>, Option<Vec<f64>>) = (None, None);
 
     let reader = builder
         .build()
@@ -456,10 +550,55 @@ fn parse(bytes: bytes::Bytes, origin: &Path) -> Result<Model> {
         let cal_on = cal_on
             .as_string_opt::<i32>()
             .ok_or_else(|| bad("calibrated_on", cal_on))?;
+        let scores = match batch.column_by_name("scores") {
+            Some(c) => Some(c.as_list_opt::<i32>().ok_or_else(|| bad("scores", c))?),
+            None => None,
+        };
+        let key_at = |r: usize| -> Result<Option<GroupKey>> {
+            Ok(match label_type.as_str() {
+                "none" => None,
+                "int64" => Some(GroupKey::Int(
+                    group
+                        .as_primitive_opt::<Int64Type>()
+                        .ok_or_else(|| bad("group", group))?
+                        .value(r),
+                )),
+                "utf8" => Some(GroupKey::Str(
+                    group
+                        .as_string_opt::<i32>()
+                        .ok_or_else(|| bad("group", group))?
+                        .value(r)
+                        .to_string(),
+                )),
+                other => return Err(err(format!("unknown label type '{other}'"))),
+            })
+        };
         for r in 0..batch.num_rows() {
             let s = r * d;
             let v = &values[s..s + d];
-            match part.map_or("memory", |p| p.value(r)) {
+            let p = part.map_or("memory", |p| p.value(r));
+            if p.starts_with("calibration") {
+                let list = scores
+                    .filter(|l| l.is_valid(r))
+                    .ok_or_else(|| err(format!("calibration row {r} has no scores")))?;
+                let vals = list.value(r);
+                let vals = vals
+                    .as_primitive_opt::<Float64Type>()
+                    .ok_or_else(|| bad("scores", list.values()))?
+                    .values()
+                    .to_vec();
+                match p {
+                    "calibration" => own.push((key_at(r)?, vals)),
+                    "calibration_best" => best = Some(vals),
+                    "calibration_union" => union = Some(vals),
+                    o => return Err(err(format!("unknown part '{o}' at row {r}"))),
+                }
+                continue;
+            }
+            if vector_l.is_null(r) {
+                return Err(err(format!("{p} row {r} has a null vector")));
+            }
+            match p {
                 "memory" => {}
                 "mean" => {
                     mean = Some(v.to_vec());
@@ -480,23 +619,7 @@ fn parse(bytes: bytes::Bytes, origin: &Path) -> Result<Model> {
             if tau.is_null(r) || n_train.is_null(r) || n_cal.is_null(r) || cal_on.is_null(r) {
                 return Err(err(format!("memory row {r} has a null tau or row count")));
             }
-            let key = match label_type.as_str() {
-                "none" => None,
-                "int64" => Some(GroupKey::Int(
-                    group
-                        .as_primitive_opt::<Int64Type>()
-                        .ok_or_else(|| bad("group", group))?
-                        .value(r),
-                )),
-                "utf8" => Some(GroupKey::Str(
-                    group
-                        .as_string_opt::<i32>()
-                        .ok_or_else(|| bad("group", group))?
-                        .value(r)
-                        .to_string(),
-                )),
-                other => return Err(err(format!("unknown label type '{other}'"))),
-            };
+            let key = key_at(r)?;
             let new_group = groups.last().is_none_or(|g| g.key != key);
             if new_group {
                 groups.push(Group {
@@ -544,7 +667,7 @@ fn parse(bytes: bytes::Bytes, origin: &Path) -> Result<Model> {
             groups.len()
         )));
     }
-    let model = Model::new(ModelParts {
+    let mut model = Model::new(ModelParts {
         d,
         beta,
         normalize,
@@ -557,6 +680,45 @@ fn parse(bytes: bytes::Bytes, origin: &Path) -> Result<Model> {
         beta_search,
     })
     .map_err(|e| err(e.to_string()))?;
+    if version == "3" {
+        let sorted = |what: &str, v: Vec<f64>| {
+            Calibration::from_sorted(v).ok_or_else(|| {
+                err(format!(
+                    "{what} calibration scores are not finite and ascending"
+                ))
+            })
+        };
+        let (Some(best), Some(union)) = (best, union) else {
+            return Err(err(
+                "a version 3 model needs calibration_best and calibration_union rows".into(),
+            ));
+        };
+        if own.len() != model.groups().len()
+            || own
+                .iter()
+                .zip(model.groups())
+                .any(|((k, _), g)| *k != g.key)
+        {
+            return Err(err(format!(
+                "{} groups but {} calibration rows, or in another order",
+                model.groups().len(),
+                own.len()
+            )));
+        }
+        let rate = num(K_CALIBRATION_RATE)?;
+        let sets = CalibrationSets {
+            ood_rate: rate,
+            own: own
+                .into_iter()
+                .map(|(k, v)| sorted(&format!("group {k:?}"), v))
+                .collect::<Result<_>>()?,
+            best: sorted("best-route", best)?,
+            union: sorted("union", union)?,
+        };
+        model = model
+            .with_calibration(sets)
+            .map_err(|e| err(e.to_string()))?;
+    }
     let actual = checksum_as(&model, &version);
     if actual != stored_sum {
         return Err(err(format!(

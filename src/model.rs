@@ -255,6 +255,10 @@ pub struct Provenance {
     pub training: String,
     /// Human description of the training input (paths, columns, row counts).
     pub source: String,
+    /// The label column the groups came from, so re-thresholding can default to it.
+    pub label_column: Option<String>,
+    /// Checksum of the model this one was re-thresholded from (§11), if it was.
+    pub recalibrated_from: Option<String>,
 }
 
 /// A fitted RecLag model. Immutable once built, so it is shared across threads freely.
@@ -279,6 +283,8 @@ pub struct Model {
     pub(crate) whitening: Option<Whitening>,
     pub(crate) beta_search: Option<BetaSearch>,
     pub(crate) precision: Precision,
+    /// §11's calibration scores; `None` for models from format versions 1 and 2.
+    pub(crate) calibration: Option<crate::conformal::CalibrationSets>,
     by_int: HashMap<i64, usize>,
     /// `by_int` as a table indexed by the label, when every label is in
     /// `0..DENSE_LABELS`: class ids usually are, and the lookup is per row (a hash
@@ -439,6 +445,7 @@ impl Model {
             whitening: p.whitening,
             beta_search: p.beta_search,
             precision: Precision::Exact,
+            calibration: None,
             by_int,
             dense_int,
             by_str,
@@ -477,6 +484,188 @@ impl Model {
     }
     pub fn precision(&self) -> Precision {
         self.precision
+    }
+    /// Records the label column the groups came from (training knows the rows, its
+    /// caller the column).
+    pub fn with_label_column(mut self, column: Option<String>) -> Self {
+        self.provenance.label_column = column;
+        self
+    }
+    /// §11's calibration scores, when the model keeps them.
+    pub fn calibration(&self) -> Option<&crate::conformal::CalibrationSets> {
+        self.calibration.as_ref()
+    }
+
+    /// Attaches calibration scores: one set per group, and the level `τ` was taken at.
+    pub fn with_calibration(mut self, sets: crate::conformal::CalibrationSets) -> Result<Self> {
+        if sets.own.len() != self.groups.len() {
+            return Err(Error::Model(format!(
+                "{} groups but calibration scores for {}",
+                self.groups.len(),
+                sets.own.len()
+            )));
+        }
+        if !(sets.ood_rate > 0.0 && sets.ood_rate < 1.0) {
+            return Err(Error::Model(format!(
+                "calibration level must be in (0, 1), found {}",
+                sets.ood_rate
+            )));
+        }
+        self.calibration = Some(sets);
+        Ok(self)
+    }
+
+    /// The calibration scores, or the error a p-value asks for without them.
+    pub fn require_calibration(&self) -> Result<&crate::conformal::CalibrationSets> {
+        self.calibration.as_ref().ok_or(Error::NoCalibration)
+    }
+
+    /// The model with thresholds and calibration scores from `energies` (rows of
+    /// new ID data, §11's re-thresholding): every `τ_g` and `τ_*` recomputed at
+    /// `ood_rate`; memories, β and preprocessing kept. Each group needs at least
+    /// `⌈1/ood_rate⌉` rows, or its quantile is the minimum whatever the level.
+    pub fn recalibrated(
+        &self,
+        energies: &crate::conformal::CalibrationEnergies,
+        ood_rate: f64,
+        provenance: Provenance,
+    ) -> Result<Model> {
+        if !(ood_rate > 0.0 && ood_rate < 1.0) {
+            return Err(Error::param(
+                "ood-rate",
+                format!("must be in (0, 1), found {ood_rate}"),
+            ));
+        }
+        let need = (1.0 / ood_rate).ceil() as u64;
+        let counts = energies.counts();
+        let short: Vec<String> = self
+            .groups
+            .iter()
+            .zip(&counts)
+            .filter(|(_, c)| **c < need)
+            .map(|(g, c)| format!("{} ({c} rows)", group_name(&g.key)))
+            .collect();
+        if !short.is_empty() {
+            return Err(Error::Calibration(format!(
+                "at --ood-rate {ood_rate} every group needs at least {need} rows (1/ood-rate); too few in {}",
+                short.join(", ")
+            )));
+        }
+        let t = energies.thresholds(ood_rate).map_err(|g| {
+            Error::Calibration(format!(
+                "group {} has no rows",
+                group_name(&self.groups[g].key)
+            ))
+        })?;
+        let groups = self
+            .groups
+            .iter()
+            .zip(&t.tau)
+            .zip(&t.rows)
+            .map(|((g, &tau), &n)| Group {
+                tau,
+                n_calibration: n,
+                calibrated_on: CalibratedOn::Holdout,
+                ..g.clone()
+            })
+            .collect();
+        let mut m = Model::new(ModelParts {
+            d: self.d,
+            beta: self.beta,
+            normalize: self.normalize,
+            max_iter: self.max_iter,
+            tol: self.tol,
+            groups,
+            tau_star: t.tau_star,
+            provenance,
+            whitening: self.whitening.clone(),
+            beta_search: self.beta_search.clone(),
+        })?
+        .with_calibration(t.sets)?;
+        m.precision = self.precision;
+        Ok(m)
+    }
+
+    /// Adds `rows` of groups `groups` (rows without a group, null or non-finite rows
+    /// are skipped; returns how many were kept) to `acc`, preprocessed as training
+    /// preprocesses its calibration rows, so the energies match training's bit for bit.
+    pub fn calibration_energies(
+        &self,
+        rows: &crate::rows::Rows<'_>,
+        groups: &[Option<u32>],
+        acc: &mut crate::conformal::CalibrationEnergies,
+    ) -> Result<usize> {
+        let d = self.d;
+        if rows.dim() != d {
+            return Err(Error::Dimension {
+                column: "embedding".into(),
+                expected: d,
+                found: rows.dim(),
+                row: None,
+            });
+        }
+        let mut x = Vec::with_capacity(rows.len() * d);
+        let mut g = Vec::with_capacity(rows.len());
+        let mut r = vec![0.0; d];
+        for (i, grp) in groups.iter().enumerate().take(rows.len()) {
+            let Some(grp) = grp else { continue };
+            if rows.gather_norm(i, &mut r).is_none() {
+                continue;
+            }
+            self.normalize.apply(&mut r);
+            x.extend_from_slice(&r);
+            g.push(*grp);
+        }
+        if let Some(w) = &self.whitening {
+            let mut y = vec![0.0; x.len()];
+            w.apply_block(&x, g.len(), &mut y);
+            x = y;
+        }
+        let memories: Vec<(&[f64], usize)> =
+            self.groups.iter().map(|g| (g.xi.as_slice(), g.m)).collect();
+        acc.push(
+            &memories,
+            (&self.union_xi, self.union_m),
+            self.beta,
+            &x,
+            d,
+            &g,
+        );
+        Ok(g.len())
+    }
+
+    /// §11's p-values of rows just scored into `out` with the same `groups` and
+    /// `route`: each against the calibration scores of its kind, NaN where the row
+    /// has no score.
+    pub fn p_values_into(
+        &self,
+        out: &crate::score::ScoreOutput,
+        groups: Option<&[Option<u32>]>,
+        route: Route,
+        p: &mut Vec<f64>,
+    ) -> Result<()> {
+        let sets = self.require_calibration()?;
+        p.clear();
+        p.extend((0..out.len()).map(|i| {
+            if !out.valid[i] {
+                return f64::NAN;
+            }
+            let a = self.against(groups.and_then(|g| g[i]), route);
+            sets.against(a).p_value(out.score[i])
+        }));
+        Ok(())
+    }
+
+    /// Which calibration scores a row routed by `group` (or by `route` without one)
+    /// is compared with.
+    pub fn against(&self, group: Option<u32>, route: Route) -> crate::conformal::Against {
+        use crate::conformal::Against;
+        match (group, route) {
+            (Some(g), _) => Against::Group(g),
+            (None, _) if self.groups.len() == 1 => Against::Group(0),
+            (None, Route::Best) => Against::Best,
+            (None, Route::Union) => Against::Union,
+        }
     }
     /// Chooses how the whitened recipe's products are summed when scoring (the paper
     /// recipe's kernel is unaffected); see [`Precision`].
@@ -589,6 +778,11 @@ impl Model {
             known,
         }
     }
+}
+
+fn group_name(k: &Option<GroupKey>) -> String {
+    k.as_ref()
+        .map_or_else(|| "(unlabelled)".into(), |k| k.to_string())
 }
 
 /// The Gram matrix `ΞΞᵀ` (`m×m`), or `None` when iterating through `d` is cheaper

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use rayon::prelude::*;
 
+use crate::conformal::CalibrationEnergies;
 use crate::error::{Error, Result};
 use crate::kernel::{gemm_abt, gemm_atb, lme_softmax, norm2};
 use crate::metrics::quantile_lower;
@@ -17,7 +18,6 @@ use crate::model::{
 };
 use crate::rng::Rng;
 use crate::rows::Rows;
-use crate::score::energies;
 
 /// Memory initialisation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -357,29 +357,46 @@ impl ValidParams {
             .map(|(key, res)| self.fit_group(key.clone(), &res.rows, d, progress))
             .collect::<Result<_>>()?;
 
-        let groups: Vec<Group> = fitted.iter().map(|f| f.group.clone()).collect();
-        let calib_all: Vec<f64> = fitted
-            .iter()
-            .flat_map(|f| f.calib.iter().copied())
-            .collect();
+        let (groups, calib): (Vec<Group>, Vec<Vec<f64>>) =
+            fitted.into_iter().map(|f| (f.group, f.calib)).unzip();
         let paper = serde_json::json!({
             "epochs": p.epochs, "batch_size": p.batch_size, "lr": p.lr,
             "adam_b1": p.adam_b1, "adam_b2": p.adam_b2, "adam_eps": p.adam_eps,
             "init_norm": p.init_norm, "init": p.init.as_str(),
         });
-        self.assemble(data, source, p.beta, groups, &calib_all, paper, None, None)
+        self.assemble(data, source, p.beta, groups, &calib, paper, None, None)
     }
 
-    /// Where both recipes end: `τ_*` of every calibration row against the union
-    /// (§7), the provenance (the common parameters and the recipe's own), the model.
+    /// The rows §7 holds out of each group (all of a group's rows when it is
+    /// calibrated on its training rows), split exactly as `fit` splits them: what
+    /// re-thresholding a model on its own calibration rows starts from.
+    pub fn calibration_rows(&self, data: &TrainingSet) -> Vec<(Option<GroupKey>, Vec<f32>)> {
+        let d = data.d;
+        data.groups
+            .iter()
+            .map(|(key, res)| {
+                let split = Split::new(&self.0, &format!("{key:?}"), res.rows.len() / d);
+                let mut v = Vec::with_capacity(split.cal().len() * d);
+                for &i in split.cal() {
+                    v.extend_from_slice(&res.rows[i * d..(i + 1) * d]);
+                }
+                (key.clone(), v)
+            })
+            .collect()
+    }
+
+    /// Where both recipes end: each `τ_g` from its group's calibration rows and `τ_*`
+    /// from all of them against the union (§7), the calibration scores p-values are
+    /// taken against (§11), the provenance (the common parameters and the recipe's
+    /// own), the model. `calib[g]` holds group g's preprocessed calibration rows.
     #[allow(clippy::too_many_arguments)]
     fn assemble(
         &self,
         data: &TrainingSet,
         source: &str,
         beta: f64,
-        groups: Vec<Group>,
-        calib: &[f64],
+        mut groups: Vec<Group>,
+        calib: &[Vec<f64>],
         recipe_params: serde_json::Value,
         whitening: Option<crate::model::Whitening>,
         beta_search: Option<BetaSearch>,
@@ -388,8 +405,20 @@ impl ValidParams {
         let d = data.d;
         let union_xi: Vec<f64> = groups.iter().flat_map(|g| g.xi.iter().copied()).collect();
         let union_m = groups.iter().map(|g| g.m).sum();
-        let tau_star = quantile_lower(&energies(&union_xi, union_m, beta, calib, d), p.ood_rate)
-            .ok_or_else(|| Error::EmptyInput("no calibration rows".into()))?;
+        let memories: Vec<(&[f64], usize)> =
+            groups.iter().map(|g| (g.xi.as_slice(), g.m)).collect();
+        let mut acc = CalibrationEnergies::new(groups.len());
+        for (g, x) in calib.iter().enumerate() {
+            let ids = vec![g as u32; x.len() / d];
+            acc.push(&memories, (&union_xi, union_m), beta, x, d, &ids);
+        }
+        let t = acc.thresholds(p.ood_rate).map_err(|g| {
+            Error::EmptyInput(format!("group {:?} has no calibration rows", groups[g].key))
+        })?;
+        for (g, tau) in groups.iter_mut().zip(&t.tau) {
+            g.tau = *tau;
+        }
+        let tau_star = t.tau_star;
         let mut training = serde_json::json!({
             "recipe": p.recipe.as_str(),
             "memories": p.memories, "beta": beta, "normalize": p.normalize.as_str(),
@@ -412,10 +441,12 @@ impl ValidParams {
             provenance: Provenance {
                 training: training.to_string(),
                 source: source.to_string(),
+                ..Provenance::default()
             },
             whitening,
             beta_search,
-        })
+        })?
+        .with_calibration(t.sets)
     }
 
     fn fit_group(
@@ -474,14 +505,13 @@ impl ValidParams {
                 "training diverged for group {label} (non-finite memories); lower --lr or --beta"
             )));
         }
-        let e = energies(&xi, m, p.beta, &calib, d);
-        let tau = quantile_lower(&e, p.ood_rate).expect("calibration rows are non-empty");
         Ok(Fitted {
             group: Group {
                 key,
                 xi,
                 m,
-                tau,
+                // Set with every group's calibration energies in `assemble`.
+                tau: f64::NAN,
                 n_train: nfit as u64,
                 n_calibration: cal_idx.len() as u64,
                 calibrated_on,
@@ -731,23 +761,18 @@ impl ValidParams {
         let groups: Vec<Group> = parts
             .iter()
             .zip(&memories)
-            .map(|(g, (xi, m))| {
-                let e = energies(xi, *m, beta, &g.cal, d);
-                let tau = quantile_lower(&e, p.ood_rate).ok_or_else(|| {
-                    Error::EmptyInput(format!("group {} has no calibration rows", g.label))
-                })?;
-                Ok(Group {
-                    key: g.key.clone(),
-                    xi: xi.clone(),
-                    m: *m,
-                    tau,
-                    n_train: (g.fit.len() / d) as u64,
-                    n_calibration: (g.cal.len() / d) as u64,
-                    calibrated_on: g.on,
-                })
+            .map(|(g, (xi, m))| Group {
+                key: g.key.clone(),
+                xi: xi.clone(),
+                m: *m,
+                // Set with every group's calibration energies in `assemble`.
+                tau: f64::NAN,
+                n_train: (g.fit.len() / d) as u64,
+                n_calibration: (g.cal.len() / d) as u64,
+                calibrated_on: g.on,
             })
-            .collect::<Result<_>>()?;
-        let calib_all: Vec<f64> = parts.iter().flat_map(|g| g.cal.iter().copied()).collect();
+            .collect();
+        let calib: Vec<Vec<f64>> = parts.into_iter().map(|g| g.cal).collect();
         let whitened = serde_json::json!({
             "beta_auto": p.beta_auto, "shrinkage": crate::whiten::SHRINKAGE,
             "kmeans_iterations": crate::kmeans::ITERATIONS,
@@ -757,7 +782,7 @@ impl ValidParams {
             source,
             beta,
             groups,
-            &calib_all,
+            &calib,
             whitened,
             Some(whitening),
             beta_search,

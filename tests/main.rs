@@ -2,6 +2,7 @@
 
 mod cli;
 mod common;
+mod conformal;
 mod drift;
 mod emulators;
 mod golden;

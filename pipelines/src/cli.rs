@@ -53,6 +53,8 @@ pub enum Command {
     Sql(SqlArgs),
     /// Keep only the in-distribution rows of a Parquet dataset (or only the OOD ones).
     Filter(FilterArgs),
+    /// Re-threshold a model on new ID rows (new τ and calibration scores, same memories).
+    Calibrate(CalibrateArgs),
     /// Detect drift in a partitioned lake, partition by partition (for nightly jobs).
     #[command(subcommand)]
     Drift(DriftCommand),
@@ -147,7 +149,8 @@ complete.
 Examples:
   reclag filter --model model.parquet --input 'new/*.parquet' --group label \\
       --keep id --output clean.parquet
-  reclag filter --model model.parquet --input new/ --keep ood --output quarantine.parquet")]
+  reclag filter --model model.parquet --input new/ --keep ood --output quarantine.parquet
+  reclag filter --model model.parquet --input new/ --keep ood --fdr 0.1 --output suspects.parquet")]
 pub struct FilterArgs {
     /// The model file: a path or URL.
     #[arg(long, value_name = "MODEL")]
@@ -159,6 +162,15 @@ pub struct FilterArgs {
     /// Which rows to keep: id (the model accepts them) or ood (quarantine).
     #[arg(long, value_enum)]
     pub keep: crate::filter::Keep,
+    /// Decide by false-discovery rate instead of each row's threshold: a row is OOD
+    /// when Benjamini–Hochberg at level Q over the p-values of every input row rejects
+    /// it, so at most a share Q of the rows flagged OOD are expected to be ID (for ID
+    /// rows exchangeable with the model's calibration rows). Q in (0, 1). Two passes
+    /// over the input: the first scores every row and keeps a count per distinct
+    /// p-value (at most one per calibration score, whatever the input size), the
+    /// second filters.
+    #[arg(long, value_name = "Q")]
+    pub fdr: Option<f64>,
     /// The output Parquet file (local).
     #[arg(long, value_name = "OUT")]
     pub output: String,
@@ -166,7 +178,7 @@ pub struct FilterArgs {
     #[arg(long, default_value = "embedding", value_name = "COL")]
     pub embedding: String,
     /// Route each row to the group named by this column (integer or string class
-    /// label); a null label, or no --group, scores against the union of all groups.
+    /// label); a null label, or no --group, routes by largest margin.
     #[arg(long, value_name = "COL")]
     pub group: Option<String>,
 }
@@ -175,8 +187,9 @@ pub struct FilterArgs {
 #[command(after_long_help = "\
 Functions (each takes model, embedding [, group]; model is a name given with
 --model, or a model file path or URL, as a string literal):
-  reclag_score, reclag_energy, reclag_ood_probability, reclag_is_ood, reclag_attractor
-A NULL or omitted group scores against the union of all groups.
+  reclag_score, reclag_energy, reclag_ood_probability, reclag_is_ood, reclag_attractor,
+  reclag_p_value (spec §11; needs a model with calibration scores), reclag_explain
+A NULL or omitted group routes the row to the group of largest margin.
 
 Example:
   reclag sql --table events=events/ --model prod=model.parquet \\
@@ -366,6 +379,11 @@ Output columns (added after the input columns):
   reclag_ood_probability  posterior of the OOD component, σ(β(τ − A))
   reclag_is_ood           the dynamics reached the origin
   reclag_attractor        memory index the row converged to, −1 if OOD
+  reclag_p_value          conformal p-value (spec §11): (1 + #{c ≤ score}) / (n + 1)
+                          over the model's n calibration scores of the same kind
+                          (the row's group's own, or best-route ones); small means
+                          unlike the ID data. Only for models with calibration scores
+                          (trained by this release, or passed through `reclag calibrate`)
 Rows with a null embedding or a NaN/inf component get null outputs.
 A local output is written to a temporary name and renamed when complete (through
 a symbolic link to the file it names; a FIFO or device such as /dev/stdout is
@@ -469,6 +487,50 @@ pub struct EvalArgs {
 pub enum Format {
     Table,
     Json,
+}
+
+#[derive(Args, Debug)]
+#[command(after_long_help = "\
+Spec §11's re-thresholding. Every τ_g (and τ*) becomes the --ood-rate quantile of the
+new rows' energies in group g, and the calibration scores behind reclag_p_value are
+replaced by theirs; memories, β and preprocessing are kept, so it takes seconds where
+training takes minutes. The new model records the source model's checksum.
+
+When to use it: the rows a model was calibrated on (held out of its training table)
+are not the rows it meets. Embeddings from a network trained on the same table make
+held-out training rows look more in-distribution than fresh rows, so fresh ID data is
+flagged above the nominal rate and its p-values are too small. Calibrating on a sample
+of fresh ID rows (a clean day, a validation set) restores both.
+
+Rows are routed by their label (--label, default: the column the model was trained
+with); rows with a null label or a null or non-finite embedding are skipped and
+counted. Each group needs at least 1/ood-rate rows.
+
+Examples:
+  reclag calibrate --model prod.parquet --input validation.parquet --output prod-v2.parquet
+  reclag calibrate --model prod.parquet --input 'lake/date=2026-11-2*/*.parquet' \\
+      --ood-rate 0.01 --output prod-1pct.parquet")]
+pub struct CalibrateArgs {
+    /// The model file: a path or URL.
+    #[arg(long, value_name = "MODEL")]
+    pub model: String,
+    /// New ID rows: Parquet file(s), directories, prefixes or globs; paths or URLs.
+    #[arg(long, required = true, num_args = 1.., value_name = "URL")]
+    pub input: Vec<String>,
+    /// Where to write the new model (a path or URL).
+    #[arg(long, value_name = "MODEL")]
+    pub output: String,
+    /// Share of ID rows to flag: each τ is this quantile of the new rows' energies.
+    /// Default: the model's current level.
+    #[arg(long, value_name = "R")]
+    pub ood_rate: Option<f64>,
+    /// The label column routing rows to groups. Default: the column the model was
+    /// trained with (models from older releases do not record it).
+    #[arg(long, value_name = "COL")]
+    pub label: Option<String>,
+    /// Embedding column.
+    #[arg(long, default_value = "embedding", value_name = "COL")]
+    pub embedding: String,
 }
 
 #[derive(Args, Debug)]
@@ -617,6 +679,12 @@ pub fn dispatch(cli: Cli, stores: Arc<Stores>, out: &mut dyn Write) -> Result<Ex
                 decode_only: a.decode_only,
             };
             let s = crate::score::run(&model, &job)?;
+            if !s.p_values && job.decode_only.is_none() {
+                eprintln!(
+                    "note: {} has no calibration scores (an older model file), so the output has no reclag_p_value; add them with `reclag calibrate`",
+                    a.model
+                );
+            }
             if job.decode_only.is_some() {
                 writeln!(
                     out,
@@ -652,6 +720,7 @@ pub fn dispatch(cli: Cli, stores: Arc<Stores>, out: &mut dyn Write) -> Result<Ex
                 embedding: a.embedding,
                 group: a.group,
                 keep: a.keep,
+                fdr: a.fdr,
                 stores,
             };
             let s = crate::filter::run(&model, &job)?;
@@ -668,6 +737,57 @@ pub fn dispatch(cli: Cli, stores: Arc<Stores>, out: &mut dyn Write) -> Result<Ex
                 job.output
             )
             .map_err(io_err)?;
+            if let (Some(q), Some(t)) = (job.fdr, s.fdr_threshold) {
+                writeln!(
+                    out,
+                    "Benjamini–Hochberg at q={q}: {} of {} scored rows rejected as OOD (p ≤ {t:.6})",
+                    s.rejected, s.scored
+                )
+                .map_err(io_err)?;
+            }
+        }
+        Command::Calibrate(a) => {
+            let model = crate::store::load_model(&stores, &a.model)?;
+            let job = crate::calibrate::CalibrateJob {
+                inputs: a.input,
+                embedding: a.embedding,
+                label: a.label,
+                ood_rate: a.ood_rate,
+                model_url: a.model,
+                output: a.output,
+                stores,
+            };
+            let (_, s) = crate::calibrate::run(&model, &job)?;
+            writeln!(
+                out,
+                "recalibrated {} group(s) on {} rows at ood-rate {} (label {}; skipped {} with a null label, {} with a null or non-finite embedding); wrote {}",
+                s.groups.len(),
+                s.rows,
+                s.ood_rate,
+                s.label.as_deref().unwrap_or("-"),
+                s.skipped_null_label,
+                s.skipped_invalid,
+                job.output
+            )
+            .map_err(io_err)?;
+            writeln!(
+                out,
+                "{:<12} {:>8} {:>12} {:>12} {:>22}",
+                "group", "rows", "tau before", "tau after", "flagged at old tau"
+            )
+            .map_err(io_err)?;
+            for g in &s.groups {
+                writeln!(
+                    out,
+                    "{:<12} {:>8} {:>12.6} {:>12.6} {:>21.1}%",
+                    g.group,
+                    g.rows,
+                    g.tau_before,
+                    g.tau_after,
+                    100.0 * g.flagged_before
+                )
+                .map_err(io_err)?;
+            }
         }
         Command::Drift(DriftCommand::Watch(a)) => {
             let spec = crate::drift::DriftSpec::from_file(&a.job)?;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use polars::prelude::{
     CompatLevel, DataFrame, Expr, FileWriteFormat, IntoLazy, LazyFrame, ParquetCompression,
     ParquetWriteOptions, ParquetWriter, PlRefPath, PolarsError, PolarsResult, SchemaExt,
-    SinkDestination, SinkTarget, StatisticsOptions, UnifiedSinkArgs, col, get_encodings,
+    SinkDestination, SinkTarget, StatisticsOptions, UnifiedSinkArgs, col, get_encodings, lit,
 };
 use polars_parquet::read::ParquetError;
 use polars_parquet::write::{
@@ -40,14 +40,22 @@ pub struct FilterJob {
     pub embedding: String,
     pub group: Option<String>,
     pub keep: Keep,
+    /// Decide by Benjamini–Hochberg at this level over every row's p-value instead
+    /// of each row's threshold.
+    pub fdr: Option<f64>,
     pub stores: Arc<Stores>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct FilterSummary {
     pub files: usize,
     pub rows_in: u64,
     pub rows_kept: u64,
+    /// With `fdr`: rows with a p-value, and how many Benjamini–Hochberg rejected.
+    pub scored: u64,
+    pub rejected: u64,
+    /// With `fdr`: the largest rejected p-value (`None`: nothing rejected).
+    pub fdr_threshold: Option<f64>,
 }
 
 /// The predicate the split uses. Rows with a null or non-finite embedding get a null
@@ -90,6 +98,18 @@ pub fn run(model: &Arc<Model>, job: &FilterJob) -> Result<FilterSummary> {
             })?;
     }
     let n_files = files.len();
+    let mut fdr = None;
+    if let Some(q) = job.fdr {
+        if !(q > 0.0 && q < 1.0) {
+            return Err(Error::Usage(format!(
+                "--fdr must be in (0, 1) (exclusive), found {q}"
+            )));
+        }
+        model
+            .require_calibration()
+            .map_err(|e| Error::Usage(format!("--fdr needs p-values: {e}")))?;
+        fdr = Some(p_value_threshold(model, job, q)?);
+    }
     let out = job.stores.locate(&job.output)?;
     let out_path = out
         .local
@@ -97,7 +117,23 @@ pub fn run(model: &Arc<Model>, job: &FilterJob) -> Result<FilterSummary> {
         .ok_or_else(|| Error::Usage(format!("--output {}: not a local path", job.output)))?;
     let frames = Frames::new(files)?;
     let rows_in = frames.rows();
-    let predicate = keep_predicate(model, &job.embedding, job.group.as_deref(), job.keep);
+    let predicate = match &fdr {
+        None => keep_predicate(model, &job.embedding, job.group.as_deref(), job.keep),
+        Some(t) => {
+            // Nothing rejected: no p-value is ≤ −1. A null p-value (no score) is kept
+            // on neither side, as with the threshold rule.
+            let t = t.threshold.unwrap_or(-1.0);
+            let p = reclag_udfs::polars::p_value(
+                col(&job.embedding),
+                model,
+                job.group.as_deref().map(col),
+            );
+            match job.keep {
+                Keep::Id => p.gt(lit(t)),
+                Keep::Ood => p.lt_eq(lit(t)),
+            }
+        }
+    };
     let (out, file) = AtomicFile::create(&out_path)?;
     let rows_kept = write_kept(frames, predicate, &file, out.tmp())?;
     out.commit(&file)?;
@@ -105,6 +141,77 @@ pub fn run(model: &Arc<Model>, job: &FilterJob) -> Result<FilterSummary> {
         files: n_files,
         rows_in,
         rows_kept,
+        scored: fdr.as_ref().map_or(0, |f| f.scored),
+        rejected: fdr.as_ref().map_or(0, |f| f.rejected),
+        fdr_threshold: fdr.and_then(|f| f.threshold),
+    })
+}
+
+/// The first pass of `--fdr`.
+struct FdrPass {
+    scored: u64,
+    rejected: u64,
+    threshold: Option<f64>,
+}
+
+/// Scores every input row (energies only: p-values need no dynamics) reading just
+/// the embedding and group columns, and counts each distinct p-value. A p-value is
+/// `j / (n + 1)` for one of the model's calibration sets, so the counts are bounded by
+/// the model, not the input; Benjamini–Hochberg needs nothing else.
+fn p_value_threshold(model: &Model, job: &FilterJob, q: f64) -> Result<FdrPass> {
+    use std::collections::HashMap;
+    let routing = match &job.group {
+        Some(g) => crate::route::Routing::Column(g.clone()),
+        None => crate::route::Routing::Ungrouped(reclag::Route::Best),
+    };
+    let files = open_all(&job.stores, &job.inputs)?;
+    let total: u64 = files.iter().map(|f| f.rows).sum();
+    let pb = crate::progress::bar(total, "rows", "p-values (pass 1 of 2)");
+    let mut counts: HashMap<u64, u64> = HashMap::new();
+    let mut out = reclag::ScoreOutput::default();
+    let mut p = Vec::new();
+    for f in files {
+        let mut cols = vec![f.column_index(&job.embedding)?];
+        if let Some(g) = &job.group {
+            cols.push(f.column_index(g)?);
+        }
+        cols.sort_unstable();
+        let path = f.path.clone();
+        for batch in f.read(Some(&cols))? {
+            let batch = batch?;
+            let groups = crate::score::score_batch(
+                model,
+                &batch,
+                &job.embedding,
+                &routing,
+                reclag::Work::EnergyOnly,
+                &path,
+                &mut out,
+            )?;
+            model.p_values_into(&out, groups.as_deref(), routing.route(), &mut p)?;
+            for v in p.iter().filter(|v| !v.is_nan()) {
+                *counts.entry(v.to_bits()).or_default() += 1;
+            }
+            pb.inc(batch.num_rows() as u64);
+        }
+    }
+    pb.finish_and_clear();
+    let mut sorted: Vec<(f64, u64)> = counts
+        .into_iter()
+        .map(|(b, c)| (f64::from_bits(b), c))
+        .collect();
+    sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let threshold = reclag::conformal::benjamini_hochberg_threshold(&sorted, q);
+    Ok(FdrPass {
+        scored: sorted.iter().map(|(_, c)| c).sum(),
+        rejected: threshold.map_or(0, |t| {
+            sorted
+                .iter()
+                .take_while(|(v, _)| *v <= t)
+                .map(|(_, c)| c)
+                .sum()
+        }),
+        threshold,
     })
 }
 

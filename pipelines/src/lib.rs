@@ -1,6 +1,7 @@
 //! IO, jobs and the `reclag` command line around the engine-free core.
 
 pub mod alloc;
+pub mod calibrate;
 pub mod cli;
 pub mod demo;
 pub mod drift;

@@ -1,4 +1,5 @@
-//! `reclag score`: Parquet in, the input columns plus the five per-row outputs out.
+//! `reclag score`: Parquet in, the input columns plus the per-row outputs out: the five
+//! of spec §4, and §11's p-value when the model keeps calibration scores.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,22 +16,29 @@ use crate::progress::bar;
 use crate::route::Routing;
 use crate::store::Stores;
 
-pub const OUTPUT_COLUMNS: [&str; 5] = [
+pub const OUTPUT_COLUMNS: [&str; 6] = [
     "reclag_score",
     "reclag_energy",
     "reclag_ood_probability",
     "reclag_is_ood",
     "reclag_attractor",
+    "reclag_p_value",
 ];
 
-pub fn output_fields() -> Vec<Field> {
-    vec![
+/// The output columns for `model`: the p-value only when it has calibration scores
+/// (a version 2 model has none, and its outputs stay as they were).
+pub fn output_fields(model: &Model) -> Vec<Field> {
+    let mut v = vec![
         Field::new(OUTPUT_COLUMNS[0], DataType::Float64, true),
         Field::new(OUTPUT_COLUMNS[1], DataType::Float64, true),
         Field::new(OUTPUT_COLUMNS[2], DataType::Float64, true),
         Field::new(OUTPUT_COLUMNS[3], DataType::Boolean, true),
         Field::new(OUTPUT_COLUMNS[4], DataType::Int32, true),
-    ]
+    ];
+    if model.calibration().is_some() {
+        v.push(Field::new(OUTPUT_COLUMNS[5], DataType::Float64, true));
+    }
+    v
 }
 
 #[derive(Clone, Debug)]
@@ -65,6 +73,8 @@ pub struct ScoreSummary {
     pub rows: u64,
     pub null_rows: u64,
     pub ood_rows: u64,
+    /// Whether the output has `reclag_p_value` (the model keeps calibration scores).
+    pub p_values: bool,
 }
 
 /// Scores one batch's embeddings; rows are null where the embedding is. Returns each
@@ -86,10 +96,12 @@ pub fn score_batch(
     Ok(groups)
 }
 
-/// The five output arrays, in [`OUTPUT_COLUMNS`] order.
-pub fn output_arrays(out: ScoreOutput) -> Vec<ArrayRef> {
+/// The output arrays, in [`OUTPUT_COLUMNS`] order: the p-values last when given.
+pub fn output_arrays(out: ScoreOutput, p_value: Option<Vec<f64>>) -> Vec<ArrayRef> {
     let a = reclag::arrow::output_arrays(out);
-    vec![a.score, a.energy, a.ood_probability, a.is_ood, a.attractor]
+    let mut v = vec![a.score, a.energy, a.ood_probability, a.is_ood, a.attractor];
+    v.extend(p_value.map(reclag::arrow::p_value_array));
+    v
 }
 
 pub fn run(model: &Model, job: &ScoreJob) -> Result<ScoreSummary> {
@@ -135,7 +147,7 @@ pub fn run(model: &Model, job: &ScoreJob) -> Result<ScoreSummary> {
         Some(_) => return decode_only(files, None),
         None => {}
     }
-    let schema = schema_with(&first.schema, &keep, output_fields());
+    let schema = schema_with(&first.schema, &keep, output_fields(model));
     let fused: Option<Arc<dyn Fused>> = fuse.then(|| {
         Arc::new(FusedScore {
             model: Arc::new(model.clone()),
@@ -152,8 +164,9 @@ pub fn run(model: &Model, job: &ScoreJob) -> Result<ScoreSummary> {
     let total: u64 = files.iter().map(|f| f.rows).sum();
     let pb = bar(total, "rows", "scoring");
     let sink = Sink::create(&job.stores, &job.output, schema.clone())?;
-    let summary = pipeline(model, job, files, fused, &keep, schema, sink, &pb)?;
+    let mut summary = pipeline(model, job, files, fused, &keep, schema, sink, &pb)?;
     pb.finish_and_clear();
+    summary.p_values = model.calibration().is_some();
     Ok(summary)
 }
 
@@ -305,7 +318,10 @@ fn score_all(
         let path = &paths[i];
         if batch.schema_ref() == schema {
             // Scored as it was decoded (see `FusedScore`).
-            let is_ood = batch.column(schema.fields().len() - 2).as_boolean();
+            let is_ood = batch
+                .column_by_name(OUTPUT_COLUMNS[3])
+                .expect("the output schema has it")
+                .as_boolean();
             summary.null_rows += is_ood.null_count() as u64;
             summary.ood_rows += is_ood.true_count() as u64;
             summary.rows += batch.num_rows() as u64;
@@ -316,7 +332,7 @@ fn score_all(
             }
             continue;
         }
-        score_batch(
+        let groups = score_batch(
             model,
             &batch,
             &job.embedding,
@@ -326,6 +342,7 @@ fn score_all(
             &mut out,
         )
         .map_err(|e| offset_rows(e, seen))?;
+        let p = p_values(model, &out, groups.as_deref(), job.routing.route())?;
         summary.null_rows += out.valid.iter().filter(|v| !**v).count() as u64;
         summary.ood_rows += out
             .valid
@@ -334,7 +351,7 @@ fn score_all(
             .filter(|(v, o)| **v && **o)
             .count() as u64;
         let mut cols: Vec<ArrayRef> = keep.iter().map(|&i| batch.column(i).clone()).collect();
-        cols.extend(output_arrays(std::mem::take(&mut out)));
+        cols.extend(output_arrays(std::mem::take(&mut out), p));
         let ob = RecordBatch::try_new(schema.clone(), cols).map_err(|source| Error::Arrow {
             path: PathBuf::from(&job.output),
             source,
@@ -379,6 +396,7 @@ impl Fused for FusedScore {
             keep: self.keep.clone(),
             schema: self.schema.clone(),
             out: ScoreOutput::default(),
+            p: Vec::new(),
         }))
     }
 }
@@ -458,6 +476,22 @@ impl GroupScorer {
         Some((self.done - n, &self.out))
     }
 
+    /// §11's p-values of the rows [`GroupScorer::score`] just returned (starting at
+    /// group row `start`), appended to `p`; nothing when the model has no
+    /// calibration scores.
+    pub fn p_values(&self, start: usize, p: &mut Vec<f64>) {
+        let n = self.out.len();
+        let g = self.groups.as_ref().map(|g| &g[start..start + n]);
+        let mut chunk = Vec::new();
+        if self
+            .model
+            .p_values_into(&self.out, g, self.route, &mut chunk)
+            .is_ok()
+        {
+            p.extend_from_slice(&chunk);
+        }
+    }
+
     /// `Ok` once every row of the group was scored.
     pub fn check(&self) -> parquet::errors::Result<()> {
         if self.failed || self.done != self.rows {
@@ -479,14 +513,18 @@ struct FusedRows {
     keep: Vec<String>,
     schema: arrow_schema::SchemaRef,
     out: ScoreOutput,
+    /// Filled when the model keeps calibration scores.
+    p: Vec<f64>,
 }
 
 impl FusedRows {
     /// Scores the next rows of the group into `out`.
     fn take(&mut self, rows: &reclag::Rows<'_>) {
-        let Some((_, t)) = self.scorer.score(rows, Work::WithDynamics) else {
+        let Some((start, _)) = self.scorer.score(rows, Work::WithDynamics) else {
             return;
         };
+        self.scorer.p_values(start, &mut self.p);
+        let t = &self.scorer.out;
         let o = &mut self.out;
         o.score.extend_from_slice(&t.score);
         o.energy.extend_from_slice(&t.energy);
@@ -523,21 +561,44 @@ impl FusedGroup for FusedRows {
             }
             let r = start..start + n;
             let o = &self.out;
-            cols.extend(output_arrays(ScoreOutput {
-                score: o.score[r.clone()].to_vec(),
-                energy: o.energy[r.clone()].to_vec(),
-                ood_probability: o.ood_probability[r.clone()].to_vec(),
-                is_ood: o.is_ood[r.clone()].to_vec(),
-                group: vec![],
-                attractor: o.attractor[r.clone()].to_vec(),
-                steps: vec![],
-                valid: o.valid[r].to_vec(),
-            }));
+            let p = self
+                .scorer
+                .model
+                .calibration()
+                .map(|_| self.p[r.clone()].to_vec());
+            cols.extend(output_arrays(
+                ScoreOutput {
+                    score: o.score[r.clone()].to_vec(),
+                    energy: o.energy[r.clone()].to_vec(),
+                    ood_probability: o.ood_probability[r.clone()].to_vec(),
+                    is_ood: o.is_ood[r.clone()].to_vec(),
+                    group: vec![],
+                    attractor: o.attractor[r.clone()].to_vec(),
+                    steps: vec![],
+                    valid: o.valid[r].to_vec(),
+                },
+                p,
+            ));
             batches.push(RecordBatch::try_new(self.schema.clone(), cols)?);
             start += n;
         }
         Ok(batches)
     }
+}
+
+/// §11's p-values of rows just scored, when the model keeps calibration scores.
+pub fn p_values(
+    model: &Model,
+    out: &ScoreOutput,
+    groups: Option<&[Option<u32>]>,
+    route: reclag::Route,
+) -> Result<Option<Vec<f64>>> {
+    if model.calibration().is_none() {
+        return Ok(None);
+    }
+    let mut p = Vec::new();
+    model.p_values_into(out, groups, route, &mut p)?;
+    Ok(Some(p))
 }
 
 /// Row numbers in core errors are batch-relative; make them file-relative.

@@ -104,7 +104,9 @@ pub fn run(job: &TrainJob) -> Result<Model> {
     let params = job.params.clone().check()?;
     let (set, source) = collect(job)?;
     let pb = bar(0, "epochs", "training");
-    let model = params.fit(&set, &source, &TrainBar(pb.clone()))?;
+    let model = params
+        .fit(&set, &source, &TrainBar(pb.clone()))?
+        .with_label_column(job.label.clone());
     pb.finish_and_clear();
     let bytes = reclag::format::to_bytes(&model)?;
     job.stores.locate(&job.output)?.put(bytes.into())?;

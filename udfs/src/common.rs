@@ -252,12 +252,16 @@ pub enum Output {
     IsOod,
     Attractor,
     Explain,
+    /// §11's conformal p-value against the model's calibration scores.
+    PValue,
 }
 
 impl Output {
     pub(crate) fn data_type(self) -> DataType {
         match self {
-            Output::Score | Output::Energy | Output::OodProbability => DataType::Float64,
+            Output::Score | Output::Energy | Output::OodProbability | Output::PValue => {
+                DataType::Float64
+            }
             Output::IsOod => DataType::Boolean,
             Output::Attractor => DataType::Int32,
             Output::Explain => reclag::arrow::explain_type(),
@@ -282,7 +286,17 @@ impl Output {
             Output::IsOod => "reclag_is_ood",
             Output::Attractor => "reclag_attractor",
             Output::Explain => "reclag_explain",
+            Output::PValue => "reclag_p_value",
         }
+    }
+
+    /// Whether `model` can give this output: a p-value needs calibration scores,
+    /// which models from format versions 1 and 2 do not keep.
+    pub fn check_model(self, model: &Model) -> reclag::Result<()> {
+        if self == Output::PValue {
+            model.require_calibration()?;
+        }
+        Ok(())
     }
 
     /// The one core call per batch that SQL and Polars share: the same rows and groups
@@ -301,6 +315,11 @@ impl Output {
         }
         let mut out = ScoreOutput::default();
         model.score_routed(rows, groups, route, self.work(), &mut out)?;
+        if self == Output::PValue {
+            let mut p = Vec::new();
+            model.p_values_into(&out, groups, route, &mut p)?;
+            return Ok(reclag::arrow::p_value_array(p));
+        }
         Ok(self.array(out))
     }
 
@@ -311,7 +330,7 @@ impl Output {
             Output::Energy => a.energy,
             Output::OodProbability => a.ood_probability,
             Output::IsOod => a.is_ood,
-            Output::Attractor | Output::Explain => a.attractor,
+            Output::Attractor | Output::Explain | Output::PValue => a.attractor,
         }
     }
 }
@@ -428,6 +447,9 @@ impl ScalarUDFImpl for ReclagFunc {
             return Ok(field);
         };
         let (model, _) = self.model_from_literal(Some(literal))?;
+        if let Err(e) = self.output.check_model(&model) {
+            return plan_err!("{}: {e}", self.name);
+        }
         let emb = &args.arg_fields[1];
         if let Err(e) =
             reclag::arrow::check_embedding_type(emb.data_type(), emb.name(), Some(model.dim()))

@@ -18,6 +18,7 @@ pub mod energy;
 pub mod explain;
 pub mod is_ood;
 pub mod ood_probability;
+pub mod p_value;
 #[cfg(feature = "polars")]
 pub mod polars;
 pub mod score;
@@ -39,6 +40,7 @@ pub fn functions(models: Arc<ModelRegistry>) -> Vec<ScalarUDF> {
         ood_probability::udf(models.clone()),
         is_ood::udf(models.clone()),
         attractor::udf(models.clone()),
+        p_value::udf(models.clone()),
         explain::udf(models),
     ]
 }
@@ -230,6 +232,7 @@ mod tests {
             "reclag_is_ood",
             "reclag_attractor",
             "reclag_explain",
+            "reclag_p_value",
         ] {
             let udf = ctx.udf(name).unwrap();
             let doc = udf.documentation().expect("documented");

@@ -58,6 +58,12 @@ pub fn explain(embedding: Expr, model: &Arc<Model>, group: Option<Expr>) -> Expr
     reclag_expr(Output::Explain, embedding, model, group)
 }
 
+/// §11's conformal p-value against the model's calibration scores (Float64); see
+/// `reclag_p_value`.
+pub fn p_value(embedding: Expr, model: &Arc<Model>, group: Option<Expr>) -> Expr {
+    reclag_expr(Output::PValue, embedding, model, group)
+}
+
 fn reclag_expr(output: Output, embedding: Expr, model: &Arc<Model>, group: Option<Expr>) -> Expr {
     let (for_type, for_run) = (model.clone(), model.clone());
     let args: Vec<Expr> = group.into_iter().collect();
@@ -78,6 +84,9 @@ fn output_field(output: Output, model: &Model, fields: &[Field]) -> PolarsResult
     let dt = bridge::arrow_rs_type(emb)?;
     if let Err(e) = reclag::arrow::check_embedding_type(&dt, emb.name(), Some(model.dim())) {
         polars_bail!(SchemaMismatch: "{name}: {e}");
+    }
+    if let Err(e) = output.check_model(model) {
+        polars_bail!(InvalidOperation: "{name}: {e}");
     }
     if let Some(g) = fields.get(1) {
         let t = g.dtype();
