@@ -1441,3 +1441,146 @@ fn concurrent_runs_on_one_output_queue_behind_its_lock() {
     );
     drop(lock);
 }
+
+/// A lake of clean `id_test` partitions of 700 rows, routed by label, judged by a
+/// whitened model trained on `id_train`. Against the model's calibration level (5 %)
+/// some clean days alert, because `id_test` is flagged more often than the held-out
+/// training rows τ was set on; the summary and the report say that this is the
+/// baseline and what to do. With the first week as the reference (named, or as a
+/// period: the same rows) no later day alerts, the reference days are not judged,
+/// and the report says which baseline was used. (Daily counts vary more than a
+/// binomial would: 35 to 66 of 700, so a reference of a few days can itself run low;
+/// with the first four days, 6.5 % against 7.2 % over all, the day with 66 alerts at
+/// p = 0.006.) Every partition reports its share of rows
+/// with a p-value below `alert.p_level`, and the report draws their histogram.
+#[test]
+fn clean_partitions_alert_only_without_a_reference() {
+    let Some(dir) = shared("data/image_fmnist") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("m.parquet");
+    cli_ok(&[
+        "train",
+        "--input",
+        &s(&dir.join("id_train.parquet")),
+        "--label",
+        "label",
+        "--output",
+        &s(&model),
+    ]);
+    let id = read_parquet(&dir.join("id_test.parquet"));
+    let lake = tmp.path().join("lake");
+    let days: Vec<String> = (1..=14).map(|d| format!("2026-10-{d:02}")).collect();
+    let files: Vec<(String, Vec<u8>)> = days
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (v.clone(), parquet_bytes(&id.slice(i * 700, 700))))
+        .collect();
+    write_lake(&lake, &files);
+    let run = |name: &str, reference: &str| -> (serde_json::Value, String) {
+        let out = tmp.path().join(name);
+        let job = tmp.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &job,
+            format!(
+                "{}{reference}",
+                minimal_spec(&s(&lake), &s(&model), &s(&out))
+            ),
+        )
+        .unwrap();
+        let (code, line) = drift_cli(&[&s(&job)]);
+        let summary = json(&line);
+        let drifted = !summary["drifted"].as_array().unwrap().is_empty();
+        assert_eq!(code, ExitCode::from(if drifted { 2 } else { 0 }), "{line}");
+        let report = std::fs::read_to_string(out.join("report.html")).unwrap();
+        (summary, report)
+    };
+    let (none, report) = run("none", "");
+    for d in &days {
+        let m = read_parquet(&tmp.path().join(format!("none/metrics/part-{d}.parquet")));
+        use arrow_array::cast::AsArray;
+        let ood = m
+            .column_by_name("ood_rows")
+            .unwrap()
+            .as_primitive::<arrow_array::types::UInt64Type>()
+            .value(0);
+        let p = m
+            .column_by_name("p_value")
+            .unwrap()
+            .as_primitive::<arrow_array::types::Float64Type>()
+            .value(0);
+        eprintln!("{d}: {ood} of 700 flagged, binomial p against 5 %: {p:.2e}");
+    }
+    let alerted = names(&none["drifted"]);
+    eprintln!("without a reference, clean days that alert: {alerted:?}");
+    assert!(!alerted.is_empty(), "{none}");
+    assert_eq!(names_of(&none["partitions"]).len(), 14);
+    let baseline = none["baseline"].as_str().unwrap();
+    assert!(
+        baseline.contains("the model's calibration level, ood_rate = 0.05")
+            && baseline.contains("[reference]")
+            && baseline.contains("reclag calibrate"),
+        "{baseline}"
+    );
+    assert!(report.contains("Expected rate: the model's calibration level"));
+    assert!(report.contains("p-values of 2026-10-14") && report.contains("p-value histogram"));
+    // Fresh ID rows: more small p-values than the level, as the rates say.
+    let metrics = read_parquet(&tmp.path().join("none/metrics/part-2026-10-14.parquet"));
+    use arrow_array::cast::AsArray;
+    let low = metrics
+        .column_by_name("low_p_rate")
+        .unwrap()
+        .as_primitive::<arrow_array::types::Float64Type>()
+        .value(0);
+    assert!(low > 0.03 && low < 0.15, "low_p_rate {low}");
+
+    for (name, reference) in [
+        (
+            "named",
+            "\n[reference]\npartitions = [\"2026-10-01\", \"2026-10-02\", \"2026-10-03\", \"2026-10-04\", \"2026-10-05\", \"2026-10-06\", \"2026-10-07\"]\n",
+        ),
+        (
+            "period",
+            "\n[reference]\nfrom = \"2026-10-01\"\nto = \"2026-10-07\"\n",
+        ),
+    ] {
+        let (with, report) = run(name, reference);
+        assert!(names(&with["drifted"]).is_empty(), "{name}: {with}");
+        assert_eq!(names_of(&with["partitions"]), days[7..].to_vec(), "{name}");
+        let baseline = with["baseline"].as_str().unwrap();
+        assert!(
+            baseline.starts_with("the reference (partitions ")
+                && baseline.contains("of its 4900 rows flagged"),
+            "{baseline}"
+        );
+        assert!(
+            report.contains("Expected rate: the reference (partitions"),
+            "{name}"
+        );
+    }
+    // A reference partition that does not exist is named.
+    let job = tmp.path().join("bad.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "{}\n[reference]\npartitions = [\"2026-09-30\"]\n",
+            minimal_spec(&s(&lake), &s(&model), &s(&tmp.path().join("bad")))
+        ),
+    )
+    .unwrap();
+    let (code, e) = drift_cli(&[&s(&job)]);
+    assert_eq!(code, ExitCode::from(1));
+    assert!(
+        e.contains("no partition 2026-09-30") && e.contains("2026-10-01"),
+        "{e}"
+    );
+}
+
+fn names_of(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect()
+}

@@ -100,12 +100,24 @@ The job spec (TOML; examples in pipelines/jobs/):
   [output]
   url = \"drift-out/\"              # metrics/, worst/, report.html, _state.json
   [alert]
-  alpha = 0.01                     # one-sided binomial test against the calibrated rate
+  alpha = 0.01                     # level of the one-sided test of the OOD rate
   min_rows = 100
   # max_rate = 0.2                 # also alert above this absolute OOD rate
-  # expected_rate = 0.05           # default: the model's calibration ood_rate
+  # expected_rate = 0.05           # default: the reference's rate, else the model's
+  #                                #   calibration ood_rate
+  # p_level = 0.05                 # metrics count rows with conformal p-value below it
   [report]
   top_k = 20                       # worst rows kept per partition
+  # [reference]                    # the baseline the expected rate comes from:
+  # partitions = [\"2026-11-01\", \"2026-11-02\"] # clean partitions of the source, or
+  # from = \"2026-11-01\"              #   a period of them (to is required),
+  # to = \"2026-11-07\"
+  # url = \"s3://lake/validation/\"   #   or ID data elsewhere
+  # Reference partitions are the baseline, never judged. Without a reference the
+  # expected rate is the model's calibration level, which fresh ID data can exceed
+  # (embeddings from a network trained on the model's table make its held-out rows
+  # look more in-distribution): clean days may then alert. The summary's `baseline`
+  # and the report say which was used.
 
 Outputs are committed per partition; a killed run rerun gives the same bytes, and
 partitions already processed are skipped. Query the metrics with

@@ -108,6 +108,13 @@ pub struct PartitionRecord {
     /// Score quantiles at 0.5 % steps, for the report's histogram.
     #[serde(default)]
     pub score_quantiles: Vec<f64>,
+    /// Share of scored rows whose conformal p-value is below `alert.p_level` (the
+    /// model has calibration scores).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low_p_rate: Option<f64>,
+    /// Rows per p-value bin of width 1/[`P_BINS`], for the report's histogram.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub p_histogram: Vec<u64>,
     #[serde(default)]
     pub groups: Vec<GroupRecord>,
     /// The most OOD rows, their scalar columns as text, for the report's table.
@@ -123,6 +130,8 @@ pub struct GroupRecord {
     pub ood_rate: f64,
     pub p_value: f64,
     pub drift: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low_p_rate: Option<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -152,6 +161,10 @@ pub struct ReferenceRecord {
     /// Group → (rows, OOD rows).
     pub groups: BTreeMap<String, (u64, u64)>,
     pub score_quantiles: Vec<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low_p_rate: Option<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub p_histogram: Vec<u64>,
 }
 
 impl ReferenceRecord {
@@ -159,6 +172,9 @@ impl ReferenceRecord {
         self.ood_rows as f64 / self.rows.max(1) as f64
     }
 }
+
+/// Bins of the p-value histograms.
+pub const P_BINS: usize = 20;
 
 /// A reference group with fewer rows than this uses the overall reference rate.
 const MIN_REFERENCE_GROUP_ROWS: u64 = 20;
@@ -174,6 +190,8 @@ pub struct PartitionBrief {
     pub ood_rate: f64,
     pub expected_rate: f64,
     pub p_value: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub low_p_rate: Option<f64>,
     pub drift_groups: Vec<String>,
 }
 
@@ -187,6 +205,7 @@ impl From<&PartitionRecord> for PartitionBrief {
             ood_rate: r.ood_rate,
             expected_rate: r.expected_rate,
             p_value: r.p_value,
+            low_p_rate: r.low_p_rate,
             drift_groups: r.drift_groups.clone(),
         }
     }
@@ -205,6 +224,9 @@ pub struct DriftSummary {
     pub skipped: Vec<PartitionBrief>,
     pub drifted: Vec<PartitionBrief>,
     pub already_done: usize,
+    /// What the OOD rates were judged against: `alert.expected_rate`, the reference,
+    /// or the model's calibration level (and why that may not fit the data).
+    pub baseline: String,
     /// Time windows with rows that are still open (end + lateness after now); a later
     /// run processes them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -233,12 +255,43 @@ struct Acc {
     score_sum: f64,
     energies: Vec<f64>,
     scores: Vec<f64>,
+    /// Rows with a p-value, those below the level, and the histogram.
+    p_rows: u64,
+    p_low: u64,
+    p_hist: Vec<u64>,
+}
+
+/// How a row's p-value is found: the model's calibration scores, the route of rows
+/// without a group, and the level `alert.p_level`.
+#[derive(Clone, Copy)]
+struct PValues<'m> {
+    model: &'m Model,
+    sets: Option<&'m reclag::conformal::CalibrationSets>,
+    route: reclag::Route,
+    level: f64,
+}
+
+impl PValues<'_> {
+    fn of(&self, scored: Option<(f64, f64)>, group: Option<u32>) -> Option<f64> {
+        let (score, _) = scored?;
+        let a = self.model.against(group, self.route);
+        Some(self.sets?.against(a).p_value(score))
+    }
 }
 
 impl Acc {
-    /// One row: its score and energy, `None` for a row that could not be scored.
-    fn add(&mut self, scored: Option<(f64, f64)>) {
+    /// One row: its score and energy (`None` for a row that could not be scored) and
+    /// its p-value (`None` without calibration scores).
+    fn add(&mut self, scored: Option<(f64, f64)>, p: Option<f64>, level: f64) {
         self.rows += 1;
+        if let Some(p) = p {
+            self.p_rows += 1;
+            self.p_low += u64::from(p < level);
+            if self.p_hist.is_empty() {
+                self.p_hist = vec![0; P_BINS];
+            }
+            self.p_hist[((p * P_BINS as f64) as usize).min(P_BINS - 1)] += 1;
+        }
         let Some((score, energy)) = scored else {
             self.null_rows += 1;
             return;
@@ -254,6 +307,29 @@ impl Acc {
 
     fn scored(&self) -> u64 {
         self.rows - self.null_rows
+    }
+
+    fn low_p_rate(&self) -> Option<f64> {
+        (self.p_rows > 0).then(|| self.p_low as f64 / self.p_rows as f64)
+    }
+
+    /// Adds another partition's rows (a reference period spans several).
+    fn merge(&mut self, o: Acc) {
+        self.rows += o.rows;
+        self.null_rows += o.null_rows;
+        self.ood_rows += o.ood_rows;
+        self.score_sum += o.score_sum;
+        self.energies.extend(o.energies);
+        self.scores.extend(o.scores);
+        self.p_rows += o.p_rows;
+        self.p_low += o.p_low;
+        if self.p_hist.is_empty() {
+            self.p_hist = o.p_hist;
+        } else {
+            for (a, b) in self.p_hist.iter_mut().zip(o.p_hist) {
+                *a += b;
+            }
+        }
     }
 }
 
@@ -674,25 +750,43 @@ impl DriftJob {
             )));
         }
         state.model_sha256 = sha.clone();
-        if let Some(r) = &self.spec.reference {
-            match &state.reference {
-                Some(have) if have.url == r.url => {}
-                Some(have) => {
-                    return Err(Error::Usage(format!(
-                        "{}: this output was judged against reference {}, but reference.url is now {}; use a new output.url (rates against two references are not comparable)",
-                        self.spec.output.url, have.url, r.url
-                    )));
-                }
-                None if !self.dry_run => {
-                    state.reference = Some(self.measure_reference(&model, &r.url)?)
-                }
-                None => {}
-            }
-        }
         let Found {
             parts: all,
             pending,
         } = self.partitions(&state, started as i64)?;
+        if let Some(r) = &self.spec.reference {
+            let desc = r.describe();
+            match &state.reference {
+                Some(have) if have.url == desc => {}
+                Some(have) => {
+                    return Err(Error::Usage(format!(
+                        "{}: this output was judged against reference {}, but the reference is now {desc}; use a new output.url (rates against two references are not comparable)",
+                        self.spec.output.url, have.url
+                    )));
+                }
+                None if !self.dry_run => {
+                    state.reference = Some(self.measure_reference(&model, r, &all)?)
+                }
+                None => {}
+            }
+        }
+        let is_reference = |v: &str| self.spec.reference.as_ref().is_some_and(|r| r.holds(v));
+        if let Select::Only(p) = &self.select
+            && is_reference(p)
+        {
+            return Err(Error::Usage(format!(
+                "--partition {p}: it is part of the reference ({}), the baseline the other partitions are judged against",
+                self.spec
+                    .reference
+                    .as_ref()
+                    .map(|r| r.describe())
+                    .unwrap_or_default()
+            )));
+        }
+        let all: Vec<Partition> = all
+            .into_iter()
+            .filter(|p| !is_reference(&p.value))
+            .collect();
         let known: Vec<&str> = all.iter().map(|p| p.value.as_str()).collect();
         if let Select::Only(p) = &self.select
             && !known.contains(&p.as_str())
@@ -721,6 +815,7 @@ impl DriftJob {
             skipped: vec![],
             drifted: vec![],
             already_done,
+            baseline: baseline(&model, &self.spec, state.reference.as_ref()),
             pending,
             drift: false,
             interrupted: false,
@@ -765,6 +860,8 @@ impl DriftJob {
                         drift: false,
                         drift_groups: vec![],
                         score_quantiles: vec![],
+                        low_p_rate: None,
+                        p_histogram: vec![],
                         groups: vec![],
                         worst: vec![],
                     };
@@ -845,7 +942,7 @@ impl DriftJob {
             };
         }
         bar.finish_and_clear();
-        let html = report::render(&self.spec, &state);
+        let html = report::render(&self.spec, &state, &summary.baseline);
         self.out("report.html")?.put(Bytes::from(html))?;
         summary.drift = !summary.drifted.is_empty();
         if let Some(w) = &self.spec.webhook
@@ -868,33 +965,77 @@ impl DriftJob {
         self.out(STATE_FILE)?.put(Bytes::from(text))
     }
 
-    /// Scores every row of `inputs` against the model (the reference data).
-    fn measure_reference(&self, model: &Model, url: &str) -> Result<ReferenceRecord> {
+    /// Scores every row of the reference (data elsewhere, or partitions of the
+    /// source, among `found`) against the model, once.
+    fn measure_reference(
+        &self,
+        model: &Model,
+        r: &spec::ReferenceSpec,
+        found: &[Partition],
+    ) -> Result<ReferenceRecord> {
+        let desc = r.describe();
         let routing = self.routing();
-        let files = crate::io::open_all(&self.stores, &[url.to_string()])
-            .map_err(|e| Error::Usage(format!("reference.url: {e}")))?;
-        let mut got = None;
-        self.accumulate(model, &routing, vec![(files, None)], 0, |_, g| {
-            got = Some(g);
-            Ok(true)
-        })?;
-        let Some(Gathered {
-            mut whole, groups, ..
-        }) = got
-        else {
-            return Err(Error::Usage(format!(
-                "reference.url {url}: nothing was read"
-            )));
+        let reads: Vec<(Vec<ParquetFile>, Window<'_>)> = match r.form() {
+            spec::Reference::Url(url) => {
+                let files = crate::io::open_all(&self.stores, &[url.to_string()])
+                    .map_err(|e| Error::Usage(format!("reference.url: {e}")))?;
+                vec![(files, None)]
+            }
+            form => {
+                let parts: Vec<&Partition> = found.iter().filter(|p| r.holds(&p.value)).collect();
+                let values: Vec<&str> = found.iter().map(|p| p.value.as_str()).collect();
+                if let spec::Reference::Partitions(named) = form
+                    && let Some(missing) = named.iter().find(|v| !values.contains(&v.as_str()))
+                {
+                    return Err(Error::Usage(format!(
+                        "reference.partitions: no partition {missing} in {} (found: {})",
+                        self.spec.source.url,
+                        values.join(", ")
+                    )));
+                }
+                if parts.is_empty() {
+                    return Err(Error::Usage(format!(
+                        "reference: no partitions of {} in the {desc} (found: {})",
+                        self.spec.source.url,
+                        values.join(", ")
+                    )));
+                }
+                let mut reads = vec![];
+                for p in parts {
+                    match self.prepare(model, p)? {
+                        Prepared::Ready(files, window) => reads.push((files, window)),
+                        Prepared::Skipped(why) => {
+                            return Err(Error::Usage(format!(
+                                "reference partition {}: {why}; the baseline needs every reference partition",
+                                p.value
+                            )));
+                        }
+                    }
+                }
+                reads
+            }
         };
+        let k = model.groups().len();
+        let mut whole = Acc::default();
+        let mut groups: Vec<Acc> = (0..k).map(|_| Acc::default()).collect();
+        if let Some((_, e)) = self.accumulate(model, &routing, reads, 0, |_, g| {
+            whole.merge(g.whole);
+            for (a, b) in groups.iter_mut().zip(g.groups) {
+                a.merge(b);
+            }
+            Ok(true)
+        })? {
+            return Err(Error::Usage(format!("reference ({desc}): {e}")));
+        }
         if whole.scored() == 0 {
             return Err(Error::Usage(format!(
-                "reference.url {url}: no scorable rows; point it at in-distribution data with the '{}' column",
+                "reference ({desc}): no scorable rows; point it at in-distribution data with the '{}' column",
                 self.spec.source.embedding
             )));
         }
         whole.scores.sort_by(f64::total_cmp);
         Ok(ReferenceRecord {
-            url: url.to_string(),
+            url: desc,
             rows: whole.scored(),
             ood_rows: whole.ood_rows,
             groups: groups
@@ -904,6 +1045,8 @@ impl DriftJob {
                 .map(|(gi, a)| (group_name(model, gi), (a.scored(), a.ood_rows)))
                 .collect(),
             score_quantiles: quantiles(&whole.scores),
+            low_p_rate: whole.low_p_rate(),
+            p_histogram: whole.p_hist,
         })
     }
 
@@ -932,6 +1075,12 @@ impl DriftJob {
             },
         };
         let shared = Arc::new(model.clone());
+        let pv = PValues {
+            model,
+            sets: model.calibration(),
+            route: routing.route(),
+            level: self.spec.alert.p_level,
+        };
         let (mut part_of, mut paths, mut reads) = (vec![], vec![], vec![]);
         let (mut windows, mut fuseds) = (vec![], vec![]);
         for (p, (files, window)) in parts.into_iter().enumerate() {
@@ -1003,9 +1152,10 @@ impl DriftJob {
                                 continue;
                             }
                             let scored = rows.scored(i);
-                            whole.add(scored);
+                            let p = pv.of(scored, rows.group(i));
+                            whole.add(scored, p, pv.level);
                             if let Some(gi) = rows.group(i) {
-                                groups[gi as usize].add(scored);
+                                groups[gi as usize].add(scored, p, pv.level);
                             }
                         }
                         base += rows.rows() as u64;
@@ -1051,9 +1201,11 @@ impl DriftJob {
                         continue;
                     }
                     let scored = out.valid[i].then(|| (out.score[i], out.energy[i]));
-                    whole.add(scored);
-                    if let Some(Some(gi)) = g.as_ref().map(|g| g[i]) {
-                        groups[gi as usize].add(scored);
+                    let gi = g.as_ref().and_then(|g| g[i]);
+                    let p = pv.of(scored, gi);
+                    whole.add(scored, p, pv.level);
+                    if let Some(gi) = gi {
+                        groups[gi as usize].add(scored, p, pv.level);
                     }
                 }
                 worst.offer(&batch, &out, fi as u32, base, mask)?;
@@ -1151,23 +1303,31 @@ impl DriftJob {
                 part.describe()
             )));
         }
-        let expected = expected_rate(model, &self.spec, state.reference.as_ref(), None);
+        let reference = state.reference.as_ref();
+        let expected = expected_rate(model, &self.spec, reference, None);
         let alert = &self.spec.alert;
         let present = groups.iter().filter(|g| g.scored() > 0).count().max(1);
         let mut metrics = MetricsBuilder::default();
-        let verdict = |acc: &Acc, level: f64, expected: f64| -> (f64, f64, bool) {
+        let verdict = |acc: &Acc, level: f64, group: Option<&str>| -> (f64, f64, bool) {
             let n = acc.scored();
             let rate = if n == 0 {
                 0.0
             } else {
                 acc.ood_rows as f64 / n as f64
             };
-            let p = stats::binomial_sf(acc.ood_rows, n, expected);
+            let p = match reference_counts(&self.spec, reference, group) {
+                Some((m, r)) => stats::fisher_sf(acc.ood_rows, n, r, m),
+                None => stats::binomial_sf(
+                    acc.ood_rows,
+                    n,
+                    expected_rate(model, &self.spec, reference, group),
+                ),
+            };
             let drift =
                 n >= alert.min_rows && (p < level || alert.max_rate.is_some_and(|m| rate > m));
             (rate, p, drift)
         };
-        let (rate, p, drift) = verdict(&whole, alert.alpha, expected);
+        let (rate, p, drift) = verdict(&whole, alert.alpha, None);
         metrics.push(&part.value, None, &mut whole, expected, rate, p, drift);
         let mut drift_groups = vec![];
         let mut group_records = vec![];
@@ -1180,7 +1340,7 @@ impl DriftJob {
             let name = group_name(model, gi);
             let g_expected =
                 expected_rate(model, &self.spec, state.reference.as_ref(), Some(&name));
-            let (rate, p, gdrift) = verdict(acc, alert.alpha / present as f64, g_expected);
+            let (rate, p, gdrift) = verdict(acc, alert.alpha / present as f64, Some(&name));
             if gdrift {
                 drift_groups.push(name.clone());
             }
@@ -1191,6 +1351,7 @@ impl DriftJob {
                 ood_rate: rate,
                 p_value: p,
                 drift: gdrift,
+                low_p_rate: acc.low_p_rate(),
             });
             metrics.push(&part.value, Some(&name), acc, g_expected, rate, p, gdrift);
         }
@@ -1213,6 +1374,8 @@ impl DriftJob {
             drift: drift || !drift_groups.is_empty(),
             drift_groups,
             score_quantiles,
+            low_p_rate: whole.low_p_rate(),
+            p_histogram: std::mem::take(&mut whole.p_hist),
             groups: group_records,
             worst: worst.as_ref().map(worst_preview).unwrap_or_default(),
         };
@@ -1322,10 +1485,52 @@ pub fn expected_rate(
             .filter(|(n, _)| *n >= MIN_REFERENCE_GROUP_ROWS)
             .map_or(r.ood_rate(), |(n, ood)| *ood as f64 / *n as f64);
     }
-    serde_json::from_str::<serde_json::Value>(&model.provenance().training)
-        .ok()
-        .and_then(|v| v.get("ood_rate").and_then(|r| r.as_f64()))
-        .unwrap_or(0.05)
+    crate::calibrate::model_rate(model).unwrap_or(0.05)
+}
+
+/// The reference's `(rows, OOD rows)` a partition (`group` `None`) or group is tested
+/// against, when the expected rate comes from a reference: the group's own where the
+/// reference has enough of its rows, as [`expected_rate`] chooses.
+fn reference_counts(
+    spec: &DriftSpec,
+    reference: Option<&ReferenceRecord>,
+    group: Option<&str>,
+) -> Option<(u64, u64)> {
+    if spec.alert.expected_rate.is_some() {
+        return None;
+    }
+    let r = reference?;
+    Some(
+        group
+            .and_then(|g| r.groups.get(g).copied())
+            .filter(|(n, _)| *n >= MIN_REFERENCE_GROUP_ROWS)
+            .unwrap_or((r.rows, r.ood_rows)),
+    )
+}
+
+/// What the OOD rates are judged against, in words for the summary and the report.
+pub fn baseline(model: &Model, spec: &DriftSpec, reference: Option<&ReferenceRecord>) -> String {
+    if let Some(r) = spec.alert.expected_rate {
+        return format!("alert.expected_rate = {r}");
+    }
+    if let Some(r) = reference {
+        return format!(
+            "the reference ({}): {:.2} % of its {} rows flagged; each partition's count is compared with the reference's by a one-sided Fisher exact test (per group where the reference has {MIN_REFERENCE_GROUP_ROWS} rows or more)",
+            r.url,
+            100.0 * r.ood_rate(),
+            r.rows
+        );
+    }
+    if let Some(r) = &spec.reference {
+        return format!(
+            "the reference ({}), measured by the first run that is not a dry run",
+            r.describe()
+        );
+    }
+    let level = expected_rate(model, spec, None, None);
+    format!(
+        "the model's calibration level, ood_rate = {level}: the share of its own held-out calibration rows it flags. Fresh ID data can be flagged more often (held-out training rows look more in-distribution to a network trained on them), so clean partitions may alert; give the job a [reference] of clean partitions, or re-threshold the model with `reclag calibrate`"
+    )
 }
 
 fn group_name(model: &Model, gi: usize) -> String {
@@ -1367,6 +1572,7 @@ pub fn metrics_schema() -> SchemaRef {
         Field::new("energy_p95", DataType::Float64, true),
         Field::new("mean_score", DataType::Float64, true),
         Field::new("drift", DataType::Boolean, false),
+        Field::new("low_p_rate", DataType::Float64, true),
     ]))
 }
 
@@ -1385,6 +1591,7 @@ struct MetricsBuilder {
     e95: Float64Builder,
     mean_score: Float64Builder,
     drift: BooleanBuilder,
+    low_p_rate: Float64Builder,
 }
 
 impl MetricsBuilder {
@@ -1419,6 +1626,7 @@ impl MetricsBuilder {
         self.mean_score
             .append_option((n > 0).then(|| acc.score_sum / n as f64));
         self.drift.append_value(drift);
+        self.low_p_rate.append_option(acc.low_p_rate());
     }
 
     fn finish(mut self) -> Result<RecordBatch> {
@@ -1436,6 +1644,7 @@ impl MetricsBuilder {
             Arc::new(self.e95.finish()),
             Arc::new(self.mean_score.finish()),
             Arc::new(self.drift.finish()),
+            Arc::new(self.low_p_rate.finish()),
         ];
         RecordBatch::try_new(metrics_schema(), cols).map_err(arrow_err)
     }

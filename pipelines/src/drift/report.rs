@@ -5,7 +5,7 @@
 use std::fmt::Write;
 
 use super::spec::DriftSpec;
-use super::{PartitionRecord, ReferenceRecord, State};
+use super::{P_BINS, PartitionRecord, ReferenceRecord, State};
 
 const W: f64 = 760.0;
 const H: f64 = 220.0;
@@ -39,7 +39,9 @@ fn critical_rate(n: u64, p: f64, alpha: f64) -> f64 {
     (lo.min(n) as f64) / n as f64
 }
 
-pub fn render(spec: &DriftSpec, state: &State) -> String {
+/// The page for `state`; `baseline` says what the OOD rates were judged against
+/// ([`super::baseline`]).
+pub fn render(spec: &DriftSpec, state: &State, baseline: &str) -> String {
     let done: Vec<&PartitionRecord> = state
         .partitions
         .values()
@@ -65,7 +67,8 @@ th{{background:#f5f5f5}} td.l,th.l{{text-align:left}} .drift{{color:{RED};font-w
 </style></head><body>
 <h1>reclag drift report</h1>
 <p class="note">Source <code>{}</code> · model <code>{}</code> · {} partition(s) scored, <span class="{}">{} with drift</span>, {} skipped.
-A partition drifts when its OOD rate (rows with score ≤ 0) is above the expected rate by a one-sided binomial test at α = {} (groups at α / groups present){}; partitions or groups under {} rows never alert.</p>
+A partition drifts when its OOD rate (rows with score ≤ 0) is above the expected rate by a one-sided test at α = {} (binomial against a set rate, Fisher's exact against a reference's counts) (groups at α / groups present){}; partitions or groups under {} rows never alert.</p>
+<p class="note">Expected rate: {}.</p>
 "#,
         esc(&spec.source.url),
         esc(&state.model_sha256[..state.model_sha256.len().min(12)]),
@@ -79,10 +82,15 @@ A partition drifts when its OOD rate (rows with score ≤ 0) is above the expect
             .map(|m| format!(", or when it exceeds {m}"))
             .unwrap_or_default(),
         spec.alert.min_rows,
+        esc(baseline),
     );
     rate_chart(&mut h, spec, &done);
     if let Some(latest) = done.last() {
-        histogram(&mut h, latest, &done, state.reference.as_ref());
+        if latest.p_histogram.is_empty() {
+            histogram(&mut h, latest, &done, state.reference.as_ref());
+        } else {
+            p_histogram(&mut h, spec, latest, state.reference.as_ref());
+        }
         group_bars(&mut h, latest);
         worst_table(&mut h, latest);
     }
@@ -333,6 +341,99 @@ fn histogram(
     );
 }
 
+/// The latest partition's conformal p-values (spec §11) in bins of 1/[`P_BINS`]: rows
+/// exchangeable with the model's calibration rows give a flat histogram, OOD rows
+/// pile up at the left.
+fn p_histogram(
+    h: &mut String,
+    spec: &DriftSpec,
+    latest: &PartitionRecord,
+    reference: Option<&ReferenceRecord>,
+) {
+    let _ = writeln!(h, "<h2>p-values of {}</h2>", esc(&latest.partition));
+    let share = |hist: &[u64]| -> Vec<f64> {
+        let n = hist.iter().sum::<u64>().max(1) as f64;
+        hist.iter().map(|&c| c as f64 / n).collect()
+    };
+    let bars = share(&latest.p_histogram);
+    let refs = reference
+        .filter(|r| r.p_histogram.len() == P_BINS)
+        .map(|r| share(&r.p_histogram));
+    let flat = 1.0 / P_BINS as f64;
+    let top = bars
+        .iter()
+        .chain(refs.iter().flatten())
+        .fold(flat, |a, &b| a.max(b))
+        * 1.1;
+    let bw = (W - 2.0 * PAD) / P_BINS as f64;
+    let y = |v: f64| H - PAD + (v / top) * (2.0 * PAD - H);
+    let _ = writeln!(
+        h,
+        r#"<svg width="{W}" height="{H}" viewBox="0 0 {W} {H}" role="img" aria-label="p-value histogram">"#
+    );
+    for (i, v) in bars.iter().enumerate() {
+        let _ = writeln!(
+            h,
+            r#"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{}" fill-opacity="0.6"><title>p in [{:.2}, {:.2}): {:.1}% of rows</title></rect>"#,
+            PAD + i as f64 * bw,
+            y(*v),
+            (bw - 1.0).max(0.5),
+            y(0.0) - y(*v),
+            if (i as f64 + 1.0) / (P_BINS as f64) <= spec.alert.p_level + 1e-12 {
+                RED
+            } else {
+                BLUE
+            },
+            i as f64 / P_BINS as f64,
+            (i + 1) as f64 / P_BINS as f64,
+            100.0 * v
+        );
+    }
+    let _ = writeln!(
+        h,
+        r##"<line x1="{PAD}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#333" stroke-dasharray="4 3"/>"##,
+        y(flat),
+        W - PAD,
+        y(flat)
+    );
+    if let Some(r) = &refs {
+        let pts: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, v)| format!("{:.1},{:.1}", PAD + (i as f64 + 0.5) * bw, y(*v)))
+            .collect();
+        let _ = writeln!(
+            h,
+            r##"<polyline points="{}" fill="none" stroke="{GREY}" stroke-width="2"/>"##,
+            pts.join(" ")
+        );
+    }
+    for (v, anchor, x) in [(0.0, "start", PAD), (1.0, "end", W - PAD)] {
+        let _ = writeln!(
+            h,
+            r#"<text x="{x:.1}" y="{:.1}" text-anchor="{anchor}">{v:.1}</text>"#,
+            H - PAD + 16.0
+        );
+    }
+    let _ = writeln!(h, "</svg>");
+    let _ = writeln!(
+        h,
+        "<p class=\"note\">{:.2}% of the rows have p &lt; {} (ID rows exchangeable with the model's calibration rows: at most about {:.0}%). Dashed: the flat histogram such rows give.{}</p>",
+        100.0 * latest.low_p_rate.unwrap_or(0.0),
+        spec.alert.p_level,
+        100.0 * spec.alert.p_level,
+        match (reference, &refs) {
+            (Some(r), Some(_)) => format!(
+                " Grey: the reference ({}), {:.2}% below {}.",
+                esc(&r.url),
+                100.0 * r.low_p_rate.unwrap_or(0.0),
+                spec.alert.p_level
+            ),
+            _ => String::new(),
+        }
+    );
+}
+
 fn group_bars(h: &mut String, latest: &PartitionRecord) {
     if latest.groups.is_empty() {
         return;
@@ -413,7 +514,7 @@ fn worst_table(h: &mut String, latest: &PartitionRecord) {
 fn partitions_table(h: &mut String, done: &[&PartitionRecord], skipped: &[&PartitionRecord]) {
     let _ = writeln!(
         h,
-        "<h2>Partitions</h2>\n<table><tr><th class=\"l\">partition</th><th>rows</th><th>OOD rows</th><th>OOD rate</th><th>expected</th><th>p-value</th><th class=\"l\">verdict</th></tr>"
+        "<h2>Partitions</h2>\n<table><tr><th class=\"l\">partition</th><th>rows</th><th>OOD rows</th><th>OOD rate</th><th>expected</th><th>p-value</th><th>rows with low p</th><th class=\"l\">verdict</th></tr>"
     );
     for r in done.iter().rev() {
         let verdict = if r.drift {
@@ -430,13 +531,15 @@ fn partitions_table(h: &mut String, done: &[&PartitionRecord], skipped: &[&Parti
         };
         let _ = writeln!(
             h,
-            "<tr><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{:.2}%</td><td>{:.2}%</td><td>{:.3e}</td><td class=\"l\">{verdict}</td></tr>",
+            "<tr><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{:.2}%</td><td>{:.2}%</td><td>{:.3e}</td><td>{}</td><td class=\"l\">{verdict}</td></tr>",
             esc(&r.partition),
             r.rows,
             r.ood_rows,
             100.0 * r.ood_rate,
             100.0 * r.expected_rate,
-            r.p_value
+            r.p_value,
+            r.low_p_rate
+                .map_or("–".to_string(), |v| format!("{:.2}%", 100.0 * v))
         );
     }
     h.push_str("</table>\n");

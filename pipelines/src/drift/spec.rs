@@ -18,8 +18,10 @@ pub struct DriftSpec {
     pub alert: AlertSpec,
     #[serde(default)]
     pub report: ReportSpec,
-    /// In-distribution data the classifier did not train on, scored once to set the
-    /// expected OOD rate (overall and per group) and the report's reference histogram.
+    /// The baseline: in-distribution data scored once to set the expected OOD rate
+    /// (overall and per group) and the report's reference histograms. Either data
+    /// elsewhere (`url`) or a reference period of the lake itself (`partitions`, or
+    /// `from`/`to`), as NannyML's and Evidently's reference periods are.
     pub reference: Option<ReferenceSpec>,
     pub webhook: Option<WebhookSpec>,
 }
@@ -29,7 +31,58 @@ pub struct DriftSpec {
 pub struct ReferenceSpec {
     /// A Parquet file, directory or glob (path or object-store URL) with the source's
     /// embedding and group columns.
-    pub url: String,
+    pub url: Option<String>,
+    /// Partitions of the source (their values, e.g. `["2026-11-01", "2026-11-02"]`).
+    pub partitions: Option<Vec<String>>,
+    /// The first partition of a reference period (inclusive, in partition order).
+    pub from: Option<String>,
+    /// The last partition of a reference period (inclusive); `from` defaults to the
+    /// first partition.
+    pub to: Option<String>,
+}
+
+/// Where a reference comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reference<'s> {
+    Url(&'s str),
+    Partitions(&'s [String]),
+    Period(Option<&'s str>, Option<&'s str>),
+}
+
+impl ReferenceSpec {
+    /// The one form given (checked by [`DriftSpec::parse`]).
+    pub fn form(&self) -> Reference<'_> {
+        match (&self.url, &self.partitions) {
+            (Some(u), _) => Reference::Url(u),
+            (None, Some(p)) => Reference::Partitions(p),
+            (None, None) => Reference::Period(self.from.as_deref(), self.to.as_deref()),
+        }
+    }
+
+    /// Whether partition `value` of the source is part of the reference.
+    pub fn holds(&self, value: &str) -> bool {
+        match self.form() {
+            Reference::Url(_) => false,
+            Reference::Partitions(p) => p.iter().any(|v| v == value),
+            Reference::Period(from, to) => {
+                from.is_none_or(|f| value >= f) && to.is_none_or(|t| value <= t)
+            }
+        }
+    }
+
+    /// What the state records and the report shows; a different description on a
+    /// later run means a different baseline.
+    pub fn describe(&self) -> String {
+        match self.form() {
+            Reference::Url(u) => u.to_string(),
+            Reference::Partitions(p) => format!("partitions {}", p.join(", ")),
+            Reference::Period(from, to) => format!(
+                "partitions from {} to {}",
+                from.unwrap_or("the first"),
+                to.unwrap_or("the last")
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -83,8 +136,9 @@ pub struct OutputSpec {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlertSpec {
-    /// Level of the one-sided binomial test of the OOD rate against the model's
-    /// calibrated rate.
+    /// Level of the one-sided test of a partition's OOD rate: binomial against a
+    /// set rate (the model's calibration level or `expected_rate`), Fisher's exact
+    /// against a reference's counts.
     #[serde(default = "default_alpha")]
     pub alpha: f64,
     /// Partitions (and groups) with fewer rows are reported but never alert.
@@ -95,6 +149,15 @@ pub struct AlertSpec {
     /// The OOD rate expected of in-distribution data. Default: the rate measured on
     /// `[reference]` when given, else the `ood_rate` the model was calibrated at.
     pub expected_rate: Option<f64>,
+    /// Rows whose conformal p-value (spec §11) is below this level are counted per
+    /// partition (`low_p_rate` in the metrics): for ID rows exchangeable with the
+    /// model's calibration rows, at most about this share.
+    #[serde(default = "default_p_level")]
+    pub p_level: f64,
+}
+
+fn default_p_level() -> f64 {
+    0.05
 }
 
 fn default_alpha() -> f64 {
@@ -111,6 +174,7 @@ impl Default for AlertSpec {
             min_rows: default_min_rows(),
             max_rate: None,
             expected_rate: None,
+            p_level: default_p_level(),
         }
     }
 }
@@ -220,6 +284,37 @@ impl DriftSpec {
             return Err(format!(
                 "alert.max_rate = {r}: expected a rate between 0 and 1, e.g. 0.2"
             ));
+        }
+        if !(a.p_level > 0.0 && a.p_level < 1.0) {
+            return Err(format!(
+                "alert.p_level = {}: expected a level strictly between 0 and 1, e.g. 0.05",
+                a.p_level
+            ));
+        }
+        if let Some(r) = &spec.reference {
+            let forms = usize::from(r.url.is_some())
+                + usize::from(r.partitions.is_some())
+                + usize::from(r.from.is_some() || r.to.is_some());
+            if forms != 1 {
+                return Err(
+                    "reference: give exactly one of url (data elsewhere), partitions (a list of the source's partition values) or from/to (a period of them)".into(),
+                );
+            }
+            if r.from.is_some() && r.to.is_none() {
+                return Err(
+                    "reference.from needs reference.to: a reference period ends where the judged partitions begin".into(),
+                );
+            }
+            if r.partitions.as_ref().is_some_and(|p| p.is_empty()) {
+                return Err("reference.partitions is empty".into());
+            }
+            if let (Some(f), Some(t)) = (&r.from, &r.to)
+                && f > t
+            {
+                return Err(format!(
+                    "reference.from = '{f}' comes after reference.to = '{t}'"
+                ));
+            }
         }
         if let Some(r) = a.expected_rate
             && !(r > 0.0 && r < 1.0)
