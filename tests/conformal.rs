@@ -541,6 +541,20 @@ fn p_values_on_image_fmnist_after_recalibration() {
         recal.provenance().recalibrated_from.as_deref(),
         Some(reclag::format::checksum(&original).as_str())
     );
+    let info = cli_ok(&["inspect", &f.path("cal05.parquet")]);
+    assert!(
+        info.contains("format         version 3")
+            && info.contains("p-values       calibration scores at ood_rate 0.05: 5000 best-route")
+            && info.contains("label column   label")
+            && info.contains(&format!(
+                "recalibrated   from the model with checksum {}",
+                reclag::format::checksum(&original)
+            )),
+        "{info}"
+    );
+    let v2 = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/model_v2.parquet");
+    let info = cli_ok(&["inspect", &v2.display().to_string()]);
+    assert!(info.contains("format         version 2") && info.contains("p-values       none"), "{info}");
     let mut rows = vec![];
     for (name, m, routing) in [
         ("uncalibrated, by label", &model, vec!["--group", "label"]),

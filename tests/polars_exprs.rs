@@ -26,13 +26,14 @@ fn train(input: &Path, out: &Path) -> Arc<reclag::Model> {
 }
 
 type Exprs = fn(Expr, &Arc<reclag::Model>, Option<Expr>) -> Expr;
-const ALL: [(&str, Exprs); 6] = [
+const ALL: [(&str, Exprs); 7] = [
     ("reclag_score", rp::score),
     ("reclag_energy", rp::energy),
     ("reclag_ood_probability", rp::ood_probability),
     ("reclag_is_ood", rp::is_ood),
     ("reclag_attractor", rp::attractor),
     ("reclag_explain", rp::explain),
+    ("reclag_p_value", rp::p_value),
 ];
 
 /// The SQL functions' results on `table`, each turned into a Polars Series by the same
@@ -175,6 +176,23 @@ fn polars_bad_input_and_lazy_schemas() {
     assert_eq!(types[3], ("reclag_is_ood".into(), DataType::Boolean));
     assert_eq!(types[4], ("reclag_attractor".into(), DataType::Int32));
     assert!(matches!(types[5].1, DataType::Struct(_)), "{:?}", types[5]);
+    assert_eq!(types[6], ("reclag_p_value".into(), DataType::Float64));
+    // A model without calibration scores has no p-values: the lazy schema says so.
+    let v2 = Arc::new(
+        reclag::format::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/model_v2.parquet"),
+        )
+        .unwrap(),
+    );
+    let e = scan(&Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/demo/id_test.parquet"))
+        .select([rp::p_value(col("embedding"), &v2, None)])
+        .collect_schema()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("reclag_p_value: the model has no calibration scores"),
+        "{e}"
+    );
 
     // Nulls and NaN give null outputs; the ID row is ID, the zero vector OOD.
     let df = scan(&table)

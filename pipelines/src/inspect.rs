@@ -42,6 +42,31 @@ pub fn render(model: &Model, checksum: &str) -> String {
         model.max_iter(),
         model.tol()
     );
+    s += &format!(
+        "format         version {}\n",
+        reclag::format::version_of(model)
+    );
+    match model.calibration() {
+        Some(c) => {
+            s += &format!(
+                "p-values       calibration scores at ood_rate {}: {} best-route, {} union, {} to {} per group\n",
+                c.ood_rate,
+                c.best.len(),
+                c.union.len(),
+                c.own.iter().map(|o| o.len()).min().unwrap_or(0),
+                c.own.iter().map(|o| o.len()).max().unwrap_or(0)
+            );
+        }
+        None => {
+            s += "p-values       none (no calibration scores; add them with `reclag calibrate`)\n";
+        }
+    }
+    if let Some(l) = &model.provenance().label_column {
+        s += &format!("label column   {l}\n");
+    }
+    if let Some(f) = &model.provenance().recalibrated_from {
+        s += &format!("recalibrated   from the model with checksum {f}\n");
+    }
     s += &format!("checksum       {checksum}\n");
     s += &format!("source         {}\n", model.provenance().source);
     s += &format!("training       {}\n\n", model.provenance().training);
