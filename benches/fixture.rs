@@ -54,6 +54,47 @@ pub fn model() -> Model {
     .unwrap()
 }
 
+/// [`model`] re-thresholded (spec §11) on 20,000 fresh ID rows, so it keeps
+/// calibration scores and gives p-values; τ becomes each group's 5 % quantile of those
+/// rows' energies. The tables' random rows (a tenth) then get small p-values.
+pub fn calibrated_model() -> Model {
+    let m = model();
+    // ID rows of every group, drawn as `rows` draws its ID rows (in the stream every
+    // row of group 9 is one of the random, OOD ones).
+    let memories = memories();
+    let n = 20_000;
+    let mut x = vec![0f32; n * D];
+    for (i, row) in x.chunks_mut(D).enumerate() {
+        let mut r = Rng::new(90_000_000 + i as u64);
+        let near = &memories[(i % K) * M + r.below(M as u64) as usize];
+        for (v, c) in row.iter_mut().zip(near) {
+            *v = (c / 10.0 + 0.02 * (r.next_f64() - 0.5)) as f32;
+        }
+    }
+    let groups: Vec<Option<u32>> = (0..n).map(|i| Some((i % K) as u32)).collect();
+    let mut acc = reclag::conformal::CalibrationEnergies::new(K);
+    m.calibration_energies(&reclag::Rows::dense_f32(&x, D), &groups, &mut acc)
+        .unwrap();
+    m.recalibrated(&acc, 0.05, Provenance::default()).unwrap()
+}
+
+/// `m` without its calibration scores: the same thresholds and work, no p-values.
+pub fn without_calibration(m: &Model) -> Model {
+    Model::new(ModelParts {
+        d: m.dim(),
+        beta: m.beta(),
+        normalize: m.normalize(),
+        max_iter: m.max_iter(),
+        tol: m.tol(),
+        groups: m.groups().to_vec(),
+        tau_star: m.tau_star(),
+        provenance: m.provenance().clone(),
+        whitening: m.whitening().cloned(),
+        beta_search: m.beta_search().cloned(),
+    })
+    .unwrap()
+}
+
 /// Rows `start..start + n` (row-major) and their labels; row `i` depends only on `i`,
 /// so any slice of the stream can be generated independently and in parallel.
 pub fn rows(start: usize, n: usize) -> (Vec<f32>, Vec<i64>) {

@@ -22,7 +22,11 @@
 //!
 //!     cargo bench --bench throughput
 //!
-//! `RECLAG_BENCH_ONLY=stores` runs the stores section alone.
+//! - **p-values**: `reclag score` with the `reclag_p_value` column (a model with
+//!   calibration scores) against the same model without them, and `reclag filter
+//!   --fdr 0.1` (two passes) against `reclag filter --keep id`, same table;
+//!
+//! `RECLAG_BENCH_ONLY=stores` (or `pvalues`) runs that section alone.
 //! `RECLAG_BENCH_ROWS` sets the Parquet table size (default 1M × 512, K = 10, M = 16;
 //! the file is generated once under `target/bench-data/`); `RECLAG_BENCH_RSS_ROWS` the
 //! streamed sizes (default `1000000,10000000`); `RECLAG_BENCH_RUNS` the repeats.
@@ -386,6 +390,10 @@ fn main() {
         stores_section(&model, &path, n, runs, &out);
         return;
     }
+    if std::env::var("RECLAG_BENCH_ONLY").is_ok_and(|v| v == "pvalues") {
+        pvalue_section(&path, n, runs, &out);
+        return;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -516,6 +524,8 @@ fn main() {
         ls / lq
     );
 
+    pvalue_section(&path, n, runs, &out);
+
     if std::env::var("RECLAG_BENCH_STORES").map_or(true, |v| v != "0") {
         stores_section(&model, &path, n, runs, &out);
     }
@@ -549,6 +559,77 @@ fn main() {
             kb / 1024.0
         );
     }
+}
+
+/// p-values on the main table: the column's cost inside `reclag score`, and the cost
+/// of deciding by false-discovery rate in `reclag filter`.
+fn pvalue_section(table: &Path, n: usize, runs: usize, out: &Path) {
+    use reclag_pipelines::filter::{FilterJob, Keep};
+    let calibrated = fixture::calibrated_model();
+    let plain = fixture::without_calibration(&calibrated);
+    let input = table.display().to_string();
+    let (mut t_plain, mut t_p, mut t_keep, mut t_fdr) = (vec![], vec![], vec![], vec![]);
+    let filtered = out.with_file_name("filtered.parquet");
+    let filter = |fdr: Option<f64>| FilterJob {
+        inputs: vec![input.clone()],
+        output: filtered.display().to_string(),
+        embedding: "embedding".into(),
+        group: Some("label".into()),
+        keep: Keep::Id,
+        fdr,
+        stores: Arc::new(Stores::new(StoreEnv::default())),
+    };
+    let shared = Arc::new(calibrated.clone());
+    let (mut kept_keep, mut kept_fdr) = (0, 0);
+    for run in 0..runs {
+        // Alternating which goes first, so neither always follows the filter's writes.
+        let mut pair = [(&plain, &mut t_plain), (&calibrated, &mut t_p)];
+        if run % 2 == 1 {
+            pair.reverse();
+        }
+        let mut ood = vec![];
+        for (m, t) in pair {
+            let t0 = Instant::now();
+            let s = score(m, input.clone(), out);
+            t.push(t0.elapsed().as_secs_f64());
+            assert_eq!(s.p_values, m.calibration().is_some());
+            ood.push(s.ood_rows);
+        }
+        assert_eq!(ood[0], ood[1]);
+        let t0 = Instant::now();
+        kept_keep = reclag_pipelines::filter::run(&shared, &filter(None)).unwrap().rows_kept;
+        t_keep.push(t0.elapsed().as_secs_f64());
+        let t0 = Instant::now();
+        kept_fdr = reclag_pipelines::filter::run(&shared, &filter(Some(0.1))).unwrap().rows_kept;
+        t_fdr.push(t0.elapsed().as_secs_f64());
+    }
+    let _ = std::fs::remove_file(&filtered);
+    let (t_plain_all, t_p_all) = (t_plain.clone(), t_p.clone());
+    let (pl, pv, kp, fd) = (median(t_plain), median(t_p), median(t_keep), median(t_fdr));
+    let rate = |t: f64| n as f64 / t;
+    println!("\n# p-values, {n} × {D}, routed by label");
+    println!("| step | median s | rows/s | ratio |");
+    println!("|---|---|---|---|");
+    println!(
+        "| reclag score, model without calibration scores (no p-value column) | {pl:.2} | {:.0} | 1.00 |",
+        rate(pl)
+    );
+    println!(
+        "| reclag score with reclag_p_value | {pv:.2} | {:.0} | {:.3}× the time (target ≤ 1.05) |",
+        rate(pv),
+        pv / pl
+    );
+    println!(
+        "| reclag filter --keep id (τ decision, writes kept rows) | {kp:.2} | {:.0} | 1.00 |",
+        rate(kp)
+    );
+    println!(
+        "| reclag filter --keep id --fdr 0.1 (two passes) | {fd:.2} | {:.0} | {:.2}× the time of --keep id |",
+        rate(fd),
+        fd / kp
+    );
+    println!("(rows kept: {kept_keep} by τ, {kept_fdr} by Benjamini–Hochberg at 0.1)");
+    println!("(score runs, s: without p-values {t_plain_all:.2?}; with {t_p_all:.2?})");
 }
 
 /// `reclag score` keeping `id` from each emulator to itself, against the same from
