@@ -597,10 +597,14 @@ fn pvalue_section(table: &Path, n: usize, runs: usize, out: &Path) {
         }
         assert_eq!(ood[0], ood[1]);
         let t0 = Instant::now();
-        kept_keep = reclag_pipelines::filter::run(&shared, &filter(None)).unwrap().rows_kept;
+        kept_keep = reclag_pipelines::filter::run(&shared, &filter(None))
+            .unwrap()
+            .rows_kept;
         t_keep.push(t0.elapsed().as_secs_f64());
         let t0 = Instant::now();
-        kept_fdr = reclag_pipelines::filter::run(&shared, &filter(Some(0.1))).unwrap().rows_kept;
+        kept_fdr = reclag_pipelines::filter::run(&shared, &filter(Some(0.1)))
+            .unwrap()
+            .rows_kept;
         t_fdr.push(t0.elapsed().as_secs_f64());
     }
     let _ = std::fs::remove_file(&filtered);

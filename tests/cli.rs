@@ -155,10 +155,12 @@ fn model_file_round_trips_and_is_plain_parquet() {
             "tau",
             "n_train",
             "n_calibration",
-            "calibrated_on"
+            "calibrated_on",
+            "scores"
         ]
     );
-    assert_eq!(batch.num_rows(), 30);
+    // 30 memories, then the calibration scores: one row per group, best, union.
+    assert_eq!(batch.num_rows(), 30 + 3 + 2);
     let tau = batch.column(4).as_primitive::<Float64Type>();
     assert_eq!(tau.value(0), model.groups()[0].tau);
     assert_eq!(batch.column(2).as_primitive::<Int32Type>().value(9), 9);
@@ -208,7 +210,8 @@ fn score_writes_inputs_plus_outputs_matching_the_core() {
             "reclag_energy",
             "reclag_ood_probability",
             "reclag_is_ood",
-            "reclag_attractor"
+            "reclag_attractor",
+            "reclag_p_value"
         ]
     );
     // Same numbers as calling the core directly.
@@ -231,10 +234,16 @@ fn score_writes_inputs_plus_outputs_matching_the_core() {
     let score = b.column(2).as_primitive::<Float64Type>();
     let is_ood = b.column(5).as_boolean();
     let att = b.column(6).as_primitive::<Int32Type>();
+    let mut p = Vec::new();
+    model
+        .p_values_into(&o, Some(&groups), reclag::Route::Best, &mut p)
+        .unwrap();
+    let p_value = b.column(7).as_primitive::<Float64Type>();
     for i in 0..180 {
         assert_eq!(score.value(i), o.score[i]);
         assert_eq!(is_ood.value(i), o.is_ood[i]);
         assert_eq!(att.value(i), o.attractor[i]);
+        assert_eq!(p_value.value(i), p[i]);
     }
     // Calibrated at ood_rate 0.05 on the training distribution: most rows are ID.
     let flagged = (0..180).filter(|&i| is_ood.value(i)).count();
@@ -252,7 +261,7 @@ fn score_writes_inputs_plus_outputs_matching_the_core() {
         "--keep-columns",
         "label",
     ]);
-    assert_eq!(read_parquet(&out2).num_columns(), 6);
+    assert_eq!(read_parquet(&out2).num_columns(), 7);
     // No temporary files are left behind.
     let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
         .unwrap()
@@ -340,7 +349,7 @@ fn empty_tables() {
     ]);
     assert!(msg.contains("scored 0 rows"), "{msg}");
     let b = read_parquet(&out);
-    assert_eq!((b.num_rows(), b.num_columns()), (0, 7));
+    assert_eq!((b.num_rows(), b.num_columns()), (0, 8));
 }
 
 #[test]

@@ -554,7 +554,10 @@ fn p_values_on_image_fmnist_after_recalibration() {
     );
     let v2 = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/model_v2.parquet");
     let info = cli_ok(&["inspect", &v2.display().to_string()]);
-    assert!(info.contains("format         version 2") && info.contains("p-values       none"), "{info}");
+    assert!(
+        info.contains("format         version 2") && info.contains("p-values       none"),
+        "{info}"
+    );
     let mut rows = vec![];
     for (name, m, routing) in [
         ("uncalibrated, by label", &model, vec!["--group", "label"]),
@@ -921,4 +924,80 @@ fn calibrate_refuses_bad_input() {
         &p("o2.parquet"),
     ]);
     assert!(e.contains("trained without labels"), "{e}");
+}
+
+/// `reclag calibrate` on the rows a model held out for calibration, at the model's
+/// level, writes back the model's τ and calibration scores bit for bit, for both
+/// recipes: the training job splits the table, the split's rows go to a Parquet file
+/// in another order, and the command line re-thresholds from it.
+#[test]
+fn calibrate_on_the_models_own_calibration_rows_reproduces_its_thresholds() {
+    use crate::common::{cli_ok, fsl, write_parquet};
+    use arrow_array::{ArrayRef, Int64Array};
+    let tmp = tempfile::tempdir().unwrap();
+    let (rows, labels) = crate::common::clusters(4, 400, 16, 11);
+    let train = tmp.path().join("train.parquet");
+    write_parquet(
+        &train,
+        vec![
+            ("embedding", fsl(&rows, 16)),
+            ("label", Arc::new(Int64Array::from(labels)) as ArrayRef),
+        ],
+    );
+    for params in [
+        TrainParams::default(),
+        TrainParams {
+            epochs: 3,
+            ..TrainParams::paper()
+        },
+    ] {
+        let out = tmp.path().join("m.parquet");
+        let job = reclag_pipelines::train::TrainJob {
+            inputs: vec![train.display().to_string()],
+            embedding: "embedding".into(),
+            label: Some("label".into()),
+            output: out.display().to_string(),
+            params: params.clone(),
+            max_rows_per_group: None,
+            stores: Arc::new(reclag_pipelines::store::Stores::new(Default::default())),
+        };
+        let model = reclag_pipelines::train::run(&job).unwrap();
+        let (set, _) = reclag_pipelines::train::collect(&job).unwrap();
+        let cal = params.clone().check().unwrap().calibration_rows(&set);
+        // Groups in reverse order, rows reversed within each.
+        let (mut cal_rows, mut cal_labels) = (vec![], vec![]);
+        for (k, v) in cal.iter().rev() {
+            let Some(GroupKey::Int(k)) = k else {
+                panic!("{k:?}")
+            };
+            for r in v.chunks(16).rev() {
+                cal_rows.push(Some(r.to_vec()));
+                cal_labels.push(*k);
+            }
+        }
+        let cal_path = tmp.path().join("cal.parquet");
+        write_parquet(
+            &cal_path,
+            vec![
+                ("embedding", fsl(&cal_rows, 16)),
+                ("label", Arc::new(Int64Array::from(cal_labels)) as ArrayRef),
+            ],
+        );
+        let again = tmp.path().join("again.parquet");
+        cli_ok(&[
+            "calibrate",
+            "--model",
+            &out.display().to_string(),
+            "--input",
+            &cal_path.display().to_string(),
+            "--output",
+            &again.display().to_string(),
+        ]);
+        let again = reclag::format::load(&again).unwrap();
+        for (a, b) in model.groups().iter().zip(again.groups()) {
+            assert_eq!(a.tau.to_bits(), b.tau.to_bits(), "{:?}", params.recipe);
+        }
+        assert_eq!(model.tau_star().to_bits(), again.tau_star().to_bits());
+        assert_eq!(model.calibration(), again.calibration());
+    }
 }

@@ -89,7 +89,7 @@ async fn sql_equals_score_row_for_row_on_text_wordnet() {
             &format!(
                 "SELECT reclag_score('m', embedding{g}), reclag_energy('m', embedding{g}), \
                  reclag_ood_probability('m', embedding{g}), reclag_is_ood('m', embedding{g}), \
-                 reclag_attractor('m', embedding{g}) FROM t",
+                 reclag_attractor('m', embedding{g}), reclag_p_value('m', embedding{g}) FROM t",
                 g = group_sql
             ),
         )
