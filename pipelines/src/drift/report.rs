@@ -22,15 +22,20 @@ fn esc(s: &str) -> String {
 }
 
 /// The OOD rate above which a partition of `n` rows alerts at level `alpha`: the
-/// smallest `k/n` with `P(X ≥ k) < alpha`.
-fn critical_rate(n: u64, p: f64, alpha: f64) -> f64 {
+/// smallest `k/n` with `P(X ≥ k) < alpha`, by the test the verdict used (binomial at
+/// rate `p`, or Fisher's exact against a reference's `(rows, OOD rows)`).
+fn critical_rate(n: u64, p: f64, alpha: f64, reference: Option<(u64, u64)>) -> f64 {
     if n == 0 {
         return 1.0;
     }
     let (mut lo, mut hi) = (0u64, n + 1);
     while lo < hi {
         let mid = (lo + hi) / 2;
-        if super::stats::binomial_sf(mid, n, p) < alpha {
+        let tail = match reference {
+            Some((m, r)) => super::stats::fisher_sf(mid, n, r, m),
+            None => super::stats::binomial_sf(mid, n, p),
+        };
+        if tail < alpha {
             hi = mid;
         } else {
             lo = mid + 1;
@@ -84,7 +89,12 @@ A partition drifts when its OOD rate (rows with score ≤ 0) is above the expect
         spec.alert.min_rows,
         esc(baseline),
     );
-    rate_chart(&mut h, spec, &done);
+    let counts = state
+        .reference
+        .as_ref()
+        .filter(|_| spec.alert.expected_rate.is_none())
+        .map(|r| (r.rows, r.ood_rows));
+    rate_chart(&mut h, spec, &done, counts);
     if let Some(latest) = done.last() {
         if latest.p_histogram.is_empty() {
             histogram(&mut h, latest, &done, state.reference.as_ref());
@@ -99,7 +109,12 @@ A partition drifts when its OOD rate (rows with score ≤ 0) is above the expect
     h
 }
 
-fn rate_chart(h: &mut String, spec: &DriftSpec, done: &[&PartitionRecord]) {
+fn rate_chart(
+    h: &mut String,
+    spec: &DriftSpec,
+    done: &[&PartitionRecord],
+    reference: Option<(u64, u64)>,
+) {
     let _ = writeln!(h, "<h2>OOD rate over time</h2>");
     if done.is_empty() {
         let _ = writeln!(h, "<p class=\"note\">No partition scored yet.</p>");
@@ -116,7 +131,7 @@ fn rate_chart(h: &mut String, spec: &DriftSpec, done: &[&PartitionRecord]) {
     };
     let crit: Vec<f64> = done
         .iter()
-        .map(|r| critical_rate(r.rows, r.expected_rate, spec.alert.alpha))
+        .map(|r| critical_rate(r.rows, r.expected_rate, spec.alert.alpha, reference))
         .collect();
     let top = done
         .iter()
@@ -178,7 +193,7 @@ fn rate_chart(h: &mut String, spec: &DriftSpec, done: &[&PartitionRecord]) {
     axis(h, top, y, "OOD rate");
     let _ = writeln!(
         h,
-        "</svg>\n<p class=\"note\">Shaded: from the calibrated rate to the alert threshold for each partition's row count. Red points drifted.</p>"
+        "</svg>\n<p class=\"note\">Shaded: from the expected rate to the alert threshold for each partition's row count. Red points drifted.</p>"
     );
 }
 
@@ -371,6 +386,7 @@ fn p_histogram(
         h,
         r#"<svg width="{W}" height="{H}" viewBox="0 0 {W} {H}" role="img" aria-label="p-value histogram">"#
     );
+    axis(h, top, y, "share of rows per p-value bin");
     for (i, v) in bars.iter().enumerate() {
         let _ = writeln!(
             h,
@@ -411,14 +427,15 @@ fn p_histogram(
     for (v, anchor, x) in [(0.0, "start", PAD), (1.0, "end", W - PAD)] {
         let _ = writeln!(
             h,
-            r#"<text x="{x:.1}" y="{:.1}" text-anchor="{anchor}">{v:.1}</text>"#,
+            r#"<text x="{x:.1}" y="{:.1}" text-anchor="{anchor}">p = {v:.1}</text>"#,
             H - PAD + 16.0
         );
     }
     let _ = writeln!(h, "</svg>");
     let _ = writeln!(
         h,
-        "<p class=\"note\">{:.2}% of the rows have p &lt; {} (ID rows exchangeable with the model's calibration rows: at most about {:.0}%). Dashed: the flat histogram such rows give.{}</p>",
+        "<p class=\"note\">Red: bins below p = {}. {:.2}% of the rows have p &lt; {} (ID rows exchangeable with the model's calibration rows: at most about {:.0}%). Dashed: the flat histogram such rows give.{}</p>",
+        spec.alert.p_level,
         100.0 * latest.low_p_rate.unwrap_or(0.0),
         spec.alert.p_level,
         100.0 * spec.alert.p_level,
@@ -571,9 +588,16 @@ mod tests {
 
     #[test]
     fn critical_rate_is_the_alert_threshold() {
-        let c = critical_rate(1000, 0.05, 0.01);
+        let c = critical_rate(1000, 0.05, 0.01, None);
         let k = (c * 1000.0).round() as u64;
         assert!(super::super::stats::binomial_sf(k, 1000, 0.05) < 0.01);
         assert!(super::super::stats::binomial_sf(k - 1, 1000, 0.05) >= 0.01);
+        // Against a reference's counts the threshold is Fisher's, and higher: the
+        // reference is a sample too.
+        let f = critical_rate(700, 0.07, 0.01, Some((4900, 343)));
+        let k = (f * 700.0).round() as u64;
+        assert!(super::super::stats::fisher_sf(k, 700, 343, 4900) < 0.01);
+        assert!(super::super::stats::fisher_sf(k - 1, 700, 343, 4900) >= 0.01);
+        assert!(f > critical_rate(700, 0.07, 0.01, None));
     }
 }
