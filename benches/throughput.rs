@@ -575,6 +575,7 @@ fn pvalue_section(table: &Path, n: usize, runs: usize, out: &Path) {
         output: filtered.display().to_string(),
         embedding: "embedding".into(),
         group: Some("label".into()),
+        route: reclag::Route::Best,
         keep: Keep::Id,
         fdr,
         stores: Arc::new(Stores::new(StoreEnv::default())),

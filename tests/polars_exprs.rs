@@ -334,6 +334,7 @@ fn streaming_sink_over_many_row_groups_equals_in_memory() {
             &model,
             "embedding",
             Some("label"),
+            reclag::Route::Best,
             reclag_pipelines::filter::Keep::Id,
         )
     };
@@ -660,6 +661,7 @@ fn reclag_filter_writes_parallel_row_groups_in_order() {
             &model,
             "embedding",
             Some("label"),
+            reclag::Route::Best,
             reclag_pipelines::filter::Keep::Id,
         ))
         .collect()

@@ -669,7 +669,67 @@ fn ungrouped_rows_are_flagged_near_the_ood_rate_in_every_front_end() {
             kept.to_str().unwrap(),
         ]);
         assert_eq!(read_parquet(&kept).num_rows(), n - flagged);
+        // ... and in union mode, the rows union scoring flagged.
+        let union_flagged = u
+            .column_by_name("reclag_is_ood")
+            .unwrap()
+            .as_boolean()
+            .true_count();
+        let quarantined = tmp.path().join(format!("{recipe}_union_ood.parquet"));
+        cli_ok(&[
+            "filter",
+            "--model",
+            m,
+            "--input",
+            &test,
+            "--keep",
+            "ood",
+            "--route",
+            "union",
+            "--output",
+            quarantined.to_str().unwrap(),
+        ]);
+        assert_eq!(read_parquet(&quarantined).num_rows(), union_flagged);
+        // Polars reaches union mode through `routed`, with the same flags.
+        let model = std::sync::Arc::new(reclag::format::load(&model).unwrap());
+        use polars::prelude::*;
+        let df = LazyFrame::scan_parquet(PlRefPath::new(test.as_str()), ScanArgsParquet::default())
+            .unwrap()
+            .select([reclag_udfs::polars::routed(
+                reclag_udfs::Output::IsOod,
+                col("embedding"),
+                &model,
+                None,
+                Route::Union,
+            )])
+            .collect()
+            .unwrap();
+        let polars_flagged = df
+            .column("reclag_is_ood")
+            .unwrap()
+            .bool()
+            .unwrap()
+            .sum()
+            .unwrap_or(0) as usize;
+        assert_eq!(polars_flagged, union_flagged);
+        assert_ne!(union_flagged, flagged, "union and best routing differ here");
     }
+    let e = crate::common::cli_err(&[
+        "filter",
+        "--model",
+        "m.parquet",
+        "--input",
+        &test,
+        "--keep",
+        "id",
+        "--route",
+        "union",
+        "--group",
+        "label",
+        "--output",
+        "x.parquet",
+    ]);
+    assert!(e.contains("cannot be used with"), "{e}");
 }
 
 /// §11 against the golden file: each case's best-route p-value from the stored

@@ -193,6 +193,11 @@ pub struct FilterArgs {
     /// label); a null label, or no --group, routes by largest margin.
     #[arg(long, value_name = "COL")]
     pub group: Option<String>,
+    /// Without --group: `best` (default) scores each row against the group of
+    /// largest margin; `union` against every group's memories at once with the union
+    /// threshold τ*, decided on the first step (spec §4).
+    #[arg(long, value_enum, value_name = "ROUTE", conflicts_with = "group")]
+    pub route: Option<RouteArg>,
 }
 
 #[derive(Args, Debug)]
@@ -731,6 +736,7 @@ pub fn dispatch(cli: Cli, stores: Arc<Stores>, out: &mut dyn Write) -> Result<Ex
                 output: a.output,
                 embedding: a.embedding,
                 group: a.group,
+                route: a.route.map_or(Route::Best, Route::from),
                 keep: a.keep,
                 fdr: a.fdr,
                 stores,

@@ -39,6 +39,8 @@ pub struct FilterJob {
     pub output: String,
     pub embedding: String,
     pub group: Option<String>,
+    /// Where rows without a group go (no `group`, or a null value in it).
+    pub route: reclag::Route,
     pub keep: Keep,
     /// Decide by Benjamini–Hochberg at this level over every row's p-value instead
     /// of each row's threshold.
@@ -64,9 +66,16 @@ pub fn keep_predicate(
     model: &Arc<Model>,
     embedding: &str,
     group: Option<&str>,
+    route: reclag::Route,
     keep: Keep,
 ) -> Expr {
-    let flag = reclag_udfs::polars::is_ood(col(embedding), model, group.map(col));
+    let flag = reclag_udfs::polars::routed(
+        reclag_udfs::Output::IsOod,
+        col(embedding),
+        model,
+        group.map(col),
+        route,
+    );
     match keep {
         Keep::Id => flag.not(),
         Keep::Ood => flag,
@@ -88,12 +97,18 @@ pub fn run(model: &Arc<Model>, job: &FilterJob) -> Result<FilterSummary> {
             job.output, job.output
         )));
     }
+    if job.group.is_some() && job.route == reclag::Route::Union {
+        return Err(Error::Usage(
+            "--route picks the group of rows without one; it cannot be combined with --group"
+                .into(),
+        ));
+    }
     let files = open_all(&job.stores, &job.inputs)?;
     for f in &files {
         f.check_scoring_columns(model.dim(), &job.embedding, job.group.as_deref())
             .map_err(|e| {
                 Error::Usage(format!(
-                    "{e}; name the columns with --embedding and --group (no --group scores against the union of all groups)"
+                    "{e}; name the columns with --embedding and --group (without --group each row is routed by --route)"
                 ))
             })?;
     }
@@ -118,15 +133,23 @@ pub fn run(model: &Arc<Model>, job: &FilterJob) -> Result<FilterSummary> {
     let frames = Frames::new(files)?;
     let rows_in = frames.rows();
     let predicate = match &fdr {
-        None => keep_predicate(model, &job.embedding, job.group.as_deref(), job.keep),
+        None => keep_predicate(
+            model,
+            &job.embedding,
+            job.group.as_deref(),
+            job.route,
+            job.keep,
+        ),
         Some(t) => {
             // Nothing rejected: no p-value is ≤ −1. A null p-value (no score) is kept
             // on neither side, as with the threshold rule.
             let t = t.threshold.unwrap_or(-1.0);
-            let p = reclag_udfs::polars::p_value(
+            let p = reclag_udfs::polars::routed(
+                reclag_udfs::Output::PValue,
                 col(&job.embedding),
                 model,
                 job.group.as_deref().map(col),
+                job.route,
             );
             match job.keep {
                 Keep::Id => p.gt(lit(t)),
@@ -162,7 +185,7 @@ fn p_value_threshold(model: &Model, job: &FilterJob, q: f64) -> Result<FdrPass> 
     use std::collections::HashMap;
     let routing = match &job.group {
         Some(g) => crate::route::Routing::Column(g.clone()),
-        None => crate::route::Routing::Ungrouped(reclag::Route::Best),
+        None => crate::route::Routing::Ungrouped(job.route),
     };
     let files = open_all(&job.stores, &job.inputs)?;
     let total: u64 = files.iter().map(|f| f.rows).sum();

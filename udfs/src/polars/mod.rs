@@ -10,7 +10,7 @@
 //!
 //! Each expression takes an embedding column of `Array(Float32|Float64, d)` or
 //! `List(Float32|Float64)` and an optional group expression (integer or string; a
-//! null group means union mode). Output types are declared, so a lazy schema resolves
+//! null group routes the row by best margin, or by [`routed`]'s choice). Output types are declared, so a lazy schema resolves
 //! before anything runs, and type errors (a wrong `Array` width, a float group column)
 //! surface there. The expressions are elementwise: they run batch by batch in
 //! Polars' streaming engine. Each chunk is handed to the core as a zero-copy Arrow
@@ -64,16 +64,33 @@ pub fn p_value(embedding: Expr, model: &Arc<Model>, group: Option<Expr>) -> Expr
     reclag_expr(Output::PValue, embedding, model, group)
 }
 
-fn reclag_expr(output: Output, embedding: Expr, model: &Arc<Model>, group: Option<Expr>) -> Expr {
+/// Any of the expressions above with the route of rows without a group: `Route::Best`
+/// (what they use) or `Route::Union`, every group's memories at once with the union
+/// threshold τ* (spec §4), as SQL's `'model#union'` argument asks:
+///
+/// ```ignore
+/// routed(Output::IsOod, col("embedding"), &model, None, Route::Union)
+/// ```
+pub fn routed(
+    output: Output,
+    embedding: Expr,
+    model: &Arc<Model>,
+    group: Option<Expr>,
+    route: reclag::Route,
+) -> Expr {
     let (for_type, for_run) = (model.clone(), model.clone());
     let args: Vec<Expr> = group.into_iter().collect();
     embedding
         .map_many(
-            move |cols: &mut [Column]| evaluate(output, &for_run, cols),
+            move |cols: &mut [Column]| evaluate(output, &for_run, cols, route),
             &args,
             move |_schema: &Schema, fields: &[Field]| output_field(output, &for_type, fields),
         )
         .alias(output.function_name())
+}
+
+fn reclag_expr(output: Output, embedding: Expr, model: &Arc<Model>, group: Option<Expr>) -> Expr {
+    routed(output, embedding, model, group, reclag::Route::Best)
 }
 
 /// The declared output type, after the planning-time checks SQL makes: the embedding
@@ -117,7 +134,12 @@ fn output_dtype(output: Output) -> PolarsResult<DataType> {
 
 /// One core call per embedding chunk. The group column is aligned to the chunk by a
 /// zero-copy slice.
-fn evaluate(output: Output, model: &Model, cols: &mut [Column]) -> PolarsResult<Column> {
+fn evaluate(
+    output: Output,
+    model: &Model,
+    cols: &mut [Column],
+    route: reclag::Route,
+) -> PolarsResult<Column> {
     let name = output.function_name();
     let emb = cols[0].as_materialized_series();
     let emb_name = emb.name().to_string();
@@ -163,7 +185,7 @@ fn evaluate(output: Output, model: &Model, cols: &mut [Column]) -> PolarsResult<
             ),
         };
         let out = output
-            .evaluate(model, &rows, resolved.as_deref(), reclag::Route::Best)
+            .evaluate(model, &rows, resolved.as_deref(), route)
             .map_err(|e| polars_err!(ComputeError: "{name}: {e}"))?;
         chunks.push(bridge::to_polars(&out)?);
         offset += len;
