@@ -1401,3 +1401,45 @@ fn score_memory_does_not_grow_with_the_input() {
         peaks[1]
     );
 }
+
+/// A reader that closes standard output early (`| head -c 100`, `| head -1`) ends the
+/// command quietly with exit 0, as Unix tools do; before, both exited 1 with
+/// "Broken pipe". Run as a real child process through the binary's `main`.
+#[test]
+fn a_closed_standard_output_ends_quietly_with_success() {
+    use std::io::Read;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/demo");
+    let model = tmp.path().join("m.parquet");
+    crate::common::train_model(&root.join("id_train.parquet"), &model, 2);
+    let test = root.join("id_test.parquet").display().to_string();
+    let m = s(&model);
+    for args in [
+        serde_json::json!([
+            "reclag", "score", "--model", m, "--input", test, "--output", "-"
+        ]),
+        serde_json::json!([
+            "reclag",
+            "sql",
+            "--table",
+            format!("t={test}"),
+            "SELECT * FROM t"
+        ]),
+    ] {
+        let mut child = crate::drift::cli_child(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut head = [0u8; 100];
+        child.stdout.take().unwrap().read_exact(&mut head).unwrap();
+        // The reader is gone; the next writes fail with EPIPE.
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args}: {:?}\n{err}", out.status);
+        assert!(
+            !err.contains("error") && !err.contains("Broken pipe"),
+            "{args}: {err}"
+        );
+    }
+}

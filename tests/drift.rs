@@ -1203,17 +1203,12 @@ fn cli_child_process() {
         return;
     };
     let args: Vec<String> = serde_json::from_str(&args).unwrap();
-    // As the binary's `main` does, so memory measured here is the binary's.
-    reclag_pipelines::alloc::tune();
-    let mut out = std::io::stdout();
-    let code = match reclag_pipelines::cli::run(args, &mut out) {
-        Ok(c) if c == ExitCode::SUCCESS => 0,
-        Ok(c) if c == ExitCode::from(2) => 2,
-        Ok(_) => 3,
-        Err(e) => {
-            eprintln!("error: {e}");
-            1
-        }
+    // What the binary's `main` runs (allocator settings included, so memory measured
+    // here is the binary's).
+    let code = match reclag_pipelines::cli::main_with(args) {
+        c if c == ExitCode::SUCCESS => 0,
+        c if c == ExitCode::from(2) => 2,
+        _ => 1,
     };
     // This process's own peak (VmHWM of the memory map exec gave it). The parent's
     // wait4 `ru_maxrss` would also count the copy of the parent a fork makes before

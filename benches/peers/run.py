@@ -184,6 +184,8 @@ def main():
     ap.add_argument("--reclag", help="the reclag binary (default: build target/release/reclag)")
     ap.add_argument("--no-venv", action="store_true", help="use this interpreter's packages")
     ap.add_argument("--no-write", action="store_true", help="do not rewrite BENCHMARKS.md")
+    ap.add_argument("--only-train", action="store_true",
+                    help="only the training benchmark (both recipes), printed, not written")
     args = ap.parse_args()
     bootstrap(args)
     n = args.rows or (10_000 if args.tiny else 1_000_000)
@@ -199,6 +201,11 @@ def main():
     os.makedirs(data, exist_ok=True)
     exe = reclag_bin(args)
     py = sys.executable
+    if args.only_train:
+        fixture(os.path.join(data, f"fix-{n}x{dims[0]}.parquet"), n, dims[0], seed=dims[0])
+        train = train_bench(exe, py, data, n, dims[0], args.epochs, args.runs or 1)
+        print("\n".join(train_lines(n, train)))
+        return 0
     peers = [p for p in ["numpy", "torch", "duckdb", "polars"] if have(p) or log(f"SKIP peer {p}: not installed")]
     results = {"rows": n, "runs": runs, "dims": {}, "peers": peers}
     for d in dims:
@@ -310,16 +317,25 @@ def main():
 
 
 def train_bench(exe, py, data, n, d, epochs, runs):
+    """Both recipes against the numpy peer computing the same one: the paper recipe
+    (M = 16, `epochs` epochs) and the whitened default (M = 64, β by
+    leave-one-group-out)."""
     fix = os.path.join(data, f"fix-{n}x{d}.parquet")
     model = os.path.join(data, f"train-bench-{d}.parquet")
-    r_cmd = [exe, "train", "--input", fix, "--label", "label", "--recipe", "paper",
-             "--memories", str(M), "--epochs", str(epochs), "--output", model]
-    n_cmd = [py, os.path.join(HERE, "numpy_reclag.py"), "--train", fix, "--memories", str(M),
-             "--epochs", str(epochs)]
-    times = {"reclag train": [], "numpy (numpy_reclag.py)": []}
-    rss = {"reclag train": [], "numpy (numpy_reclag.py)": []}
+    peer = [py, os.path.join(HERE, "numpy_reclag.py"), "--train", fix]
+    cmds = {
+        "reclag train": [exe, "train", "--input", fix, "--label", "label", "--recipe", "paper",
+                         "--memories", str(M), "--epochs", str(epochs), "--output", model],
+        "numpy (numpy_reclag.py)": peer + ["--memories", str(M), "--epochs", str(epochs)],
+        "reclag train" + WHITENED: [exe, "train", "--input", fix, "--label", "label",
+                                    "--memories", str(M_WHITENED), "--output", model],
+        "numpy (numpy_reclag.py)" + WHITENED: peer + ["--recipe", "whitened", "--memories",
+                                                      str(M_WHITENED)],
+    }
+    times = {k: [] for k in cmds}
+    rss = {k: [] for k in cmds}
     for r in range(runs):
-        order = [("reclag train", r_cmd), ("numpy (numpy_reclag.py)", n_cmd)]
+        order = list(cmds.items())
         if r % 2:
             order.reverse()
         for name, cmd in order:
@@ -328,6 +344,24 @@ def train_bench(exe, py, data, n, d, epochs, runs):
             rss[name].append(m)
             log(f"   train run {r + 1} {name}: {secs:.1f} s, {m:.0f} MiB")
     return {"d": d, "epochs": epochs, "times": times, "rss": rss}
+
+
+def train_lines(n, tr):
+    tt = {k: median(v) for k, v in tr["times"].items()}
+    lines = ["", f"### Training: {n:,} × {tr['d']}, K = {K}", ""]
+    lines.append("| recipe | trainer | median s | peak RSS |")
+    lines.append("|---|---|---|---|")
+    for k in tt:
+        recipe = f"whitened, M = {M_WHITENED}, β auto" if k.endswith(WHITENED) else f"paper, M = {M}, {tr['epochs']} epochs"
+        lines.append(f"| {recipe} | {k.replace(WHITENED, '')} | {tt[k]:.1f} | {max(tr['rss'][k]):.0f} MiB |")
+    lines.append("")
+    for suffix, name in [("", "paper"), (WHITENED, "whitened")]:
+        a, b = tt.get("reclag train" + suffix), tt.get("numpy (numpy_reclag.py)" + suffix)
+        if a and b:
+            lines.append(f"`reclag train` ({name}) is {b / a:.1f}× faster than numpy computing the same recipe (target: faster).")
+    lines.append("")
+    lines.append(f"Reproduce: `python3 benches/peers/run.py --only-train --rows {n}` (prints this table).")
+    return lines
 
 
 def median(v):
@@ -413,15 +447,7 @@ def write_benchmarks(res):
                 )
     tr = res.get("train")
     if tr:
-        tt = {k: median(v) for k, v in tr["times"].items()}
-        a, b = tt["reclag train"], tt["numpy (numpy_reclag.py)"]
-        lines += ["", f"### Training: {n:,} × {tr['d']}, K = {K}, M = {M}, {tr['epochs']} epochs", ""]
-        lines.append("| trainer | median s | peak RSS |")
-        lines.append("|---|---|---|")
-        for k in tt:
-            lines.append(f"| {k} | {tt[k]:.1f} | {max(tr['rss'][k]):.0f} MiB |")
-        lines.append("")
-        lines.append(f"`reclag train` is {b / a:.1f}× faster than numpy (target: faster).")
+        lines += train_lines(n, tr)
     lines += ["", END]
     path = os.path.join(ROOT, "BENCHMARKS.md")
     text = open(path).read()

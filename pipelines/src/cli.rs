@@ -564,6 +564,28 @@ pub struct DemoArgs {
     pub dir: Option<PathBuf>,
 }
 
+/// What the `reclag` binary does: runs `args` against the process's environment and
+/// standard output, prints an error to standard error, and gives the exit code
+/// (0 done, 2 drift found, 1 error). A closed standard output (`| head`) ends the
+/// command quietly with 0.
+pub fn main_with<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    crate::alloc::tune();
+    // Not locked: `reclag score --output -` writes its Arrow stream to stdout too.
+    let mut stdout = std::io::stdout();
+    match run(args, &mut stdout) {
+        Ok(code) => code,
+        Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 /// Parses `args` (including the program name) and runs the command, writing results
 /// to `out`.
 pub fn run<I, T>(args: I, out: &mut dyn Write) -> Result<ExitCode>

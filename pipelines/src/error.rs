@@ -53,6 +53,24 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the error is a closed reader of standard output (`reclag sql … | head`):
+    /// the reader has what it wanted, so the command ends quietly and successfully, as
+    /// Unix tools do.
+    pub fn is_broken_pipe(&self) -> bool {
+        let mut e: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(err) = e {
+            if err
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            {
+                return true;
+            }
+            e = err.source();
+        }
+        // Some engines keep only the message of the IO error they met.
+        self.to_string().contains("Broken pipe (os error 32)")
+    }
+
     pub(crate) fn polars(
         context: impl Into<String>,
     ) -> impl FnOnce(polars::prelude::PolarsError) -> Error {
