@@ -569,8 +569,11 @@ fn drift_over_a_store_lake(kind: Kind) {
         "{held}"
     );
     assert_eq!(lock.get().unwrap(), "pid 7 on another-host".as_bytes());
-    use datafusion::object_store::ObjectStoreExt as _;
-    reclag_pipelines::store::block_on(lock.store.delete(&lock.key)).unwrap();
+    store_lock_heartbeat_and_takeover(&stores, &spec, &lock);
+    assert!(
+        lock.head().unwrap().is_none(),
+        "a taken-over lock is released too"
+    );
     if kind == Kind::S3 {
         forbidden_partition_then_rerun(
             &emu,
@@ -581,6 +584,76 @@ fn drift_over_a_store_lake(kind: Kind) {
             ),
         );
     }
+}
+
+/// Object-store locks left by killed runs are taken over; live ones are not. With
+/// `lock` holding a foreign object that never changes (a run killed with `kill -9`):
+/// a holder that keeps rewriting it (alive) is waited for and named, never taken
+/// over; once it stops, the next run takes the lock over after `stale_after` and
+/// completes. A reclag run's own heartbeat keeps a waiter out until it releases.
+fn store_lock_heartbeat_and_takeover(
+    stores: &Arc<Stores>,
+    spec: &DriftSpec,
+    lock: &reclag_pipelines::store::Location,
+) {
+    use reclag_pipelines::drift::lock::RunLock;
+    use std::time::{Duration, Instant};
+    let stale = Duration::from_millis(600);
+    // Alive: rewritten every 100 ms with a new heartbeat (so a new ETag).
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let beating = {
+        let (lock, stop) = (lock.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for beat in 0u64.. {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                lock.put(format!("pid 7 on another-host\nheartbeat {beat}").into())
+                    .unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let e = DriftJob::new(spec.clone(), stores.clone())
+        .lock_wait(Duration::from_millis(2000))
+        .lock_stale_after(stale)
+        .run()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("another drift run holds this output (pid 7 on another-host)")
+            && e.contains("taken over once it has had no heartbeat for 600ms"),
+        "{e}"
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    beating.join().unwrap();
+    // Dead: unchanged from now on; taken over after `stale`, and the run completes.
+    let t0 = Instant::now();
+    let done = DriftJob::new(spec.clone(), stores.clone())
+        .lock_wait(Duration::from_secs(20))
+        .lock_stale_after(stale)
+        .run()
+        .unwrap();
+    assert!(t0.elapsed() >= stale, "taken over before it was stale");
+    assert!(done.partitions.is_empty(), "{}", done.json_line());
+    assert!(lock.head().unwrap().is_none(), "the new holder released it");
+    // A live reclag holder's heartbeat keeps a waiter out for longer than `stale`.
+    let holder = RunLock::acquire_with(lock, Duration::ZERO, stale, "pid 8 on this-host").unwrap();
+    let t0 = Instant::now();
+    let e = RunLock::acquire_with(lock, Duration::from_millis(2500), stale, "pid 9")
+        .err()
+        .expect("a live holder is never taken over")
+        .to_string();
+    assert!(
+        t0.elapsed() >= Duration::from_millis(2500) && e.contains("pid 8 on this-host"),
+        "{e}"
+    );
+    let text = String::from_utf8(lock.get().unwrap().to_vec()).unwrap();
+    assert!(text.starts_with("pid 8 on this-host\nheartbeat "), "{text}");
+    holder.check().unwrap();
+    drop(holder);
+    let next = RunLock::acquire_with(lock, Duration::ZERO, stale, "pid 9").unwrap();
+    drop(next);
 }
 
 /// A 403 on one partition's object fails the run naming the object; that partition

@@ -147,6 +147,11 @@ pub struct DriftRunArgs {
     /// the holder; 0s exits at once.
     #[arg(long, default_value = "10m", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub lock_wait: std::time::Duration,
+    /// On an object store, a run keeps its `_lock` object fresh with a heartbeat
+    /// (every quarter of this); a lock unchanged this long belongs to a run that was
+    /// killed, and a waiting run takes it over. Keep it well below --lock-wait.
+    #[arg(long, default_value = "2m", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub lock_stale_after: std::time::Duration,
 }
 
 #[derive(Args, Debug)]
@@ -858,6 +863,7 @@ pub fn dispatch(cli: Cli, stores: Arc<Stores>, out: &mut dyn Write) -> Result<Ex
                 .select(select)
                 .dry_run(a.dry_run)
                 .strict(a.strict)
+                .lock_stale_after(a.lock_stale_after)
                 .lock_wait(a.lock_wait)
                 .run()?;
             writeln!(out, "{}", summary.json_line()).map_err(io_err)?;

@@ -79,6 +79,7 @@ pub struct DriftJob {
     fused: bool,
     strict: bool,
     lock_wait: std::time::Duration,
+    lock_stale_after: std::time::Duration,
 }
 
 /// What a partition contributed, as recorded in the state file and the summary.
@@ -550,7 +551,15 @@ impl DriftJob {
             fused: crate::io::fused_scoring(),
             strict: false,
             lock_wait: DEFAULT_LOCK_WAIT,
+            lock_stale_after: lock::DEFAULT_STALE_AFTER,
         }
+    }
+
+    /// How long an object-store lock may go without its holder's heartbeat before a
+    /// waiting run takes it over (a run killed with `kill -9` leaves its lock behind).
+    pub fn lock_stale_after(mut self, after: std::time::Duration) -> Self {
+        self.lock_stale_after = after;
+        self
     }
 
     /// How long a run waits for another run on the same output to finish before it
@@ -736,9 +745,10 @@ impl DriftJob {
         // sees every partition this one records.
         let _lock = match self.dry_run {
             true => None,
-            false => Some(lock::RunLock::acquire(
+            false => Some(lock::RunLock::acquire_with(
                 &self.out(lock::LOCK_FILE)?,
                 self.lock_wait,
+                self.lock_stale_after,
                 &lock::this_run(started),
             )?),
         };
@@ -832,6 +842,9 @@ impl DriftJob {
                           processed: Processed,
                           state: &mut State|
          -> Result<bool> {
+            if let Some(l) = &_lock {
+                l.check()?;
+            }
             if self
                 .cancel
                 .as_ref()
