@@ -239,12 +239,13 @@ fn score_writes_inputs_plus_outputs_matching_the_core() {
         .p_values_into(&o, Some(&groups), reclag::Route::Best, &mut p)
         .unwrap();
     let p_value = b.column(7).as_primitive::<Float64Type>();
-    for i in 0..180 {
+    for (i, p) in p.iter().enumerate() {
         assert_eq!(score.value(i), o.score[i]);
         assert_eq!(is_ood.value(i), o.is_ood[i]);
         assert_eq!(att.value(i), o.attractor[i]);
-        assert_eq!(p_value.value(i), p[i]);
+        assert_eq!(p_value.value(i), *p);
     }
+    assert_eq!(p.len(), 180);
     // Calibrated at ood_rate 0.05 on the training distribution: most rows are ID.
     let flagged = (0..180).filter(|&i| is_ood.value(i)).count();
     assert!(flagged < 40, "{flagged} of 180 training rows flagged OOD");

@@ -49,7 +49,7 @@ pub struct RunLock {
 
 enum Held {
     Local(File),
-    Store(Heartbeat),
+    Store(Box<Heartbeat>),
 }
 
 /// An object-store lock this run holds, and the thread that keeps it fresh.
@@ -89,9 +89,15 @@ impl RunLock {
             let taken = match &loc.local {
                 Some(path) => try_local(path, holder)?.map(Held::Local),
                 None => match try_store(loc, holder)? {
-                    Some(v) => Some(Held::Store(Heartbeat::start(loc, holder, v, stale_after))),
-                    None => take_over_stale(loc, holder, stale_after, &mut seen)?
-                        .map(|v| Held::Store(Heartbeat::start(loc, holder, v, stale_after))),
+                    Some(v) => Some(Held::Store(Box::new(Heartbeat::start(
+                        loc,
+                        holder,
+                        v,
+                        stale_after,
+                    )))),
+                    None => take_over_stale(loc, holder, stale_after, &mut seen)?.map(|v| {
+                        Held::Store(Box::new(Heartbeat::start(loc, holder, v, stale_after)))
+                    }),
                 },
             };
             if let Some(held) = taken {
