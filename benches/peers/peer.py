@@ -42,7 +42,10 @@ def load_model(path):
         raise SystemExit("the peers implement pre = l2 only")
     beta = float(meta["reclag.beta"])
     d = t.schema.field("vector").type.list_size
-    vec = t.column("vector").combine_chunks().values.to_numpy().reshape(-1, d)
+    # Format 3 adds calibration-score rows (a null vector); the peers need none of them.
+    import pyarrow.compute as pc
+    t = t.filter(pc.is_valid(t.column("vector")))
+    vec = t.column("vector").combine_chunks().flatten().to_numpy().reshape(-1, d)
     # Format 2 keeps the preprocessing beside the memories, told apart by `part`.
     part = t.column("part").to_numpy(zero_copy_only=False) if "part" in names else np.full(len(vec), "memory")
     whiten = None
