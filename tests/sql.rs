@@ -178,6 +178,47 @@ fn reclag_sql_command_outputs_and_counts() {
         assert!(body.len() > 500, "{ext} output is {} bytes", body.len());
     }
     assert_eq!(read_parquet(&tmp.path().join("r.parquet")).num_rows(), 500);
+    // CSV and NDJSON stream to standard output with `--output -`: the same values as
+    // the files, nothing else on the stream.
+    let q = "SELECT reclag_score('prod', embedding) AS s FROM mnist";
+    for (fmt, file) in [("csv", "r.csv"), ("ndjson", "r.ndjson")] {
+        let streamed = cli_ok(&[
+            "sql", "--table", &table, "--model", &mref, q, "--format", fmt, "--output", "-",
+        ]);
+        assert_eq!(
+            streamed,
+            std::fs::read_to_string(tmp.path().join(file)).unwrap(),
+            "{fmt}"
+        );
+    }
+    let e = crate::common::cli_err(&[
+        "sql", "--table", &table, "--model", &mref, q, "--output", "-",
+    ]);
+    assert!(e.contains("--format csv or --format ndjson"), "{e}");
+    let e = crate::common::cli_err(&[
+        "sql", "--table", &table, "--model", &mref, q, "--format", "parquet", "--output", "-",
+    ]);
+    assert!(
+        e.contains("Parquet cannot stream to standard output"),
+        "{e}"
+    );
+    // The table format prints as the rows arrive, in tables of at most 1,024 rows:
+    // the sample's 4,000 training rows give four tables holding every row once.
+    let train = format!("train={}", s(&sample[0]));
+    let t = cli_ok(&["sql", "--table", &train, "SELECT label FROM train"]);
+    let headers = t.lines().filter(|l| l.trim() == "| label |").count();
+    let rows = t
+        .lines()
+        .filter(|l| l.starts_with("| ") && l.trim() != "| label |")
+        .count();
+    assert_eq!((headers, rows), (4, 4000), "{}", &t[..t.len().min(400)]);
+    let empty = cli_ok(&[
+        "sql",
+        "--table",
+        &train,
+        "SELECT label FROM train WHERE label < 0",
+    ]);
+    assert!(empty.contains("| label |"), "{empty}");
     let funcs = cli_ok(&["sql", "SHOW FUNCTIONS LIKE 'reclag%'"]);
     for f in [
         "reclag_score",
@@ -470,10 +511,19 @@ fn fast_scans_equal_datafusions_parquet_scan() {
         rt.block_on(async {
             let ctx = session(&job(table, query)).await.unwrap();
             let b = ctx.sql(query).await.unwrap().collect().await.unwrap();
-            format!(
-                "{}\n",
-                datafusion::arrow::util::pretty::pretty_format_batches(&b).unwrap()
-            )
+            // `reclag sql` prints tables of at most TABLE_ROWS rows as they arrive.
+            let all = arrow_select::concat::concat_batches(&b[0].schema(), &b).unwrap();
+            let step = reclag_pipelines::sql::TABLE_ROWS;
+            (0..all.num_rows().max(1))
+                .step_by(step)
+                .map(|at| {
+                    let part = all.slice(at, step.min(all.num_rows() - at));
+                    format!(
+                        "{}\n",
+                        datafusion::arrow::util::pretty::pretty_format_batches(&[part]).unwrap()
+                    )
+                })
+                .collect::<String>()
         })
     };
     let glob = format!("{}/*.parquet", s(&flat));

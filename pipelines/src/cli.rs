@@ -231,7 +231,9 @@ pub struct SqlArgs {
     #[arg(long, value_name = "NAME=URL", value_parser = parse_named)]
     pub model: Vec<(String, String)>,
     /// Write the result here: a local file (written to a temporary name, then
-    /// renamed) or, for Parquet, an object-store URL (published when complete).
+    /// renamed), for Parquet an object-store URL (published when complete), or `-`
+    /// for CSV or NDJSON streamed to standard output. Without it the result prints as
+    /// tables of up to 1,024 rows each, as the rows arrive.
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// table, parquet, csv or ndjson (default: from the --output extension, else table).
@@ -897,8 +899,8 @@ pub fn dispatch(cli: Cli, stores: Arc<Stores>, out: &mut dyn Write) -> Result<Ex
                 stores,
             };
             let rt = runtime("starting the query runtime")?;
-            let text = rt.block_on(crate::sql::run(&job))?;
-            write!(out, "{text}").map_err(io_err)?;
+            let summary = rt.block_on(crate::sql::run_to(&job, out))?;
+            write!(out, "{summary}").map_err(io_err)?;
         }
         Command::Demo(a) => crate::demo::run(a.dir, out)?,
     }

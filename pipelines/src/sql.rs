@@ -45,6 +45,9 @@ impl SqlFormat {
         }
         match output {
             None => Ok(SqlFormat::Table),
+            Some(p) if p.as_os_str() == crate::io::STDIO => Err(Error::Usage(
+                "--output - streams to standard output: name the format with --format csv or --format ndjson".into(),
+            )),
             Some(p) => {
                 let ext = p
                     .extension()
@@ -213,8 +216,24 @@ async fn fast_scans(
     Ok(())
 }
 
-/// Runs the query; returns the rendered table (for `Table`) or a one-line summary.
+/// Rows per rendered table in the `table` format: each chunk is aligned on its own,
+/// so the first lines print while the query runs and memory holds one chunk, not the
+/// whole result.
+pub const TABLE_ROWS: usize = 1024;
+
+/// Runs the query; returns what [`run_to`] writes followed by its summary.
 pub async fn run(job: &SqlJob) -> Result<String> {
+    let mut buf = Vec::new();
+    let summary = run_to(job, &mut buf).await?;
+    let mut text = String::from_utf8_lossy(&buf).into_owned();
+    text.push_str(&summary);
+    Ok(text)
+}
+
+/// Runs the query, streaming a `table` result, or CSV or NDJSON with `--output -`,
+/// into `out` as batches arrive; a file or object-store output is written and
+/// summarised in the returned line (empty otherwise).
+pub async fn run_to(job: &SqlJob, out: &mut dyn std::io::Write) -> Result<String> {
     let ctx = session(job).await?;
     // Only here: a plan over a `FastListTable` does not serialize with
     // datafusion-proto, and `session`'s callers may ship theirs to another process.
@@ -224,17 +243,70 @@ pub async fn run(job: &SqlJob) -> Result<String> {
     let df = ctx.sql(&job.query).await.map_err(df_err)?;
     let schema = Arc::new(df.schema().as_arrow().clone());
     let mut stream = df.execute_stream().await.map_err(df_err)?;
+    let io = |source| Error::Io {
+        context: "writing the result to standard output".into(),
+        source,
+    };
+    let to_stdout = job
+        .output
+        .as_deref()
+        .is_some_and(|p| p.as_os_str() == crate::io::STDIO);
     match (job.format, &job.output) {
         (SqlFormat::Table, _) => {
-            let mut batches = Vec::new();
+            let render = |batches: &[datafusion::arrow::record_batch::RecordBatch]| {
+                pretty_format_batches(batches)
+                    .map(|t| format!("{t}\n"))
+                    .map_err(|e| Error::Usage(e.to_string()))
+            };
+            let (mut chunk, mut rows, mut any) = (Vec::new(), 0usize, false);
             while let Some(b) = stream.next().await {
-                batches.push(b.map_err(df_err)?);
+                let b = b.map_err(df_err)?;
+                let mut at = 0;
+                while at < b.num_rows() {
+                    let take = (TABLE_ROWS - rows).min(b.num_rows() - at);
+                    chunk.push(b.slice(at, take));
+                    (at, rows) = (at + take, rows + take);
+                    if rows == TABLE_ROWS {
+                        out.write_all(render(&chunk)?.as_bytes()).map_err(io)?;
+                        (chunk, rows, any) = (Vec::new(), 0, true);
+                    }
+                }
             }
-            let t = pretty_format_batches(&batches).map_err(|e| Error::Usage(e.to_string()))?;
-            Ok(format!("{t}\n"))
+            if rows > 0 || !any {
+                if chunk.is_empty() {
+                    chunk.push(datafusion::arrow::record_batch::RecordBatch::new_empty(
+                        schema,
+                    ));
+                }
+                out.write_all(render(&chunk)?.as_bytes()).map_err(io)?;
+            }
+            Ok(String::new())
+        }
+        (SqlFormat::Parquet, Some(_)) if to_stdout => Err(Error::Usage(
+            "--output -: Parquet cannot stream to standard output; name a file, or use --format csv or ndjson".into(),
+        )),
+        (fmt, Some(_)) if to_stdout => {
+            let arrow = |e: datafusion::arrow::error::ArrowError| match e {
+                datafusion::arrow::error::ArrowError::IoError(_, source) => io(source),
+                e => Error::Usage(format!("writing the result: {e}")),
+            };
+            if fmt == SqlFormat::Csv {
+                let mut w = datafusion::arrow::csv::Writer::new(&mut *out);
+                while let Some(b) = stream.next().await {
+                    w.write(&b.map_err(df_err)?).map_err(arrow)?;
+                }
+            } else {
+                let mut w = datafusion::arrow::json::LineDelimitedWriter::new(&mut *out);
+                while let Some(b) = stream.next().await {
+                    w.write(&b.map_err(df_err)?).map_err(arrow)?;
+                }
+                w.finish().map_err(arrow)?;
+            }
+            out.flush().map_err(io)?;
+            Ok(String::new())
         }
         (_, None) => Err(Error::Usage(
-            "--format parquet/csv/ndjson needs --output FILE".into(),
+            "--format parquet/csv/ndjson needs --output FILE (or --output - for csv and ndjson on standard output)".into(),
         )),
         (fmt, Some(out)) => {
             let mut rows = 0usize;
