@@ -28,6 +28,7 @@ Typical workflow:
   reclag train --input train.parquet --embedding embedding --label label --output model.parquet
   reclag score --model model.parquet --input new.parquet --output scored.parquet --group label
   reclag eval  --model model.parquet --id test.parquet --ood web=web.parquet --group-from-logits logits
+  reclag calibrate --model model.parquet --input fresh-id.parquet --output model-v2.parquet
 
 Try it with no data of your own:
   reclag demo";
