@@ -87,6 +87,15 @@ pub fn model(
     .unwrap()
 }
 
+/// `|a − b| ≤ tol·max(1, |a|, |b|)`: absolute near zero, relative elsewhere.
+#[track_caller]
+pub fn near(a: f64, b: f64, tol: f64, what: &str) {
+    assert!(
+        (a - b).abs() <= tol * 1f64.max(a.abs()).max(b.abs()),
+        "{what}: got {a}, expected {b} (tol {tol})"
+    );
+}
+
 /// `|a − b| ≤ rel·max(|a|,|b|)` (exact equality for zeros and infinities).
 #[track_caller]
 pub fn close(a: f64, b: f64, rel: f64, what: &str) {

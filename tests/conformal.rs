@@ -8,15 +8,7 @@ use reclag::{
     Model, Normalize, Route, Rows, ScoreOutput, TrainParams, TrainingSet, Whitening, Work,
 };
 
-use crate::common::{json, mat, vecf};
-
-#[track_caller]
-fn near(a: f64, b: f64, tol: f64, what: &str) {
-    assert!(
-        (a - b).abs() <= tol * 1f64.max(a.abs()).max(b.abs()),
-        "{what}: got {a}, expected {b} (tol {tol})"
-    );
-}
+use crate::common::{json, mat, near, vecf};
 
 /// The golden file's memories, whitening and β, re-thresholded on its calibration
 /// rows through the model's own path, give its `τ`, its best-route calibration scores

@@ -8,16 +8,7 @@ use reclag::{
     Model, Normalize, Route, Rows, ScoreOutput, TrainParams, TrainingSet, Whitening, Work,
 };
 
-use crate::common::{json, mat, vecf};
-
-/// `|a − b| ≤ tol·max(1, |a|, |b|)`: absolute near zero, relative elsewhere.
-#[track_caller]
-fn near(a: f64, b: f64, tol: f64, what: &str) {
-    assert!(
-        (a - b).abs() <= tol * 1f64.max(a.abs()).max(b.abs()),
-        "{what}: got {a}, expected {b} (tol {tol})"
-    );
-}
+use crate::common::{json, mat, near, vecf};
 
 fn l2(r: &[f64]) -> Vec<f64> {
     let mut v = r.to_vec();

@@ -96,7 +96,8 @@ def spherical_kmeans(x, m, rng, iterations=25):
     return centres
 
 
-def auroc_fast(pos, neg):
+def auroc(pos, neg):
+    """AUROC with ties counted one half (Mann–Whitney U over average ranks), §8."""
     allv = np.concatenate([pos, neg])
     order = np.argsort(allv, kind="mergesort")
     _, inv, cnt = np.unique(allv[order], return_inverse=True, return_counts=True)
@@ -139,7 +140,7 @@ def fit_whitened(parts, args, rng):
                 others = [g for g in range(len(groups)) if g != c]
                 score = lambda r: np.max([e[r][g] - tau[g] for g in others], axis=0)
                 pos = np.concatenate([score(r) for r in others])
-                aucs.append(auroc_fast(pos, score(c)))
+                aucs.append(auroc(pos, score(c)))
             mean = float(np.mean(aucs))
             if best is None or mean > best[1]:
                 best = (b, mean)
@@ -214,15 +215,6 @@ def evaluate(model, args):
             sel = route == g
             s[sel] = lme(x[sel] @ xi.T, args.beta) - tau
         return s
-
-    def auroc(p, n):
-        allv = np.concatenate([p, n])
-        order = np.argsort(allv, kind="mergesort")
-        _, inv, cnt = np.unique(allv[order], return_inverse=True, return_counts=True)
-        avg = np.cumsum(cnt) - (cnt - 1) / 2.0
-        r = np.empty(len(allv))
-        r[order] = avg[inv]
-        return (r[: len(p)].sum() - len(p) * (len(p) + 1) / 2) / (len(p) * len(n))
 
     sid = scores(os.path.join(args.eval_dir, "id_test.parquet"))
     res = {}

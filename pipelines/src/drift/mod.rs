@@ -1492,19 +1492,16 @@ pub fn expected_rate(
     if let Some(r) = spec.alert.expected_rate {
         return r;
     }
-    if let Some(r) = reference {
-        return group
-            .and_then(|g| r.groups.get(g))
-            .filter(|(n, _)| *n >= MIN_REFERENCE_GROUP_ROWS)
-            .map_or(r.ood_rate(), |(n, ood)| *ood as f64 / *n as f64);
+    if let Some((n, ood)) = reference_counts(spec, reference, group) {
+        return ood as f64 / n.max(1) as f64;
     }
     crate::calibrate::model_rate(model).unwrap_or(0.05)
 }
 
-/// The reference's `(rows, OOD rows)` a partition (`group` `None`) or group is tested
+/// The reference's `(rows, OOD rows)` a partition (`group` `None`) or group is judged
 /// against, when the expected rate comes from a reference: the group's own where the
-/// reference has enough of its rows, as [`expected_rate`] chooses.
-fn reference_counts(
+/// reference has enough of its rows, else the whole reference's.
+pub(crate) fn reference_counts(
     spec: &DriftSpec,
     reference: Option<&ReferenceRecord>,
     group: Option<&str>,

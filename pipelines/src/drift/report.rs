@@ -89,11 +89,7 @@ A partition drifts when its OOD rate (rows with score ≤ 0) is above the expect
         spec.alert.min_rows,
         esc(baseline),
     );
-    let counts = state
-        .reference
-        .as_ref()
-        .filter(|_| spec.alert.expected_rate.is_none())
-        .map(|r| (r.rows, r.ood_rows));
+    let counts = super::reference_counts(spec, state.reference.as_ref(), None);
     rate_chart(&mut h, spec, &done, counts);
     if let Some(latest) = done.last() {
         if latest.p_histogram.is_empty() {
