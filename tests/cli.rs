@@ -954,7 +954,7 @@ fn score_streams_arrow_ipc_through_stdin_and_stdout() {
 }
 
 /// `reclag score` without the embedding in its output scores each page as it is
-/// decoded (`fastlist::Fused`). It must give what scoring materialised batches gives,
+/// decoded (`reclag_parquet::Fused`). It must give what scoring materialised batches gives,
 /// row for row, including a row group the fast decoder gives up on part-way (nulls),
 /// rows split across pages, and a second list column decoded beside the fused one.
 #[test]

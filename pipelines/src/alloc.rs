@@ -29,26 +29,3 @@ pub fn tune() {
         libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
     }
 }
-
-/// Asks for transparent huge pages on a large, long-lived buffer: its first touch then
-/// costs one fault per 2 MiB instead of one per 4 KiB. A hint only; ignored where THP
-/// is off.
-pub fn huge_pages<T>(buf: &mut Vec<T>) {
-    #[cfg(target_os = "linux")]
-    {
-        const HUGE: usize = 2 << 20;
-        let bytes = buf.capacity() * std::mem::size_of::<T>();
-        let start = buf.as_mut_ptr() as usize;
-        let lo = start.next_multiple_of(HUGE);
-        let hi = (start + bytes) / HUGE * HUGE;
-        if hi > lo {
-            // SAFETY: [lo, hi) lies inside the Vec's allocation; MADV_HUGEPAGE changes
-            // how pages are backed, never their contents.
-            unsafe {
-                libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_HUGEPAGE);
-            }
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = buf;
-}

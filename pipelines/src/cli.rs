@@ -582,16 +582,55 @@ where
     T: Into<OsString> + Clone,
 {
     crate::alloc::tune();
+    crate::io::configure_reading(read_settings_from_env());
     // Not locked: `reclag score --output -` writes its Arrow stream to stdout too.
     let mut stdout = std::io::stdout();
     match run(args, &mut stdout) {
         Ok(code) => code,
         Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprint!("{}", error_chain(&e));
             ExitCode::from(1)
         }
     }
+}
+
+/// How the binary decodes inputs: `RECLAG_FAST_DECODE=0` reads every column with
+/// parquet's general reader and `RECLAG_FUSED=0` scores whole Arrow columns instead
+/// of pages (both for comparison); `RECLAG_ROW_GROUPS_IN_FLIGHT=N` decodes N row groups
+/// at once (default: one per core).
+fn read_settings_from_env() -> crate::io::ReadSettings {
+    let on = |key: &str| std::env::var(key).map_or(true, |v| v != "0");
+    let mut s = crate::io::ReadSettings {
+        fast_decode: on("RECLAG_FAST_DECODE"),
+        fused: on("RECLAG_FUSED"),
+        ..Default::default()
+    };
+    if let Some(n) = std::env::var("RECLAG_ROW_GROUPS_IN_FLIGHT")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+    {
+        s.row_groups_in_flight = n;
+    }
+    s
+}
+
+/// `error: <message>`, then each cause the message does not already state, one per
+/// line, so nothing in the chain is lost and nothing is said twice.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut said = e.to_string();
+    let mut out = format!("error: {said}\n");
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let msg = c.to_string();
+        if !msg.is_empty() && !said.contains(&msg) {
+            out.push_str(&format!("  caused by: {msg}\n"));
+            said.push_str(&msg);
+        }
+        cause = c.source();
+    }
+    out
 }
 
 /// Parses `args` (including the program name) and runs the command, writing results
@@ -1007,4 +1046,45 @@ fn eval_job(a: EvalArgs, model: &reclag::Model, stores: Arc<Stores>) -> Result<E
         reference_rows_per_group: a.reference_rows_per_group,
         stores,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_chain;
+
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
+
+    /// Every cause is printed once: those the message already states are not repeated.
+    #[test]
+    fn errors_print_their_whole_chain_once() {
+        let root = Layer("connection refused", None);
+        let mid = Layer("reading s3://b/k: connection refused", Some(Box::new(root)));
+        let top = Layer("scoring failed", Some(Box::new(mid)));
+        assert_eq!(
+            error_chain(&top),
+            "error: scoring failed\n  caused by: reading s3://b/k: connection refused\n"
+        );
+        let hidden = Layer(
+            "the model file is corrupt",
+            Some(Box::new(Layer("bad magic bytes", None))),
+        );
+        assert_eq!(
+            error_chain(&hidden),
+            "error: the model file is corrupt\n  caused by: bad magic bytes\n"
+        );
+        assert_eq!(error_chain(&Layer("plain", None)), "error: plain\n");
+    }
 }

@@ -28,9 +28,9 @@ use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 
-use crate::fastlist::float_list;
 use crate::io::ParquetFile;
 use crate::store::Location;
+use reclag_parquet::float_list;
 
 /// A listing table whose float-list scans read through the fast reader.
 #[derive(Debug)]
@@ -267,7 +267,7 @@ impl PartitionStream for FastScan {
             crate::io::read_ahead_each(each, Some(&sorted), |i, b| {
                 let b = b
                     .map_err(external)
-                    .and_then(|b| conform(&schema, &order, &files[i].1, &b));
+                    .and_then(|b| conform(&schema, &order, &files[i].1, &b.into_rows()));
                 let stop = b.is_err();
                 tx.blocking_send(b).is_ok() && !stop
             });

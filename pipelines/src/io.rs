@@ -24,6 +24,7 @@ use parquet::schema::types::ColumnPath;
 
 use crate::error::{Error, Result};
 use crate::store::{Location, Stores, block_on};
+use reclag_parquet::{FastReader, Fused, Part};
 
 pub const BATCH_ROWS: usize = 16 * 1024;
 
@@ -34,11 +35,11 @@ pub const BATCH_ROWS: usize = 16 * 1024;
 /// (657 MiB at 64k rows, 1.1 GiB at 256k: freed batches fragment the heap, whose
 /// blocks below 64 MiB the allocator settings keep); with 8 MiB it was 317, 327 and
 /// 325 MiB at 16k, 64k and 256k rows, and no slower. A list column scored page by
-/// page (see [`crate::fastlist::Fused`]) is never held, so it does not count.
+/// page (see [`reclag_parquet::Fused`]) is never held, so it does not count.
 pub const BATCH_BYTES: u64 = 8 << 20;
 
 /// Decoded bytes of one row group above which the fast reader, which holds whole row
-/// groups ([`crate::fastlist::IN_FLIGHT`] decoding and one waiting), gives way to
+/// groups ([`ReadSettings::row_groups_in_flight`] decoding and one waiting), gives way to
 /// parquet's reader, which streams pages into batches of [`BATCH_BYTES`]. A file
 /// written as one huge row group (pyarrow's default is up to 1M rows: 16 GiB at
 /// 4096-d) then costs a few batches of memory instead of the row group, at the
@@ -316,29 +317,31 @@ impl ParquetFile {
     /// [`ParquetFile::read`], handing the embedding to `fused` page by page where the
     /// fast list path applies: those row groups come back as `fused`'s batches, the
     /// others as read.
-    pub fn read_fused(
+    pub fn read_fused<T: Send + 'static>(
         self,
         columns: Option<&[usize]>,
-        fused: Option<Arc<dyn crate::fastlist::Fused>>,
-    ) -> Result<Batches> {
+        fused: Option<Arc<dyn Fused<Output = T>>>,
+    ) -> Result<Batches<T>> {
         let path = self.path;
         let rgs = self.row_groups;
+        let settings = read_settings();
         // The fast reader where the plan allows, for local files and objects alike.
         let fast = |md: &Arc<ParquetMetaData>,
-                    source: crate::fastlist::FastSource,
+                    source: reclag_parquet::Source,
                     rgs: Option<Vec<usize>>|
-         -> Result<Option<Inner>> {
-            if !fast_decode() {
+         -> Result<Option<Inner<T>>> {
+            if !settings.fast_decode {
                 return Ok(None);
             }
             let meta = ArrowReaderMetadata::try_new(md.clone(), ArrowReaderOptions::new())
                 .map_err(parquet_err(&path))?;
-            let Some(mut plan) = crate::fastlist::plan(&meta, columns) else {
+            let Some(plan) = reclag_parquet::plan(&meta, columns) else {
                 return Ok(None);
             };
-            if let Some(f) = &fused {
-                plan = plan.with_fused(f.clone());
-            }
+            let plan: reclag_parquet::Plan<T> = match &fused {
+                Some(f) => plan.with_fused(f.clone()),
+                None => plan.without_consumer(),
+            };
             let chosen: Vec<usize> = rgs
                 .clone()
                 .unwrap_or_else(|| (0..md.num_row_groups()).collect());
@@ -356,13 +359,13 @@ impl ParquetFile {
                     .map(|&rg| md.row_group(rg).num_rows().max(0) as u64)
                     .sum(),
             );
-            Ok(Some(Inner::Fast(crate::fastlist::FastReader::new(
-                source, meta, plan, rgs, rows,
-            ))))
+            let reader = FastReader::new(source, meta, plan, rgs, rows)
+                .in_flight(settings.row_groups_in_flight);
+            Ok(Some(Inner::Fast(reader)))
         };
         let inner = match self.source {
             Source::Local(builder, local) => {
-                let source = crate::fastlist::FastSource::Local(local);
+                let source = reclag_parquet::Source::Local(local);
                 match fast(builder.metadata(), source, rgs.clone())? {
                     Some(f) => f,
                     None => Inner::Local(guard(&path, || {
@@ -373,7 +376,7 @@ impl ParquetFile {
                 }
             }
             Source::Remote(builder, store, key) => {
-                let source = crate::fastlist::FastSource::Remote { store, key };
+                let source = reclag_parquet::Source::Ranges(Arc::new(StoreRanges { store, key }));
                 match fast(builder.metadata(), source, rgs.clone())? {
                     Some(f) => f,
                     None => Inner::Remote(guard(&path, || {
@@ -446,16 +449,54 @@ impl AsyncFileReader for StoreReader {
     }
 }
 
-/// The fast path for `FixedSizeList<Float32>` columns is on unless
-/// `RECLAG_FAST_DECODE=0` (benchmarks measure both; tests compare both).
-pub fn fast_decode() -> bool {
-    std::env::var("RECLAG_FAST_DECODE").map_or(true, |v| v != "0")
+/// How inputs are decoded, for the whole process. The binary sets it once from its
+/// flags and environment ([`configure_reading`]); a program that embeds the crate gets
+/// the defaults or sets it itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadSettings {
+    /// The fast path for `FixedSizeList<Float32>` columns (on by default; off reads
+    /// every column with parquet's general reader, for comparison).
+    pub fast_decode: bool,
+    /// Whether `reclag score` and drift runs score pages as they are decoded (see
+    /// [`reclag_parquet::Fused`]) rather than from whole Arrow columns.
+    pub fused: bool,
+    /// Row groups decoding at once in the fast reader: one per core by default.
+    pub row_groups_in_flight: usize,
 }
 
-/// Whether `reclag score` may score pages as they are decoded (see
-/// `fastlist::Fused`); `RECLAG_FUSED=0` turns it off, for comparison.
-pub fn fused_scoring() -> bool {
-    std::env::var("RECLAG_FUSED").map_or(true, |v| v != "0")
+impl Default for ReadSettings {
+    fn default() -> Self {
+        ReadSettings {
+            fast_decode: true,
+            fused: true,
+            row_groups_in_flight: reclag_parquet::default_in_flight(),
+        }
+    }
+}
+
+static READ_SETTINGS: std::sync::OnceLock<ReadSettings> = std::sync::OnceLock::new();
+
+/// Sets how this process decodes inputs; the first call wins (`false` when a setting
+/// was already in force, which it then keeps).
+pub fn configure_reading(settings: ReadSettings) -> bool {
+    READ_SETTINGS.set(settings).is_ok()
+}
+
+/// The settings in force ([`configure_reading`], else the defaults).
+pub fn read_settings() -> ReadSettings {
+    *READ_SETTINGS.get_or_init(ReadSettings::default)
+}
+
+/// Byte ranges of one object for the fast reader, fetched on its decoding threads.
+struct StoreRanges {
+    store: Arc<dyn object_store::ObjectStore>,
+    key: ObjPath,
+}
+
+impl reclag_parquet::FetchRanges for StoreRanges {
+    fn fetch(&self, ranges: &[std::ops::Range<u64>]) -> reclag_parquet::Result<Vec<bytes::Bytes>> {
+        block_on(self.store.get_ranges(&self.key, ranges)).map_err(store_err)
+    }
 }
 
 /// Batch size, column projection and row groups, the same for local and remote
@@ -486,9 +527,9 @@ fn parquet_err(path: &Path) -> impl FnOnce(parquet::errors::ParquetError) -> Err
     }
 }
 
-enum Inner {
+enum Inner<T> {
     Local(ParquetRecordBatchReader),
-    Fast(crate::fastlist::FastReader),
+    Fast(FastReader<T>),
     Remote(ParquetRecordBatchStream<StoreReader>),
     Ipc(
         arrow_ipc::reader::StreamReader<BufReader<Box<dyn std::io::Read + Send>>>,
@@ -496,18 +537,19 @@ enum Inner {
     ),
 }
 
-/// Record batches of one input. Decoding errors and decoder panics on corrupt pages
-/// both come out as errors naming the file.
-pub struct Batches {
-    inner: Inner,
+/// Record batches of one input, or what a fused consumer made of its row groups
+/// ([`Part`]). Decoding errors and decoder panics on corrupt pages both come out as
+/// errors naming the file.
+pub struct Batches<T = std::convert::Infallible> {
+    inner: Inner<T>,
     path: PathBuf,
 }
 
-impl Batches {
+impl<T: Send + 'static> Batches<T> {
     /// The fast reader and the file's path, when this input took the fast path.
     // Called once per input and moved straight on: the size of the value is no cost.
     #[allow(clippy::result_large_err)]
-    fn into_fast(self) -> std::result::Result<(crate::fastlist::FastReader, PathBuf), Batches> {
+    fn into_fast(self) -> std::result::Result<(FastReader<T>, PathBuf), Batches<T>> {
         match self.inner {
             Inner::Fast(r) => Ok((r, self.path)),
             inner => Err(Batches {
@@ -516,24 +558,23 @@ impl Batches {
             }),
         }
     }
-}
 
-impl Iterator for Batches {
-    type Item = Result<RecordBatch>;
-
-    fn next(&mut self) -> Option<Self::Item> {
+    /// The next batch, or a fused consumer's result for the next row group.
+    pub fn next_part(&mut self) -> Option<Result<Part<T>>> {
         let path = &self.path;
         let inner = &mut self.inner;
+        let ext =
+            |e: parquet::errors::ParquetError| arrow_schema::ArrowError::ExternalError(Box::new(e));
         let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match inner {
-            Inner::Local(r) => r.next(),
-            Inner::Fast(r) => r
-                .next()
-                .map(|r| r.map_err(|e| arrow_schema::ArrowError::ExternalError(Box::new(e)))),
-            Inner::Remote(s) => block_on(s.next())
-                .map(|r| r.map_err(|e| arrow_schema::ArrowError::ExternalError(Box::new(e)))),
-            Inner::Ipc(r, cols) => r.next().map(|b| match cols {
-                Some(c) => b.and_then(|b| b.project(c)),
-                None => b,
+            Inner::Local(r) => r.next().map(|r| r.map(Part::Rows)),
+            Inner::Fast(r) => r.next().map(|r| r.map_err(ext)),
+            Inner::Remote(s) => block_on(s.next()).map(|r| r.map(Part::Rows).map_err(ext)),
+            Inner::Ipc(r, cols) => r.next().map(|b| {
+                match cols {
+                    Some(c) => b.and_then(|b| b.project(c)),
+                    None => b,
+                }
+                .map(Part::Rows)
             }),
         }));
         match next {
@@ -547,6 +588,14 @@ impl Iterator for Batches {
                 "a data page could not be decoded".into(),
             ))),
         }
+    }
+}
+
+impl Iterator for Batches {
+    type Item = Result<RecordBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_part().map(|r| r.map(Part::into_rows))
     }
 }
 
@@ -584,16 +633,20 @@ pub fn read_ahead(
     files: Vec<ParquetFile>,
     tx: std::sync::mpsc::SyncSender<Result<(usize, RecordBatch)>>,
 ) {
-    read_ahead_fused(files, None, tx)
+    let each = files.into_iter().map(|f| (f, None)).collect();
+    read_ahead_each(each, None, |i, b| {
+        let stop = b.is_err();
+        tx.send(b.map(|b| (i, b.into_rows()))).is_ok() && !stop
+    })
 }
 
 /// [`read_ahead`] with [`ParquetFile::read_fused`]. Consecutive inputs that take the
 /// fast path are read as one chain (`FastReader::then`), so row groups keep decoding
 /// on every core across file boundaries.
-pub fn read_ahead_fused(
+pub fn read_ahead_fused<T: Send + 'static>(
     files: Vec<ParquetFile>,
-    fused: Option<Arc<dyn crate::fastlist::Fused>>,
-    tx: std::sync::mpsc::SyncSender<Result<(usize, RecordBatch)>>,
+    fused: Option<Arc<dyn Fused<Output = T>>>,
+    tx: std::sync::mpsc::SyncSender<Result<(usize, Part<T>)>>,
 ) {
     let each = files.into_iter().map(|f| (f, fused.clone())).collect();
     read_ahead_each(each, None, |i, b| {
@@ -602,21 +655,22 @@ pub fn read_ahead_fused(
     })
 }
 
+/// A fused consumer of an input's embedding pages, whose results are `T`s.
+pub type Consumer<T> = Arc<dyn Fused<Output = T>>;
+
 /// [`read_ahead_fused`] with a consumer per input: a drift run reads several
 /// partitions in one chain, each with its own window and worst rows. `send` gets each
 /// batch or error with its input's index, in order, and returns `false` to stop; an
 /// error is the last thing sent. `columns` projects every input (the file's column
 /// indices; batches hold them in file order).
-pub fn read_ahead_each(
-    files: Vec<(ParquetFile, Option<Arc<dyn crate::fastlist::Fused>>)>,
+pub fn read_ahead_each<T: Send + 'static>(
+    files: Vec<(ParquetFile, Option<Consumer<T>>)>,
     columns: Option<&[usize]>,
-    mut send: impl FnMut(usize, Result<RecordBatch>) -> bool,
+    mut send: impl FnMut(usize, Result<Part<T>>) -> bool,
 ) {
     let mut files = files.into_iter().enumerate();
-    let open = |(f, fused): (ParquetFile, Option<Arc<dyn crate::fastlist::Fused>>)| {
-        f.read_fused(columns, fused)
-    };
-    let mut carried: Option<(usize, Batches)> = None;
+    let open = |(f, fused): (ParquetFile, Option<Consumer<T>>)| f.read_fused(columns, fused);
+    let mut carried: Option<(usize, Batches<T>)> = None;
     loop {
         let (i, batches) = match carried.take() {
             Some(next) => next,
@@ -633,8 +687,8 @@ pub fn read_ahead_each(
         };
         let (mut chain, path) = match batches.into_fast() {
             Ok(fast) => fast,
-            Err(batches) => {
-                for b in batches {
+            Err(mut batches) => {
+                while let Some(b) = batches.next_part() {
                     let stop = b.is_err();
                     if !send(i, b) || stop {
                         return;

@@ -10,11 +10,11 @@ use arrow_schema::{DataType, Field};
 use reclag::{Model, ScoreOutput, Work};
 
 use crate::error::{Error, Result};
-use crate::fastlist::{Fused, FusedGroup};
 use crate::io::{Sink, batch_column, open_all, schema_with};
 use crate::progress::bar;
 use crate::route::Routing;
 use crate::store::Stores;
+use reclag_parquet::{Fused, FusedGroup, Part};
 
 pub const OUTPUT_COLUMNS: [&str; 6] = [
     "reclag_score",
@@ -136,19 +136,22 @@ pub fn run(model: &Model, job: &ScoreJob) -> Result<ScoreSummary> {
     // Scoring pages as they are decoded needs the embedding gone from the output (it
     // is never materialised then) and every input sharing the first file's schema
     // (checked by `open_all`).
-    let fuse = crate::io::fused_scoring() && !keep.contains(&emb);
+    let fuse = crate::io::read_settings().fused && !keep.contains(&emb);
     match job.decode_only {
         Some(DecodeOnly::AsScore) if fuse => {
             let dim = model.dim();
             let column = job.embedding.clone();
             let checksum = Checksum { dim, column };
-            return decode_only(files, Some(Arc::new(checksum) as Arc<dyn Fused>));
+            return decode_only(
+                files,
+                Some(Arc::new(checksum) as Arc<dyn Fused<Output = usize>>),
+            );
         }
         Some(_) => return decode_only(files, None),
         None => {}
     }
     let schema = schema_with(&first.schema, &keep, output_fields(model));
-    let fused: Option<Arc<dyn Fused>> = fuse.then(|| {
+    let fused: Option<Arc<dyn Fused<Output = RecordBatch>>> = fuse.then(|| {
         Arc::new(FusedScore {
             model: Arc::new(model.clone()),
             column: job.embedding.clone(),
@@ -159,7 +162,7 @@ pub fn run(model: &Model, job: &ScoreJob) -> Result<ScoreSummary> {
                 .collect(),
             schema: schema.clone(),
             path: first.path.clone(),
-        }) as Arc<dyn Fused>
+        }) as Arc<dyn Fused<Output = RecordBatch>>
     });
     let total: u64 = files.iter().map(|f| f.rows).sum();
     let pb = bar(total, "rows", "scoring");
@@ -172,14 +175,17 @@ pub fn run(model: &Model, job: &ScoreJob) -> Result<ScoreSummary> {
 
 fn decode_only(
     files: Vec<crate::io::ParquetFile>,
-    fused: Option<Arc<dyn Fused>>,
+    fused: Option<Arc<dyn Fused<Output = usize>>>,
 ) -> Result<ScoreSummary> {
     let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
     std::thread::scope(|scope| {
         scope.spawn(move || crate::io::read_ahead_fused(files, fused, tx));
         let mut rows = 0u64;
         for item in rx {
-            rows += std::hint::black_box(item?.1).num_rows() as u64;
+            rows += match item?.1 {
+                Part::Rows(b) => std::hint::black_box(b).num_rows(),
+                Part::Fused(n) => n,
+            } as u64;
         }
         Ok(ScoreSummary {
             rows,
@@ -198,11 +204,13 @@ struct Checksum {
 }
 
 impl Fused for Checksum {
+    type Output = usize;
+
     fn column(&self) -> &str {
         &self.column
     }
 
-    fn start(&self, others: &[RecordBatch]) -> Option<Box<dyn FusedGroup>> {
+    fn start(&self, others: &[RecordBatch]) -> Option<Box<dyn FusedGroup<Output = usize>>> {
         Some(Box::new(ChecksumRows {
             dim: self.dim,
             rows: others.iter().map(RecordBatch::num_rows).sum(),
@@ -226,6 +234,8 @@ fn bits_sum(b: &[u8]) -> u32 {
 }
 
 impl FusedGroup for ChecksumRows {
+    type Output = usize;
+
     fn rows(&mut self, values: &[f32]) {
         let s = values.iter().fold(0u32, |a, v| a.wrapping_add(v.to_bits()));
         self.sum = self.sum.wrapping_add(s);
@@ -243,7 +253,7 @@ impl FusedGroup for ChecksumRows {
         }
     }
 
-    fn finish(self: Box<Self>, others: Vec<RecordBatch>) -> crate::fastlist::Decoded {
+    fn finish(self: Box<Self>, _others: Vec<RecordBatch>) -> reclag_parquet::Result<Vec<usize>> {
         std::hint::black_box(self.sum);
         if self.done != self.rows {
             return Err(parquet::errors::ParquetError::General(format!(
@@ -251,7 +261,7 @@ impl FusedGroup for ChecksumRows {
                 self.done, self.rows
             )));
         }
-        Ok(others)
+        Ok(vec![self.rows])
     }
 }
 
@@ -268,14 +278,14 @@ fn pipeline(
     model: &Model,
     job: &ScoreJob,
     files: Vec<crate::io::ParquetFile>,
-    fused: Option<Arc<dyn Fused>>,
+    fused: Option<Arc<dyn Fused<Output = RecordBatch>>>,
     keep: &[usize],
     schema: arrow_schema::SchemaRef,
     mut sink: Sink,
     pb: &indicatif::ProgressBar,
 ) -> Result<ScoreSummary> {
     use std::sync::mpsc::sync_channel;
-    let (to_score, scored_rx) = sync_channel::<Result<(usize, RecordBatch)>>(QUEUE);
+    let (to_score, scored_rx) = sync_channel::<Result<(usize, Part<RecordBatch>)>>(QUEUE);
     let (to_write, write_rx) = sync_channel::<RecordBatch>(QUEUE);
     let paths: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
     std::thread::scope(|scope| {
@@ -303,7 +313,7 @@ fn score_all(
     paths: &[PathBuf],
     keep: &[usize],
     schema: &arrow_schema::SchemaRef,
-    batches: std::sync::mpsc::Receiver<Result<(usize, RecordBatch)>>,
+    batches: std::sync::mpsc::Receiver<Result<(usize, Part<RecordBatch>)>>,
     to_write: &std::sync::mpsc::SyncSender<RecordBatch>,
     pb: &indicatif::ProgressBar,
 ) -> Result<ScoreSummary> {
@@ -311,27 +321,30 @@ fn score_all(
     let mut summary = ScoreSummary::default();
     let (mut file, mut seen) = (usize::MAX, 0usize);
     for item in batches {
-        let (i, batch) = item?;
+        let (i, part) = item?;
         if i != file {
             (file, seen) = (i, 0);
         }
         let path = &paths[i];
-        if batch.schema_ref() == schema {
+        let batch = match part {
+            Part::Rows(batch) => batch,
             // Scored as it was decoded (see `FusedScore`).
-            let is_ood = batch
-                .column_by_name(OUTPUT_COLUMNS[3])
-                .expect("the output schema has it")
-                .as_boolean();
-            summary.null_rows += is_ood.null_count() as u64;
-            summary.ood_rows += is_ood.true_count() as u64;
-            summary.rows += batch.num_rows() as u64;
-            seen += batch.num_rows();
-            pb.inc(batch.num_rows() as u64);
-            if to_write.send(batch).is_err() {
-                break;
+            Part::Fused(batch) => {
+                let is_ood = batch
+                    .column_by_name(OUTPUT_COLUMNS[3])
+                    .expect("the output schema has it")
+                    .as_boolean();
+                summary.null_rows += is_ood.null_count() as u64;
+                summary.ood_rows += is_ood.true_count() as u64;
+                summary.rows += batch.num_rows() as u64;
+                seen += batch.num_rows();
+                pb.inc(batch.num_rows() as u64);
+                if to_write.send(batch).is_err() {
+                    break;
+                }
+                continue;
             }
-            continue;
-        }
+        };
         let groups = score_batch(
             model,
             &batch,
@@ -384,11 +397,13 @@ struct FusedScore {
 }
 
 impl Fused for FusedScore {
+    type Output = RecordBatch;
+
     fn column(&self) -> &str {
         &self.column
     }
 
-    fn start(&self, others: &[RecordBatch]) -> Option<Box<dyn FusedGroup>> {
+    fn start(&self, others: &[RecordBatch]) -> Option<Box<dyn FusedGroup<Output = RecordBatch>>> {
         let groups = fused_groups(&self.model, &self.routing, others, &self.path)?;
         let rows = others.iter().map(RecordBatch::num_rows).sum();
         Some(Box::new(FusedRows {
@@ -536,6 +551,8 @@ impl FusedRows {
 }
 
 impl FusedGroup for FusedRows {
+    type Output = RecordBatch;
+
     fn rows(&mut self, values: &[f32]) {
         let d = self.scorer.model.dim();
         self.take(&reclag::Rows::dense_f32(values, d));
@@ -546,7 +563,10 @@ impl FusedGroup for FusedRows {
         self.take(&reclag::Rows::scattered_f32_le(buf, at, d));
     }
 
-    fn finish(self: Box<Self>, others: Vec<RecordBatch>) -> crate::fastlist::Decoded {
+    fn finish(
+        self: Box<Self>,
+        others: Vec<RecordBatch>,
+    ) -> reclag_parquet::Result<Vec<RecordBatch>> {
         use parquet::errors::ParquetError;
         self.scorer.check()?;
         let mut batches = Vec::with_capacity(others.len());

@@ -187,7 +187,7 @@ async fn fast_scans(
     else {
         return Ok(());
     };
-    if !crate::io::fast_decode() {
+    if !crate::io::read_settings().fast_decode {
         return Ok(());
     }
     // Listing and footer reads block (on the network, for an object store): off

@@ -1,78 +1,64 @@
 //! The drift pass over pages as they are decoded, as `reclag score` does it
-//! (`fastlist::Fused`): a partition's statistics need each row's score, energy, group
-//! and window, and the worst rows need their embeddings, so the embedding column is
-//! never built whole. Each row group hands back one statistics batch and, before it,
+//! (`reclag_parquet::Fused`): a partition's statistics need each row's score, energy,
+//! group and window, and the worst rows need their embeddings, so the embedding column
+//! is never built whole. Each row group hands back its statistics and, before them,
 //! copies of its own worst rows. Building the column cost a drift run over a lake
 //! twice the time of `reclag score` over the same rows.
 
 use std::path::PathBuf;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use arrow_array::{
-    Array, ArrayRef, BooleanArray, FixedSizeListArray, Float32Array, Float64Array, RecordBatch,
-    UInt32Array, UInt64Array,
+    Array, ArrayRef, FixedSizeListArray, Float32Array, Float64Array, RecordBatch, UInt64Array,
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use parquet::errors::ParquetError;
 use reclag::{Model, Rows, Work};
+use reclag_parquet::{Fused, FusedGroup};
 
 use super::WORST_SCORE;
 use super::window::TimeWindows;
-use crate::fastlist::{Decoded, Fused, FusedGroup};
 use crate::route::Routing;
 use crate::score::GroupScorer;
-
-/// The per-row batch a fused row group hands back: the score (null where the row
-/// could not be scored), the energy, the group and whether the row is in the window.
-static STATS: LazyLock<SchemaRef> = LazyLock::new(|| {
-    Arc::new(Schema::new(vec![
-        Field::new("score", DataType::Float64, true),
-        Field::new("energy", DataType::Float64, false),
-        Field::new("group", DataType::UInt32, true),
-        Field::new("in_window", DataType::Boolean, false),
-    ]))
-});
 
 /// The last column of a batch of picked worst rows: each row's place in its group.
 const PICKED_AT: &str = "row_in_group";
 
-/// What one batch from the fused drift reader holds. The fused kinds are told apart
-/// by their schema's identity (`Arc::ptr_eq`), never by names a file could also hold.
-pub(super) enum Part<'b> {
-    /// Row by row, in order: `(score, energy)` or `None` where the row could not be
-    /// scored, the group, and whether the row is in the window.
-    Stats(RowStats<'b>),
-    /// The row group's worst rows (see `Worst::offer_picked`); they come before the
-    /// group's statistics, so the group starts at the file row counted so far.
-    Picked,
-    /// A batch the fused path declined: the file's columns, to be scored as usual.
-    Rows,
+/// What the fused drift reader hands back for a row group it took.
+pub(super) enum DriftPart {
+    /// The row group's worst rows (see `Worst::offer_picked`): the file's columns, the
+    /// score and each row's place in the group. They come before the group's
+    /// statistics, so the group starts at the file row counted so far.
+    Picked(RecordBatch),
+    /// Row by row, in order: the statistics of every row of the group.
+    Stats(RowStats),
 }
 
-pub(super) struct RowStats<'b> {
-    score: &'b Float64Array,
-    energy: &'b Float64Array,
-    group: &'b UInt32Array,
-    in_window: &'b BooleanArray,
+/// Each row's score and energy (where it could be scored), group, and whether it is
+/// in the window.
+pub(super) struct RowStats {
+    score: Vec<f64>,
+    energy: Vec<f64>,
+    valid: Vec<bool>,
+    group: Option<Vec<Option<u32>>>,
+    in_window: Vec<bool>,
 }
 
-impl RowStats<'_> {
+impl RowStats {
     pub fn rows(&self) -> usize {
         self.score.len()
     }
 
     pub fn in_window(&self, i: usize) -> bool {
-        self.in_window.value(i)
+        self.in_window[i]
     }
 
     pub fn scored(&self, i: usize) -> Option<(f64, f64)> {
-        self.score
-            .is_valid(i)
-            .then(|| (self.score.value(i), self.energy.value(i)))
+        self.valid[i].then(|| (self.score[i], self.energy[i]))
     }
 
     pub fn group(&self, i: usize) -> Option<u32> {
-        self.group.is_valid(i).then(|| self.group.value(i))
+        self.group.as_ref().and_then(|g| g[i])
     }
 }
 
@@ -88,7 +74,7 @@ impl FusedDrift {
         emb: usize,
         path: PathBuf,
     ) -> Option<Self> {
-        let (item, dim) = crate::fastlist::float_list(schema.field(emb).data_type())?;
+        let (item, dim) = reclag_parquet::float_list(schema.field(emb).data_type())?;
         let item = item.clone();
         let mut fields: Vec<arrow_schema::FieldRef> = schema.fields().iter().cloned().collect();
         fields.push(Arc::new(Field::new(WORST_SCORE, DataType::Float64, true)));
@@ -105,23 +91,6 @@ impl FusedDrift {
             dim,
             path,
         })
-    }
-
-    pub fn part<'b>(&self, batch: &'b RecordBatch) -> Part<'b> {
-        use arrow_array::cast::AsArray;
-        use arrow_array::types::{Float64Type, UInt32Type};
-        if Arc::ptr_eq(batch.schema_ref(), &*STATS) {
-            return Part::Stats(RowStats {
-                score: batch.column(0).as_primitive::<Float64Type>(),
-                energy: batch.column(1).as_primitive::<Float64Type>(),
-                group: batch.column(2).as_primitive::<UInt32Type>(),
-                in_window: batch.column(3).as_boolean(),
-            });
-        }
-        if Arc::ptr_eq(batch.schema_ref(), &self.picked) {
-            return Part::Picked;
-        }
-        Part::Rows
     }
 }
 
@@ -146,11 +115,13 @@ pub(super) struct FusedDrift {
 }
 
 impl Fused for FusedDrift {
+    type Output = DriftPart;
+
     fn column(&self) -> &str {
         self.schema.field(self.emb).name()
     }
 
-    fn start(&self, others: &[RecordBatch]) -> Option<Box<dyn FusedGroup>> {
+    fn start(&self, others: &[RecordBatch]) -> Option<Box<dyn FusedGroup<Output = DriftPart>>> {
         let first = others.first()?;
         let expected = self
             .schema
@@ -273,6 +244,8 @@ impl DriftRows {
 }
 
 impl FusedGroup for DriftRows {
+    type Output = DriftPart;
+
     fn rows(&mut self, values: &[f32]) {
         let d = self.dim;
         self.take(&Rows::dense_f32(values, d), |j, dst| {
@@ -290,12 +263,11 @@ impl FusedGroup for DriftRows {
         });
     }
 
-    fn finish(self: Box<Self>, others: Vec<RecordBatch>) -> Decoded {
+    fn finish(self: Box<Self>, others: Vec<RecordBatch>) -> reclag_parquet::Result<Vec<DriftPart>> {
         self.scorer.check()?;
-        let rows = self.in_window.len();
         let mut out = Vec::with_capacity(2);
         if !self.worst.heap.is_empty() {
-            out.push(self.picked(&others)?);
+            out.push(DriftPart::Picked(self.picked(&others)?));
         }
         let DriftRows {
             scorer,
@@ -305,19 +277,13 @@ impl FusedGroup for DriftRows {
             valid,
             ..
         } = *self;
-        let group = match scorer.into_groups() {
-            Some(g) => UInt32Array::from(g),
-            None => UInt32Array::new_null(rows),
-        };
-        out.push(RecordBatch::try_new(
-            STATS.clone(),
-            vec![
-                Arc::new(Float64Array::new(score.into(), Some(valid.into()))),
-                Arc::new(Float64Array::from(energy)),
-                Arc::new(group),
-                Arc::new(BooleanArray::from(in_window)),
-            ],
-        )?);
+        out.push(DriftPart::Stats(RowStats {
+            score,
+            energy,
+            valid,
+            group: scorer.into_groups(),
+            in_window,
+        }));
         Ok(out)
     }
 }

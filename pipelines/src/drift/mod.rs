@@ -34,6 +34,7 @@ use crate::error::{Error, Result};
 use crate::io::ParquetFile;
 use crate::route::Routing;
 use crate::store::{Location, Stores};
+use reclag_parquet::Part;
 pub use spec::{DriftSpec, Partitioning};
 
 /// Exit code of a run that found drift (0: none, 1: error).
@@ -548,7 +549,7 @@ impl DriftJob {
             clock: Arc::new(SystemTime::now),
             fault: None,
             cancel: None,
-            fused: crate::io::fused_scoring(),
+            fused: crate::io::read_settings().fused,
             strict: false,
             lock_wait: DEFAULT_LOCK_WAIT,
             lock_stale_after: lock::DEFAULT_STALE_AFTER,
@@ -1095,7 +1096,7 @@ impl DriftJob {
             level: self.spec.alert.p_level,
         };
         let (mut part_of, mut paths, mut reads) = (vec![], vec![], vec![]);
-        let (mut windows, mut fuseds) = (vec![], vec![]);
+        let mut windows = vec![];
         for (p, (files, window)) in parts.into_iter().enumerate() {
             // A file whose embedding does not resolve is left to the usual path,
             // which reports it.
@@ -1115,11 +1116,12 @@ impl DriftJob {
             for f in files {
                 part_of.push(p);
                 paths.push(f.path.clone());
-                let consumer = fused.clone().map(|f| f as Arc<dyn crate::fastlist::Fused>);
+                let consumer = fused
+                    .clone()
+                    .map(|f| f as Arc<dyn reclag_parquet::Fused<Output = fused::DriftPart>>);
                 reads.push((f, consumer));
             }
             windows.push(window);
-            fuseds.push(fused);
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(2);
         std::thread::scope(|scope| {
@@ -1144,8 +1146,8 @@ impl DriftJob {
                     }
                     cur += 1;
                 }
-                let batch = match item {
-                    Ok(b) => b,
+                let part = match item {
+                    Ok(part) => part,
                     Err(e) if unreadable(&e) => return Ok(Some((p, e))),
                     Err(e) => return Err(e),
                 };
@@ -1158,8 +1160,9 @@ impl DriftJob {
                     groups,
                     worst,
                 } = &mut g;
-                match fuseds[p].as_ref().map(|f| f.part(&batch)) {
-                    Some(fused::Part::Stats(rows)) => {
+                let batch = match part {
+                    Part::Rows(batch) => batch,
+                    Part::Fused(fused::DriftPart::Stats(rows)) => {
                         for i in 0..rows.rows() {
                             if !rows.in_window(i) {
                                 continue;
@@ -1174,12 +1177,11 @@ impl DriftJob {
                         base += rows.rows() as u64;
                         continue;
                     }
-                    Some(fused::Part::Picked) => {
+                    Part::Fused(fused::DriftPart::Picked(batch)) => {
                         worst.offer_picked(&batch, fi as u32, base)?;
                         continue;
                     }
-                    Some(fused::Part::Rows) | None => {}
-                }
+                };
                 let g = match crate::score::score_batch(
                     model,
                     &batch,

@@ -13,7 +13,7 @@
 //! errors `snap` gives, never a panic: every offset and length is checked.
 
 /// Literals at least this long stay in the input. Shorter ones cost less to copy than
-/// to track, and a row cut by a hole edge is moved (see `fastlist`), so a hole should
+/// to track, and a row cut by a hole edge is moved (see `in_place`), so a hole should
 /// hold many rows.
 pub const MIN_HOLE: usize = 4096;
 
@@ -220,7 +220,7 @@ mod tests {
     /// Random bytes with runs and repeats mixed in, so the compressor emits literals of
     /// every length and copies of every kind, some reaching back into long literals.
     fn data(seed: u64, len: usize) -> Vec<u8> {
-        let mut rng = reclag::rng::Rng::new(seed);
+        let mut rng = crate::test_rng::Rng::new(seed);
         let mut v = Vec::with_capacity(len);
         while v.len() < len {
             match rng.next_u64() % 4 {

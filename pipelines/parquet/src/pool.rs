@@ -1,0 +1,140 @@
+//! Row-group buffers, recycled, and the Arrow buffers that lease them.
+
+use std::sync::Arc;
+
+use arrow_buffer::ScalarBuffer;
+
+/// Row-group buffers kept for reuse per row group in flight. Keeping a buffer never
+/// raises peak memory (it was live a moment ago), so the bound is only a backstop: it
+/// must cover every buffer in flight (being decoded, decoded ahead, queued, being
+/// scored), or each row group frees one and faults a fresh one in, which `perf` showed
+/// as a quarter of `reclag score` spent zeroing pages (8 kept for 2 in flight).
+const KEPT_PER_ROW_GROUP: usize = 4;
+
+/// Recycles row-group buffers. A fresh 128 MiB buffer per row group cost more in page
+/// faults (the kernel zeroing new pages) than the copy into it: `perf` put a third of
+/// decode time there. Arrow frees a buffer through its owner, which hands it back.
+pub(crate) struct Pool {
+    pub(crate) free: std::sync::Mutex<Vec<Vec<f32>>>,
+    kept: usize,
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Pool::for_in_flight(2)
+    }
+}
+
+impl Pool {
+    /// A pool for a reader with `in_flight` row groups decoding at once.
+    pub(crate) fn for_in_flight(in_flight: usize) -> Self {
+        Pool {
+            free: Default::default(),
+            kept: KEPT_PER_ROW_GROUP * in_flight.max(1),
+        }
+    }
+
+    /// A free buffer of at least `cap` values, else a new one. A smaller free buffer
+    /// (another list column's, say) is left for a request it fits: growing it would
+    /// allocate fresh pages, the cost the pool exists to avoid.
+    pub(crate) fn take(&self, cap: usize) -> Vec<f32> {
+        let reused = self.free.lock().ok().and_then(|mut f| {
+            let at = f.iter().position(|v| v.capacity() >= cap)?;
+            Some(f.swap_remove(at))
+        });
+        match reused {
+            Some(mut v) => {
+                v.clear();
+                v
+            }
+            None => {
+                let mut v = Vec::with_capacity(cap);
+                huge_pages(&mut v);
+                v
+            }
+        }
+    }
+}
+
+/// The owner of a pooled buffer while Arrow arrays use it.
+struct Lease {
+    vec: Vec<f32>,
+    pool: Arc<Pool>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.vec);
+        if let Ok(mut f) = self.pool.free.lock()
+            && f.len() < self.pool.kept
+        {
+            f.push(v);
+        }
+    }
+}
+
+pub(crate) fn leased(vec: Vec<f32>, pool: &Arc<Pool>) -> ScalarBuffer<f32> {
+    let len = vec.len();
+    let ptr = std::ptr::NonNull::new(vec.as_ptr() as *mut u8).expect("a Vec's pointer is non-null");
+    let owner = Arc::new(Lease {
+        vec,
+        pool: pool.clone(),
+    });
+    // SAFETY: `ptr` points at `len` initialised f32s (4·len bytes, aligned for f32)
+    // owned by `owner`'s Vec, whose heap allocation does not move when the Vec does
+    // and is not touched again until the owner drops, after the last Buffer does.
+    let buffer = unsafe { arrow_buffer::Buffer::from_custom_allocation(ptr, len * 4, owner) };
+    ScalarBuffer::new(buffer, 0, len)
+}
+
+/// A column chunk's values in buffers of `per` values each (the last may be short).
+pub(crate) struct Chunked {
+    pub per: usize,
+    pub parts: Vec<ScalarBuffer<f32>>,
+}
+
+impl Chunked {
+    /// Values `from..from + len`: a view where they lie in one buffer (always, for
+    /// batches cut at multiples of `per`), else a copy.
+    pub(crate) fn range(&self, from: usize, len: usize) -> ScalarBuffer<f32> {
+        let (c, off) = (from / self.per, from % self.per);
+        if let Some(part) = self.parts.get(c)
+            && off + len <= part.len()
+        {
+            return part.slice(off, len);
+        }
+        let mut v = Vec::with_capacity(len);
+        let (mut at, end) = (from, from + len);
+        while at < end {
+            let (c, off) = (at / self.per, at % self.per);
+            let Some(part) = self.parts.get(c) else { break };
+            let take = (part.len() - off).min(end - at);
+            v.extend_from_slice(&part[off..off + take]);
+            at += take;
+        }
+        ScalarBuffer::from(v)
+    }
+}
+
+/// Asks for transparent huge pages on a large, long-lived buffer: its first touch then
+/// costs one fault per 2 MiB instead of one per 4 KiB. A hint only; ignored where THP
+/// is off.
+pub fn huge_pages<T>(buf: &mut Vec<T>) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let bytes = buf.capacity() * std::mem::size_of::<T>();
+        let start = buf.as_mut_ptr() as usize;
+        let lo = start.next_multiple_of(HUGE);
+        let hi = (start + bytes) / HUGE * HUGE;
+        if hi > lo {
+            // SAFETY: [lo, hi) lies inside the Vec's allocation; MADV_HUGEPAGE changes
+            // how pages are backed, never their contents.
+            unsafe {
+                libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = buf;
+}

@@ -1,0 +1,760 @@
+//! The reader as a whole: every layout a writer produces reads back as written, through
+//! the fast path or the fallback, from local files and from fetched ranges, into
+//! batches or into a fused consumer.
+
+use std::sync::Arc;
+
+use arrow_array::{Array, FixedSizeListArray, Float32Array, RecordBatch};
+use arrow_schema::{DataType, Field};
+use parquet::arrow::arrow_reader::ArrowReaderMetadata;
+use parquet::basic::Encoding;
+use parquet::column::page::Page;
+use parquet::file::reader::ChunkReader;
+
+use crate::dictionary::Dictionary;
+use crate::fetch::{FetchedChunks, fetch};
+use crate::pages::{as_f32, feed};
+use crate::pool::{Chunked, Pool, leased};
+use crate::row_group::decode_list;
+use crate::test_rng::Rng;
+use crate::*;
+use parquet::arrow::ArrowWriter;
+use parquet::file::properties::{WriterProperties, WriterVersion};
+use proptest::prelude::*;
+
+/// Rows of `dim` floats; every `null_every`-th row null when set.
+fn batch(rows: usize, dim: usize, item_nullable: bool, null_every: Option<usize>) -> RecordBatch {
+    let item = Arc::new(Field::new("item", DataType::Float32, item_nullable));
+    let values = Float32Array::from_iter_values((0..rows * dim).map(|i| i as f32 * 0.5 - 3.0));
+    let nulls = null_every.map(|k| (0..rows).map(|r| r % k != 1).collect::<Vec<_>>().into());
+    let list = FixedSizeListArray::new(item.clone(), dim as i32, Arc::new(values), nulls);
+    let id = arrow_array::Int64Array::from_iter_values(0..rows as i64);
+    let schema = Arc::new(arrow_schema::Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("embedding", list.data_type().clone(), true),
+    ]));
+    RecordBatch::try_new(schema, vec![Arc::new(id), Arc::new(list)]).unwrap()
+}
+
+struct Case {
+    rows: usize,
+    dim: usize,
+    rg: usize,
+    page_rows: usize,
+    v2: bool,
+    dict: bool,
+    snappy: bool,
+    item_nullable: bool,
+    null_every: Option<usize>,
+}
+
+fn write(case: &Case) -> (tempfile::NamedTempFile, RecordBatch) {
+    let b = batch(case.rows, case.dim, case.item_nullable, case.null_every);
+    let props = WriterProperties::builder()
+        .set_max_row_group_row_count(Some(case.rg))
+        .set_data_page_row_count_limit(case.page_rows)
+        .set_write_batch_size(case.page_rows.max(1))
+        .set_dictionary_enabled(case.dict)
+        .set_writer_version(if case.v2 {
+            WriterVersion::PARQUET_2_0
+        } else {
+            WriterVersion::PARQUET_1_0
+        })
+        .set_compression(if case.snappy {
+            parquet::basic::Compression::SNAPPY
+        } else {
+            parquet::basic::Compression::UNCOMPRESSED
+        })
+        .build();
+    let f = tempfile::NamedTempFile::new().unwrap();
+    let mut w = ArrowWriter::try_new(f.reopen().unwrap(), b.schema(), Some(props)).unwrap();
+    w.write(&b).unwrap();
+    w.close().unwrap();
+    (f, b)
+}
+
+fn meta(f: &tempfile::NamedTempFile) -> ArrowReaderMetadata {
+    ArrowReaderMetadata::load(&f.reopen().unwrap(), Default::default()).unwrap()
+}
+
+/// What the fast reader returns, concatenated, and whether every row group took
+/// the fast path.
+fn fast(f: &tempfile::NamedTempFile, batch_rows: usize) -> (RecordBatch, bool) {
+    let m = meta(f);
+    let plan = plan(&m, None).expect("a FixedSizeList<Float32> column");
+    let l = plan.lists[0].clone();
+    let file = Arc::new(f.reopen().unwrap());
+    let all_fast = (0..m.metadata().num_row_groups()).all(|rg| {
+        let md = m.metadata().row_group(rg);
+        let (rows, per) = (md.num_rows() as usize, batch_rows * l.dim);
+        decode_list(&file, md.column(l.leaf), rows, &l, per, &Arc::default())
+            .unwrap()
+            .is_some()
+    });
+    let schema = plan.projected.clone();
+    let batches: Vec<RecordBatch> = FastReader::new(
+        Source::Local(f.path().to_path_buf()),
+        m,
+        plan,
+        None,
+        batch_rows,
+    )
+    .map(|b| b.unwrap().into_rows())
+    .collect();
+    assert!(batches.iter().all(|b| b.num_rows() <= batch_rows));
+    (
+        arrow_select::concat::concat_batches(&schema, &batches).unwrap(),
+        all_fast,
+    )
+}
+
+#[test]
+fn dense_plain_lists_take_the_fast_path_and_equal_the_written_rows() {
+    for (v2, snappy, item_nullable) in [
+        (false, true, true),
+        (true, false, false),
+        (true, true, true),
+    ] {
+        let case = Case {
+            rows: 2_000,
+            dim: 24,
+            rg: 700,
+            page_rows: 100,
+            v2,
+            dict: false,
+            snappy,
+            item_nullable,
+            null_every: None,
+        };
+        let (f, want) = write(&case);
+        let (got, all_fast) = fast(&f, 256);
+        assert!(all_fast, "v2={v2} snappy={snappy}");
+        assert_eq!(got, want);
+    }
+}
+
+/// A short last row group starts second; the batches still come in file order
+/// (checked by every test that compares the rows read with the rows written).
+#[test]
+fn a_short_last_row_group_starts_second() {
+    let case = |rows, rg| Case {
+        rows,
+        dim: 4,
+        rg,
+        page_rows: 50,
+        v2: false,
+        dict: false,
+        snappy: false,
+        item_nullable: false,
+        null_every: None,
+    };
+    for (rows, rg, want) in [
+        (2_000, 500, vec![0, 1, 2, 3]),
+        (1_900, 500, vec![0, 3, 1, 2]),
+        (900, 500, vec![0, 1]),
+    ] {
+        let (f, written) = write(&case(rows, rg));
+        let m = meta(&f);
+        let n = m.metadata().num_row_groups();
+        let r = FastReader::new(
+            Source::Local(f.path().to_path_buf()),
+            m,
+            plan(&meta(&f), None).unwrap(),
+            None,
+            128,
+        );
+        let started: Vec<usize> = r.start.iter().map(|u| u.1).collect();
+        assert_eq!(started, want, "{rows} rows");
+        assert_eq!(r.pending.len(), n);
+        let (got, _) = fast(&f, 128);
+        assert_eq!(got, written);
+    }
+}
+
+/// Chunks whose first pages index a dictionary (the writers' default, until the
+/// dictionary outgrows its page and they fall back to PLAIN) take the fast path
+/// and read back as written: all pages indexed, a fallback after a few pages, v1
+/// and v2 pages, snappy or not, and a one-entry dictionary (zero-bit indices).
+#[test]
+fn dictionary_pages_take_the_fast_path_with_the_same_rows() {
+    let (rows, dim) = (1_000, 8);
+    let distinct = batch(rows, dim, true, None);
+    let constant = {
+        let item = Arc::new(Field::new("item", DataType::Float32, true));
+        let values = Float32Array::from_iter_values((0..rows * dim).map(|_| 1.25));
+        let list = FixedSizeListArray::new(item, dim as i32, Arc::new(values), None);
+        RecordBatch::try_new(
+            distinct.schema(),
+            vec![distinct.column(0).clone(), Arc::new(list)],
+        )
+        .unwrap()
+    };
+    for (name, b, dict_limit) in [
+        ("all indexed", &distinct, 1 << 20),
+        ("fallback to PLAIN", &distinct, 1 << 10),
+        ("one entry", &constant, 1 << 20),
+    ] {
+        for (v2, snappy) in [(false, true), (false, false), (true, true)] {
+            let props = WriterProperties::builder()
+                .set_max_row_group_row_count(Some(300))
+                .set_data_page_row_count_limit(64)
+                .set_write_batch_size(64)
+                .set_dictionary_enabled(true)
+                .set_dictionary_page_size_limit(dict_limit)
+                .set_writer_version(if v2 {
+                    WriterVersion::PARQUET_2_0
+                } else {
+                    WriterVersion::PARQUET_1_0
+                })
+                .set_compression(if snappy {
+                    parquet::basic::Compression::SNAPPY
+                } else {
+                    parquet::basic::Compression::UNCOMPRESSED
+                })
+                .build();
+            let f = tempfile::NamedTempFile::new().unwrap();
+            let mut w = ArrowWriter::try_new(f.reopen().unwrap(), b.schema(), Some(props)).unwrap();
+            w.write(b).unwrap();
+            w.close().unwrap();
+            let m = meta(&f);
+            let chunk = m.metadata().row_group(0).column(1);
+            assert!(
+                chunk.dictionary_page_offset().is_some(),
+                "{name}: a dictionary"
+            );
+            // Data pages written PLAIN exist only after a fallback.
+            let encodings: Vec<Encoding> = {
+                use parquet::file::reader::FileReader;
+                let r = parquet::file::serialized_reader::SerializedFileReader::new(
+                    f.reopen().unwrap(),
+                )
+                .unwrap();
+                let pages = r
+                    .get_row_group(0)
+                    .unwrap()
+                    .get_column_page_reader(1)
+                    .unwrap();
+                pages
+                    .map(|p| p.unwrap())
+                    .filter(|p| !matches!(p, Page::DictionaryPage { .. }))
+                    .map(|p| p.encoding())
+                    .collect()
+            };
+            assert!(Dictionary::indexes(encodings[0]), "{name}: {encodings:?}");
+            let plain_data = encodings.contains(&Encoding::PLAIN);
+            assert_eq!(
+                plain_data,
+                name == "fallback to PLAIN",
+                "{name}: {encodings:?}"
+            );
+            let (got, all_fast) = fast(&f, 128);
+            assert!(all_fast, "{name} v2={v2} snappy={snappy}");
+            assert_eq!(&got, b, "{name} v2={v2} snappy={snappy}");
+        }
+    }
+}
+
+#[test]
+fn nulls_fall_back_to_the_general_reader_with_the_same_rows() {
+    for dict in [true, false] {
+        let case = Case {
+            rows: 1_000,
+            dim: 8,
+            rg: 300,
+            page_rows: 64,
+            v2: false,
+            dict,
+            snappy: true,
+            item_nullable: true,
+            null_every: Some(7),
+        };
+        let (f, want) = write(&case);
+        let (got, all_fast) = fast(&f, 128);
+        assert!(!all_fast, "dict={dict}: nulls must not take the fast path");
+        assert_eq!(got, want);
+        assert_eq!(got.column(1).null_count(), want.column(1).null_count());
+    }
+}
+
+/// Bytes of a file in memory, served by range as a store would, counting requests.
+struct InMemory {
+    bytes: bytes::Bytes,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl FetchRanges for InMemory {
+    fn fetch(&self, ranges: &[std::ops::Range<u64>]) -> crate::Result<Vec<bytes::Bytes>> {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(ranges
+            .iter()
+            .map(|r| self.bytes.slice(r.start as usize..r.end as usize))
+            .collect())
+    }
+}
+
+/// A remote file read through fetched ranges: only the projected chunks of each row
+/// group are fetched, the list pages take the fast path from memory, and the rows
+/// equal what was written, for every projection.
+#[test]
+fn objects_take_the_fast_path_from_fetched_ranges() {
+    let case = Case {
+        rows: 1_500,
+        dim: 12,
+        rg: 400,
+        page_rows: 64,
+        v2: false,
+        dict: false,
+        snappy: true,
+        item_nullable: true,
+        null_every: None,
+    };
+    let (f, want) = write(&case);
+    let store = Arc::new(InMemory {
+        bytes: std::fs::read(f.path()).unwrap().into(),
+        calls: Default::default(),
+    });
+    let m = meta(&f);
+    for columns in [None, Some(&[1usize][..]), Some(&[1usize, 0][..])] {
+        let plan = plan(&m, columns).unwrap();
+        let l = plan.lists[0].clone();
+        for rg in 0..m.metadata().num_row_groups() {
+            let sparse = fetch(store.as_ref(), &m, &plan, rg).unwrap();
+            let md = m.metadata().row_group(rg);
+            let fetched: usize = sparse.parts.iter().map(|(_, b)| b.len()).sum();
+            let needed: u64 = plan
+                .roots
+                .iter()
+                .map(|&r| md.column(r).byte_range().1)
+                .sum();
+            assert_eq!(fetched as u64, needed, "only the projected chunks");
+            let values = decode_list(
+                &Arc::new(sparse),
+                md.column(l.leaf),
+                md.num_rows() as usize,
+                &l,
+                100 * l.dim,
+                &Arc::default(),
+            )
+            .unwrap();
+            assert!(values.is_some(), "row group {rg} takes the fast path");
+        }
+        let schema = plan.projected.clone();
+        let source = Source::Ranges(store.clone());
+        let got: Vec<RecordBatch> = FastReader::new(source, m.clone(), plan, None, 100)
+            .map(|b| b.unwrap().into_rows())
+            .collect();
+        let got = arrow_select::concat::concat_batches(&schema, &got).unwrap();
+        let idx: Vec<usize> = match columns {
+            None => vec![0, 1],
+            Some(c) => {
+                let mut c = c.to_vec();
+                c.sort_unstable();
+                c
+            }
+        };
+        assert_eq!(got, want.project(&idx).unwrap(), "columns {columns:?}");
+    }
+    // A range the metadata does not cover is an error, not a panic or a guess.
+    let sparse = FetchedChunks {
+        parts: vec![(4, bytes::Bytes::from_static(b"abcd"))],
+        len: 8,
+    };
+    assert!(sparse.get_bytes(6, 4).is_err());
+    assert!(sparse.get_read(2).is_err());
+    assert_eq!(&sparse.get_bytes(5, 2).unwrap()[..], b"bc");
+}
+
+/// The pool hands out a free buffer only where it holds the request without
+/// growing (a new allocation in disguise), and the buffer it hands out is the one
+/// that came back, not a copy.
+#[test]
+fn pool_reuses_only_buffers_that_fit() {
+    let pool: Arc<Pool> = Arc::default();
+    let small = pool.take(10);
+    let big = pool.take(1000);
+    let (small_at, big_at) = (small.as_ptr(), big.as_ptr());
+    drop(leased(small, &pool));
+    drop(leased(big, &pool));
+    let got = pool.take(500);
+    assert_eq!(
+        got.as_ptr(),
+        big_at,
+        "the big buffer serves a smaller request"
+    );
+    assert!(got.is_empty() && got.capacity() >= 1000);
+    let fresh = pool.take(500);
+    assert_ne!(
+        fresh.as_ptr(),
+        small_at,
+        "the small one is not grown into it"
+    );
+    assert!(fresh.capacity() >= 500);
+    let reused = pool.take(5);
+    assert_eq!(reused.as_ptr(), small_at);
+}
+
+/// A range of a chunked column is a view inside one buffer and a copy across
+/// buffers, with the same values either way; buffers go back to the pool.
+#[test]
+fn chunked_ranges_are_views_or_copies_of_the_same_values() {
+    let pool: Arc<Pool> = Arc::default();
+    let values: Vec<f32> = (0..23).map(|i| i as f32).collect();
+    let parts = values
+        .chunks(5)
+        .map(|c| leased(c.to_vec(), &pool))
+        .collect();
+    let chunked = Chunked { per: 5, parts };
+    for from in 0..23 {
+        for len in 0..=(23 - from) {
+            let got = chunked.range(from, len);
+            assert_eq!(&got[..], &values[from..from + len], "{from}+{len}");
+            let part = chunked.parts[from / 5][..].as_ptr_range();
+            let inside = part.contains(&got.as_ptr());
+            if len > 0 {
+                assert_eq!(inside, from % 5 + len <= 5, "{from}+{len}: view or copy");
+            }
+        }
+    }
+    drop(chunked);
+    assert_eq!(pool.free.lock().unwrap().len(), 5);
+}
+
+/// Pages cut anywhere (mid-row, one value long, misaligned in memory) reach the
+/// consumer as the same whole rows, in place where aligned and copied where not.
+#[test]
+fn fed_pages_arrive_as_the_rows_they_hold() {
+    let dim = 5;
+    let values: Vec<f32> = (0..dim * 40).map(|i| i as f32 * 0.5 - 7.0).collect();
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    // An over-allocated buffer lets a page start at any byte offset.
+    let mut backing = vec![0u8; bytes.len() + 8];
+    for shift in 0..4 {
+        backing[shift..shift + bytes.len()].copy_from_slice(&bytes);
+        let all = &backing[shift..shift + bytes.len()];
+        for cuts in [
+            vec![3, 7, 12, 40],
+            vec![1, 2, 3, 4, 5, 6],
+            vec![5, 10, 15, 20],
+            vec![40],
+        ] {
+            let (mut got, mut scratch, mut calls) = (Vec::new(), Vec::new(), 0);
+            let mut at = 0;
+            for (k, &c) in cuts.iter().cycle().enumerate() {
+                if at == values.len() {
+                    break;
+                }
+                let n = (c + k % 3).min(values.len() - at);
+                feed(&mut scratch, &all[at * 4..(at + n) * 4], dim, |r| {
+                    assert_eq!(r.len() % dim, 0, "whole rows only");
+                    got.extend_from_slice(r);
+                    calls += 1;
+                });
+                at += n;
+            }
+            assert!(scratch.is_empty());
+            assert_eq!(got, values, "shift {shift} cuts {cuts:?}");
+            assert!(calls > 0);
+        }
+        assert_eq!(
+            as_f32(all).is_some(),
+            (all.as_ptr() as usize).is_multiple_of(4)
+        );
+    }
+}
+
+/// A fused consumer that keeps the rows it is handed, and how they came.
+#[derive(Clone)]
+struct Keep {
+    dim: usize,
+    kept: Arc<std::sync::Mutex<Kept>>,
+}
+
+#[derive(Default)]
+struct Kept {
+    values: Vec<f32>,
+    copied: usize,
+    in_place: usize,
+}
+
+impl Fused for Keep {
+    type Output = ();
+    fn column(&self) -> &str {
+        "embedding"
+    }
+    fn start(&self, _: &[RecordBatch]) -> Option<Box<dyn FusedGroup<Output = ()>>> {
+        Some(Box::new(self.clone()))
+    }
+}
+
+impl FusedGroup for Keep {
+    type Output = ();
+    fn rows(&mut self, values: &[f32]) {
+        let mut k = self.kept.lock().unwrap();
+        k.values.extend_from_slice(values);
+        k.copied += values.len() / self.dim;
+    }
+    fn rows_at(&mut self, buf: &[u8], at: &[usize]) {
+        let mut k = self.kept.lock().unwrap();
+        for &s in at {
+            let row = &buf[s..s + 4 * self.dim];
+            k.values.extend(
+                row.chunks(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap())),
+            );
+        }
+        k.in_place += at.len();
+    }
+    fn finish(self: Box<Self>, _: Vec<RecordBatch>) -> crate::Result<Vec<()>> {
+        Ok(vec![])
+    }
+}
+
+/// `rows` rows of `dim` random floats (incompressible), except that with
+/// `every = Some(k)` the first fifth of every `k` rows is a short repeating pattern
+/// (snappy copies).
+fn embeddings(rng: &mut Rng, rows: usize, dim: usize, every: Option<usize>) -> Vec<f32> {
+    (0..rows * dim)
+        .map(|i| match every {
+            Some(k) if (i / dim) % k < k.div_ceil(5) => (i % 3) as f32,
+            _ => rng.next_f64() as f32 - 0.5,
+        })
+        .collect()
+}
+
+/// `values` (rows of `dim`) written as a snappy v1 file with `page_rows`-row pages,
+/// then streamed to a fused consumer: the rows it got, and how many came copied and
+/// how many in place.
+fn fused(values: &[f32], dim: usize, page_rows: usize) -> (Vec<f32>, usize, usize) {
+    let item = Arc::new(Field::new("item", DataType::Float32, true));
+    let list = FixedSizeListArray::new(
+        item,
+        dim as i32,
+        Arc::new(Float32Array::from(values.to_vec())),
+        None,
+    );
+    let schema = Arc::new(arrow_schema::Schema::new(vec![Field::new(
+        "embedding",
+        list.data_type().clone(),
+        true,
+    )]));
+    let b = RecordBatch::try_new(schema, vec![Arc::new(list)]).unwrap();
+    // One row group: row groups are decoded concurrently, and this consumer
+    // keeps one sequence.
+    let props = WriterProperties::builder()
+        .set_max_row_group_row_count(None)
+        .set_data_page_row_count_limit(page_rows)
+        .set_write_batch_size(page_rows)
+        .set_data_page_size_limit(1 << 30)
+        .set_dictionary_enabled(false)
+        .set_compression(parquet::basic::Compression::SNAPPY)
+        .build();
+    let f = tempfile::NamedTempFile::new().unwrap();
+    let mut w = ArrowWriter::try_new(f.reopen().unwrap(), b.schema(), Some(props)).unwrap();
+    w.write(&b).unwrap();
+    w.close().unwrap();
+    let keep = Keep {
+        dim,
+        kept: Arc::default(),
+    };
+    let m = meta(&f);
+    let plan = plan(&m, None).unwrap().with_fused(Arc::new(keep.clone()));
+    let source = Source::Local(f.path().to_path_buf());
+    for b in FastReader::new(source, m, plan, None, 1000) {
+        b.unwrap();
+    }
+    let k = std::mem::take(&mut *keep.kept.lock().unwrap());
+    (k.values, k.copied, k.in_place)
+}
+
+/// Incompressible pages are read inside the snappy block, rows cut by a literal's
+/// edge included; pages whose values are partly copies, or rows longer than a
+/// literal, are written out first. Every way, the rows are the written ones.
+#[test]
+fn snappy_pages_are_read_in_place_where_they_can_be() {
+    let mut rng = Rng::new(4);
+    // (dim, rows, page rows, k: the first fifth of every k rows compresses, expected).
+    for (dim, rows, page_rows, every, want) in [
+        (100usize, 2500usize, 400usize, None::<usize>, Placed::All),
+        (7, 3000, 3000, None, Placed::All),
+        (512, 300, 128, None, Placed::All),
+        (100, 2500, 400, Some(50), Placed::Some),
+        (100, 2500, 400, Some(2), Placed::None),
+        // A row longer than two literals.
+        (40_000, 6, 3, None, Placed::None),
+    ] {
+        let values = embeddings(&mut rng, rows, dim, every);
+        let (got, copied, placed) = fused(&values, dim, page_rows);
+        assert!(got == values, "dim {dim}: rows differ");
+        assert_eq!(copied + placed, rows);
+        let pages = rows.div_ceil(page_rows);
+        let what = format!("dim {dim}, every {every:?}: {placed} in place, {copied} copied");
+        match want {
+            // Only rows cut by a page edge or in a short last literal are copied.
+            Placed::All => assert!(copied <= 2 * pages, "{what}"),
+            Placed::Some => assert!(placed > rows / 2 && copied > 2 * pages, "{what}"),
+            Placed::None => assert_eq!(placed, 0, "{what}"),
+        }
+    }
+}
+
+enum Placed {
+    All,
+    Some,
+    None,
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    /// Any shape the writer produces reads back as written, through the fast path
+    /// or the fallback.
+    #[test]
+    fn any_layout_reads_back_as_written(
+        rows in 0usize..600,
+        dim in 1usize..40,
+        rg in 1usize..300,
+        page_rows in 1usize..80,
+        v2 in any::<bool>(),
+        dict in any::<bool>(),
+        snappy in any::<bool>(),
+        item_nullable in any::<bool>(),
+        nulls in proptest::option::of(2usize..9),
+        batch_rows in 1usize..200,
+    ) {
+        let case = Case { rows, dim, rg, page_rows, v2, dict, snappy, item_nullable, null_every: nulls };
+        let (f, want) = write(&case);
+        let (got, _) = fast(&f, batch_rows);
+        prop_assert_eq!(got, want);
+    }
+
+    /// Any page layout, compressible or not, reaches a fused consumer as the rows
+    /// written, whether they were read in place, written out, or both.
+    #[test]
+    fn fused_pages_deliver_the_rows_written(
+        dim in 1usize..300,
+        rows in 1usize..1500,
+        page_rows in 1usize..400,
+        every in proptest::option::of(2usize..40),
+        seed in 0u64..1000,
+    ) {
+        let mut rng = Rng::new(seed);
+        let values = embeddings(&mut rng, rows, dim, every);
+        let (got, copied, placed) = fused(&values, dim, page_rows);
+        prop_assert_eq!(copied + placed, rows);
+        prop_assert!(got == values);
+    }
+
+    /// Corrupt bytes anywhere give an error or a fallback, never a panic or rows
+    /// that differ silently in count.
+    #[test]
+    fn corrupt_pages_never_panic(at in 0.0f64..1.0, byte in any::<u8>(), dict in any::<bool>()) {
+        let case = Case { rows: 300, dim: 16, rg: 100, page_rows: 50, v2: false, dict, snappy: false, item_nullable: true, null_every: None };
+        let (f, _) = write(&case);
+        let mut bytes = std::fs::read(f.path()).unwrap();
+        let n = bytes.len();
+        let footer = u32::from_le_bytes(bytes[n - 8..n - 4].try_into().unwrap()) as usize;
+        let pos = 4 + ((n - 12 - footer) as f64 * at) as usize;
+        bytes[pos] = byte;
+        std::fs::write(f.path(), &bytes).unwrap();
+        let m = meta(&f);
+        let plan = plan(&m, None).unwrap();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            FastReader::new(Source::Local(f.path().to_path_buf()), m, plan, None, 64).try_fold(0usize, |acc, b| b.map(|b| acc + b.into_rows().num_rows()))
+        }));
+        let r = r.expect("no panic escapes the reader");
+        if let Ok(rows) = r {
+            prop_assert_eq!(rows, 300);
+        }
+    }
+}
+
+/// Counts the row groups a consumer has open at once.
+#[derive(Clone, Default)]
+struct Concurrency {
+    open: Arc<std::sync::atomic::AtomicUsize>,
+    most: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+struct Open(Concurrency, usize);
+
+impl Fused for Concurrency {
+    type Output = usize;
+    fn column(&self) -> &str {
+        "embedding"
+    }
+    fn start(&self, others: &[RecordBatch]) -> Option<Box<dyn FusedGroup<Output = usize>>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.open.fetch_add(1, SeqCst) + 1;
+        self.most.fetch_max(now, SeqCst);
+        // Long enough for every decoder the reader allows to be inside at once.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let rows = others.iter().map(RecordBatch::num_rows).sum();
+        Some(Box::new(Open(self.clone(), rows)))
+    }
+}
+
+impl FusedGroup for Open {
+    type Output = usize;
+    fn rows(&mut self, _: &[f32]) {}
+    fn rows_at(&mut self, _: &[u8], _: &[usize]) {}
+    fn finish(self: Box<Self>, _: Vec<RecordBatch>) -> crate::Result<Vec<usize>> {
+        self.0
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(vec![self.1])
+    }
+}
+
+/// The number of row groups decoding at once is the reader's setting, never more, and
+/// the rows come back the same whatever it is.
+#[test]
+fn row_groups_in_flight_follow_the_setting() {
+    let case = Case {
+        rows: 2_400,
+        dim: 8,
+        rg: 200,
+        page_rows: 50,
+        v2: false,
+        dict: false,
+        snappy: false,
+        item_nullable: false,
+        null_every: None,
+    };
+    let (f, want) = write(&case);
+    for n in [1usize, 2, 3, 5] {
+        let count = Concurrency::default();
+        let m = meta(&f);
+        let plan = plan(&m, None)
+            .unwrap()
+            .with_fused(Arc::new(count.clone()) as Arc<dyn Fused<Output = usize>>);
+        let source = Source::Local(f.path().to_path_buf());
+        let reader = FastReader::new(source, m.clone(), plan, None, 64).in_flight(n);
+        assert_eq!(reader.row_groups_in_flight(), n);
+        let rows: usize = reader
+            .map(|p| match p.unwrap() {
+                Part::Fused(rows) => rows,
+                Part::Rows(_) => panic!("every row group is consumed"),
+            })
+            .sum();
+        assert_eq!(rows, 2_400);
+        let most = count.most.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(most <= n, "{most} row groups open with {n} in flight");
+        assert!(most >= 1);
+        let plain = FastReader::new(
+            Source::Local(f.path().to_path_buf()),
+            m.clone(),
+            plan_for(&m),
+            None,
+            64,
+        )
+        .in_flight(n)
+        .map(|b| b.unwrap().into_rows());
+        let got: Vec<RecordBatch> = plain.collect();
+        let got = arrow_select::concat::concat_batches(&want.schema(), &got).unwrap();
+        assert_eq!(got, want, "{n} in flight");
+    }
+}
+
+fn plan_for(m: &ArrowReaderMetadata) -> Plan {
+    plan(m, None).unwrap()
+}
