@@ -394,6 +394,11 @@ impl ParquetFile {
 
 /// Byte ranges of one object for the async Parquet reader: the footer first, then the
 /// projected column chunks of one row group at a time (coalesced by the store).
+///
+/// Written here rather than parquet's `ParquetObjectReader`, which parquet 59.3
+/// deprecates in favour of exactly this ("implement `AsyncFileReader` directly",
+/// apache/arrow-rs#10308); it also keeps the size a listing already returned, so an
+/// object listed by a prefix or glob costs no HEAD.
 struct StoreReader {
     store: Arc<dyn object_store::ObjectStore>,
     key: ObjPath,

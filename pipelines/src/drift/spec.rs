@@ -232,30 +232,11 @@ pub enum Partitioning {
     Time(TimeWindows),
 }
 
-/// Parses `30s`, `15m`, `6h`, `1d` (or a combination such as `1h30m`); `0s` is a
-/// duration, and callers that need a positive one say so.
+/// Parses `30s`, `15m`, `6h`, `1d` (or a combination such as `1h30m`, and the other
+/// units `humantime` reads: `ms`, `w`, ...); `0s` is a duration, and callers that need a
+/// positive one say so.
 pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
-    let mut total = 0u64;
-    let mut num = String::new();
-    for c in s.trim().chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let n: u64 = num.parse().ok()?;
-        num.clear();
-        total = total.checked_add(n.checked_mul(match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            _ => return None,
-        })?)?;
-    }
-    if !num.is_empty() || s.trim().is_empty() {
-        return None;
-    }
-    Some(std::time::Duration::from_secs(total))
+    humantime::parse_duration(s.trim()).ok()
 }
 
 impl DriftSpec {
@@ -412,6 +393,62 @@ impl DriftSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The hand-written parser humantime replaced, kept as the reference.
+    fn reference_duration(s: &str) -> Option<std::time::Duration> {
+        let mut total = 0u64;
+        let mut num = String::new();
+        for c in s.trim().chars() {
+            if c.is_ascii_digit() {
+                num.push(c);
+                continue;
+            }
+            let n: u64 = num.parse().ok()?;
+            num.clear();
+            total = total.checked_add(n.checked_mul(match c {
+                's' => 1,
+                'm' => 60,
+                'h' => 3600,
+                'd' => 86_400,
+                _ => return None,
+            })?)?;
+        }
+        if !num.is_empty() || s.trim().is_empty() {
+            return None;
+        }
+        Some(std::time::Duration::from_secs(total))
+    }
+
+    /// Every duration the hand-written parser read, humantime reads the same; what it
+    /// refused (a bare number, an unknown unit, nothing) humantime refuses too.
+    #[test]
+    fn humantime_reads_every_duration_as_before() {
+        let mut accepted = 0;
+        for n in [0u64, 1, 2, 7, 15, 30, 59, 60, 90, 3600, 86_400] {
+            for unit in ["s", "m", "h", "d"] {
+                for text in [format!("{n}{unit}"), format!(" {n}{unit} ")] {
+                    let want = reference_duration(&text);
+                    assert!(want.is_some(), "{text}");
+                    assert_eq!(parse_duration(&text), want, "{text:?}");
+                    accepted += 1;
+                }
+            }
+        }
+        for text in ["1h30m", "1d12h", "2m30s", "1d2h3m4s", "0s", "10m0s"] {
+            assert!(reference_duration(text).is_some());
+            assert_eq!(parse_duration(text), reference_duration(text), "{text}");
+            accepted += 1;
+        }
+        for text in ["", " ", "30", "h", "1x", "-1s", "s1"] {
+            assert_eq!(reference_duration(text), None, "{text}");
+            assert_eq!(parse_duration(text), None, "{text:?}");
+        }
+        // What humantime reads beyond the old parser, with the meaning a user expects.
+        assert_eq!(reference_duration("1.5h"), None);
+        assert_eq!(parse_duration("1.5h"), Some(std::time::Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1w"), Some(std::time::Duration::from_secs(7 * 86_400)));
+        assert!(accepted > 90);
+    }
 
     #[test]
     fn the_documented_example_specs_parse() {

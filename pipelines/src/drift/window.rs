@@ -53,16 +53,18 @@ impl TimeWindows {
     /// `2026-11-21T06:00Z` for minute-aligned ones, with seconds otherwise. Values sort
     /// as times do, so `--since` compares them as text.
     pub fn label(&self, index: i64) -> String {
-        let start = index * self.window;
-        let (y, m, d) = civil_from_days(start.div_euclid(86_400));
-        let sod = start.rem_euclid(86_400);
-        let (hh, mm, ss) = (sod / 3600, sod % 3600 / 60, sod % 60);
-        if self.window % 86_400 == 0 {
-            format!("{y:04}-{m:02}-{d:02}")
+        let start = index.saturating_mul(self.window);
+        let format = if self.window % 86_400 == 0 {
+            "%Y-%m-%d"
         } else if self.window % 60 == 0 {
-            format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}Z")
+            "%Y-%m-%dT%H:%MZ"
         } else {
-            format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}Z")
+            "%Y-%m-%dT%H:%M:%SZ"
+        };
+        match chrono::DateTime::from_timestamp(start, 0) {
+            Some(t) => t.format(format).to_string(),
+            // Beyond chrono's ±262,000 years: the Unix seconds, still unique.
+            None => format!("{start}s"),
         }
     }
 
@@ -240,25 +242,60 @@ fn seconds(a: &ArrayRef) -> Option<Box<dyn Iterator<Item = Option<i64>> + '_>> {
     })
 }
 
-/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar
-/// (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    /// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar
+    /// (Howard Hinnant's `civil_from_days`): the hand-written calendar the labels used
+    /// before chrono, kept as the reference chrono's labels must equal.
+    fn civil_from_days(z: i64) -> (i64, u32, u32) {
+        let z = z + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+        let y = yoe + era * 400 + i64::from(m <= 2);
+        (y, m, d)
+    }
+
+    /// The labels the hand-written calendar gave, for every layout.
+    fn reference_label(l: &TimeWindows, index: i64) -> String {
+        let start = index * l.window;
+        let (y, m, d) = civil_from_days(start.div_euclid(86_400));
+        let sod = start.rem_euclid(86_400);
+        let (hh, mm, ss) = (sod / 3600, sod % 3600 / 60, sod % 60);
+        if l.window % 86_400 == 0 {
+            format!("{y:04}-{m:02}-{d:02}")
+        } else if l.window % 60 == 0 {
+            format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}Z")
+        } else {
+            format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}Z")
+        }
+    }
+
+    /// chrono's labels equal the hand-written calendar's: every day from 1900 to 2200,
+    /// and hour, minute and odd-second windows around leap days and year ends.
+    #[test]
+    fn chrono_labels_equal_the_hand_written_calendar() {
+        let day = layout(86_400);
+        for z in -25_567..84_000 {
+            assert_eq!(day.label(z), reference_label(&day, z), "day {z}");
+        }
+        for window in [3_600, 900, 60, 90, 7, 86_400 * 7] {
+            let l = layout(window);
+            for anchor in [0i64, 11_016, 11_322, 20_778, -1, 47_541] {
+                let first = anchor * 86_400 / window - 50;
+                for i in first..first + 3 * 86_400 / window + 100 {
+                    assert_eq!(l.label(i), reference_label(&l, i), "window {window} index {i}");
+                }
+            }
+        }
+    }
 
     fn layout(window: i64) -> TimeWindows {
         TimeWindows {
