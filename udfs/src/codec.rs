@@ -32,7 +32,8 @@ use datafusion_proto::physical_plan::{
 };
 use serde_json::{Value, json};
 
-use crate::common::{ModelPin, ModelRegistry, ReclagFunc};
+use crate::function::ReclagFunc;
+use crate::registry::{ModelPin, ModelRegistry};
 
 /// Payload format version; a decoder refuses versions it does not know rather than
 /// guessing at fields.

@@ -13,14 +13,15 @@
 pub mod attractor;
 #[cfg(feature = "proto")]
 pub mod codec;
-pub mod common;
 pub mod energy;
 pub mod explain;
+pub mod function;
 pub mod is_ood;
 pub mod ood_probability;
 pub mod p_value;
 #[cfg(feature = "polars")]
 pub mod polars;
+pub mod registry;
 pub mod score;
 
 use std::sync::Arc;
@@ -30,7 +31,8 @@ use datafusion::logical_expr::ScalarUDF;
 
 #[cfg(feature = "proto")]
 pub use codec::ReclagCodec;
-pub use common::{ModelPin, ModelRegistry, Output};
+pub use function::Output;
+pub use registry::{ModelPin, ModelRegistry};
 
 /// Every reclag function, resolving models through `models`.
 pub fn functions(models: Arc<ModelRegistry>) -> Vec<ScalarUDF> {

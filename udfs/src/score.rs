@@ -4,7 +4,8 @@ use std::sync::{Arc, OnceLock};
 
 use datafusion::logical_expr::{Documentation, ScalarUDF};
 
-use crate::common::{ModelRegistry, Output, ReclagFunc, doc};
+use crate::function::{Output, ReclagFunc, doc};
+use crate::registry::ModelRegistry;
 
 fn documentation() -> &'static Documentation {
     static DOC: OnceLock<Documentation> = OnceLock::new();

@@ -445,8 +445,14 @@ mod tests {
         }
         // What humantime reads beyond the old parser, with the meaning a user expects.
         assert_eq!(reference_duration("1.5h"), None);
-        assert_eq!(parse_duration("1.5h"), Some(std::time::Duration::from_secs(5400)));
-        assert_eq!(parse_duration("1w"), Some(std::time::Duration::from_secs(7 * 86_400)));
+        assert_eq!(
+            parse_duration("1.5h"),
+            Some(std::time::Duration::from_secs(5400))
+        );
+        assert_eq!(
+            parse_duration("1w"),
+            Some(std::time::Duration::from_secs(7 * 86_400))
+        );
         assert!(accepted > 90);
     }
 

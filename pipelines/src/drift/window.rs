@@ -291,7 +291,11 @@ mod tests {
             for anchor in [0i64, 11_016, 11_322, 20_778, -1, 47_541] {
                 let first = anchor * 86_400 / window - 50;
                 for i in first..first + 3 * 86_400 / window + 100 {
-                    assert_eq!(l.label(i), reference_label(&l, i), "window {window} index {i}");
+                    assert_eq!(
+                        l.label(i),
+                        reference_label(&l, i),
+                        "window {window} index {i}"
+                    );
                 }
             }
         }

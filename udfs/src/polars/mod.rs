@@ -25,7 +25,7 @@ use std::sync::{Arc, OnceLock};
 use polars::prelude::*;
 use reclag::Model;
 
-use crate::common::Output;
+use crate::function::Output;
 
 /// The RecLag margin `A_β(Ξ_g·pre(x)) − τ_g` (Float64); see `reclag_score`.
 pub fn score(embedding: Expr, model: &Arc<Model>, group: Option<Expr>) -> Expr {
