@@ -1,5 +1,8 @@
 //! Dictionary pages and the indices into them: writers try a dictionary first, so the
 //! first pages of a float column often index one before falling back to PLAIN.
+//!
+//! Hand-written rather than parquet's column reader: see the crate docs for the
+//! measurement.
 
 use parquet::basic::Encoding;
 

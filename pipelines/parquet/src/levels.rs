@@ -1,5 +1,8 @@
 //! Repetition and definition levels: the RLE / bit-packed hybrid they are stored in,
 //! and the rules a dense `FixedSizeList` column's levels follow, checked run by run.
+//!
+//! Hand-written rather than parquet's column reader: see the crate docs for the
+//! measurement.
 
 /// Walks the first `n` values of an RLE / bit-packed hybrid stream of `width`-bit
 /// values (up to 32), calling `each(value, count)` for each RLE run and for each

@@ -12,6 +12,14 @@
 //! Row groups decode in parallel, one per core by default ([`FastReader::in_flight`]),
 //! while the consumer takes the earlier ones in order.
 //!
+//! The page decoding (pages, levels, dictionary) is kept hand-written because it wins
+//! by more than noise against parquet's public column reader doing the same work (`ColumnReaderImpl::read_records`: values and
+//! both levels into vectors, the levels then checked), on one row group of
+//! 65,536 × 512 read on one thread (`cargo bench --bench decoders`): 31 ms against
+//! 171 ms with v1 PLAIN pages (5.5×), 38 against 165 with v2 (4.4×), 33 against 176
+//! with the writers' default dictionary then PLAIN (5.4×), and 171 against 211 ms when
+//! every page indexes a dictionary (1.23×; the confidence intervals do not overlap).
+//!
 //! The layers, each in its own file, bottom up:
 //! - `snappy`: snappy decompression that leaves long literals where they lie;
 //! - `levels`: the RLE / bit-packed hybrid and the dense-list level rules;

@@ -138,3 +138,63 @@ pub fn huge_pages<T>(buf: &mut Vec<T>) {
     #[cfg(not(target_os = "linux"))]
     let _ = buf;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pool hands out a free buffer only where it holds the request without
+    /// growing (a new allocation in disguise), and the buffer it hands out is the one
+    /// that came back, not a copy.
+    #[test]
+    fn pool_reuses_only_buffers_that_fit() {
+        let pool: Arc<Pool> = Arc::default();
+        let small = pool.take(10);
+        let big = pool.take(1000);
+        let (small_at, big_at) = (small.as_ptr(), big.as_ptr());
+        drop(leased(small, &pool));
+        drop(leased(big, &pool));
+        let got = pool.take(500);
+        assert_eq!(
+            got.as_ptr(),
+            big_at,
+            "the big buffer serves a smaller request"
+        );
+        assert!(got.is_empty() && got.capacity() >= 1000);
+        let fresh = pool.take(500);
+        assert_ne!(
+            fresh.as_ptr(),
+            small_at,
+            "the small one is not grown into it"
+        );
+        assert!(fresh.capacity() >= 500);
+        let reused = pool.take(5);
+        assert_eq!(reused.as_ptr(), small_at);
+    }
+
+    /// A range of a chunked column is a view inside one buffer and a copy across
+    /// buffers, with the same values either way; buffers go back to the pool.
+    #[test]
+    fn chunked_ranges_are_views_or_copies_of_the_same_values() {
+        let pool: Arc<Pool> = Arc::default();
+        let values: Vec<f32> = (0..23).map(|i| i as f32).collect();
+        let parts = values
+            .chunks(5)
+            .map(|c| leased(c.to_vec(), &pool))
+            .collect();
+        let chunked = Chunked { per: 5, parts };
+        for from in 0..23 {
+            for len in 0..=(23 - from) {
+                let got = chunked.range(from, len);
+                assert_eq!(&got[..], &values[from..from + len], "{from}+{len}");
+                let part = chunked.parts[from / 5][..].as_ptr_range();
+                let inside = part.contains(&got.as_ptr());
+                if len > 0 {
+                    assert_eq!(inside, from % 5 + len <= 5, "{from}+{len}: view or copy");
+                }
+            }
+        }
+        drop(chunked);
+        assert_eq!(pool.free.lock().unwrap().len(), 5);
+    }
+}
