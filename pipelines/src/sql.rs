@@ -1,6 +1,5 @@
 //! `reclag sql`: run a query over Parquet tables with the reclag functions registered.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -15,6 +14,7 @@ use futures::StreamExt;
 use reclag_udfs::ModelRegistry;
 
 use crate::error::{Error, Result};
+use crate::io::{Sink, TableFormat};
 use crate::store::{Location, Stores};
 
 /// Output format of a query's result.
@@ -310,20 +310,12 @@ pub async fn run_to(job: &SqlJob, out: &mut dyn std::io::Write) -> Result<String
         )),
         (fmt, Some(out)) => {
             let mut rows = 0usize;
-            let mut sink = if fmt == SqlFormat::Parquet {
-                Sink::Parquet(crate::io::Sink::create(
-                    &job.stores,
-                    &out.to_string_lossy(),
-                    schema,
-                )?)
-            } else if out.to_string_lossy().contains("://") {
-                return Err(Error::Usage(format!(
-                    "{}: CSV and NDJSON results are written to local files only; write Parquet to object storage",
-                    out.display()
-                )));
-            } else {
-                Sink::create(fmt, out)?
+            let format = match fmt {
+                SqlFormat::Csv => TableFormat::Csv,
+                SqlFormat::Ndjson => TableFormat::Ndjson,
+                _ => TableFormat::Parquet,
             };
+            let mut sink = Sink::create_as(&job.stores, &out.to_string_lossy(), schema, format)?;
             while let Some(b) = stream.next().await {
                 let b = b.map_err(df_err)?;
                 rows += b.num_rows();
@@ -331,54 +323,6 @@ pub async fn run_to(job: &SqlJob, out: &mut dyn std::io::Write) -> Result<String
             }
             sink.finish()?;
             Ok(format!("wrote {rows} rows to {}\n", out.display()))
-        }
-    }
-}
-
-/// A query result: Parquet through the shared writer (any store), or CSV/NDJSON written
-/// under a temporary name and renamed when complete.
-enum Sink {
-    /// Local, object store or stdout, through the shared writer.
-    Parquet(crate::io::Sink),
-    Csv(
-        Box<datafusion::arrow::csv::Writer<File>>,
-        crate::io::AtomicFile,
-    ),
-    Json(
-        datafusion::arrow::json::LineDelimitedWriter<File>,
-        crate::io::AtomicFile,
-    ),
-}
-
-impl Sink {
-    fn create(fmt: SqlFormat, target: &Path) -> Result<Self> {
-        let (out, f) = crate::io::AtomicFile::create(target)?;
-        Ok(match fmt {
-            SqlFormat::Csv => Sink::Csv(Box::new(datafusion::arrow::csv::Writer::new(f)), out),
-            _ => Sink::Json(datafusion::arrow::json::LineDelimitedWriter::new(f), out),
-        })
-    }
-
-    fn write(&mut self, b: &datafusion::arrow::record_batch::RecordBatch) -> Result<()> {
-        let arrow = |e: datafusion::arrow::error::ArrowError| {
-            Error::Usage(format!("writing the result: {e}"))
-        };
-        match self {
-            Sink::Parquet(w) => w.write(b),
-            Sink::Csv(w, _) => w.write(b).map_err(arrow),
-            Sink::Json(w, _) => w.write(b).map_err(arrow),
-        }
-    }
-
-    fn finish(self) -> Result<()> {
-        match self {
-            Sink::Parquet(w) => w.finish(),
-            Sink::Csv(w, out) => Ok(out.commit(&w.into_inner())?),
-            Sink::Json(mut w, out) => {
-                w.finish()
-                    .map_err(|e| Error::Usage(format!("writing the result: {e}")))?;
-                Ok(out.commit(&w.into_inner())?)
-            }
         }
     }
 }
