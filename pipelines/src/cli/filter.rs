@@ -1,0 +1,102 @@
+//! `reclag filter`: keep the ID (or the OOD) rows of a table.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Args;
+use reclag::Route;
+
+use crate::error::Result;
+use crate::store::Stores;
+
+use super::args::*;
+use super::*;
+
+#[derive(Args, Debug)]
+#[command(after_long_help = "\
+Every input column is kept. Rows whose embedding is null or non-finite are neither ID
+nor OOD and are kept by neither --keep id nor --keep ood; the summary counts them with
+the rows dropped. Batches from reclag's Parquet reader are filtered one at a time by
+the Polars expression is_ood and written as they come, so memory stays bounded for
+data larger than RAM. The output is written to a temporary name and renamed when
+complete.
+
+Examples:
+  reclag filter --model model.parquet --input 'new/*.parquet' --group label \\
+      --keep id --output clean.parquet
+  reclag filter --model model.parquet --input new/ --keep ood --output quarantine.parquet
+  reclag filter --model model.parquet --input new/ --keep ood --fdr 0.1 --output suspects.parquet")]
+pub struct FilterArgs {
+    /// The model file: a path or URL.
+    #[arg(long, value_name = "MODEL")]
+    pub model: String,
+    /// Parquet file(s), directories of them, or globs; local paths or object-store
+    /// URLs (s3://, gs://, az://). All must share one schema.
+    #[arg(long, required = true, num_args = 1.., value_name = "PATH")]
+    pub input: Vec<String>,
+    /// Which rows to keep: id (the model accepts them) or ood (quarantine).
+    #[arg(long, value_enum)]
+    pub keep: crate::filter::Keep,
+    /// Decide by false-discovery rate instead of each row's threshold: a row is OOD
+    /// when Benjamini–Hochberg at level Q over the p-values of every input row rejects
+    /// it, so at most a share Q of the rows flagged OOD are expected to be ID (for ID
+    /// rows exchangeable with the model's calibration rows). Q in (0, 1). Two passes
+    /// over the input: the first scores every row and keeps a count per distinct
+    /// p-value (at most one per calibration score, whatever the input size), the
+    /// second filters.
+    #[arg(long, value_name = "Q")]
+    pub fdr: Option<f64>,
+    /// The output Parquet file (local).
+    #[arg(long, value_name = "OUT")]
+    pub output: String,
+    /// Embedding column: FixedSizeList/List/LargeList of Float32 or Float64.
+    #[arg(long, default_value = "embedding", value_name = "COL")]
+    pub embedding: String,
+    /// Route each row to the group named by this column (integer or string class
+    /// label); a null label, or no --group, routes by largest margin.
+    #[arg(long, value_name = "COL")]
+    pub group: Option<String>,
+    /// Without --group: `best` (default) scores each row against the group of
+    /// largest margin; `union` against every group's memories at once with the union
+    /// threshold τ*, decided on the first step (spec §4).
+    #[arg(long, value_enum, value_name = "ROUTE", conflicts_with = "group")]
+    pub route: Option<RouteArg>,
+}
+
+pub(super) fn run(a: FilterArgs, stores: Arc<Stores>, out: &mut dyn Write) -> Result<ExitCode> {
+    let model = Arc::new(crate::store::load_model(&stores, &a.model)?);
+    let job = crate::filter::FilterJob {
+        inputs: a.input,
+        output: a.output,
+        embedding: a.embedding,
+        group: a.group,
+        route: a.route.map_or(Route::Best, Route::from),
+        keep: a.keep,
+        fdr: a.fdr,
+        stores,
+    };
+    let s = crate::filter::run(&model, &job)?;
+    writeln!(
+        out,
+        "kept {} of {} rows ({}) from {} file(s) into {}",
+        s.rows_kept,
+        s.rows_in,
+        match job.keep {
+            crate::filter::Keep::Id => "in-distribution",
+            crate::filter::Keep::Ood => "OOD",
+        },
+        s.files,
+        job.output
+    )
+    .map_err(io_err)?;
+    if let (Some(q), Some(t)) = (job.fdr, s.fdr_threshold) {
+        writeln!(
+            out,
+            "Benjamini–Hochberg at q={q}: {} of {} scored rows rejected as OOD (p ≤ {t:.6})",
+            s.rejected, s.scored
+        )
+        .map_err(io_err)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
