@@ -8,7 +8,7 @@
 //! - **sql**: `SELECT count(*) FROM t WHERE reclag_is_ood('m', embedding, label)`
 //!   through DataFusion, against `reclag score`;
 //! - **polars**: `filter(is_ood(embedding, label)) → count` on the frames of reclag's
-//!   reader (`reclag_pipelines::frames`, what `reclag filter` runs), and on Polars' own
+//!   reader (`reclag_pipelines::ops::frames`, what `reclag filter` runs), and on Polars' own
 //!   `scan_parquet` through its streaming engine, each against the SQL path;
 //! - **drift**: `reclag drift run` over a lake of 10 daily partitions × 100k rows,
 //!   and SQL's OOD count over it as a hive table, against `reclag score` over the
@@ -49,9 +49,9 @@ use arrow_array::{ArrayRef, Int64Array, RecordBatch};
 use arrow_schema::SchemaRef;
 use fixture::D;
 use reclag_pipelines::io::ParquetFile;
-use reclag_pipelines::route::Routing;
-use reclag_pipelines::score::{ScoreJob, ScoreSummary};
-use reclag_pipelines::sql::{SqlFormat, SqlJob};
+use reclag_pipelines::ops::route::Routing;
+use reclag_pipelines::ops::score::{ScoreJob, ScoreSummary};
+use reclag_pipelines::ops::sql::{SqlFormat, SqlJob};
 use reclag_pipelines::store::{StoreEnv, Stores};
 
 const GEN_BATCH: usize = 16 * 1024;
@@ -179,11 +179,11 @@ fn score_as(
     model: &reclag::Model,
     input: String,
     out: &Path,
-    decode_only: Option<reclag_pipelines::score::DecodeOnly>,
+    decode_only: Option<reclag_pipelines::ops::score::DecodeOnly>,
 ) -> ScoreSummary {
     let mut job = score_job(input, out.display().to_string(), StoreEnv::default());
     job.decode_only = decode_only;
-    reclag_pipelines::score::run(model, &job).unwrap()
+    reclag_pipelines::ops::score::run(model, &job).unwrap()
 }
 
 /// `reclag score --input INPUT --output OUTPUT --group label --keep-columns id`, with
@@ -209,7 +209,7 @@ fn sql_count(rt: &tokio::runtime::Runtime, path: &Path, model: &Path) -> u64 {
         format: SqlFormat::Table,
         stores: Arc::new(Stores::new(StoreEnv::default())),
     };
-    let text = rt.block_on(reclag_pipelines::sql::run(&job)).unwrap();
+    let text = rt.block_on(reclag_pipelines::ops::sql::run(&job)).unwrap();
     text.lines()
         .filter_map(|l| l.trim_matches(|c| c == '|' || c == ' ').parse().ok())
         .next()
@@ -220,7 +220,8 @@ fn polars_frames_count(path: &Path, model: &Arc<reclag::Model>) -> u64 {
     use polars::prelude::*;
     let stores = Stores::new(StoreEnv::default());
     let frames =
-        reclag_pipelines::frames::Frames::open(&stores, &[path.display().to_string()]).unwrap();
+        reclag_pipelines::ops::frames::Frames::open(&stores, &[path.display().to_string()])
+            .unwrap();
     let mut n = 0;
     for frame in frames {
         let kept = frame
@@ -410,7 +411,7 @@ fn main() {
             &model,
             path.display().to_string(),
             &out,
-            Some(reclag_pipelines::score::DecodeOnly::AsScore),
+            Some(reclag_pipelines::ops::score::DecodeOnly::AsScore),
         );
         assert_eq!(floor.rows, n as u64);
         t_floor.push(t0.elapsed().as_secs_f64());
@@ -564,7 +565,7 @@ fn main() {
 /// p-values on the main table: the column's cost inside `reclag score`, and the cost
 /// of deciding by false-discovery rate in `reclag filter`.
 fn pvalue_section(table: &Path, n: usize, runs: usize, out: &Path) {
-    use reclag_pipelines::filter::{FilterJob, Keep};
+    use reclag_pipelines::ops::filter::{FilterJob, Keep};
     let calibrated = fixture::calibrated_model();
     let plain = fixture::without_calibration(&calibrated);
     let input = table.display().to_string();
@@ -598,12 +599,12 @@ fn pvalue_section(table: &Path, n: usize, runs: usize, out: &Path) {
         }
         assert_eq!(ood[0], ood[1]);
         let t0 = Instant::now();
-        kept_keep = reclag_pipelines::filter::run(&shared, &filter(None))
+        kept_keep = reclag_pipelines::ops::filter::run(&shared, &filter(None))
             .unwrap()
             .rows_kept;
         t_keep.push(t0.elapsed().as_secs_f64());
         let t0 = Instant::now();
-        kept_fdr = reclag_pipelines::filter::run(&shared, &filter(Some(0.1)))
+        kept_fdr = reclag_pipelines::ops::filter::run(&shared, &filter(Some(0.1)))
             .unwrap()
             .rows_kept;
         t_fdr.push(t0.elapsed().as_secs_f64());
@@ -669,7 +670,7 @@ fn stores_section(model: &reclag::Model, table: &Path, n: usize, runs: usize, ou
         let (mut t_local, mut t_store) = (vec![], vec![]);
         for _ in 0..runs {
             let t0 = Instant::now();
-            let local = reclag_pipelines::score::run(
+            let local = reclag_pipelines::ops::score::run(
                 model,
                 &score_job(
                     table.display().to_string(),
@@ -680,7 +681,7 @@ fn stores_section(model: &reclag::Model, table: &Path, n: usize, runs: usize, ou
             .unwrap();
             t_local.push(t0.elapsed().as_secs_f64());
             let t0 = Instant::now();
-            let remote = reclag_pipelines::score::run(
+            let remote = reclag_pipelines::ops::score::run(
                 model,
                 &score_job(input.clone(), emu.url("bench/scored.parquet"), emu.env()),
             )
@@ -692,7 +693,7 @@ fn stores_section(model: &reclag::Model, table: &Path, n: usize, runs: usize, ou
             );
         }
         let proxy = FaultProxy::start(&emu, vec![]);
-        reclag_pipelines::score::run(
+        reclag_pipelines::ops::score::run(
             model,
             &score_job(
                 input.clone(),

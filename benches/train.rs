@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use reclag::TrainParams;
-use reclag_pipelines::train::{TrainJob, collect};
+use reclag_pipelines::ops::train::{TrainJob, collect};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);

@@ -47,7 +47,7 @@ fn fixture(dir: &Path) -> (PathBuf, PathBuf) {
 #[test]
 fn same_seed_same_bytes_other_seed_other_bytes() {
     let tmp = tempfile::tempdir().unwrap();
-    let sample = reclag_pipelines::demo::write_sample(tmp.path()).unwrap();
+    let sample = reclag_pipelines::ops::demo::write_sample(tmp.path()).unwrap();
     let train = |seed: &str, out: &str| {
         let p = tmp.path().join(out);
         cli_ok(&[
@@ -98,7 +98,7 @@ fn same_seed_same_bytes_other_seed_other_bytes() {
 #[test]
 fn max_rows_per_group_bounds_the_sample() {
     let tmp = tempfile::tempdir().unwrap();
-    let sample = reclag_pipelines::demo::write_sample(tmp.path()).unwrap();
+    let sample = reclag_pipelines::ops::demo::write_sample(tmp.path()).unwrap();
     let m = tmp.path().join("m.parquet");
     cli_ok(&[
         "train",

@@ -944,7 +944,7 @@ fn calibrate_on_the_models_own_calibration_rows_reproduces_its_thresholds() {
         },
     ] {
         let out = tmp.path().join("m.parquet");
-        let job = reclag_pipelines::train::TrainJob {
+        let job = reclag_pipelines::ops::train::TrainJob {
             inputs: vec![train.display().to_string()],
             embedding: "embedding".into(),
             label: Some("label".into()),
@@ -953,8 +953,8 @@ fn calibrate_on_the_models_own_calibration_rows_reproduces_its_thresholds() {
             max_rows_per_group: None,
             stores: Arc::new(reclag_pipelines::store::Stores::new(Default::default())),
         };
-        let model = reclag_pipelines::train::run(&job).unwrap();
-        let (set, _) = reclag_pipelines::train::collect(&job).unwrap();
+        let model = reclag_pipelines::ops::train::run(&job).unwrap();
+        let (set, _) = reclag_pipelines::ops::train::collect(&job).unwrap();
         let cal = params.clone().check().unwrap().calibration_rows(&set);
         // Groups in reverse order, rows reversed within each.
         let (mut cal_rows, mut cal_labels) = (vec![], vec![]);

@@ -330,17 +330,17 @@ fn streaming_sink_over_many_row_groups_equals_in_memory() {
     assert!(groups >= 10, "{groups} row groups");
 
     let keep = || {
-        reclag_pipelines::filter::keep_predicate(
+        reclag_pipelines::ops::filter::keep_predicate(
             &model,
             "embedding",
             Some("label"),
             reclag::Route::Best,
-            reclag_pipelines::filter::Keep::Id,
+            reclag_pipelines::ops::filter::Keep::Id,
         )
     };
     let in_memory = scan(&mixed).filter(keep()).collect().unwrap();
     let sunk = tmp.path().join("clean.parquet");
-    reclag_pipelines::filter::sink_parquet(scan(&mixed).filter(keep()), &sunk).unwrap();
+    reclag_pipelines::ops::filter::sink_parquet(scan(&mixed).filter(keep()), &sunk).unwrap();
     let streamed = scan(&sunk).collect().unwrap();
     assert!(in_memory.height() > 5000 && in_memory.height() < frame.height());
     assert!(
@@ -495,7 +495,7 @@ fn reclag_filter_bad_input() {
 #[test]
 fn frames_are_polars_scans_through_reclags_reader() {
     use arrow_array::{Float64Array, Int64Array, StringArray};
-    use reclag_pipelines::frames::Frames;
+    use reclag_pipelines::ops::frames::Frames;
     use reclag_pipelines::store::Stores;
     let tmp = tempfile::tempdir().unwrap();
     let (mut rows, labels) = crate::common::clusters(3, 9_000, 8, 11);
@@ -657,12 +657,12 @@ fn reclag_filter_writes_parallel_row_groups_in_order() {
         &s(&out),
     ]);
     let want = scan(&input)
-        .filter(reclag_pipelines::filter::keep_predicate(
+        .filter(reclag_pipelines::ops::filter::keep_predicate(
             &model,
             "embedding",
             Some("label"),
             reclag::Route::Best,
-            reclag_pipelines::filter::Keep::Id,
+            reclag_pipelines::ops::filter::Keep::Id,
         ))
         .collect()
         .unwrap();

@@ -96,7 +96,10 @@ async fn sql_equals_score_row_for_row_on_text_wordnet() {
         .await;
         assert_eq!(got.num_rows(), want.num_rows());
         assert!(got.num_rows() > 1000);
-        for (k, name) in reclag_pipelines::score::OUTPUT_COLUMNS.iter().enumerate() {
+        for (k, name) in reclag_pipelines::ops::score::OUTPUT_COLUMNS
+            .iter()
+            .enumerate()
+        {
             let w = want.column_by_name(name).unwrap();
             assert_eq!(
                 got.column(k).to_data(),
@@ -111,7 +114,7 @@ async fn sql_equals_score_row_for_row_on_text_wordnet() {
 #[test]
 fn reclag_sql_command_outputs_and_counts() {
     let tmp = tempfile::tempdir().unwrap();
-    let sample = reclag_pipelines::demo::write_sample(tmp.path()).unwrap();
+    let sample = reclag_pipelines::ops::demo::write_sample(tmp.path()).unwrap();
     let model = tmp.path().join("m.parquet");
     train_model(&sample[0], &model, 5);
     let scored = tmp.path().join("scored.parquet");
@@ -249,7 +252,7 @@ fn reclag_sql_command_outputs_and_counts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_bad_input() {
     let tmp = tempfile::tempdir().unwrap();
-    let sample = reclag_pipelines::demo::write_sample(tmp.path()).unwrap();
+    let sample = reclag_pipelines::ops::demo::write_sample(tmp.path()).unwrap();
     let model = tmp.path().join("m.parquet");
     cli_ok(&[
         "train",
@@ -329,12 +332,12 @@ async fn serialized_plans_pin_models_by_url_and_checksum() {
         logical_plan_from_bytes_with_extension_codec, logical_plan_to_bytes_with_extension_codec,
         physical_plan_from_bytes_with_extension_codec, physical_plan_to_bytes_with_extension_codec,
     };
-    use reclag_pipelines::sql::{SqlFormat, SqlJob, model_registry, session};
+    use reclag_pipelines::ops::sql::{SqlFormat, SqlJob, model_registry, session};
     use reclag_pipelines::store::Stores;
     use reclag_udfs::ReclagCodec;
 
     let tmp = tempfile::tempdir().unwrap();
-    let sample = reclag_pipelines::demo::write_sample(tmp.path()).unwrap();
+    let sample = reclag_pipelines::ops::demo::write_sample(tmp.path()).unwrap();
     let model = tmp.path().join("m.parquet");
     let other = tmp.path().join("other.parquet");
     for (out, epochs) in [(&model, 5), (&other, 2)] {
@@ -464,10 +467,10 @@ fn url_of(p: &Path) -> String {
 /// pages are zeroed fails with its name.
 #[test]
 fn fast_scans_equal_datafusions_parquet_scan() {
-    use reclag_pipelines::sql::{SqlFormat, SqlJob, run, session};
+    use reclag_pipelines::ops::sql::{SqlFormat, SqlJob, run, session};
     use reclag_pipelines::store::Stores;
     let tmp = tempfile::tempdir().unwrap();
-    let sample = reclag_pipelines::demo::write_sample(tmp.path()).unwrap();
+    let sample = reclag_pipelines::ops::demo::write_sample(tmp.path()).unwrap();
     let model = tmp.path().join("m.parquet");
     train_model(&sample[0], &model, 3);
     let flat = tmp.path().join("flat");
@@ -513,7 +516,7 @@ fn fast_scans_equal_datafusions_parquet_scan() {
             let b = ctx.sql(query).await.unwrap().collect().await.unwrap();
             // `reclag sql` prints tables of at most TABLE_ROWS rows as they arrive.
             let all = arrow_select::concat::concat_batches(&b[0].schema(), &b).unwrap();
-            let step = reclag_pipelines::sql::TABLE_ROWS;
+            let step = reclag_pipelines::ops::sql::TABLE_ROWS;
             (0..all.num_rows().max(1))
                 .step_by(step)
                 .map(|at| {

@@ -105,7 +105,7 @@ fn sink(lf: LazyFrame, dir: &Path) -> PolarsResult<LazyFrame> {
 /// The bundled Fashion-MNIST sample with its MNIST rows mixed in, and a model trained
 /// on the sample's ID training rows.
 fn sample(dir: &Path) -> Result<(PathBuf, String), Box<dyn std::error::Error>> {
-    let files = reclag_pipelines::demo::write_sample(dir)?;
+    let files = reclag_pipelines::ops::demo::write_sample(dir)?;
     let model = dir.join("model.parquet");
     let mut out = Vec::new();
     reclag_pipelines::cli::run(

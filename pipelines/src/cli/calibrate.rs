@@ -57,7 +57,7 @@ pub struct CalibrateArgs {
 
 pub(super) fn run(a: CalibrateArgs, stores: Arc<Stores>, out: &mut dyn Write) -> Result<ExitCode> {
     let model = crate::store::load_model(&stores, &a.model)?;
-    let job = crate::calibrate::CalibrateJob {
+    let job = crate::ops::calibrate::CalibrateJob {
         inputs: a.input,
         embedding: a.embedding,
         label: a.label,
@@ -66,7 +66,7 @@ pub(super) fn run(a: CalibrateArgs, stores: Arc<Stores>, out: &mut dyn Write) ->
         output: a.output,
         stores,
     };
-    let (_, s) = crate::calibrate::run(&model, &job)?;
+    let (_, s) = crate::ops::calibrate::run(&model, &job)?;
     writeln!(
         out,
         "recalibrated {} group(s) on {} rows at ood-rate {} (label {}; skipped {} with a null label, {} with a null or non-finite embedding); wrote {}",

@@ -9,8 +9,8 @@ use reclag::baselines::Baseline;
 use reclag::{LabelKind, Route};
 
 use crate::error::Result;
-use crate::eval::{EvalJob, parse_named};
-use crate::route::Routing;
+use crate::ops::eval::{EvalJob, parse_named};
+use crate::ops::route::Routing;
 use crate::store::Stores;
 
 use super::args::*;
@@ -76,10 +76,10 @@ pub(super) fn run(a: EvalArgs, stores: Arc<Stores>, out: &mut dyn Write) -> Resu
     model.set_precision(a.precision.into());
     let format = a.format;
     let job = eval_job(a, &model, stores)?;
-    let rows = crate::eval::run(&model, &job)?;
+    let rows = crate::ops::eval::run(&model, &job)?;
     match format {
-        Format::Json => writeln!(out, "{}", crate::eval::to_json(&rows)).map_err(io_err)?,
-        Format::Table => write!(out, "{}", crate::eval::to_table(&rows)).map_err(io_err)?,
+        Format::Json => writeln!(out, "{}", crate::ops::eval::to_json(&rows)).map_err(io_err)?,
+        Format::Table => write!(out, "{}", crate::ops::eval::to_table(&rows)).map_err(io_err)?,
     }
     Ok(ExitCode::SUCCESS)
 }

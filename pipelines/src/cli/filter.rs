@@ -37,7 +37,7 @@ pub struct FilterArgs {
     pub input: Vec<String>,
     /// Which rows to keep: id (the model accepts them) or ood (quarantine).
     #[arg(long, value_enum)]
-    pub keep: crate::filter::Keep,
+    pub keep: crate::ops::filter::Keep,
     /// Decide by false-discovery rate instead of each row's threshold: a row is OOD
     /// when Benjamini–Hochberg at level Q over the p-values of every input row rejects
     /// it, so at most a share Q of the rows flagged OOD are expected to be ID (for ID
@@ -66,7 +66,7 @@ pub struct FilterArgs {
 
 pub(super) fn run(a: FilterArgs, stores: Arc<Stores>, out: &mut dyn Write) -> Result<ExitCode> {
     let model = Arc::new(crate::store::load_model(&stores, &a.model)?);
-    let job = crate::filter::FilterJob {
+    let job = crate::ops::filter::FilterJob {
         inputs: a.input,
         output: a.output,
         embedding: a.embedding,
@@ -76,15 +76,15 @@ pub(super) fn run(a: FilterArgs, stores: Arc<Stores>, out: &mut dyn Write) -> Re
         fdr: a.fdr,
         stores,
     };
-    let s = crate::filter::run(&model, &job)?;
+    let s = crate::ops::filter::run(&model, &job)?;
     writeln!(
         out,
         "kept {} of {} rows ({}) from {} file(s) into {}",
         s.rows_kept,
         s.rows_in,
         match job.keep {
-            crate::filter::Keep::Id => "in-distribution",
-            crate::filter::Keep::Ood => "OOD",
+            crate::ops::filter::Keep::Id => "in-distribution",
+            crate::ops::filter::Keep::Ood => "OOD",
         },
         s.files,
         job.output

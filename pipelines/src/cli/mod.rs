@@ -251,7 +251,7 @@ pub fn dispatch(cli: Cli, stores: Arc<Stores>, out: &mut dyn Write) -> Result<Ex
         Command::Inspect(a) => inspect::run(a, stores, out),
         Command::Sql(a) => sql::run(a, stores, out),
         Command::Demo(a) => {
-            crate::demo::run(a.dir, out)?;
+            crate::ops::demo::run(a.dir, out)?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -8,8 +8,8 @@ use clap::Args;
 use reclag::Route;
 
 use crate::error::Result;
-use crate::route::Routing;
-use crate::score::ScoreJob;
+use crate::ops::route::Routing;
+use crate::ops::score::ScoreJob;
 use crate::store::Stores;
 
 use super::args::*;
@@ -75,7 +75,7 @@ pub struct ScoreArgs {
     /// (the default) decodes what `score` decodes, the way it does; `arrow` builds
     /// every column's Arrow arrays, the embedding included.
     #[arg(long, hide = true, value_enum, num_args = 0..=1, default_missing_value = "as-score")]
-    pub decode_only: Option<crate::score::DecodeOnly>,
+    pub decode_only: Option<crate::ops::score::DecodeOnly>,
 }
 
 pub(super) fn run(a: ScoreArgs, stores: Arc<Stores>, out: &mut dyn Write) -> Result<ExitCode> {
@@ -94,7 +94,7 @@ pub(super) fn run(a: ScoreArgs, stores: Arc<Stores>, out: &mut dyn Write) -> Res
         stores,
         decode_only: a.decode_only,
     };
-    let s = crate::score::run(&model, &job)?;
+    let s = crate::ops::score::run(&model, &job)?;
     if !s.p_values && job.decode_only.is_none() {
         eprintln!(
             "note: {} has no calibration scores (an older model file), so the output has no reclag_p_value; add them with `reclag calibrate`",

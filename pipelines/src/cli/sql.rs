@@ -8,7 +8,7 @@ use std::sync::Arc;
 use clap::Args;
 
 use crate::error::Result;
-use crate::eval::parse_named;
+use crate::ops::eval::parse_named;
 use crate::store::Stores;
 
 use super::*;
@@ -50,8 +50,8 @@ pub struct SqlArgs {
 }
 
 pub(super) fn run(a: SqlArgs, stores: Arc<Stores>, out: &mut dyn Write) -> Result<ExitCode> {
-    let job = crate::sql::SqlJob {
-        format: crate::sql::SqlFormat::choose(a.format.as_deref(), a.output.as_deref())?,
+    let job = crate::ops::sql::SqlJob {
+        format: crate::ops::sql::SqlFormat::choose(a.format.as_deref(), a.output.as_deref())?,
         query: a.query,
         tables: a.table,
         models: a.model,
@@ -59,7 +59,7 @@ pub(super) fn run(a: SqlArgs, stores: Arc<Stores>, out: &mut dyn Write) -> Resul
         stores,
     };
     let rt = runtime("starting the query runtime")?;
-    let summary = rt.block_on(crate::sql::run_to(&job, out))?;
+    let summary = rt.block_on(crate::ops::sql::run_to(&job, out))?;
     write!(out, "{summary}").map_err(io_err)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -8,8 +8,8 @@ use clap::{Args, ValueEnum};
 use reclag::{Init, Normalize, Recipe, TrainParams};
 
 use crate::error::{Error, Result};
+use crate::ops::train::TrainJob;
 use crate::store::Stores;
-use crate::train::TrainJob;
 
 use super::*;
 
@@ -117,7 +117,7 @@ pub enum RecipeArg {
 
 pub(super) fn run(a: TrainArgs, stores: Arc<Stores>, out: &mut dyn Write) -> Result<ExitCode> {
     let job = train_job(a, stores)?;
-    let model = crate::train::run(&job)?;
+    let model = crate::ops::train::run(&job)?;
     writeln!(
         out,
         "trained {} group(s), d={}, tau*={:.6}; wrote {}",

@@ -18,8 +18,8 @@ use reclag_parquet::{Fused, FusedGroup};
 
 use super::WORST_SCORE;
 use super::window::TimeWindows;
-use crate::route::Routing;
-use crate::score::GroupScorer;
+use crate::ops::route::Routing;
+use crate::ops::score::GroupScorer;
 
 /// The last column of a batch of picked worst rows: each row's place in its group.
 const PICKED_AT: &str = "row_in_group";
@@ -137,7 +137,8 @@ impl Fused for FusedDrift {
             return None;
         }
         let rows: usize = others.iter().map(RecordBatch::num_rows).sum();
-        let groups = crate::score::fused_groups(&self.model, &self.routing, others, &self.path)?;
+        let groups =
+            crate::ops::score::fused_groups(&self.model, &self.routing, others, &self.path)?;
         let mut in_window = Vec::with_capacity(rows);
         match &self.window {
             None => in_window.resize(rows, true),

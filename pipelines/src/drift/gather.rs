@@ -9,7 +9,7 @@ use reclag::{Model, ScoreOutput, Work};
 use super::*;
 use crate::error::{Error, Result};
 use crate::io::ParquetFile;
-use crate::route::Routing;
+use crate::ops::route::Routing;
 use reclag_parquet::Part;
 
 /// Statistics of one group (or the whole partition) while its rows stream by.
@@ -343,7 +343,7 @@ impl DriftJob {
                         continue;
                     }
                 };
-                let g = match crate::score::score_batch(
+                let g = match crate::ops::score::score_batch(
                     model,
                     &batch,
                     &self.spec.source.embedding,
@@ -352,7 +352,7 @@ impl DriftJob {
                     &paths[fi],
                     &mut out,
                 )
-                .map_err(|e| crate::score::offset_rows(e, base as usize))
+                .map_err(|e| crate::ops::score::offset_rows(e, base as usize))
                 {
                     Ok(g) => g,
                     Err(e) if unreadable(&e) => return Ok(Some((p, e))),

@@ -35,7 +35,7 @@ pub fn expected_rate(
     if let Some((n, ood)) = reference_counts(spec, reference, group) {
         return ood as f64 / n.max(1) as f64;
     }
-    crate::calibrate::model_rate(model).unwrap_or(0.05)
+    crate::ops::calibrate::model_rate(model).unwrap_or(0.05)
 }
 
 /// The reference's `(rows, OOD rows)` a partition (`group` `None`) or group is judged

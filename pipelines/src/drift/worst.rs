@@ -12,7 +12,7 @@ use reclag::{Model, ScoreOutput};
 
 use super::*;
 use crate::error::{Error, Result};
-use crate::route::Routing;
+use crate::ops::route::Routing;
 
 /// The worst rows seen so far: original columns plus the score, with the keys that
 /// make their order total (score, file, row) so reruns pick the same rows.

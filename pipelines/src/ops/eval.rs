@@ -6,8 +6,8 @@ use reclag::{GroupKey, Model, ScoreOutput, TrainParams, Work};
 
 use crate::error::{Error, Result};
 use crate::io::{batch_column, open_all};
-use crate::route::Routing;
-use crate::train::{TrainJob, collect};
+use crate::ops::route::Routing;
+use crate::ops::train::{TrainJob, collect};
 
 #[derive(Clone, Debug)]
 pub struct EvalJob {

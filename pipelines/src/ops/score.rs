@@ -11,8 +11,8 @@ use reclag::{Model, ScoreOutput, Work};
 
 use crate::error::{Error, Result};
 use crate::io::{Sink, batch_column, open_all, schema_with};
+use crate::ops::route::Routing;
 use crate::progress::bar;
-use crate::route::Routing;
 use crate::store::Stores;
 use reclag_parquet::{Fused, FusedGroup, Part};
 

@@ -133,7 +133,7 @@ pub fn run(model: &Model, job: &CalibrateJob) -> Result<(Model, CalibrateSummary
             let rows =
                 reclag::arrow::embedding_rows(col.as_ref(), &job.embedding, Some(model.dim()))
                     .map_err(Error::in_file(&path))
-                    .map_err(|e| crate::score::offset_rows(e, seen))?;
+                    .map_err(|e| crate::ops::score::offset_rows(e, seen))?;
             let groups = match &label {
                 None => vec![Some(0); batch.num_rows()],
                 Some(l) => reclag::arrow::resolve_groups(

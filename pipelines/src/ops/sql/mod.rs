@@ -13,6 +13,8 @@ use datafusion::prelude::SessionConfig;
 use futures::StreamExt;
 use reclag_udfs::ModelRegistry;
 
+pub mod table;
+
 use crate::error::{Error, Result};
 use crate::io::{Sink, TableFormat};
 use crate::store::{Location, Stores};
@@ -208,7 +210,7 @@ async fn fast_scans(
     let Some(files) = files else {
         return Ok(());
     };
-    let fast = crate::fast_table::FastListTable::new(listing, files);
+    let fast = crate::ops::sql::table::FastListTable::new(listing, files);
     if fast.fast() {
         ctx.deregister_table(name).map_err(df_err)?;
         ctx.register_table(name, Arc::new(fast)).map_err(df_err)?;

@@ -57,7 +57,7 @@ pub fn collect(job: &TrainJob) -> Result<(TrainingSet, String)> {
             let expected = set.as_ref().map(|s| s.dim());
             let rows = reclag::arrow::embedding_rows(col.as_ref(), &job.embedding, expected)
                 .map_err(Error::in_file(&path))
-                .map_err(|e| crate::score::offset_rows(e, seen))?;
+                .map_err(|e| crate::ops::score::offset_rows(e, seen))?;
             seen += batch.num_rows();
             pb.inc(batch.num_rows() as u64);
             if rows.dim() == 0 {

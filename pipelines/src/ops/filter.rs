@@ -20,8 +20,8 @@ use polars_parquet::write::{
 use reclag::Model;
 
 use crate::error::{Error, Result};
-use crate::frames::Frames;
 use crate::io::{AtomicFile, open_all};
+use crate::ops::frames::Frames;
 use crate::store::Stores;
 
 /// Which side of the split to keep.
@@ -184,8 +184,8 @@ struct FdrPass {
 fn p_value_threshold(model: &Model, job: &FilterJob, q: f64) -> Result<FdrPass> {
     use std::collections::HashMap;
     let routing = match &job.group {
-        Some(g) => crate::route::Routing::Column(g.clone()),
-        None => crate::route::Routing::Ungrouped(job.route),
+        Some(g) => crate::ops::route::Routing::Column(g.clone()),
+        None => crate::ops::route::Routing::Ungrouped(job.route),
     };
     let files = open_all(&job.stores, &job.inputs)?;
     let total: u64 = files.iter().map(|f| f.rows).sum();
@@ -202,7 +202,7 @@ fn p_value_threshold(model: &Model, job: &FilterJob, q: f64) -> Result<FdrPass> 
         let path = f.path.clone();
         for batch in f.read(Some(&cols))? {
             let batch = batch?;
-            let groups = crate::score::score_batch(
+            let groups = crate::ops::score::score_batch(
                 model,
                 &batch,
                 &job.embedding,

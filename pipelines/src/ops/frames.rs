@@ -10,7 +10,7 @@
 //! use reclag_pipelines::store::{StoreEnv, Stores};
 //! let stores = Stores::new(StoreEnv::from_process());
 //! let mut ood = 0;
-//! for frame in reclag_pipelines::frames::Frames::open(&stores, &["data/*.parquet".into()])? {
+//! for frame in reclag_pipelines::ops::frames::Frames::open(&stores, &["data/*.parquet".into()])? {
 //!     let flagged = frame?
 //!         .lazy()
 //!         .filter(reclag_udfs::polars::is_ood(col("embedding"), &model, Some(col("label"))))

@@ -9,16 +9,19 @@ use crate::error::{Error, Result};
 pub const FILES: [(&str, &[u8]); 4] = [
     (
         "id_train.parquet",
-        include_bytes!("../demo/id_train.parquet"),
+        include_bytes!("../../demo/id_train.parquet"),
     ),
-    ("id_test.parquet", include_bytes!("../demo/id_test.parquet")),
+    (
+        "id_test.parquet",
+        include_bytes!("../../demo/id_test.parquet"),
+    ),
     (
         "ood_mnist.parquet",
-        include_bytes!("../demo/ood_mnist.parquet"),
+        include_bytes!("../../demo/ood_mnist.parquet"),
     ),
     (
         "ood_font_letters.parquet",
-        include_bytes!("../demo/ood_font_letters.parquet"),
+        include_bytes!("../../demo/ood_font_letters.parquet"),
     ),
 ];
 
