@@ -303,7 +303,7 @@ impl DriftJob {
         };
         let record = PartitionRecord {
             partition: part.value.clone(),
-            status: "done".into(),
+            status: PartitionStatus::Done,
             reason: None,
             rows: whole.rows,
             ood_rows: whole.ood_rows,

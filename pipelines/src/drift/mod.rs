@@ -314,7 +314,7 @@ impl DriftJob {
                 Processed::Skipped(reason) => {
                     let r = PartitionRecord {
                         partition: part.value.clone(),
-                        status: "skipped".into(),
+                        status: PartitionStatus::Skipped,
                         reason: Some(reason),
                         rows: 0,
                         ood_rows: 0,

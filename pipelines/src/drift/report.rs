@@ -50,12 +50,12 @@ pub fn render(spec: &DriftSpec, state: &State, baseline: &str) -> String {
     let done: Vec<&PartitionRecord> = state
         .partitions
         .values()
-        .filter(|r| r.status == "done")
+        .filter(|r| r.status == super::PartitionStatus::Done)
         .collect();
     let skipped: Vec<&PartitionRecord> = state
         .partitions
         .values()
-        .filter(|r| r.status != "done")
+        .filter(|r| r.status != super::PartitionStatus::Done)
         .collect();
     let drifted = done.iter().filter(|r| r.drift).count();
     let mut h = String::new();

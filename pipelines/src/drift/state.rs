@@ -9,12 +9,21 @@ use serde::{Deserialize, Serialize};
 use super::*;
 use crate::error::{Error, Result};
 
+/// What became of a partition; written `"done"` or `"skipped"` in the state file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PartitionStatus {
+    /// Scored, tested and published.
+    Done,
+    /// Left out, with the reason (a missing column, an unreadable file, ...).
+    Skipped,
+}
+
 /// What a partition contributed, as recorded in the state file and the summary.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PartitionRecord {
     pub partition: String,
-    /// `"done"` or `"skipped"`.
-    pub status: String,
+    pub status: PartitionStatus,
     /// Why a partition was skipped (shown in the report).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -192,5 +201,26 @@ impl DriftJob {
         let mut text = serde_json::to_string_pretty(state).expect("the state serializes");
         text.push('\n');
         self.out(STATE_FILE)?.put(Bytes::from(text))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The status is written as the words state files have always held, and read back.
+    #[test]
+    fn partition_status_keeps_its_words_in_the_state_file() {
+        for (status, word) in [
+            (PartitionStatus::Done, "\"done\""),
+            (PartitionStatus::Skipped, "\"skipped\""),
+        ] {
+            assert_eq!(serde_json::to_string(&status).unwrap(), word);
+            assert_eq!(
+                serde_json::from_str::<PartitionStatus>(word).unwrap(),
+                status
+            );
+        }
+        assert!(serde_json::from_str::<PartitionStatus>("\"Done\"").is_err());
     }
 }
