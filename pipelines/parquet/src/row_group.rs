@@ -88,19 +88,24 @@ fn row_group_from<R: ChunkReader + 'static, T>(
         }
     };
     let fused = plan.fused.as_ref();
-    let mut lists: Vec<Option<Chunked>> = (0..plan.lists.len()).map(|_| None).collect();
-    for (li, l) in plan.lists.iter().enumerate() {
-        if fused.is_some_and(|f| f.list == li) {
-            continue;
-        }
-        match decode_list(
+    // List `li`'s values, `None` where the fast path declines its chunk.
+    let list = |li: usize| {
+        let l = &plan.lists[li];
+        decode_list(
             shared,
             md.column(l.leaf),
             n_rows,
             l,
             batch_rows * l.dim,
             pool,
-        )? {
+        )
+    };
+    let mut lists: Vec<Option<Chunked>> = (0..plan.lists.len()).map(|_| None).collect();
+    for li in 0..plan.lists.len() {
+        if fused.is_some_and(|f| f.list == li) {
+            continue;
+        }
+        match list(li)? {
             Some(values) => lists[li] = Some(values),
             None => return everything(),
         }
@@ -127,15 +132,7 @@ fn row_group_from<R: ChunkReader + 'static, T>(
             return everything();
         }
         // Declined: the list is read like the others.
-        let l = &plan.lists[f.list];
-        match decode_list(
-            shared,
-            md.column(l.leaf),
-            n_rows,
-            l,
-            batch_rows * l.dim,
-            pool,
-        )? {
+        match list(f.list)? {
             Some(values) => lists[f.list] = Some(values),
             None => return everything(),
         }
