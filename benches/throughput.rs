@@ -51,7 +51,7 @@ use fixture::D;
 use reclag_pipelines::io::ParquetFile;
 use reclag_pipelines::ops::route::Routing;
 use reclag_pipelines::ops::score::{ScoreJob, ScoreSummary};
-use reclag_pipelines::ops::sql::{SqlFormat, SqlJob};
+use reclag_pipelines::ops::sql::SqlJob;
 use reclag_pipelines::store::{StoreEnv, Stores};
 
 const GEN_BATCH: usize = 16 * 1024;
@@ -181,35 +181,29 @@ fn score_as(
     out: &Path,
     decode_only: Option<reclag_pipelines::ops::score::DecodeOnly>,
 ) -> ScoreSummary {
-    let mut job = score_job(input, out.display().to_string(), StoreEnv::default());
-    job.decode_only = decode_only;
-    reclag_pipelines::ops::score::run(model, &job).unwrap()
+    score_job(input, out.display().to_string(), StoreEnv::default())
+        .decode_only(decode_only)
+        .run(model)
+        .unwrap()
 }
 
 /// `reclag score --input INPUT --output OUTPUT --group label --keep-columns id`, with
 /// the stores configured from `env`.
 fn score_job(input: String, output: String, env: StoreEnv) -> ScoreJob {
-    ScoreJob {
-        inputs: vec![input],
-        output,
-        embedding: "embedding".into(),
-        routing: Routing::from_flags(Some("label".into()), None).unwrap(),
-        keep_columns: Some(vec!["id".into()]),
-        stores: Arc::new(Stores::new(env)),
-        decode_only: None,
-    }
+    ScoreJob::new(Arc::new(Stores::new(env)), vec![input], output)
+        .routing(Routing::from_flags(Some("label".into()), None).unwrap())
+        .keep_columns(Some(vec!["id".into()]))
 }
 
 fn sql_count(rt: &tokio::runtime::Runtime, path: &Path, model: &Path) -> u64 {
-    let job = SqlJob {
-        query: "SELECT count(*) AS n FROM t WHERE reclag_is_ood('m', embedding, label)".into(),
-        tables: vec![("t".into(), path.display().to_string())],
-        models: vec![("m".into(), model.display().to_string())],
-        output: None,
-        format: SqlFormat::Table,
-        stores: Arc::new(Stores::new(StoreEnv::default())),
-    };
-    let text = rt.block_on(reclag_pipelines::ops::sql::run(&job)).unwrap();
+    let stores = Arc::new(Stores::new(StoreEnv::default()));
+    let job = SqlJob::new(
+        stores,
+        "SELECT count(*) AS n FROM t WHERE reclag_is_ood('m', embedding, label)",
+    )
+    .tables(vec![("t".into(), path.display().to_string())])
+    .models(vec![("m".into(), model.display().to_string())]);
+    let text = rt.block_on(job.run()).unwrap();
     text.lines()
         .filter_map(|l| l.trim_matches(|c| c == '|' || c == ' ').parse().ok())
         .next()
@@ -571,15 +565,16 @@ fn pvalue_section(table: &Path, n: usize, runs: usize, out: &Path) {
     let input = table.display().to_string();
     let (mut t_plain, mut t_p, mut t_keep, mut t_fdr) = (vec![], vec![], vec![], vec![]);
     let filtered = out.with_file_name("filtered.parquet");
-    let filter = |fdr: Option<f64>| FilterJob {
-        inputs: vec![input.clone()],
-        output: filtered.display().to_string(),
-        embedding: "embedding".into(),
-        group: Some("label".into()),
-        route: reclag::Route::Best,
-        keep: Keep::Id,
-        fdr,
-        stores: Arc::new(Stores::new(StoreEnv::default())),
+    let filter = |fdr: Option<f64>| {
+        let stores = Arc::new(Stores::new(StoreEnv::default()));
+        FilterJob::new(
+            stores,
+            vec![input.clone()],
+            filtered.display().to_string(),
+            Keep::Id,
+        )
+        .group(Some("label".into()))
+        .fdr(fdr)
     };
     let shared = Arc::new(calibrated.clone());
     let (mut kept_keep, mut kept_fdr) = (0, 0);
@@ -599,14 +594,10 @@ fn pvalue_section(table: &Path, n: usize, runs: usize, out: &Path) {
         }
         assert_eq!(ood[0], ood[1]);
         let t0 = Instant::now();
-        kept_keep = reclag_pipelines::ops::filter::run(&shared, &filter(None))
-            .unwrap()
-            .rows_kept;
+        kept_keep = filter(None).run(&shared).unwrap().rows_kept;
         t_keep.push(t0.elapsed().as_secs_f64());
         let t0 = Instant::now();
-        kept_fdr = reclag_pipelines::ops::filter::run(&shared, &filter(Some(0.1)))
-            .unwrap()
-            .rows_kept;
+        kept_fdr = filter(Some(0.1)).run(&shared).unwrap().rows_kept;
         t_fdr.push(t0.elapsed().as_secs_f64());
     }
     let _ = std::fs::remove_file(&filtered);
@@ -670,22 +661,18 @@ fn stores_section(model: &reclag::Model, table: &Path, n: usize, runs: usize, ou
         let (mut t_local, mut t_store) = (vec![], vec![]);
         for _ in 0..runs {
             let t0 = Instant::now();
-            let local = reclag_pipelines::ops::score::run(
-                model,
-                &score_job(
-                    table.display().to_string(),
-                    out.display().to_string(),
-                    StoreEnv::default(),
-                ),
+            let local = score_job(
+                table.display().to_string(),
+                out.display().to_string(),
+                StoreEnv::default(),
             )
+            .run(model)
             .unwrap();
             t_local.push(t0.elapsed().as_secs_f64());
             let t0 = Instant::now();
-            let remote = reclag_pipelines::ops::score::run(
-                model,
-                &score_job(input.clone(), emu.url("bench/scored.parquet"), emu.env()),
-            )
-            .unwrap();
+            let remote = score_job(input.clone(), emu.url("bench/scored.parquet"), emu.env())
+                .run(model)
+                .unwrap();
             t_store.push(t0.elapsed().as_secs_f64());
             assert_eq!(
                 local.ood_rows, remote.ood_rows,
@@ -693,14 +680,12 @@ fn stores_section(model: &reclag::Model, table: &Path, n: usize, runs: usize, ou
             );
         }
         let proxy = FaultProxy::start(&emu, vec![]);
-        reclag_pipelines::ops::score::run(
-            model,
-            &score_job(
-                input.clone(),
-                emu.url("bench/counted.parquet"),
-                proxy.env(&emu, &[]),
-            ),
+        score_job(
+            input.clone(),
+            emu.url("bench/counted.parquet"),
+            proxy.env(&emu, &[]),
         )
+        .run(model)
         .unwrap();
         let requests = proxy.requests.lock().unwrap().len();
         let (l, r) = (median(t_local), median(t_store));

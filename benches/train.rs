@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use reclag::TrainParams;
-use reclag_pipelines::ops::train::{TrainJob, collect};
+use reclag_pipelines::ops::train::TrainJob;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -33,30 +33,29 @@ fn main() {
     let peer = root.join("benches/peers/numpy_reclag.py");
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let tmp = tempfile::tempdir().unwrap();
-    let job = TrainJob {
-        inputs: vec![data.display().to_string()],
-        embedding: "embedding".into(),
-        label: Some("label".into()),
-        output: tmp.path().join("model.parquet").display().to_string(),
-        params: TrainParams::paper(),
-        max_rows_per_group: None,
-        stores: Default::default(),
-    };
+    let model_path = tmp.path().join("model.parquet");
+    let job = TrainJob::new(
+        Default::default(),
+        vec![data.display().to_string()],
+        model_path.display().to_string(),
+    )
+    .label(Some("label".into()))
+    .params(TrainParams::paper());
     let (mut r_total, mut r_fit, mut p_total, mut p_fit) = (vec![], vec![], vec![], vec![]);
     let mut peer_error = None;
     for _ in 0..runs {
         let t0 = Instant::now();
-        let (set, source) = collect(&job).unwrap();
+        let (set, source) = job.collect().unwrap();
         let t1 = Instant::now();
         let model = job
-            .params
+            .training_params()
             .clone()
             .check()
             .unwrap()
             .fit(&set, &source, &reclag::NoProgress)
             .unwrap();
         r_fit.push(t1.elapsed().as_secs_f64());
-        reclag::format::save(&model, std::path::Path::new(&job.output)).unwrap();
+        reclag::format::save(&model, &model_path).unwrap();
         r_total.push(t0.elapsed().as_secs_f64());
 
         let t0 = Instant::now();

@@ -944,17 +944,16 @@ fn calibrate_on_the_models_own_calibration_rows_reproduces_its_thresholds() {
         },
     ] {
         let out = tmp.path().join("m.parquet");
-        let job = reclag_pipelines::ops::train::TrainJob {
-            inputs: vec![train.display().to_string()],
-            embedding: "embedding".into(),
-            label: Some("label".into()),
-            output: out.display().to_string(),
-            params: params.clone(),
-            max_rows_per_group: None,
-            stores: Arc::new(reclag_pipelines::store::Stores::new(Default::default())),
-        };
-        let model = reclag_pipelines::ops::train::run(&job).unwrap();
-        let (set, _) = reclag_pipelines::ops::train::collect(&job).unwrap();
+        let stores = Arc::new(reclag_pipelines::store::Stores::new(Default::default()));
+        let job = reclag_pipelines::ops::train::TrainJob::new(
+            stores,
+            vec![train.display().to_string()],
+            out.display().to_string(),
+        )
+        .label(Some("label".into()))
+        .params(params.clone());
+        let model = job.run().unwrap();
+        let (set, _) = job.collect().unwrap();
         let cal = params.clone().check().unwrap().calibration_rows(&set);
         // Groups in reverse order, rows reversed within each.
         let (mut cal_rows, mut cal_labels) = (vec![], vec![]);

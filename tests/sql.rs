@@ -332,7 +332,7 @@ async fn serialized_plans_pin_models_by_url_and_checksum() {
         logical_plan_from_bytes_with_extension_codec, logical_plan_to_bytes_with_extension_codec,
         physical_plan_from_bytes_with_extension_codec, physical_plan_to_bytes_with_extension_codec,
     };
-    use reclag_pipelines::ops::sql::{SqlFormat, SqlJob, model_registry, session};
+    use reclag_pipelines::ops::sql::{SqlJob, model_registry, session};
     use reclag_pipelines::store::Stores;
     use reclag_udfs::ReclagCodec;
 
@@ -344,14 +344,9 @@ async fn serialized_plans_pin_models_by_url_and_checksum() {
         train_model(&sample[0], out, epochs);
     }
     let stores = Arc::new(Stores::default());
-    let job = SqlJob {
-        query: String::new(),
-        tables: vec![("t".into(), s(&sample[1]))],
-        models: vec![("prod".into(), s(&model))],
-        output: None,
-        format: SqlFormat::Table,
-        stores: stores.clone(),
-    };
+    let job = SqlJob::new(stores.clone(), "")
+        .tables(vec![("t".into(), s(&sample[1]))])
+        .models(vec![("prod".into(), s(&model))]);
     let ctx = session(&job).await.unwrap();
     // A registered name (group mode), a path literal (union mode) and a struct field.
     let sql = format!(
@@ -467,7 +462,7 @@ fn url_of(p: &Path) -> String {
 /// pages are zeroed fails with its name.
 #[test]
 fn fast_scans_equal_datafusions_parquet_scan() {
-    use reclag_pipelines::ops::sql::{SqlFormat, SqlJob, run, session};
+    use reclag_pipelines::ops::sql::{SqlJob, session};
     use reclag_pipelines::store::Stores;
     let tmp = tempfile::tempdir().unwrap();
     let sample = reclag_pipelines::ops::demo::write_sample(tmp.path()).unwrap();
@@ -501,15 +496,12 @@ fn fast_scans_equal_datafusions_parquet_scan() {
     std::fs::create_dir_all(&hive2).unwrap();
     named(&sample[1], &hive2.join("part-0.parquet"));
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let job = |table: &str, query: &str| SqlJob {
-        query: query.into(),
-        tables: vec![("t".into(), table.into())],
-        models: vec![("prod".into(), s(&model))],
-        output: None,
-        format: SqlFormat::Table,
-        stores: Arc::new(Stores::default()),
+    let job = |table: &str, query: &str| {
+        SqlJob::new(Arc::new(Stores::default()), query)
+            .tables(vec![("t".into(), table.into())])
+            .models(vec![("prod".into(), s(&model))])
     };
-    let fast = |table: &str, query: &str| rt.block_on(run(&job(table, query)));
+    let fast = |table: &str, query: &str| rt.block_on(job(table, query).run());
     let reference = |table: &str, query: &str| -> String {
         rt.block_on(async {
             let ctx = session(&job(table, query)).await.unwrap();

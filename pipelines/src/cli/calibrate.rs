@@ -57,16 +57,12 @@ pub struct CalibrateArgs {
 
 pub(super) fn run(a: CalibrateArgs, stores: Arc<Stores>, out: &mut dyn Write) -> Result<ExitCode> {
     let model = crate::store::load_model(&stores, &a.model)?;
-    let job = crate::ops::calibrate::CalibrateJob {
-        inputs: a.input,
-        embedding: a.embedding,
-        label: a.label,
-        ood_rate: a.ood_rate,
-        model_url: a.model,
-        output: a.output,
-        stores,
-    };
-    let (_, s) = crate::ops::calibrate::run(&model, &job)?;
+    let output = a.output.clone();
+    let job = crate::ops::calibrate::CalibrateJob::new(stores, a.input, a.model, a.output)
+        .embedding(a.embedding)
+        .label(a.label)
+        .ood_rate(a.ood_rate);
+    let (_, s) = job.run(&model)?;
     writeln!(
         out,
         "recalibrated {} group(s) on {} rows at ood-rate {} (label {}; skipped {} with a null label, {} with a null or non-finite embedding); wrote {}",
@@ -76,7 +72,7 @@ pub(super) fn run(a: CalibrateArgs, stores: Arc<Stores>, out: &mut dyn Write) ->
         s.label.as_deref().unwrap_or("-"),
         s.skipped_null_label,
         s.skipped_invalid,
-        job.output
+        output
     )
     .map_err(io_err)?;
     writeln!(

@@ -76,7 +76,7 @@ pub(super) fn run(a: EvalArgs, stores: Arc<Stores>, out: &mut dyn Write) -> Resu
     model.set_precision(a.precision.into());
     let format = a.format;
     let job = eval_job(a, &model, stores)?;
-    let rows = crate::ops::eval::run(&model, &job)?;
+    let rows = job.run(&model)?;
     match format {
         Format::Json => writeln!(out, "{}", crate::ops::eval::to_json(&rows)).map_err(io_err)?,
         Format::Table => write!(out, "{}", crate::ops::eval::to_table(&rows)).map_err(io_err)?,
@@ -97,21 +97,15 @@ fn eval_job(a: EvalArgs, model: &reclag::Model, stores: Arc<Stores>) -> Result<E
         (LabelKind::None, None) => None,
         (_, None) => Some("label".to_string()),
     };
-    Ok(EvalJob {
-        id: a.id,
-        ood: a.ood,
-        embedding: a.embedding,
-        routing: Routing::with_route(
-            a.routing.group,
-            a.routing.group_from_logits,
-            a.routing.route.map(Route::from),
-        )?,
-        baselines,
-        logits,
-        train: a.train,
-        label,
-        knn_k: a.knn_k,
-        reference_rows_per_group: a.reference_rows_per_group,
-        stores,
-    })
+    let routing = Routing::with_route(
+        a.routing.group,
+        a.routing.group_from_logits,
+        a.routing.route.map(Route::from),
+    )?;
+    Ok(EvalJob::new(stores, a.id, a.ood)
+        .embedding(a.embedding)
+        .routing(routing)
+        .baselines(baselines, a.train, label, a.reference_rows_per_group)
+        .logits(logits)
+        .knn_k(a.knn_k))
 }

@@ -66,31 +66,27 @@ pub struct FilterArgs {
 
 pub(super) fn run(a: FilterArgs, stores: Arc<Stores>, out: &mut dyn Write) -> Result<ExitCode> {
     let model = Arc::new(crate::store::load_model(&stores, &a.model)?);
-    let job = crate::ops::filter::FilterJob {
-        inputs: a.input,
-        output: a.output,
-        embedding: a.embedding,
-        group: a.group,
-        route: a.route.map_or(Route::Best, Route::from),
-        keep: a.keep,
-        fdr: a.fdr,
-        stores,
-    };
-    let s = crate::ops::filter::run(&model, &job)?;
+    let (keep, output, fdr) = (a.keep, a.output.clone(), a.fdr);
+    let job = crate::ops::filter::FilterJob::new(stores, a.input, a.output, a.keep)
+        .embedding(a.embedding)
+        .group(a.group)
+        .route(a.route.map_or(Route::Best, Route::from))
+        .fdr(a.fdr);
+    let s = job.run(&model)?;
     writeln!(
         out,
         "kept {} of {} rows ({}) from {} file(s) into {}",
         s.rows_kept,
         s.rows_in,
-        match job.keep {
+        match keep {
             crate::ops::filter::Keep::Id => "in-distribution",
             crate::ops::filter::Keep::Ood => "OOD",
         },
         s.files,
-        job.output
+        output
     )
     .map_err(io_err)?;
-    if let (Some(q), Some(t)) = (job.fdr, s.fdr_threshold) {
+    if let (Some(q), Some(t)) = (fdr, s.fdr_threshold) {
         writeln!(
             out,
             "Benjamini–Hochberg at q={q}: {} of {} scored rows rejected as OOD (p ≤ {t:.6})",

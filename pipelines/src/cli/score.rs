@@ -81,27 +81,24 @@ pub struct ScoreArgs {
 pub(super) fn run(a: ScoreArgs, stores: Arc<Stores>, out: &mut dyn Write) -> Result<ExitCode> {
     let mut model = crate::store::load_model(&stores, &a.model)?;
     model.set_precision(a.precision.into());
-    let job = ScoreJob {
-        inputs: a.input,
-        output: a.output,
-        embedding: a.embedding,
-        routing: Routing::with_route(
+    let (output, decode_only) = (a.output.clone(), a.decode_only);
+    let job = ScoreJob::new(stores, a.input, a.output)
+        .embedding(a.embedding)
+        .routing(Routing::with_route(
             a.routing.group,
             a.routing.group_from_logits,
             a.routing.route.map(Route::from),
-        )?,
-        keep_columns: a.keep_columns,
-        stores,
-        decode_only: a.decode_only,
-    };
-    let s = crate::ops::score::run(&model, &job)?;
-    if !s.p_values && job.decode_only.is_none() {
+        )?)
+        .keep_columns(a.keep_columns)
+        .decode_only(decode_only);
+    let s = job.run(&model)?;
+    if !s.p_values && decode_only.is_none() {
         eprintln!(
             "note: {} has no calibration scores (an older model file), so the output has no reclag_p_value; add them with `reclag calibrate`",
             a.model
         );
     }
-    if job.decode_only.is_some() {
+    if decode_only.is_some() {
         writeln!(
             out,
             "decoded {} rows (decode only: nothing written)",
@@ -115,14 +112,14 @@ pub(super) fn run(a: ScoreArgs, stores: Arc<Stores>, out: &mut dyn Write) -> Res
         s.rows,
         s.ood_rows,
         s.null_rows,
-        if job.output == crate::io::STDIO {
+        if output == crate::io::STDIO {
             "<stdout>"
         } else {
-            &job.output
+            &output
         }
     );
     // Standard output carries the Arrow stream; the summary must not corrupt it.
-    if job.output == crate::io::STDIO {
+    if output == crate::io::STDIO {
         eprintln!("{msg}");
     } else {
         writeln!(out, "{msg}").map_err(io_err)?;

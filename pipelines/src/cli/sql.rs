@@ -50,16 +50,13 @@ pub struct SqlArgs {
 }
 
 pub(super) fn run(a: SqlArgs, stores: Arc<Stores>, out: &mut dyn Write) -> Result<ExitCode> {
-    let job = crate::ops::sql::SqlJob {
-        format: crate::ops::sql::SqlFormat::choose(a.format.as_deref(), a.output.as_deref())?,
-        query: a.query,
-        tables: a.table,
-        models: a.model,
-        output: a.output,
-        stores,
-    };
+    let format = crate::ops::sql::SqlFormat::choose(a.format.as_deref(), a.output.as_deref())?;
+    let job = crate::ops::sql::SqlJob::new(stores, a.query)
+        .tables(a.table)
+        .models(a.model)
+        .output(a.output, format);
     let rt = runtime("starting the query runtime")?;
-    let summary = rt.block_on(crate::ops::sql::run_to(&job, out))?;
+    let summary = rt.block_on(job.run_to(out))?;
     write!(out, "{summary}").map_err(io_err)?;
     Ok(ExitCode::SUCCESS)
 }

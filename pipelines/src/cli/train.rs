@@ -116,25 +116,26 @@ pub enum RecipeArg {
 }
 
 pub(super) fn run(a: TrainArgs, stores: Arc<Stores>, out: &mut dyn Write) -> Result<ExitCode> {
+    let output = a.output.clone();
     let job = train_job(a, stores)?;
-    let model = crate::ops::train::run(&job)?;
+    let model = job.run()?;
     writeln!(
         out,
         "trained {} group(s), d={}, tau*={:.6}; wrote {}",
         model.groups().len(),
         model.dim(),
         model.tau_star(),
-        job.output
+        output
     )
     .map_err(io_err)?;
     for g in model.groups() {
-        if g.m < job.params.memories {
+        if g.m < job.training_params().memories {
             writeln!(
                 out,
                 "note: group {} had {} training rows, fewer than --memories {}; it uses {} memories",
                 g.key.as_ref().map_or("(all)".into(), |k| k.to_string()),
                 g.n_train,
-                job.params.memories,
+                job.training_params().memories,
                 g.m
             )
             .map_err(io_err)?;
@@ -177,37 +178,34 @@ pub fn train_job(a: TrainArgs, stores: Arc<Stores>) -> Result<TrainJob> {
             false,
         ),
     };
-    Ok(TrainJob {
-        inputs: a.input,
-        embedding: a.embedding,
-        label: a.label,
-        output: a.output,
-        max_rows_per_group: a.max_rows_per_group,
-        stores,
-        params: TrainParams {
-            recipe,
-            memories: a.memories.unwrap_or(defaults.memories),
-            beta,
-            beta_auto,
-            epochs: a.epochs.unwrap_or(defaults.epochs),
-            batch_size: a.batch_size.unwrap_or(defaults.batch_size),
-            lr: a.lr.unwrap_or(defaults.lr),
-            init_norm: a.init_norm.unwrap_or(defaults.init_norm),
-            init: match a.init {
-                None => defaults.init,
-                Some(InitArg::Random) => Init::Random,
-                Some(InitArg::KMeansPlusPlus) => Init::KMeansPlusPlus,
-            },
-            normalize: match a.normalize {
-                NormalizeArg::None => Normalize::None,
-                NormalizeArg::L2 => Normalize::L2,
-            },
-            ood_rate: a.ood_rate,
-            calibration_fraction: a.calibration_fraction,
-            seed: a.seed,
-            max_iter: a.max_iter,
-            tol: a.tol,
-            ..defaults
+    let params = TrainParams {
+        recipe,
+        memories: a.memories.unwrap_or(defaults.memories),
+        beta,
+        beta_auto,
+        epochs: a.epochs.unwrap_or(defaults.epochs),
+        batch_size: a.batch_size.unwrap_or(defaults.batch_size),
+        lr: a.lr.unwrap_or(defaults.lr),
+        init_norm: a.init_norm.unwrap_or(defaults.init_norm),
+        init: match a.init {
+            None => defaults.init,
+            Some(InitArg::Random) => Init::Random,
+            Some(InitArg::KMeansPlusPlus) => Init::KMeansPlusPlus,
         },
-    })
+        normalize: match a.normalize {
+            NormalizeArg::None => Normalize::None,
+            NormalizeArg::L2 => Normalize::L2,
+        },
+        ood_rate: a.ood_rate,
+        calibration_fraction: a.calibration_fraction,
+        seed: a.seed,
+        max_iter: a.max_iter,
+        tol: a.tol,
+        ..defaults
+    };
+    Ok(TrainJob::new(stores, a.input, a.output)
+        .embedding(a.embedding)
+        .label(a.label)
+        .max_rows_per_group(a.max_rows_per_group)
+        .params(params))
 }

@@ -14,17 +14,61 @@ use crate::store::Stores;
 
 #[derive(Clone, Debug)]
 pub struct CalibrateJob {
-    pub inputs: Vec<String>,
-    pub embedding: String,
+    inputs: Vec<String>,
+    embedding: String,
     /// The label column; `None` takes the one the model records.
-    pub label: Option<String>,
+    label: Option<String>,
     /// `None` keeps the model's level.
-    pub ood_rate: Option<f64>,
+    ood_rate: Option<f64>,
     /// Where the source model came from (recorded in the new model's provenance).
-    pub model_url: String,
+    model_url: String,
     /// A path or object-store URL.
-    pub output: String,
-    pub stores: Arc<Stores>,
+    output: String,
+    stores: Arc<Stores>,
+}
+
+impl CalibrateJob {
+    /// Re-thresholds the model loaded from `model_url` on the ID rows of `inputs` and
+    /// writes it to `output`, through `stores`: the column `embedding`, the label column
+    /// and OOD rate the model records, until set otherwise.
+    pub fn new(
+        stores: Arc<Stores>,
+        inputs: Vec<String>,
+        model_url: impl Into<String>,
+        output: impl Into<String>,
+    ) -> Self {
+        CalibrateJob {
+            inputs,
+            embedding: "embedding".into(),
+            label: None,
+            ood_rate: None,
+            model_url: model_url.into(),
+            output: output.into(),
+            stores,
+        }
+    }
+
+    pub fn embedding(mut self, column: impl Into<String>) -> Self {
+        self.embedding = column.into();
+        self
+    }
+
+    /// The label column (`None`: the one the model records).
+    pub fn label(mut self, column: Option<String>) -> Self {
+        self.label = column;
+        self
+    }
+
+    /// The new OOD rate (`None`: the model's).
+    pub fn ood_rate(mut self, rate: Option<f64>) -> Self {
+        self.ood_rate = rate;
+        self
+    }
+
+    /// The re-thresholded model, written to the output, and what changed.
+    pub fn run(&self, model: &Model) -> Result<(Model, CalibrateSummary)> {
+        run(model, self)
+    }
 }
 
 /// One group before and after.
@@ -61,7 +105,7 @@ pub fn model_rate(model: &Model) -> Option<f64> {
 }
 
 /// Re-thresholds `model` on the job's rows and writes the new model.
-pub fn run(model: &Model, job: &CalibrateJob) -> Result<(Model, CalibrateSummary)> {
+fn run(model: &Model, job: &CalibrateJob) -> Result<(Model, CalibrateSummary)> {
     let ood_rate = match job.ood_rate.or_else(|| model_rate(model)) {
         Some(r) => r,
         None => {

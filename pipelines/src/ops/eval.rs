@@ -2,26 +2,93 @@
 
 use reclag::baselines::{self, Baseline, Reference};
 use reclag::metrics::{Report, report};
-use reclag::{GroupKey, Model, ScoreOutput, TrainParams, Work};
+use reclag::{GroupKey, Model, ScoreOutput, Work};
 
 use crate::error::{Error, Result};
 use crate::io::{batch_column, open_all};
 use crate::ops::route::Routing;
-use crate::ops::train::{TrainJob, collect};
+use crate::ops::train::TrainJob;
 
 #[derive(Clone, Debug)]
 pub struct EvalJob {
-    pub id: Vec<String>,
-    pub ood: Vec<(String, String)>,
-    pub embedding: String,
-    pub routing: Routing,
-    pub baselines: Vec<Baseline>,
-    pub logits: Option<String>,
-    pub train: Vec<String>,
-    pub label: Option<String>,
-    pub knn_k: usize,
-    pub reference_rows_per_group: Option<usize>,
-    pub stores: std::sync::Arc<crate::store::Stores>,
+    id: Vec<String>,
+    ood: Vec<(String, String)>,
+    embedding: String,
+    routing: Routing,
+    baselines: Vec<Baseline>,
+    logits: Option<String>,
+    train: Vec<String>,
+    label: Option<String>,
+    knn_k: usize,
+    reference_rows_per_group: Option<usize>,
+    stores: std::sync::Arc<crate::store::Stores>,
+}
+
+impl EvalJob {
+    /// AUROC and FPR95 of the model with ID rows `id` against each named OOD set
+    /// `(name, URL)`, through `stores`: the column `embedding`, rows routed by best
+    /// margin, no baselines, until set otherwise.
+    pub fn new(
+        stores: std::sync::Arc<crate::store::Stores>,
+        id: Vec<String>,
+        ood: Vec<(String, String)>,
+    ) -> Self {
+        EvalJob {
+            id,
+            ood,
+            embedding: "embedding".into(),
+            routing: Routing::Ungrouped(reclag::Route::default()),
+            baselines: vec![],
+            logits: None,
+            train: vec![],
+            label: None,
+            knn_k: 50,
+            reference_rows_per_group: None,
+            stores,
+        }
+    }
+
+    pub fn embedding(mut self, column: impl Into<String>) -> Self {
+        self.embedding = column.into();
+        self
+    }
+
+    pub fn routing(mut self, routing: Routing) -> Self {
+        self.routing = routing;
+        self
+    }
+
+    /// Baselines evaluated beside the model, fitted on the `train` rows (grouped by
+    /// `label`, at most `reference_rows_per_group` a group); the logit ones read
+    /// `logits`. KNN takes `knn_k` neighbours.
+    pub fn baselines(
+        mut self,
+        baselines: Vec<Baseline>,
+        train: Vec<String>,
+        label: Option<String>,
+        reference_rows_per_group: Option<usize>,
+    ) -> Self {
+        self.baselines = baselines;
+        self.train = train;
+        self.label = label;
+        self.reference_rows_per_group = reference_rows_per_group;
+        self
+    }
+
+    pub fn logits(mut self, column: Option<String>) -> Self {
+        self.logits = column;
+        self
+    }
+
+    pub fn knn_k(mut self, k: usize) -> Self {
+        self.knn_k = k;
+        self
+    }
+
+    /// One row per OOD set: the model's metrics and each baseline's.
+    pub fn run(&self, model: &Model) -> Result<Vec<EvalRow>> {
+        run(model, self)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -116,16 +183,11 @@ fn load_table(model: &Model, inputs: &[String], job: &EvalJob, want_logits: bool
 }
 
 fn reference(model: &Model, job: &EvalJob) -> Result<Reference> {
-    let tj = TrainJob {
-        inputs: job.train.clone(),
-        embedding: job.embedding.clone(),
-        label: job.label.clone(),
-        output: Default::default(),
-        params: TrainParams::default(),
-        max_rows_per_group: job.reference_rows_per_group,
-        stores: job.stores.clone(),
-    };
-    let (set, _) = collect(&tj)?;
+    let (set, _) = TrainJob::new(job.stores.clone(), job.train.clone(), "")
+        .embedding(job.embedding.clone())
+        .label(job.label.clone())
+        .max_rows_per_group(job.reference_rows_per_group)
+        .collect()?;
     if set.dim() != model.dim() {
         return Err(Error::Core(reclag::Error::Dimension {
             column: job.embedding.clone(),
@@ -164,7 +226,7 @@ fn baseline_scores(
     })
 }
 
-pub fn run(model: &Model, job: &EvalJob) -> Result<Vec<EvalRow>> {
+fn run(model: &Model, job: &EvalJob) -> Result<Vec<EvalRow>> {
     if job.ood.is_empty() {
         return Err(Error::Usage("give at least one --ood NAME=PATH".into()));
     }

@@ -35,17 +35,66 @@ pub enum Keep {
 
 #[derive(Clone, Debug)]
 pub struct FilterJob {
-    pub inputs: Vec<String>,
-    pub output: String,
-    pub embedding: String,
-    pub group: Option<String>,
+    inputs: Vec<String>,
+    output: String,
+    embedding: String,
+    group: Option<String>,
     /// Where rows without a group go (no `group`, or a null value in it).
-    pub route: reclag::Route,
-    pub keep: Keep,
+    route: reclag::Route,
+    keep: Keep,
     /// Decide by Benjamini–Hochberg at this level over every row's p-value instead
     /// of each row's threshold.
-    pub fdr: Option<f64>,
-    pub stores: Arc<Stores>,
+    fdr: Option<f64>,
+    stores: Arc<Stores>,
+}
+
+impl FilterJob {
+    /// Writes the rows of `inputs` on the `keep` side to `output`, through `stores`:
+    /// the column `embedding`, every row routed by best margin, each decided by its
+    /// own threshold, until set otherwise.
+    pub fn new(
+        stores: Arc<Stores>,
+        inputs: Vec<String>,
+        output: impl Into<String>,
+        keep: Keep,
+    ) -> Self {
+        FilterJob {
+            inputs,
+            output: output.into(),
+            embedding: "embedding".into(),
+            group: None,
+            route: reclag::Route::Best,
+            keep,
+            fdr: None,
+            stores,
+        }
+    }
+
+    pub fn embedding(mut self, column: impl Into<String>) -> Self {
+        self.embedding = column.into();
+        self
+    }
+
+    /// The group column (`None`: every row routed by `route`).
+    pub fn group(mut self, column: Option<String>) -> Self {
+        self.group = column;
+        self
+    }
+
+    pub fn route(mut self, route: reclag::Route) -> Self {
+        self.route = route;
+        self
+    }
+
+    /// Decide by Benjamini–Hochberg at level `q` (`None`: each row's threshold).
+    pub fn fdr(mut self, q: Option<f64>) -> Self {
+        self.fdr = q;
+        self
+    }
+
+    pub fn run(&self, model: &Arc<Model>) -> Result<FilterSummary> {
+        run(model, self)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -90,7 +139,7 @@ const ROW_GROUP_BYTES: usize = 64 << 20;
 
 /// Runs the split: frames from reclag's reader ([`Frames`]), each filtered by the
 /// Polars predicate, written by Polars' Parquet writer through an [`AtomicFile`].
-pub fn run(model: &Arc<Model>, job: &FilterJob) -> Result<FilterSummary> {
+fn run(model: &Arc<Model>, job: &FilterJob) -> Result<FilterSummary> {
     if job.output.contains("://") && !job.output.starts_with("file://") {
         return Err(Error::Usage(format!(
             "--output {}: reclag filter writes local Parquet; write locally and upload, or use `reclag score --output {}` and filter in SQL",

@@ -43,16 +43,60 @@ pub fn output_fields(model: &Model) -> Vec<Field> {
 
 #[derive(Clone, Debug)]
 pub struct ScoreJob {
-    pub inputs: Vec<String>,
+    inputs: Vec<String>,
     /// A path, an object-store URL, or `-` for an Arrow IPC stream on stdout.
-    pub output: String,
-    pub embedding: String,
-    pub routing: Routing,
-    pub keep_columns: Option<Vec<String>>,
-    pub stores: Arc<Stores>,
+    output: String,
+    embedding: String,
+    routing: Routing,
+    keep_columns: Option<Vec<String>>,
+    stores: Arc<Stores>,
     /// Decode the input and discard it, writing nothing: the floors `reclag score` is
     /// measured against in the benchmarks.
-    pub decode_only: Option<DecodeOnly>,
+    decode_only: Option<DecodeOnly>,
+}
+
+impl ScoreJob {
+    /// Scores `inputs` (files, prefixes, globs or URLs, or `-`) into `output`, reading
+    /// and writing through `stores`: the column `embedding`, every row routed by best
+    /// margin, every input column kept, until set otherwise.
+    pub fn new(stores: Arc<Stores>, inputs: Vec<String>, output: impl Into<String>) -> Self {
+        ScoreJob {
+            inputs,
+            output: output.into(),
+            embedding: "embedding".into(),
+            routing: Routing::Ungrouped(reclag::Route::default()),
+            keep_columns: None,
+            stores,
+            decode_only: None,
+        }
+    }
+
+    pub fn embedding(mut self, column: impl Into<String>) -> Self {
+        self.embedding = column.into();
+        self
+    }
+
+    pub fn routing(mut self, routing: Routing) -> Self {
+        self.routing = routing;
+        self
+    }
+
+    /// The input columns copied to the output (`None`: all of them).
+    pub fn keep_columns(mut self, columns: Option<Vec<String>>) -> Self {
+        self.keep_columns = columns;
+        self
+    }
+
+    pub fn decode_only(mut self, what: Option<DecodeOnly>) -> Self {
+        self.decode_only = what;
+        self
+    }
+
+    /// Runs the job with `model`: decode, score and write overlap, and the output
+    /// appears whole or not at all.
+    pub fn run(&self, model: &Model) -> Result<ScoreSummary> {
+        run(model, self)
+    }
 }
 
 /// What a decode-only run decodes (`reclag score --decode-only [as-score|arrow]`).
@@ -104,7 +148,7 @@ pub fn output_arrays(out: ScoreOutput, p_value: Option<Vec<f64>>) -> Vec<ArrayRe
     v
 }
 
-pub fn run(model: &Model, job: &ScoreJob) -> Result<ScoreSummary> {
+fn run(model: &Model, job: &ScoreJob) -> Result<ScoreSummary> {
     let files = open_all(&job.stores, &job.inputs)?;
     let first = &files[0];
     // Every check that can fail does so before any row is read.

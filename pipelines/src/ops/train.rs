@@ -11,18 +11,73 @@ use crate::store::Stores;
 
 #[derive(Clone, Debug)]
 pub struct TrainJob {
-    pub inputs: Vec<String>,
-    pub embedding: String,
-    pub label: Option<String>,
+    inputs: Vec<String>,
+    embedding: String,
+    label: Option<String>,
     /// A path or object-store URL.
-    pub output: String,
-    pub params: TrainParams,
-    pub max_rows_per_group: Option<usize>,
-    pub stores: Arc<Stores>,
+    output: String,
+    params: TrainParams,
+    max_rows_per_group: Option<usize>,
+    stores: Arc<Stores>,
+}
+
+impl TrainJob {
+    /// Fits a model on `inputs` and writes it to `output`, through `stores`: the
+    /// column `embedding`, one group, the default (whitened) recipe, every row, until
+    /// set otherwise.
+    pub fn new(stores: Arc<Stores>, inputs: Vec<String>, output: impl Into<String>) -> Self {
+        TrainJob {
+            inputs,
+            embedding: "embedding".into(),
+            label: None,
+            output: output.into(),
+            params: TrainParams::default(),
+            max_rows_per_group: None,
+            stores,
+        }
+    }
+
+    pub fn embedding(mut self, column: impl Into<String>) -> Self {
+        self.embedding = column.into();
+        self
+    }
+
+    /// The label column whose values are the groups (`None`: one group).
+    pub fn label(mut self, column: Option<String>) -> Self {
+        self.label = column;
+        self
+    }
+
+    pub fn params(mut self, params: TrainParams) -> Self {
+        self.params = params;
+        self
+    }
+
+    /// Keep at most this many rows per group (a seeded reservoir sample).
+    pub fn max_rows_per_group(mut self, n: Option<usize>) -> Self {
+        self.max_rows_per_group = n;
+        self
+    }
+
+    /// The parameters the job fits with.
+    pub fn training_params(&self) -> &TrainParams {
+        &self.params
+    }
+
+    /// Reads the training rows (bounded by `max_rows_per_group`) and names their
+    /// source, without fitting.
+    pub fn collect(&self) -> Result<(TrainingSet, String)> {
+        collect(self)
+    }
+
+    /// Fits the model and writes it to the output (whole or not at all).
+    pub fn run(&self) -> Result<Model> {
+        run(self)
+    }
 }
 
 /// Reads the training rows of `job` (bounded by `max_rows_per_group`).
-pub fn collect(job: &TrainJob) -> Result<(TrainingSet, String)> {
+pub(crate) fn collect(job: &TrainJob) -> Result<(TrainingSet, String)> {
     let files = open_all(&job.stores, &job.inputs)?;
     let first = &files[0];
     let emb = first.column_index(&job.embedding)?;
@@ -100,7 +155,7 @@ pub fn collect(job: &TrainJob) -> Result<(TrainingSet, String)> {
     Ok((set, source))
 }
 
-pub fn run(job: &TrainJob) -> Result<Model> {
+fn run(job: &TrainJob) -> Result<Model> {
     let params = job.params.clone().check()?;
     let (set, source) = collect(job)?;
     let pb = bar(0, "epochs", "training");

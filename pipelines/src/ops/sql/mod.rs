@@ -68,12 +68,57 @@ impl SqlFormat {
 
 #[derive(Clone, Debug)]
 pub struct SqlJob {
-    pub query: String,
-    pub tables: Vec<(String, String)>,
-    pub models: Vec<(String, String)>,
-    pub output: Option<PathBuf>,
-    pub format: SqlFormat,
-    pub stores: Arc<Stores>,
+    query: String,
+    tables: Vec<(String, String)>,
+    models: Vec<(String, String)>,
+    output: Option<PathBuf>,
+    format: SqlFormat,
+    stores: Arc<Stores>,
+}
+
+impl SqlJob {
+    /// Runs `query` with the reclag functions, reading through `stores`: no tables or
+    /// models until given, the result printed as tables.
+    pub fn new(stores: Arc<Stores>, query: impl Into<String>) -> Self {
+        SqlJob {
+            query: query.into(),
+            tables: vec![],
+            models: vec![],
+            output: None,
+            format: SqlFormat::Table,
+            stores,
+        }
+    }
+
+    /// Tables by `(name, URL)`: a file, a prefix, a glob or a hive-partitioned lake.
+    pub fn tables(mut self, tables: Vec<(String, String)>) -> Self {
+        self.tables = tables;
+        self
+    }
+
+    /// Models by `(name, URL)`, for the functions' first argument.
+    pub fn models(mut self, models: Vec<(String, String)>) -> Self {
+        self.models = models;
+        self
+    }
+
+    /// Where the result goes (`None`: printed), and in which format.
+    pub fn output(mut self, output: Option<PathBuf>, format: SqlFormat) -> Self {
+        self.output = output;
+        self.format = format;
+        self
+    }
+
+    /// Runs the query; the text to print (the tables, or a line saying where the
+    /// result went).
+    pub async fn run(&self) -> Result<String> {
+        run(self).await
+    }
+
+    /// [`SqlJob::run`], streaming printed results to `out` as they arrive.
+    pub async fn run_to(&self, out: &mut dyn std::io::Write) -> Result<String> {
+        run_to(self, out).await
+    }
 }
 
 fn df_err(e: datafusion::error::DataFusionError) -> Error {
@@ -224,7 +269,7 @@ async fn fast_scans(
 pub const TABLE_ROWS: usize = 1024;
 
 /// Runs the query; returns what [`run_to`] writes followed by its summary.
-pub async fn run(job: &SqlJob) -> Result<String> {
+async fn run(job: &SqlJob) -> Result<String> {
     let mut buf = Vec::new();
     let summary = run_to(job, &mut buf).await?;
     let mut text = String::from_utf8_lossy(&buf).into_owned();
@@ -235,7 +280,7 @@ pub async fn run(job: &SqlJob) -> Result<String> {
 /// Runs the query, streaming a `table` result, or CSV or NDJSON with `--output -`,
 /// into `out` as batches arrive; a file or object-store output is written and
 /// summarised in the returned line (empty otherwise).
-pub async fn run_to(job: &SqlJob, out: &mut dyn std::io::Write) -> Result<String> {
+async fn run_to(job: &SqlJob, out: &mut dyn std::io::Write) -> Result<String> {
     let ctx = session(job).await?;
     // Only here: a plan over a `FastListTable` does not serialize with
     // datafusion-proto, and `session`'s callers may ship theirs to another process.
