@@ -48,21 +48,12 @@ impl CalibrateJob {
         }
     }
 
-    pub fn embedding(mut self, column: impl Into<String>) -> Self {
-        self.embedding = column.into();
-        self
-    }
-
-    /// The label column (`None`: the one the model records).
-    pub fn label(mut self, column: Option<String>) -> Self {
-        self.label = column;
-        self
-    }
-
-    /// The new OOD rate (`None`: the model's).
-    pub fn ood_rate(mut self, rate: Option<f64>) -> Self {
-        self.ood_rate = rate;
-        self
+    setters! {
+        embedding: String,
+        /// The label column (`None`: the one the model records).
+        label: Option<String>,
+        /// The new OOD rate (`None`: the model's).
+        ood_rate: Option<f64>,
     }
 
     /// The re-thresholded model, written to the output, and what changed.

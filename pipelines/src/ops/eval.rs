@@ -48,14 +48,9 @@ impl EvalJob {
         }
     }
 
-    pub fn embedding(mut self, column: impl Into<String>) -> Self {
-        self.embedding = column.into();
-        self
-    }
-
-    pub fn routing(mut self, routing: Routing) -> Self {
-        self.routing = routing;
-        self
+    setters! {
+        embedding: String,
+        routing: Routing,
     }
 
     /// Baselines evaluated beside the model, fitted on the `train` rows (grouped by
@@ -75,14 +70,9 @@ impl EvalJob {
         self
     }
 
-    pub fn logits(mut self, column: Option<String>) -> Self {
-        self.logits = column;
-        self
-    }
-
-    pub fn knn_k(mut self, k: usize) -> Self {
-        self.knn_k = k;
-        self
+    setters! {
+        logits: Option<String>,
+        knn_k: usize,
     }
 
     /// One row per OOD set: the model's metrics and each baseline's.

@@ -70,26 +70,13 @@ impl FilterJob {
         }
     }
 
-    pub fn embedding(mut self, column: impl Into<String>) -> Self {
-        self.embedding = column.into();
-        self
-    }
-
-    /// The group column (`None`: every row routed by `route`).
-    pub fn group(mut self, column: Option<String>) -> Self {
-        self.group = column;
-        self
-    }
-
-    pub fn route(mut self, route: reclag::Route) -> Self {
-        self.route = route;
-        self
-    }
-
-    /// Decide by Benjamini–Hochberg at level `q` (`None`: each row's threshold).
-    pub fn fdr(mut self, q: Option<f64>) -> Self {
-        self.fdr = q;
-        self
+    setters! {
+        embedding: String,
+        /// The group column (`None`: every row routed by `route`).
+        group: Option<String>,
+        route: reclag::Route,
+        /// Decide by Benjamini–Hochberg at level `q` (`None`: each row's threshold).
+        fdr: Option<f64>,
     }
 
     pub fn run(&self, model: &Arc<Model>) -> Result<FilterSummary> {

@@ -71,25 +71,12 @@ impl ScoreJob {
         }
     }
 
-    pub fn embedding(mut self, column: impl Into<String>) -> Self {
-        self.embedding = column.into();
-        self
-    }
-
-    pub fn routing(mut self, routing: Routing) -> Self {
-        self.routing = routing;
-        self
-    }
-
-    /// The input columns copied to the output (`None`: all of them).
-    pub fn keep_columns(mut self, columns: Option<Vec<String>>) -> Self {
-        self.keep_columns = columns;
-        self
-    }
-
-    pub fn decode_only(mut self, what: Option<DecodeOnly>) -> Self {
-        self.decode_only = what;
-        self
+    setters! {
+        embedding: String,
+        routing: Routing,
+        /// The input columns copied to the output (`None`: all of them).
+        keep_columns: Option<Vec<String>>,
+        decode_only: Option<DecodeOnly>,
     }
 
     /// Runs the job with `model`: decode, score and write overlap, and the output

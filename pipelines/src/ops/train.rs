@@ -37,26 +37,13 @@ impl TrainJob {
         }
     }
 
-    pub fn embedding(mut self, column: impl Into<String>) -> Self {
-        self.embedding = column.into();
-        self
-    }
-
-    /// The label column whose values are the groups (`None`: one group).
-    pub fn label(mut self, column: Option<String>) -> Self {
-        self.label = column;
-        self
-    }
-
-    pub fn params(mut self, params: TrainParams) -> Self {
-        self.params = params;
-        self
-    }
-
-    /// Keep at most this many rows per group (a seeded reservoir sample).
-    pub fn max_rows_per_group(mut self, n: Option<usize>) -> Self {
-        self.max_rows_per_group = n;
-        self
+    setters! {
+        embedding: String,
+        /// The label column whose values are the groups (`None`: one group).
+        label: Option<String>,
+        params: TrainParams,
+        /// Keep at most this many rows per group (a seeded reservoir sample).
+        max_rows_per_group: Option<usize>,
     }
 
     /// The parameters the job fits with.
