@@ -130,7 +130,7 @@ fn read_settings_from_env() -> crate::io::ReadSettings {
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|&n| n > 0)
     {
-        s.row_groups_in_flight = n;
+        s.row_groups_in_flight = Some(n);
     }
     s
 }

@@ -248,8 +248,9 @@ impl ParquetFile {
                     .map(|&rg| md.row_group(rg).num_rows().max(0) as u64)
                     .sum(),
             );
-            let reader = FastReader::new(source, meta, plan, rgs, rows)
-                .in_flight(settings.row_groups_in_flight);
+            let reader = FastReader::new(source, meta, plan, rgs, rows).in_flight(
+                row_groups_in_flight(&settings, held.iter().copied().max().unwrap_or(0)),
+            );
             Ok(Some(Inner::Fast(reader)))
         };
         let inner = match self.source {
@@ -354,8 +355,9 @@ pub struct ReadSettings {
     /// Whether `reclag score` and drift runs score pages as they are decoded (see
     /// [`reclag_parquet::Fused`]) rather than from whole Arrow columns.
     pub fused: bool,
-    /// Row groups decoding at once in the fast reader: one per core by default.
-    pub row_groups_in_flight: usize,
+    /// Row groups decoding at once in the fast reader. `None` (the default): one per
+    /// core, as many as fit in [`IN_FLIGHT_BYTES`] of decoded columns and at least two.
+    pub row_groups_in_flight: Option<usize>,
 }
 
 impl Default for ReadSettings {
@@ -363,9 +365,32 @@ impl Default for ReadSettings {
         ReadSettings {
             fast_decode: true,
             fused: true,
-            row_groups_in_flight: reclag_parquet::default_in_flight(),
+            row_groups_in_flight: None,
         }
     }
+}
+
+/// Decoded bytes the fast reader's row groups in flight may hold together by default:
+/// one row group per core would hold 8 GiB of 128 MiB row groups on 64 cores, where
+/// eight already keep the consumer fed. A fused list is never held, so scoring still
+/// gets a row group per core.
+pub const IN_FLIGHT_BYTES: u64 = 1 << 30;
+
+/// Row groups in flight for row groups of at most `largest` decoded bytes: the
+/// setting, else one per core within [`IN_FLIGHT_BYTES`], never fewer than two.
+pub fn row_groups_in_flight(settings: &ReadSettings, largest: u64) -> usize {
+    in_flight_for(
+        settings.row_groups_in_flight,
+        reclag_parquet::default_in_flight(),
+        largest,
+    )
+}
+
+pub(super) fn in_flight_for(setting: Option<usize>, cores: usize, largest: u64) -> usize {
+    setting.unwrap_or_else(|| {
+        let fit = (IN_FLIGHT_BYTES / largest.max(1)) as usize;
+        cores.min(fit).max(2)
+    })
 }
 
 static READ_SETTINGS: std::sync::OnceLock<ReadSettings> = std::sync::OnceLock::new();
