@@ -7,6 +7,7 @@ use std::sync::Arc;
 use clap::Args;
 
 use crate::error::Result;
+use crate::ops::calibrate::CalibrateJob;
 use crate::store::Stores;
 
 use super::*;
@@ -55,14 +56,19 @@ pub struct CalibrateArgs {
     pub embedding: String,
 }
 
+impl From<(CalibrateArgs, Arc<Stores>)> for CalibrateJob {
+    fn from((a, stores): (CalibrateArgs, Arc<Stores>)) -> Self {
+        CalibrateJob::new(stores, a.input, a.model, a.output)
+            .embedding(a.embedding)
+            .label(a.label)
+            .ood_rate(a.ood_rate)
+    }
+}
+
 pub(super) fn run(a: CalibrateArgs, stores: Arc<Stores>, out: &mut dyn Write) -> Result<ExitCode> {
     let model = crate::store::load_model(&stores, &a.model)?;
     let output = a.output.clone();
-    let job = crate::ops::calibrate::CalibrateJob::new(stores, a.input, a.model, a.output)
-        .embedding(a.embedding)
-        .label(a.label)
-        .ood_rate(a.ood_rate);
-    let (_, s) = job.run(&model)?;
+    let (_, s) = CalibrateJob::from((a, stores)).run(&model)?;
     writeln!(
         out,
         "recalibrated {} group(s) on {} rows at ood-rate {} (label {}; skipped {} with a null label, {} with a null or non-finite embedding); wrote {}",

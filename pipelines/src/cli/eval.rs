@@ -75,13 +75,22 @@ pub(super) fn run(a: EvalArgs, stores: Arc<Stores>, out: &mut dyn Write) -> Resu
     let mut model = crate::store::load_model(&stores, &a.model)?;
     model.set_precision(a.precision.into());
     let format = a.format;
-    let job = eval_job(a, &model, stores)?;
+    let job = EvalJob::try_from((a, &model, stores))?;
     let rows = job.run(&model)?;
     match format {
         Format::Json => writeln!(out, "{}", crate::ops::eval::to_json(&rows)).map_err(io_err)?,
         Format::Table => write!(out, "{}", crate::ops::eval::to_table(&rows)).map_err(io_err)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The model decides the default label column (none for a one-group model).
+impl TryFrom<(EvalArgs, &reclag::Model, Arc<Stores>)> for EvalJob {
+    type Error = crate::error::Error;
+
+    fn try_from((a, model, stores): (EvalArgs, &reclag::Model, Arc<Stores>)) -> Result<Self> {
+        eval_job(a, model, stores)
+    }
 }
 
 fn eval_job(a: EvalArgs, model: &reclag::Model, stores: Arc<Stores>) -> Result<EvalJob> {

@@ -8,6 +8,7 @@ use clap::Args;
 use reclag::Route;
 
 use crate::error::Result;
+use crate::ops::filter::FilterJob;
 use crate::store::Stores;
 
 use super::args::*;
@@ -64,15 +65,20 @@ pub struct FilterArgs {
     pub route: Option<RouteArg>,
 }
 
+impl From<(FilterArgs, Arc<Stores>)> for FilterJob {
+    fn from((a, stores): (FilterArgs, Arc<Stores>)) -> Self {
+        FilterJob::new(stores, a.input, a.output, a.keep)
+            .embedding(a.embedding)
+            .group(a.group)
+            .route(a.route.map_or(Route::Best, Route::from))
+            .fdr(a.fdr)
+    }
+}
+
 pub(super) fn run(a: FilterArgs, stores: Arc<Stores>, out: &mut dyn Write) -> Result<ExitCode> {
     let model = Arc::new(crate::store::load_model(&stores, &a.model)?);
     let (keep, output, fdr) = (a.keep, a.output.clone(), a.fdr);
-    let job = crate::ops::filter::FilterJob::new(stores, a.input, a.output, a.keep)
-        .embedding(a.embedding)
-        .group(a.group)
-        .route(a.route.map_or(Route::Best, Route::from))
-        .fdr(a.fdr);
-    let s = job.run(&model)?;
+    let s = FilterJob::from((a, stores)).run(&model)?;
     writeln!(
         out,
         "kept {} of {} rows ({}) from {} file(s) into {}",

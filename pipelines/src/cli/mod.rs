@@ -33,7 +33,7 @@ pub use filter::FilterArgs;
 pub use inspect::InspectArgs;
 pub use score::ScoreArgs;
 pub use sql::SqlArgs;
-pub use train::{InitArg, NormalizeArg, RecipeArg, TrainArgs, train_job};
+pub use train::{InitArg, NormalizeArg, RecipeArg, TrainArgs};
 
 const ABOUT: &str = "Find out-of-distribution (OOD) rows in tables of embeddings with RecLag.";
 const LONG_ABOUT: &str = "\

@@ -78,24 +78,31 @@ pub struct ScoreArgs {
     pub decode_only: Option<crate::ops::score::DecodeOnly>,
 }
 
+impl TryFrom<(ScoreArgs, Arc<Stores>)> for ScoreJob {
+    type Error = crate::error::Error;
+
+    fn try_from((a, stores): (ScoreArgs, Arc<Stores>)) -> Result<Self> {
+        Ok(ScoreJob::new(stores, a.input, a.output)
+            .embedding(a.embedding)
+            .routing(Routing::with_route(
+                a.routing.group,
+                a.routing.group_from_logits,
+                a.routing.route.map(Route::from),
+            )?)
+            .keep_columns(a.keep_columns)
+            .decode_only(a.decode_only))
+    }
+}
+
 pub(super) fn run(a: ScoreArgs, stores: Arc<Stores>, out: &mut dyn Write) -> Result<ExitCode> {
     let mut model = crate::store::load_model(&stores, &a.model)?;
     model.set_precision(a.precision.into());
-    let (output, decode_only) = (a.output.clone(), a.decode_only);
-    let job = ScoreJob::new(stores, a.input, a.output)
-        .embedding(a.embedding)
-        .routing(Routing::with_route(
-            a.routing.group,
-            a.routing.group_from_logits,
-            a.routing.route.map(Route::from),
-        )?)
-        .keep_columns(a.keep_columns)
-        .decode_only(decode_only);
-    let s = job.run(&model)?;
+    let (output, decode_only, model_name) = (a.output.clone(), a.decode_only, a.model.clone());
+    let s = ScoreJob::try_from((a, stores))?.run(&model)?;
     if !s.p_values && decode_only.is_none() {
         eprintln!(
             "note: {} has no calibration scores (an older model file), so the output has no reclag_p_value; add them with `reclag calibrate`",
-            a.model
+            model_name
         );
     }
     if decode_only.is_some() {

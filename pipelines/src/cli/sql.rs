@@ -9,6 +9,7 @@ use clap::Args;
 
 use crate::error::Result;
 use crate::ops::eval::parse_named;
+use crate::ops::sql::{SqlFormat, SqlJob};
 use crate::store::Stores;
 
 use super::*;
@@ -49,12 +50,20 @@ pub struct SqlArgs {
     pub format: Option<String>,
 }
 
+impl TryFrom<(SqlArgs, Arc<Stores>)> for SqlJob {
+    type Error = crate::error::Error;
+
+    fn try_from((a, stores): (SqlArgs, Arc<Stores>)) -> Result<Self> {
+        let format = SqlFormat::choose(a.format.as_deref(), a.output.as_deref())?;
+        Ok(SqlJob::new(stores, a.query)
+            .tables(a.table)
+            .models(a.model)
+            .output(a.output, format))
+    }
+}
+
 pub(super) fn run(a: SqlArgs, stores: Arc<Stores>, out: &mut dyn Write) -> Result<ExitCode> {
-    let format = crate::ops::sql::SqlFormat::choose(a.format.as_deref(), a.output.as_deref())?;
-    let job = crate::ops::sql::SqlJob::new(stores, a.query)
-        .tables(a.table)
-        .models(a.model)
-        .output(a.output, format);
+    let job = SqlJob::try_from((a, stores))?;
     let rt = runtime("starting the query runtime")?;
     let summary = rt.block_on(job.run_to(out))?;
     write!(out, "{summary}").map_err(io_err)?;

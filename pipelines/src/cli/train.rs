@@ -117,7 +117,7 @@ pub enum RecipeArg {
 
 pub(super) fn run(a: TrainArgs, stores: Arc<Stores>, out: &mut dyn Write) -> Result<ExitCode> {
     let output = a.output.clone();
-    let job = train_job(a, stores)?;
+    let job = TrainJob::try_from((a, stores))?;
     let model = job.run()?;
     writeln!(
         out,
@@ -144,7 +144,15 @@ pub(super) fn run(a: TrainArgs, stores: Arc<Stores>, out: &mut dyn Write) -> Res
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn train_job(a: TrainArgs, stores: Arc<Stores>) -> Result<TrainJob> {
+impl TryFrom<(TrainArgs, Arc<Stores>)> for TrainJob {
+    type Error = crate::error::Error;
+
+    fn try_from((a, stores): (TrainArgs, Arc<Stores>)) -> Result<Self> {
+        train_job(a, stores)
+    }
+}
+
+fn train_job(a: TrainArgs, stores: Arc<Stores>) -> Result<TrainJob> {
     let (recipe, defaults) = match a.recipe {
         RecipeArg::Whitened => (Recipe::Whitened, TrainParams::default()),
         RecipeArg::Paper => (Recipe::Paper, TrainParams::paper()),
