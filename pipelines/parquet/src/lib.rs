@@ -9,8 +9,9 @@
 //! group this path cannot prove it handles exactly (a null, an index outside the
 //! dictionary, an unexpected encoding or level pattern): nothing is guessed.
 //!
-//! Row groups decode in parallel, one per core by default ([`FastReader::in_flight`]),
-//! while the consumer takes the earlier ones in order.
+//! Row groups decode in parallel, by default one per core within a memory budget
+//! ([`default_in_flight`], [`FastReader::in_flight`]), while the consumer takes the
+//! earlier ones in order.
 //!
 //! The page decoding (pages, levels, dictionary) is kept hand-written because it wins
 //! by more than noise against parquet's public column reader doing the same work (`ColumnReaderImpl::read_records`: values and
@@ -50,7 +51,7 @@ pub use fetch::{FetchRanges, Source};
 pub use fused::{Fused, FusedGroup, Part};
 pub use plan::{Plan, float_list, plan};
 pub use pool::huge_pages;
-pub use reader::{FastReader, default_in_flight};
+pub use reader::{FastReader, IN_FLIGHT_BYTES, default_in_flight};
 
 /// What decoding a row group gives: parquet's errors, with the file's context added by
 /// the caller.

@@ -16,11 +16,24 @@ use crate::plan::Plan;
 use crate::pool::Pool;
 use crate::row_group::row_group;
 
-/// Row groups decoding at once unless set with [`FastReader::in_flight`]: one per core,
-/// the consumer's work (scoring, encoding) riding on the same threads. Tuned on 2
-/// cores, where one row group per core keeps both busy.
-pub fn default_in_flight() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get())
+/// Decoded bytes a reader's row groups in flight may hold together by default: one row
+/// group per core would hold 8 GiB of 128 MiB row groups on 64 cores, where eight
+/// already keep the consumer fed. A fused list is never held, so a fused consumer still
+/// gets a row group per core.
+pub const IN_FLIGHT_BYTES: u64 = 1 << 30;
+
+/// Row groups decoding at once unless set with [`FastReader::in_flight`]: one per core
+/// (the consumer's work, scoring or encoding, riding on the same threads) as long as
+/// row groups of `largest` decoded bytes fit in [`IN_FLIGHT_BYTES`], and never fewer
+/// than two, which keep two cores busy and overlap a fetch with decoding.
+pub fn default_in_flight(largest: u64) -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    in_flight_within(cores, largest)
+}
+
+pub(crate) fn in_flight_within(cores: usize, largest: u64) -> usize {
+    let fit = (IN_FLIGHT_BYTES / largest.max(1)) as usize;
+    cores.min(fit).max(2)
 }
 
 /// Record batches of the given row groups, the list columns decoded by the fast path
@@ -99,7 +112,12 @@ impl<T: Send + 'static> FastReader<T> {
             plan: Arc::new(plan),
         }];
         let (done_tx, done_rx) = std::sync::mpsc::channel();
-        let in_flight = default_in_flight();
+        let largest = pending
+            .iter()
+            .map(|&(_, rg)| files[0].plan.row_group_bytes(&files[0].meta, rg))
+            .max()
+            .unwrap_or(0);
+        let in_flight = default_in_flight(largest);
         FastReader {
             start: start_order(&files, &pending),
             files,
@@ -138,6 +156,10 @@ impl<T: Send + 'static> FastReader<T> {
         debug_assert!(self.running.is_empty() && self.ready.is_empty());
         debug_assert!(next.running.is_empty() && next.ready.is_empty());
         let base = self.files.len();
+        // The chain keeps the smaller of the two settings: the larger row groups'
+        // budget, or what the caller set on both.
+        self.in_flight = self.in_flight.min(next.in_flight);
+        self.pool = Arc::new(Pool::for_in_flight(self.in_flight));
         self.files.extend(next.files);
         let next_pending = next.pending.into_iter().map(|(f, rg)| (base + f, rg));
         self.pending.extend(next_pending);

@@ -25,7 +25,7 @@ pub const BATCH_ROWS: usize = 16 * 1024;
 pub const BATCH_BYTES: u64 = 8 << 20;
 
 /// Decoded bytes of one row group above which the fast reader, which holds whole row
-/// groups ([`row_groups_in_flight`] decoding and one waiting), gives way to
+/// groups ([`reclag_parquet::default_in_flight`] decoding and one waiting), gives way to
 /// parquet's reader, which streams pages into batches of [`BATCH_BYTES`]. A file
 /// written as one huge row group (pyarrow's default is up to 1M rows: 16 GiB at
 /// 4096-d) then costs a few batches of memory instead of the row group, at the
@@ -64,28 +64,6 @@ mod tests {
     use crate::error::Result;
     use crate::store::StoreEnv;
     use crate::store::Stores;
-
-    /// By default one row group per core, within the byte budget and never below two;
-    /// a setting is taken as given.
-    #[test]
-    fn row_groups_in_flight_follow_cores_within_the_budget() {
-        let mib = 1u64 << 20;
-        // 64 cores: as many as fit in the budget.
-        assert_eq!(read::in_flight_for(None, 64, 4 * mib), 64);
-        assert_eq!(read::in_flight_for(None, 64, 128 * mib), 8);
-        assert_eq!(read::in_flight_for(None, 64, 256 * mib), 4);
-        assert_eq!(read::in_flight_for(None, 64, 4 * IN_FLIGHT_BYTES), 2);
-        // Few cores: one per core, but two at least.
-        assert_eq!(read::in_flight_for(None, 4, 4 * mib), 4);
-        assert_eq!(read::in_flight_for(None, 1, 4 * mib), 2);
-        assert_eq!(read::in_flight_for(None, 2, 0), 2);
-        assert_eq!(read::in_flight_for(Some(12), 2, 256 * mib), 12);
-        let default = ReadSettings::default();
-        assert_eq!(
-            row_groups_in_flight(&default, 128 * mib),
-            read::in_flight_for(None, reclag_parquet::default_in_flight(), 128 * mib)
-        );
-    }
 
     #[test]
     fn expands_dirs_and_globs_skipping_hidden_files() {

@@ -248,9 +248,10 @@ impl ParquetFile {
                     .map(|&rg| md.row_group(rg).num_rows().max(0) as u64)
                     .sum(),
             );
-            let reader = FastReader::new(source, meta, plan, rgs, rows).in_flight(
-                row_groups_in_flight(&settings, held.iter().copied().max().unwrap_or(0)),
-            );
+            let mut reader = FastReader::new(source, meta, plan, rgs, rows);
+            if let Some(n) = settings.row_groups_in_flight {
+                reader = reader.in_flight(n);
+            }
             Ok(Some(Inner::Fast(reader)))
         };
         let inner = match self.source {
@@ -355,8 +356,8 @@ pub struct ReadSettings {
     /// Whether `reclag score` and drift runs score pages as they are decoded (see
     /// [`reclag_parquet::Fused`]) rather than from whole Arrow columns.
     pub fused: bool,
-    /// Row groups decoding at once in the fast reader. `None` (the default): one per
-    /// core, as many as fit in [`IN_FLIGHT_BYTES`] of decoded columns and at least two.
+    /// Row groups decoding at once in the fast reader. `None` (the default): the
+    /// reader's own rule, [`reclag_parquet::default_in_flight`].
     pub row_groups_in_flight: Option<usize>,
 }
 
@@ -368,29 +369,6 @@ impl Default for ReadSettings {
             row_groups_in_flight: None,
         }
     }
-}
-
-/// Decoded bytes the fast reader's row groups in flight may hold together by default:
-/// one row group per core would hold 8 GiB of 128 MiB row groups on 64 cores, where
-/// eight already keep the consumer fed. A fused list is never held, so scoring still
-/// gets a row group per core.
-pub const IN_FLIGHT_BYTES: u64 = 1 << 30;
-
-/// Row groups in flight for row groups of at most `largest` decoded bytes: the
-/// setting, else one per core within [`IN_FLIGHT_BYTES`], never fewer than two.
-pub fn row_groups_in_flight(settings: &ReadSettings, largest: u64) -> usize {
-    in_flight_for(
-        settings.row_groups_in_flight,
-        reclag_parquet::default_in_flight(),
-        largest,
-    )
-}
-
-pub(super) fn in_flight_for(setting: Option<usize>, cores: usize, largest: u64) -> usize {
-    setting.unwrap_or_else(|| {
-        let fit = (IN_FLIGHT_BYTES / largest.max(1)) as usize;
-        cores.min(fit).max(2)
-    })
 }
 
 static READ_SETTINGS: std::sync::OnceLock<ReadSettings> = std::sync::OnceLock::new();

@@ -265,3 +265,52 @@ proptest! {
         prop_assert!(got == values);
     }
 }
+
+/// By default one row group per core, within the byte budget and never below two;
+/// a setting is taken as given.
+#[test]
+fn row_groups_in_flight_follow_cores_within_the_budget() {
+    use crate::reader::in_flight_within;
+    let mib = 1u64 << 20;
+    // 64 cores: as many as fit in the budget.
+    assert_eq!(in_flight_within(64, 4 * mib), 64);
+    assert_eq!(in_flight_within(64, 128 * mib), 8);
+    assert_eq!(in_flight_within(64, 256 * mib), 4);
+    assert_eq!(in_flight_within(64, 4 * IN_FLIGHT_BYTES), 2);
+    // Few cores: one per core, but two at least.
+    assert_eq!(in_flight_within(4, 4 * mib), 4);
+    assert_eq!(in_flight_within(1, 4 * mib), 2);
+    assert_eq!(in_flight_within(2, 0), 2);
+    // A reader takes its row groups' size into account, and a setting as given.
+    let case = Case {
+        rows: 1_000,
+        dim: 8,
+        rg: 250,
+        page_rows: 50,
+        v2: false,
+        dict: false,
+        snappy: false,
+        item_nullable: false,
+        null_every: None,
+    };
+    let (f, _) = write(&case);
+    let m = meta(&f);
+    let largest = plan_for(&m).row_group_bytes(&m, 0);
+    let reader = FastReader::new(
+        Source::Local(f.path().into()),
+        m.clone(),
+        plan_for(&m),
+        None,
+        64,
+    );
+    assert_eq!(reader.row_groups_in_flight(), default_in_flight(largest));
+    let set = FastReader::new(
+        Source::Local(f.path().into()),
+        m.clone(),
+        plan_for(&m),
+        None,
+        64,
+    )
+    .in_flight(12);
+    assert_eq!(set.row_groups_in_flight(), 12);
+}
