@@ -196,17 +196,7 @@ impl FusedGroup for Open {
 /// the rows come back the same whatever it is.
 #[test]
 fn row_groups_in_flight_follow_the_setting() {
-    let case = Case {
-        rows: 2_400,
-        dim: 8,
-        rg: 200,
-        page_rows: 50,
-        v2: false,
-        dict: false,
-        snappy: false,
-        item_nullable: false,
-        null_every: None,
-    };
+    let case = Case::plain(2_400, 8, 200, 50);
     let (f, want) = write(&case);
     for n in [1usize, 2, 3, 5] {
         let count = Concurrency::default();
@@ -282,17 +272,7 @@ fn row_groups_in_flight_follow_cores_within_the_budget() {
     assert_eq!(in_flight_within(1, 4 * mib), 2);
     assert_eq!(in_flight_within(2, 0), 2);
     // A reader takes its row groups' size into account, and a setting as given.
-    let case = Case {
-        rows: 1_000,
-        dim: 8,
-        rg: 250,
-        page_rows: 50,
-        v2: false,
-        dict: false,
-        snappy: false,
-        item_nullable: false,
-        null_every: None,
-    };
+    let case = Case::plain(1_000, 8, 250, 50);
     let (f, _) = write(&case);
     let m = meta(&f);
     let largest = plan_for(&m).row_group_bytes(&m, 0);

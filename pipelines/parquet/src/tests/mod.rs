@@ -47,6 +47,24 @@ struct Case {
     null_every: Option<usize>,
 }
 
+impl Case {
+    /// `rows` rows of `dim` floats in row groups of `rg` and pages of `page_rows`: v1,
+    /// PLAIN, uncompressed, no nulls anywhere.
+    fn plain(rows: usize, dim: usize, rg: usize, page_rows: usize) -> Case {
+        Case {
+            rows,
+            dim,
+            rg,
+            page_rows,
+            v2: false,
+            dict: false,
+            snappy: false,
+            item_nullable: false,
+            null_every: None,
+        }
+    }
+}
+
 fn write(case: &Case) -> (tempfile::NamedTempFile, RecordBatch) {
     let b = batch(case.rows, case.dim, case.item_nullable, case.null_every);
     let props = WriterProperties::builder()
@@ -115,15 +133,10 @@ fn dense_plain_lists_take_the_fast_path_and_equal_the_written_rows() {
         (true, true, true),
     ] {
         let case = Case {
-            rows: 2_000,
-            dim: 24,
-            rg: 700,
-            page_rows: 100,
             v2,
-            dict: false,
             snappy,
             item_nullable,
-            null_every: None,
+            ..Case::plain(2_000, 24, 700, 100)
         };
         let (f, want) = write(&case);
         let (got, all_fast) = fast(&f, 256);
@@ -136,17 +149,7 @@ fn dense_plain_lists_take_the_fast_path_and_equal_the_written_rows() {
 /// (checked by every test that compares the rows read with the rows written).
 #[test]
 fn a_short_last_row_group_starts_second() {
-    let case = |rows, rg| Case {
-        rows,
-        dim: 4,
-        rg,
-        page_rows: 50,
-        v2: false,
-        dict: false,
-        snappy: false,
-        item_nullable: false,
-        null_every: None,
-    };
+    let case = |rows, rg| Case::plain(rows, 4, rg, 50);
     for (rows, rg, want) in [
         (2_000, 500, vec![0, 1, 2, 3]),
         (1_900, 500, vec![0, 3, 1, 2]),
@@ -257,15 +260,11 @@ fn dictionary_pages_take_the_fast_path_with_the_same_rows() {
 fn nulls_fall_back_to_the_general_reader_with_the_same_rows() {
     for dict in [true, false] {
         let case = Case {
-            rows: 1_000,
-            dim: 8,
-            rg: 300,
-            page_rows: 64,
-            v2: false,
             dict,
             snappy: true,
             item_nullable: true,
             null_every: Some(7),
+            ..Case::plain(1_000, 8, 300, 64)
         };
         let (f, want) = write(&case);
         let (got, all_fast) = fast(&f, 128);
@@ -298,15 +297,9 @@ impl FetchRanges for InMemory {
 #[test]
 fn objects_take_the_fast_path_from_fetched_ranges() {
     let case = Case {
-        rows: 1_500,
-        dim: 12,
-        rg: 400,
-        page_rows: 64,
-        v2: false,
-        dict: false,
         snappy: true,
         item_nullable: true,
-        null_every: None,
+        ..Case::plain(1_500, 12, 400, 64)
     };
     let (f, want) = write(&case);
     let store = Arc::new(InMemory {
@@ -391,7 +384,7 @@ proptest! {
     /// that differ silently in count.
     #[test]
     fn corrupt_pages_never_panic(at in 0.0f64..1.0, byte in any::<u8>(), dict in any::<bool>()) {
-        let case = Case { rows: 300, dim: 16, rg: 100, page_rows: 50, v2: false, dict, snappy: false, item_nullable: true, null_every: None };
+        let case = Case { dict, item_nullable: true, ..Case::plain(300, 16, 100, 50) };
         let (f, _) = write(&case);
         let mut bytes = std::fs::read(f.path()).unwrap();
         let n = bytes.len();
