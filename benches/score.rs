@@ -90,7 +90,8 @@ fn bench(c: &mut Criterion) {
 }
 
 /// The whitened default on rows without a group: where its time goes (the whitening
-/// product alone, then the whole score) and what f32-blocked products save.
+/// product alone, then the whole score, with the whitening folded into the memories
+/// and applied explicitly) and what f32-blocked products save.
 fn whitened(c: &mut Criterion) {
     let n = rows().min(200_000);
     let (_, x, labels) = fixture(n);
@@ -125,6 +126,16 @@ fn whitened(c: &mut Criterion) {
             })
         });
         let mut out = ScoreOutput::default();
+        if precision == Precision::Exact {
+            let explicit = m.unfolded();
+            g.bench_function("reclag_exact_unfolded", |b| {
+                b.iter(|| {
+                    explicit
+                        .score_into(&view, None, Work::WithDynamics, &mut out)
+                        .unwrap()
+                })
+            });
+        }
         g.bench_function(format!("reclag_{}", precision.as_str()), |b| {
             b.iter(|| {
                 m.score_into(&view, None, Work::WithDynamics, &mut out)

@@ -13,6 +13,7 @@ pub mod conformal;
 mod dynamics;
 pub mod error;
 pub mod explain;
+mod folded;
 pub mod format;
 pub mod kernel;
 pub mod kmeans;

@@ -283,6 +283,8 @@ pub struct Model {
     pub(crate) whitening: Option<Whitening>,
     pub(crate) beta_search: Option<BetaSearch>,
     pub(crate) precision: Precision,
+    /// §10's whitening folded into the memories (`folded`), built on first use.
+    pub(crate) folded: std::sync::OnceLock<Option<crate::folded::Folded>>,
     /// §11's calibration scores; `None` for models from format versions 1 and 2.
     pub(crate) calibration: Option<crate::conformal::CalibrationSets>,
     by_int: HashMap<i64, usize>,
@@ -445,6 +447,7 @@ impl Model {
             whitening: p.whitening,
             beta_search: p.beta_search,
             precision: Precision::Exact,
+            folded: std::sync::OnceLock::new(),
             calibration: None,
             by_int,
             dense_int,
@@ -732,6 +735,32 @@ impl Model {
                 r.fill(f64::NAN);
             }
         }
+    }
+
+    /// The folded whitening, when this model whitens and is narrow enough to fold
+    /// (see `folded`); built by the first caller, shared by every thread after.
+    pub(crate) fn folded(&self) -> Option<&crate::folded::Folded> {
+        let w = self.whitening.as_ref()?;
+        if self.d > crate::folded::MAX_DIM {
+            return None;
+        }
+        self.folded
+            .get_or_init(|| {
+                let mut xis: Vec<(&[f64], usize)> =
+                    self.groups.iter().map(|g| (g.xi.as_slice(), g.m)).collect();
+                xis.push((&self.union_xi, self.union_m));
+                crate::folded::Folded::build(&w.w, &w.mu, &xis, self.d)
+            })
+            .as_ref()
+    }
+
+    /// This model with §10's whitening applied to each row explicitly instead of
+    /// folded into the memories: the same outputs to rounding, at the cost of a
+    /// `d×d` product per row. For benchmarks and tests that compare the two.
+    pub fn unfolded(&self) -> Model {
+        let mut m = self.clone();
+        m.folded = std::sync::OnceLock::from(None);
+        m
     }
 
     pub fn label_kind(&self) -> LabelKind {

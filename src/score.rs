@@ -6,6 +6,7 @@ use rayon::prelude::*;
 
 use crate::dynamics::Lanes;
 use crate::error::{Error, Result};
+use crate::folded::Folded;
 use crate::kernel::{
     argmax, gemm_ab, gemm_abt, lme_softmax, lme_softmax_rows, log_mean_exp, sigmoid, small_gemm,
 };
@@ -63,6 +64,17 @@ impl ScoreOutput {
 pub enum Work {
     EnergyOnly,
     WithDynamics,
+}
+
+/// How a block's rows become `x_0 = pre(x)` on their way into `Ξx_0`.
+#[derive(Clone, Copy)]
+enum Pre<'a> {
+    /// The rows are `x_0` already (`normalize = none`, or whitened into scratch).
+    Done,
+    /// `x_0 = l2(x)`, applied to `Ξx` after the product.
+    L2,
+    /// §10's `pre`, folded into the memories.
+    Folded(&'a Folded),
 }
 
 /// The memory matrix and threshold a row is scored against.
@@ -171,21 +183,31 @@ impl Model {
         let n = rows.len();
         out.resize(n);
         let chunks = split_out(out, n);
+        // Built before the tasks start, so none of them waits on another to build it.
+        let folded = match self.precision {
+            Precision::Exact => self.folded(),
+            Precision::F32Blocked => None,
+        };
         let block = |mut c: OutChunk<'_>| {
             let len = c.valid.len();
             let g = groups.map(|g| &g[c.start..c.start + len]);
-            if self.whitening.is_some() {
-                // §10's `pre` is not a per-row scale of `Ξx`, so the block's rows are
-                // whitened into scratch first (one `d×d` product per row) and scored
-                // from there.
+            let start = c.start;
+            if let Some(f) = folded {
+                self.score_block(rows, start, g, route, work, &mut c, Pre::Folded(f));
+            } else if self.whitening.is_some() {
+                // §10's `pre` is not a per-row scale of `Ξx`: unfolded, the block's rows
+                // are whitened into scratch first (one `d×d` product per row) and
+                // scored from there.
                 let (mut pre, mut valid) = (Vec::new(), Vec::new());
-                self.preprocess(rows, c.start, len, &mut pre, &mut valid);
+                self.preprocess(rows, start, len, &mut pre, &mut valid);
                 let pre_rows = Rows::dense_f64(&pre, self.d);
-                self.score_block(&pre_rows, 0, g, route, work, &mut c, false);
+                self.score_block(&pre_rows, 0, g, route, work, &mut c, Pre::Done);
             } else {
-                let start = c.start;
-                let l2 = self.normalize == Normalize::L2;
-                self.score_block(rows, start, g, route, work, &mut c, l2);
+                let pre = match self.normalize {
+                    Normalize::L2 => Pre::L2,
+                    Normalize::None => Pre::Done,
+                };
+                self.score_block(rows, start, g, route, work, &mut c, pre);
             }
         };
         if parallel {
@@ -218,21 +240,29 @@ impl Model {
         }
     }
 
-    /// `Ξx_0` of the rows `rows_in` (block-relative) against `t`'s memories, with
-    /// `pre`'s scale applied when `l2`. Null and non-finite rows are marked invalid in
-    /// `c` and left out; returns the kept rows, their `Ξx_0` (`kept×m`) and `‖x_0‖²`.
+    /// `Ξx_0` of the rows `rows_in` (block-relative) against `t`'s memories (target
+    /// `which`: a group, or the union after them), `x_0 = pre(x)` as `pre` says. Null
+    /// and non-finite rows are marked invalid in `c` and left out; returns the kept
+    /// rows, their `Ξx_0` (`kept×m`) and `‖x_0‖²`.
+    #[allow(clippy::too_many_arguments)]
     fn dots(
         &self,
         rows: &Rows<'_>,
         start: usize,
         rows_in: &[usize],
         t: Target<'_>,
-        l2: bool,
+        which: usize,
+        pre: Pre<'_>,
         c: &mut OutChunk<'_>,
     ) -> (Vec<usize>, Vec<f64>, Vec<f64>) {
-        if self.precision == Precision::F32Blocked && self.whitening.is_some() {
-            return Self::dots_f32_blocked(rows, start, rows_in, t, c);
-        }
+        let l2 = match pre {
+            Pre::Folded(f) => return self.dots_folded(f, which, rows, start, rows_in, c),
+            Pre::L2 => true,
+            Pre::Done if self.precision == Precision::F32Blocked && self.whitening.is_some() => {
+                return Self::dots_f32_blocked(rows, start, rows_in, t, c);
+            }
+            Pre::Done => false,
+        };
         let mut idx = Vec::with_capacity(rows_in.len());
         let mut abs = Vec::with_capacity(rows_in.len());
         for &i in rows_in {
@@ -280,6 +310,83 @@ impl Model {
         (idx, hs, x0sq)
     }
 
+    /// [`Model::dots`] of raw rows against the folded whitening (see `folded`):
+    /// `h = (P z − c)/n` with `P z` read in place by the scoring kernel and
+    /// `n = ‖W(z − μ)‖` from the triangular factor; `‖x_0‖²` is 1 (0 where
+    /// `W(z − μ)` is zero, whose `pre` is 0).
+    fn dots_folded(
+        &self,
+        f: &Folded,
+        which: usize,
+        rows: &Rows<'_>,
+        start: usize,
+        rows_in: &[usize],
+        c: &mut OutChunk<'_>,
+    ) -> (Vec<usize>, Vec<f64>, Vec<f64>) {
+        let d = self.d;
+        let ft = &f.targets[which];
+        let m = ft.c.len();
+        let mut idx = Vec::with_capacity(rows_in.len());
+        let mut abs = Vec::with_capacity(rows_in.len());
+        let mut inv = Vec::with_capacity(rows_in.len());
+        // `z − μ` per kept row, for the norm.
+        let mut v = Vec::with_capacity(rows_in.len() * d);
+        let mut row = vec![0.0; d];
+        for &i in rows_in {
+            match rows.gather_norm(start + i, &mut row) {
+                Some(norm) => {
+                    // `l2` leaves a zero row zero: `z = 0`.
+                    let s = if norm > 0.0 { 1.0 / norm } else { 0.0 };
+                    v.extend(row.iter().zip(&f.mu).map(|(x, mu)| x * s - mu));
+                    c.valid[i] = true;
+                    idx.push(i);
+                    abs.push(start + i);
+                    inv.push(s);
+                }
+                None => {
+                    c.valid[i] = false;
+                    c.steps[i] = 0;
+                }
+            }
+        }
+        let n = idx.len();
+        let mut hs = vec![0.0; n * m];
+        let mut sq = vec![0.0; n];
+        tile::dots_in_place(rows, &abs, &ft.p, &ft.panel, m, &mut hs, &mut sq);
+        let mut nsq = vec![0.0; n];
+        f.norms(&v, n, &mut nsq);
+        let mut x0sq = Vec::with_capacity(n);
+        for r in 0..n {
+            let h = &mut hs[r * m..(r + 1) * m];
+            let mut s = inv[r];
+            if !sq[r].is_finite() {
+                // Finite components whose squares overflow (f64 rows near 1e154):
+                // `P x` may have overflowed too, so take `P z` from `z` itself.
+                let z: Vec<f64> = v[r * d..(r + 1) * d]
+                    .iter()
+                    .zip(&f.mu)
+                    .map(|(v, mu)| v + mu)
+                    .collect();
+                for (hv, p) in h.iter_mut().zip(ft.p.chunks_exact(d)) {
+                    *hv = crate::kernel::dot(p, &z);
+                }
+                s = 1.0;
+            }
+            let norm = nsq[r].sqrt();
+            if norm > 0.0 {
+                let k = 1.0 / norm;
+                h.iter_mut()
+                    .zip(&ft.c)
+                    .for_each(|(hv, cv)| *hv = (*hv * s - cv) * k);
+                x0sq.push(1.0);
+            } else {
+                h.fill(0.0);
+                x0sq.push(0.0);
+            }
+        }
+        (idx, hs, x0sq)
+    }
+
     /// [`Model::dots`] of already preprocessed (whitened) rows with
     /// [`Precision::F32Blocked`] products; `‖x_0‖²` stays f64.
     fn dots_f32_blocked(
@@ -323,7 +430,7 @@ impl Model {
         route: Route,
         work: Work,
         c: &mut OutChunk<'_>,
-        l2: bool,
+        pre: Pre<'_>,
     ) {
         let len = c.valid.len();
         let k = self.groups.len();
@@ -344,7 +451,7 @@ impl Model {
                 continue;
             }
             let t = self.target(g);
-            let (idx, hs, x0sq) = self.dots(rows, start, rows_in, t, l2, c);
+            let (idx, hs, x0sq) = self.dots(rows, start, rows_in, t, g, pre, c);
             let mut a0 = vec![0.0; idx.len()];
             let mut p0 = vec![0.0; hs.len()];
             lme_softmax_rows(&hs, t.m, self.beta, &mut p0, &mut a0);
@@ -354,7 +461,7 @@ impl Model {
             return;
         }
         let u = self.union_target();
-        let (idx, hs, x0sq) = self.dots(rows, start, &buckets[k], u, l2, c);
+        let (idx, hs, x0sq) = self.dots(rows, start, &buckets[k], u, k, pre, c);
         if idx.is_empty() {
             return;
         }
@@ -910,6 +1017,100 @@ mod tests {
     }
 
     /// The memory-space iteration must agree with iterating the `d`-vectors.
+    /// The whitening folded into the memories gives the outputs of whitening each row
+    /// explicitly, for every route and for the rows `pre` treats specially: a zero row,
+    /// a row at the mean (`W(z − μ) = 0`), f64 rows whose squares overflow, and null or
+    /// non-finite rows.
+    #[test]
+    fn folded_whitening_scores_as_explicit_whitening() {
+        let mut rng = Rng::new(5);
+        let (d, m, n) = (20, 6, 2500);
+        let fit: Vec<Vec<f64>> = (0..3)
+            .map(|g| {
+                (0..200 * d)
+                    .map(|j| rng.next_f64() - 0.5 + if j % d == g { 0.8 } else { 0.0 })
+                    .collect::<Vec<f64>>()
+            })
+            .map(|mut v| {
+                v.chunks_mut(d).for_each(|r| Normalize::L2.apply(r));
+                v
+            })
+            .collect();
+        let refs: Vec<&[f64]> = fit.iter().map(|v| v.as_slice()).collect();
+        let (whitening, _) = crate::whiten::fit(&refs, d, 1e-3).unwrap();
+        let groups = (0..3)
+            .map(|key| Group {
+                key: Some(crate::model::GroupKey::Int(key)),
+                xi: {
+                    let mut xi: Vec<f64> = (0..m * d).map(|_| rng.next_f64() - 0.5).collect();
+                    xi.chunks_mut(d).for_each(|r| Normalize::L2.apply(r));
+                    xi
+                },
+                m,
+                tau: 0.05 * key as f64,
+                n_train: 0,
+                n_calibration: 0,
+                calibrated_on: CalibratedOn::Holdout,
+            })
+            .collect();
+        let model = Model::new(ModelParts {
+            d,
+            beta: 7.0,
+            normalize: Normalize::L2,
+            max_iter: 16,
+            tol: 1e-6,
+            groups,
+            tau_star: 0.1,
+            provenance: Provenance::default(),
+            whitening: Some(whitening.clone()),
+            beta_search: None,
+        })
+        .unwrap();
+        assert!(model.folded().is_some(), "a narrow whitened model folds");
+        let explicit = model.unfolded();
+        let mut x: Vec<f64> = (0..n * d).map(|_| rng.next_f64() - 0.5).collect();
+        x[3 * d..4 * d].fill(0.0);
+        x[5 * d..6 * d].copy_from_slice(whitening.mean());
+        x[8 * d..9 * d].iter_mut().for_each(|v| *v *= 1e300);
+        x[11 * d + 2] = f64::INFINITY;
+        x[13 * d] = f64::NAN;
+        let rows = Rows::dense_f64(&x, d);
+        let g: Vec<Option<u32>> = (0..n)
+            .map(|i| [None, Some(0), Some(2), None][i % 4])
+            .collect();
+        for (route, groups) in [
+            (Route::Best, None),
+            (Route::Best, Some(&g[..])),
+            (Route::Union, Some(&g[..])),
+        ] {
+            let (mut a, mut b) = (ScoreOutput::default(), ScoreOutput::default());
+            model
+                .score_routed(&rows, groups, route, Work::WithDynamics, &mut a)
+                .unwrap();
+            explicit
+                .score_routed(&rows, groups, route, Work::WithDynamics, &mut b)
+                .unwrap();
+            assert_eq!(a.valid, b.valid);
+            assert!(!a.valid[11] && !a.valid[13] && a.valid[3] && a.valid[5] && a.valid[8]);
+            for i in (0..n).filter(|&i| a.valid[i]) {
+                let near = |p: f64, q: f64| (p - q).abs() <= 1e-12 * (1.0 + q.abs());
+                assert!(
+                    near(a.energy[i], b.energy[i]) && near(a.score[i], b.score[i]),
+                    "{route:?} row {i}: {} vs {}",
+                    a.energy[i],
+                    b.energy[i]
+                );
+                assert_eq!(
+                    (a.group[i], a.is_ood[i], a.attractor[i]),
+                    (b.group[i], b.is_ood[i], b.attractor[i]),
+                    "{route:?} row {i}"
+                );
+            }
+            // The zero row, the row at the mean and the huge row are scored, not nulled.
+            assert!(a.energy[5].is_finite() && a.energy[8].is_finite());
+        }
+    }
+
     #[test]
     fn gram_and_direct_dynamics_agree() {
         let mut rng = Rng::new(5);
