@@ -6,7 +6,10 @@ use std::path::PathBuf;
 /// Result alias used across the core.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Adapters match on kinds; new kinds may come with new checks, hence
+/// `#[non_exhaustive]`.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     #[error("column '{column}': expected embedding dimension {expected}, found {found}{}", row_suffix(*row))]
     Dimension {

@@ -614,12 +614,19 @@ fn store_lock_heartbeat_and_takeover(
             }
         })
     };
-    let e = DriftJob::new(spec.clone(), stores.clone())
+    let err = DriftJob::new(spec.clone(), stores.clone())
         .lock_wait(Duration::from_millis(2000))
         .lock_stale_after(stale)
         .run()
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
+    // A caller that would rather wait than fail can tell this error from the others.
+    match &err {
+        reclag_pipelines::Error::Locked { holder, .. } => {
+            assert!(holder.starts_with("pid 7 on another-host"), "{holder}")
+        }
+        other => panic!("expected Error::Locked, found {other:?}"),
+    }
+    let e = err.to_string();
     assert!(
         e.contains("another drift run holds this output (pid 7 on another-host)")
             && e.contains("taken over once it has had no heartbeat for 600ms"),

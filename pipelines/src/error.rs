@@ -5,7 +5,11 @@ use std::path::PathBuf;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Callers match on the kinds they can act on (a held lock: wait; a missing input:
+/// skip; refused credentials: reconfigure); more kinds may come, hence
+/// `#[non_exhaustive]`.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     #[error(transparent)]
     Core(#[from] reclag::Error),
@@ -45,6 +49,78 @@ pub enum Error {
         context: String,
         #[source]
         source: polars::prelude::PolarsError,
+    },
+
+    /// Another drift run holds the output's lock; it is released or taken over when
+    /// that run ends, so a caller may wait and retry.
+    #[error(
+        "{output}: another drift run holds this output ({holder}); {hint}. \
+         Wait for it, or pass --lock-wait (e.g. 30m) to queue behind it"
+    )]
+    Locked {
+        output: String,
+        /// The holder's description (host, process, start time).
+        holder: String,
+        hint: String,
+    },
+
+    /// Another run took this run's lock over (its heartbeat stalled): it stopped before
+    /// committing more, and a rerun continues where it stopped.
+    #[error(
+        "{output}: another drift run took over this output's lock (this run's heartbeat stalled); stopping before the next partition"
+    )]
+    LockLost { output: String },
+
+    /// The output cannot be locked at all (no conditional writes, or a filesystem
+    /// without locks): a rerun will not help; another output location will.
+    #[error("{output}: {reason}")]
+    Unlockable { output: String, reason: String },
+
+    /// An object or path that does not exist.
+    #[error("{location}: does not exist (check the path or URL)")]
+    NotFound { location: String },
+
+    /// An input that names no Parquet file (a glob with no match, an empty
+    /// directory, a missing path).
+    #[error("{message}")]
+    NoInput { input: String, message: String },
+
+    /// The store refused the credentials for a request.
+    #[error(
+        "{doing} {location}: {source}; the credentials were refused: check them and the bucket policy (see `reclag --help`)"
+    )]
+    Denied {
+        location: String,
+        doing: String,
+        #[source]
+        source: Box<object_store::Error>,
+    },
+
+    /// Any other store failure (after the store's own retries).
+    #[error("{doing} {location}: {source}")]
+    Store {
+        location: String,
+        doing: String,
+        #[source]
+        source: Box<object_store::Error>,
+    },
+
+    /// Credentials missing or half set for a store.
+    #[error("{message}")]
+    Credentials { store: String, message: String },
+
+    /// A path or URL that cannot name a location (bad syntax, unknown scheme, no
+    /// bucket).
+    #[error("{message}")]
+    Location { spec: String, message: String },
+
+    /// Inputs of one job whose schemas differ: `file` against the first input, in
+    /// `columns`.
+    #[error("{message}")]
+    SchemaMismatch {
+        file: PathBuf,
+        columns: Vec<String>,
+        message: String,
     },
 
     /// Bad arguments or input, with a hint of what to do next.

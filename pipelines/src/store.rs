@@ -296,20 +296,21 @@ impl Location {
 
     /// An object-store error turned into a message that says what to check.
     pub fn error(&self, doing: &str, e: object_store::Error) -> Error {
-        let hint = match &e {
-            object_store::Error::NotFound { .. } => {
-                return Error::Usage(format!(
-                    "{}: does not exist (check the path or URL)",
-                    self.display
-                ));
-            }
+        let (location, doing) = (self.display.clone(), doing.to_string());
+        match e {
+            object_store::Error::NotFound { .. } => Error::NotFound { location },
             object_store::Error::PermissionDenied { .. }
-            | object_store::Error::Unauthenticated { .. } => {
-                "; the credentials were refused: check them and the bucket policy (see `reclag --help`)"
-            }
-            _ => "",
-        };
-        Error::Usage(format!("{doing} {}: {e}{hint}", self.display))
+            | object_store::Error::Unauthenticated { .. } => Error::Denied {
+                location,
+                doing,
+                source: Box::new(e),
+            },
+            _ => Error::Store {
+                location,
+                doing,
+                source: Box::new(e),
+            },
+        }
     }
 }
 
@@ -363,8 +364,12 @@ pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
 
 /// `(base URL, key, local path)` of a spec.
 fn split(spec: &str) -> Result<(Url, ObjPath, Option<PathBuf>)> {
+    let bad = |message: String| Error::Location {
+        spec: spec.to_string(),
+        message,
+    };
     if spec.is_empty() {
-        return Err(Error::Usage("an empty path was given".into()));
+        return Err(bad("an empty path was given".into()));
     }
     let is_url = spec.contains("://");
     if !is_url || spec.starts_with("file://") {
@@ -372,7 +377,7 @@ fn split(spec: &str) -> Result<(Url, ObjPath, Option<PathBuf>)> {
             Url::parse(spec)
                 .ok()
                 .and_then(|u| u.to_file_path().ok())
-                .ok_or_else(|| Error::Usage(format!("'{spec}' is not a valid file:// URL")))?
+                .ok_or_else(|| bad(format!("'{spec}' is not a valid file:// URL")))?
         } else {
             PathBuf::from(spec)
         };
@@ -381,30 +386,30 @@ fn split(spec: &str) -> Result<(Url, ObjPath, Option<PathBuf>)> {
             source,
         })?);
         let key = ObjPath::from_absolute_path(&abs)
-            .map_err(|e| Error::Usage(format!("'{spec}' cannot be used as a local path: {e}")))?;
+            .map_err(|e| bad(format!("'{spec}' cannot be used as a local path: {e}")))?;
         let base = Url::parse("file:///").expect("static URL");
         return Ok((base, key, Some(abs)));
     }
     let url = Url::parse(spec).map_err(|e| {
-        Error::Usage(format!(
+        bad(format!(
             "'{spec}' is not a valid URL ({e}); expected s3://BUCKET/KEY, gs://BUCKET/KEY, az://CONTAINER/KEY or a local path"
         ))
     })?;
     let scheme = url.scheme();
     if !matches!(scheme, "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss") {
-        return Err(Error::Usage(format!(
+        return Err(bad(format!(
             "'{spec}': unsupported scheme '{scheme}://'; use s3://, gs://, az://, file:// or a local path"
         )));
     }
     let bucket = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| {
-        Error::Usage(format!(
+        bad(format!(
             "'{spec}' names no bucket; expected {scheme}://BUCKET/KEY"
         ))
     })?;
     let base = Url::parse(&format!("{scheme}://{bucket}/"))
-        .map_err(|e| Error::Usage(format!("'{spec}' has an invalid bucket name: {e}")))?;
+        .map_err(|e| bad(format!("'{spec}' has an invalid bucket name: {e}")))?;
     let key = ObjPath::from_url_path(url.path())
-        .map_err(|e| Error::Usage(format!("'{spec}' has an invalid key: {e}")))?;
+        .map_err(|e| bad(format!("'{spec}' has an invalid key: {e}")))?;
     Ok((base, key, None))
 }
 
@@ -533,14 +538,20 @@ fn check_aws(env: &StoreEnv, base: &Url) -> Result<()> {
     let secret = env.get("AWS_SECRET_ACCESS_KEY").is_some();
     match (key, secret) {
         (true, false) => {
-            return Err(Error::Usage(format!(
-                "S3 credentials for {base} are incomplete: AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not; set both"
-            )));
+            return Err(Error::Credentials {
+                store: base.to_string(),
+                message: format!(
+                    "S3 credentials for {base} are incomplete: AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not; set both"
+                ),
+            });
         }
         (false, true) => {
-            return Err(Error::Usage(format!(
-                "S3 credentials for {base} are incomplete: AWS_SECRET_ACCESS_KEY is set but AWS_ACCESS_KEY_ID is not; set both"
-            )));
+            return Err(Error::Credentials {
+                store: base.to_string(),
+                message: format!(
+                    "S3 credentials for {base} are incomplete: AWS_SECRET_ACCESS_KEY is set but AWS_ACCESS_KEY_ID is not; set both"
+                ),
+            });
         }
         (true, true) => return Ok(()),
         (false, false) => {}
@@ -557,12 +568,15 @@ fn check_aws(env: &StoreEnv, base: &Url) -> Result<()> {
     {
         return Ok(());
     }
-    Err(Error::Usage(format!(
-        "no S3 credentials for {base}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
+    Err(Error::Credentials {
+        store: base.to_string(),
+        message: format!(
+            "no S3 credentials for {base}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
          (plus AWS_SESSION_TOKEN for temporary ones), or AWS_WEB_IDENTITY_TOKEN_FILE with \
          AWS_ROLE_ARN; on EC2 with an instance role set AWS_EC2_METADATA_DISABLED=false; \
          for a public bucket set AWS_SKIP_SIGNATURE=true"
-    )))
+        ),
+    })
 }
 
 #[cfg(test)]
@@ -579,7 +593,12 @@ mod tests {
         assert_eq!(l.unwrap(), PathBuf::from("/tmp/x y/z.parquet"));
         let (_, k, _) = split("/a/./b/../c.parquet").unwrap();
         assert_eq!(k.as_ref(), "a/c.parquet");
-        let e = split("http://host/x").unwrap_err().to_string();
+        let e = split("http://host/x").unwrap_err();
+        assert!(
+            matches!(&e, Error::Location { spec, .. } if spec == "http://host/x"),
+            "{e:?}"
+        );
+        let e = e.to_string();
         assert!(e.contains("unsupported scheme 'http://'"), "{e}");
         let e = split("s3:///x").unwrap_err().to_string();
         assert!(e.contains("names no bucket"), "{e}");
@@ -588,7 +607,12 @@ mod tests {
     #[test]
     fn missing_aws_credentials_fail_fast_without_echoing_secrets() {
         let stores = Stores::new(StoreEnv::from_vars([("AWS_REGION", "us-east-1")]));
-        let e = stores.locate("s3://b/k").unwrap_err().to_string();
+        let e = stores.locate("s3://b/k").unwrap_err();
+        assert!(
+            matches!(&e, Error::Credentials { store, .. } if store == "s3://b/"),
+            "{e:?}"
+        );
+        let e = e.to_string();
         assert!(e.contains("no S3 credentials for s3://b/"), "{e}");
         assert!(e.contains("AWS_ACCESS_KEY_ID"), "{e}");
         let stores = Stores::new(StoreEnv::from_vars([(

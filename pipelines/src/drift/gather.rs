@@ -108,7 +108,19 @@ pub(super) fn unreadable(e: &Error) -> bool {
             !matches!(source, parquet::errors::ParquetError::External(_))
         }
         Error::Arrow { .. } | Error::InFile { .. } | Error::Core(_) => true,
-        Error::Io { .. } | Error::Polars { .. } | Error::Usage(_) => false,
+        Error::Io { .. }
+        | Error::Polars { .. }
+        | Error::Locked { .. }
+        | Error::LockLost { .. }
+        | Error::Unlockable { .. }
+        | Error::NotFound { .. }
+        | Error::NoInput { .. }
+        | Error::Denied { .. }
+        | Error::Store { .. }
+        | Error::Credentials { .. }
+        | Error::Location { .. }
+        | Error::SchemaMismatch { .. }
+        | Error::Usage(_) => false,
     }
 }
 

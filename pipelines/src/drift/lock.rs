@@ -120,11 +120,11 @@ impl RunLock {
                         humantime::format_duration(stale_after)
                     )
                 };
-                return Err(Error::Usage(format!(
-                    "{}: another drift run holds this output ({other}); {hint}. \
-                     Wait for it, or pass --lock-wait (e.g. 30m) to queue behind it",
-                    loc.display
-                )));
+                return Err(Error::Locked {
+                    output: loc.display.clone(),
+                    holder: other,
+                    hint,
+                });
             }
             if !told {
                 eprintln!(
@@ -144,10 +144,9 @@ impl RunLock {
     /// longer than the stale limit): the run must stop before committing more.
     pub fn check(&self) -> Result<()> {
         match &self.held {
-            Held::Store(h) if h.lost.load(Ordering::SeqCst) => Err(Error::Usage(format!(
-                "{}: another drift run took over this output's lock (this run's heartbeat stalled); stopping before the next partition",
-                h.loc.display
-            ))),
+            Held::Store(h) if h.lost.load(Ordering::SeqCst) => Err(Error::LockLost {
+                output: h.loc.display.clone(),
+            }),
             _ => Ok(()),
         }
     }
@@ -311,10 +310,12 @@ fn try_local(path: &std::path::Path, holder: &str) -> Result<Option<File>> {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
         Err(std::fs::TryLockError::Error(e)) => {
-            return Err(Error::Usage(format!(
-                "{}: cannot lock the drift output ({e}); concurrent runs could not be excluded on this filesystem",
-                path.display()
-            )));
+            return Err(Error::Unlockable {
+                output: path.display().to_string(),
+                reason: format!(
+                    "cannot lock the drift output ({e}); concurrent runs could not be excluded on this filesystem"
+                ),
+            });
         }
     }
     f.set_len(0)
@@ -339,11 +340,12 @@ fn try_store(loc: &Location, holder: &str) -> Result<Option<UpdateVersion>> {
         Err(object_store::Error::AlreadyExists { .. })
         | Err(object_store::Error::Precondition { .. }) => Ok(None),
         Err(object_store::Error::NotImplemented { .. })
-        | Err(object_store::Error::NotSupported { .. }) => Err(Error::Usage(format!(
-            "{}: this store cannot create an object only if it is absent, so a second drift run on the output could not be excluded; \
-             use a store with conditional writes (S3, GCS, Azure Blob) or a local output",
-            loc.display
-        ))),
+        | Err(object_store::Error::NotSupported { .. }) => Err(Error::Unlockable {
+            output: loc.display.clone(),
+            reason: "this store cannot create an object only if it is absent, so a second drift run on the output could not be excluded; \
+                     use a store with conditional writes (S3, GCS, Azure Blob) or a local output"
+                .into(),
+        }),
         Err(e) => Err(loc.error("locking", e)),
     }
 }

@@ -42,7 +42,10 @@ pub fn expand_inputs(stores: &Stores, inputs: &[String]) -> Result<Vec<Location>
                 .map(|m| loc.child(m.location).with_size(m.size))
                 .collect();
             if found.is_empty() {
-                return Err(Error::Usage(format!("input '{raw}' matches no files")));
+                return Err(Error::NoInput {
+                    input: raw.clone(),
+                    message: format!("input '{raw}' matches no files"),
+                });
             }
             out.extend(found);
         } else if let Some(meta) = loc.head()? {
@@ -50,8 +53,9 @@ pub fn expand_inputs(stores: &Stores, inputs: &[String]) -> Result<Vec<Location>
         } else {
             let found = parquet_files_below(&loc)?;
             if found.is_empty() {
-                return Err(Error::Usage(
-                    if loc.is_local() && !Path::new(raw).exists() {
+                return Err(Error::NoInput {
+                    input: raw.clone(),
+                    message: if loc.is_local() && !Path::new(raw).exists() {
                         format!(
                             "input '{raw}' does not exist (expected a Parquet file, a directory of them, or a glob like dir/*.parquet)"
                         )
@@ -62,7 +66,7 @@ pub fn expand_inputs(stores: &Stores, inputs: &[String]) -> Result<Vec<Location>
                             "input '{raw}' does not exist: no object with that key and no .parquet objects below it"
                         )
                     },
-                ));
+                });
             }
             out.extend(found);
         }
@@ -117,22 +121,30 @@ pub fn open_all(stores: &Stores, inputs: &[String]) -> Result<Vec<ParquetFile>> 
                 match f.schema.field_with_name(field.name()) {
                     Ok(other) if other.data_type() == field.data_type() => {}
                     Ok(other) => {
-                        return Err(Error::Usage(format!(
-                            "{}: column '{}' has type {}, but {} has {}; all inputs must share one schema",
-                            f.path.display(),
-                            field.name(),
-                            other.data_type(),
-                            first.path.display(),
-                            field.data_type()
-                        )));
+                        return Err(Error::SchemaMismatch {
+                            file: f.path.clone(),
+                            columns: vec![field.name().clone()],
+                            message: format!(
+                                "{}: column '{}' has type {}, but {} has {}; all inputs must share one schema",
+                                f.path.display(),
+                                field.name(),
+                                other.data_type(),
+                                first.path.display(),
+                                field.data_type()
+                            ),
+                        });
                     }
                     Err(_) => {
-                        return Err(Error::Usage(format!(
-                            "{}: column '{}' (present in {}) is missing; all inputs must share one schema",
-                            f.path.display(),
-                            field.name(),
-                            first.path.display()
-                        )));
+                        return Err(Error::SchemaMismatch {
+                            file: f.path.clone(),
+                            columns: vec![field.name().clone()],
+                            message: format!(
+                                "{}: column '{}' (present in {}) is missing; all inputs must share one schema",
+                                f.path.display(),
+                                field.name(),
+                                first.path.display()
+                            ),
+                        });
                     }
                 }
             }
@@ -147,18 +159,22 @@ pub fn open_all(stores: &Stores, inputs: &[String]) -> Result<Vec<ParquetFile>> 
                 .map(|x| x.name().as_str())
                 .collect();
             if !extra.is_empty() {
-                return Err(Error::Usage(format!(
-                    "{}: column(s) {} are not in {}; all inputs must share one schema \
-                     (score the files separately, or use `reclag sql`, which fills a \
-                     column a file lacks with nulls)",
-                    f.path.display(),
-                    extra
-                        .iter()
-                        .map(|c| format!("'{c}'"))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    first.path.display()
-                )));
+                return Err(Error::SchemaMismatch {
+                    file: f.path.clone(),
+                    columns: extra.iter().map(|c| c.to_string()).collect(),
+                    message: format!(
+                        "{}: column(s) {} are not in {}; all inputs must share one schema \
+                         (score the files separately, or use `reclag sql`, which fills a \
+                         column a file lacks with nulls)",
+                        f.path.display(),
+                        extra
+                            .iter()
+                            .map(|c| format!("'{c}'"))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        first.path.display()
+                    ),
+                });
             }
         }
     }

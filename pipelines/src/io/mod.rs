@@ -61,7 +61,7 @@ mod tests {
     use parquet::basic::Compression;
     use parquet::file::properties::WriterProperties;
 
-    use crate::error::Result;
+    use crate::error::{Error, Result};
     use crate::store::StoreEnv;
     use crate::store::Stores;
 
@@ -97,9 +97,15 @@ mod tests {
         );
         assert_eq!(names(&format!("{root}/p=*/*.parquet")), ["c.parquet"]);
         assert_eq!(names(&format!("{root}/**/c.parquet")), ["c.parquet"]);
-        let e = expand_inputs(&stores, &[format!("{root}/nope*.parquet")]).unwrap_err();
+        let glob = format!("{root}/nope*.parquet");
+        let e = expand_inputs(&stores, std::slice::from_ref(&glob)).unwrap_err();
+        assert!(
+            matches!(&e, Error::NoInput { input, .. } if *input == glob),
+            "{e:?}"
+        );
         assert!(e.to_string().contains("matches no files"), "{e}");
         let e = expand_inputs(&stores, &[format!("{root}/missing")]).unwrap_err();
+        assert!(matches!(e, Error::NoInput { .. }), "{e:?}");
         assert!(e.to_string().contains("does not exist"), "{e}");
     }
 
@@ -135,6 +141,54 @@ mod tests {
         w.write(&b).unwrap();
         w.close().unwrap();
         path.to_string_lossy().into_owned()
+    }
+
+    /// Inputs whose schemas differ fail, whichever comes first, with a kind that
+    /// names the file and the columns.
+    #[test]
+    fn inputs_of_different_schemas_name_the_file_and_the_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = part(dir.path(), "a.parquet", 0, 10, 10, false);
+        // `b`: `a`'s columns and a `label_name`.
+        let b = dir.path().join("b.parquet");
+        {
+            let mut r = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                File::open(&a).unwrap(),
+            )
+            .unwrap()
+            .build()
+            .unwrap();
+            let batch = r.next().unwrap().unwrap();
+            let label = arrow_array::StringArray::from_iter_values(
+                (0..batch.num_rows()).map(|i| format!("class {i}")),
+            );
+            let mut fields = batch.schema().fields().to_vec();
+            fields.push(Arc::new(arrow_schema::Field::new(
+                "label_name",
+                arrow_schema::DataType::Utf8,
+                false,
+            )));
+            let mut columns = batch.columns().to_vec();
+            columns.push(Arc::new(label));
+            let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
+            let mut w =
+                ArrowWriter::try_new(File::create(&b).unwrap(), batch.schema(), None).unwrap();
+            w.write(&batch).unwrap();
+            w.close().unwrap();
+        }
+        let b = b.to_string_lossy().into_owned();
+        let stores = Stores::new(crate::store::StoreEnv::default());
+        for (inputs, odd) in [([&a, &b], &b), ([&b, &a], &a)] {
+            let inputs: Vec<String> = inputs.iter().map(|s| s.to_string()).collect();
+            let e = open_all(&stores, &inputs).err().expect("schemas differ");
+            match &e {
+                Error::SchemaMismatch { file, columns, .. } => {
+                    assert_eq!(file, Path::new(odd));
+                    assert_eq!(columns, &["label_name"]);
+                }
+                other => panic!("expected SchemaMismatch, found {other:?}"),
+            }
+        }
     }
 
     /// Fast-path files are read as one chain across file boundaries; row groups the
