@@ -1170,10 +1170,39 @@ fn fused_drift_writes_the_bytes_of_the_arrow_path() {
     }
 }
 
-/// Partitions are read ahead in one chain, but committed in order: a partition whose
-/// file cannot be read (pages zeroed) or opened (not Parquet) stops the run with an
-/// error naming the file, after every partition before it is committed and before
-/// any after it is. Fixed and rerun, the output is byte for byte a clean run's.
+/// An output made with one model refuses another: the error says which model made it
+/// and which one is there now, so a scheduler can start a new output instead.
+#[test]
+fn a_changed_model_is_refused_naming_both_checksums() {
+    let Some(Setup {
+        dir,
+        tmp,
+        model,
+        lake,
+    }) = setup(0..2)
+    else {
+        return;
+    };
+    let stores = Arc::new(Stores::new(StoreEnv::default()));
+    let out = tmp.path().join("out");
+    let run = || {
+        let spec = DriftSpec::parse(&spec_text(&s(&lake), &s(&model), &s(&out))).unwrap();
+        DriftJob::new(spec, stores.clone()).run()
+    };
+    run().unwrap();
+    let before = snapshot(&out);
+    let first = reclag::format::checksum(&reclag::format::load(&model).unwrap());
+    let second = reclag::format::checksum(&train_model(&dir.join("id_train.parquet"), &model, 1));
+    assert_ne!(first, second);
+    match run().unwrap_err() {
+        reclag_pipelines::Error::ModelChanged {
+            recorded, found, ..
+        } => assert_eq!((recorded, found), (first, second)),
+        other => panic!("expected Error::ModelChanged, found {other:?}"),
+    }
+    assert!(snapshot(&out) == before, "a refused run changed the output");
+}
+
 /// A partition with a file that cannot be read (its pages wrecked, not Parquet at all,
 /// the label column of another type) is skipped with the reason in the summary, the
 /// state and the report, and every other partition is processed. With `strict` the
@@ -1246,7 +1275,12 @@ fn an_unreadable_partition_is_skipped_with_its_reason_or_fails_when_strict() {
         );
 
         let out = tmp.path().join(format!("strict-{how}"));
-        let e = run(&out, true).unwrap_err().to_string();
+        let err = run(&out, true).unwrap_err();
+        assert!(
+            matches!(&err, reclag_pipelines::Error::StrictSkip { partition, .. } if *partition == value),
+            "{how}: {err:?}"
+        );
+        let e = err.to_string();
         assert!(
             e.contains(&format!("partition {value}")) && e.contains("--strict"),
             "{how}: {e}"

@@ -123,6 +123,34 @@ pub enum Error {
         message: String,
     },
 
+    /// A drift output made with another model: its metrics would not compare, so
+    /// the new model needs a new output.
+    #[error(
+        "{output}: this output was produced with model {recorded}, but model.url now has checksum {found}; use a new output.url for the new model (metrics from two models are not comparable)"
+    )]
+    ModelChanged {
+        output: String,
+        recorded: String,
+        found: String,
+    },
+
+    /// A drift output judged against another reference: its rates would not compare.
+    #[error(
+        "{output}: this output was judged against reference {recorded}, but the reference is now {found}; use a new output.url (rates against two references are not comparable)"
+    )]
+    ReferenceChanged {
+        output: String,
+        recorded: String,
+        found: String,
+    },
+
+    /// `--strict`: a partition that would have been skipped; the ones before it are
+    /// published.
+    #[error(
+        "partition {partition}: {reason} (--strict: a partition that would be skipped fails the run; the partitions before it are published)"
+    )]
+    StrictSkip { partition: String, reason: String },
+
     /// Bad arguments or input, with a hint of what to do next.
     #[error("{0}")]
     Usage(String),

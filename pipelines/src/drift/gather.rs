@@ -120,6 +120,9 @@ pub(super) fn unreadable(e: &Error) -> bool {
         | Error::Credentials { .. }
         | Error::Location { .. }
         | Error::SchemaMismatch { .. }
+        | Error::ModelChanged { .. }
+        | Error::ReferenceChanged { .. }
+        | Error::StrictSkip { .. }
         | Error::Usage(_) => false,
     }
 }

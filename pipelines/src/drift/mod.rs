@@ -205,10 +205,11 @@ impl DriftJob {
         };
         let mut state = self.load_state()?;
         if !state.model_sha256.is_empty() && state.model_sha256 != sha {
-            return Err(Error::Usage(format!(
-                "{}: this output was produced with model {}, but model.url now has checksum {sha}; use a new output.url for the new model (metrics from two models are not comparable)",
-                self.spec.output.url, state.model_sha256
-            )));
+            return Err(Error::ModelChanged {
+                output: self.spec.output.url.clone(),
+                recorded: state.model_sha256.clone(),
+                found: sha,
+            });
         }
         state.model_sha256 = sha.clone();
         let Found {
@@ -220,10 +221,11 @@ impl DriftJob {
             match &state.reference {
                 Some(have) if have.url == desc => {}
                 Some(have) => {
-                    return Err(Error::Usage(format!(
-                        "{}: this output was judged against reference {}, but the reference is now {desc}; use a new output.url (rates against two references are not comparable)",
-                        self.spec.output.url, have.url
-                    )));
+                    return Err(Error::ReferenceChanged {
+                        output: self.spec.output.url.clone(),
+                        recorded: have.url.clone(),
+                        found: desc,
+                    });
                 }
                 None if !self.dry_run => {
                     state.reference = Some(self.measure_reference(&model, r, &all)?)
@@ -289,76 +291,74 @@ impl DriftJob {
         summary.partitions.clear();
         let bar = crate::progress::bar(todo.len() as u64, "partitions", "drift");
         // Commits one partition's outputs, in order; `false` once cancelled.
-        let mut commit = |part: &Partition,
-                          processed: Processed,
-                          state: &mut State|
-         -> Result<bool> {
-            if let Some(l) = &_lock {
-                l.check()?;
-            }
-            if self
-                .cancel
-                .as_ref()
-                .is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst))
-            {
-                summary.interrupted = true;
-                return Ok(false);
-            }
-            let record = match processed {
-                Processed::Skipped(reason) if self.strict => {
-                    return Err(Error::Usage(format!(
-                        "partition {}: {reason} (--strict: a partition that would be skipped fails the run; the partitions before it are published)",
-                        part.value
-                    )));
+        let mut commit =
+            |part: &Partition, processed: Processed, state: &mut State| -> Result<bool> {
+                if let Some(l) = &_lock {
+                    l.check()?;
                 }
-                Processed::Skipped(reason) => {
-                    let r = PartitionRecord {
-                        partition: part.value.clone(),
-                        status: PartitionStatus::Skipped,
-                        reason: Some(reason),
-                        rows: 0,
-                        ood_rows: 0,
-                        ood_rate: 0.0,
-                        expected_rate: 0.0,
-                        p_value: 1.0,
-                        drift: false,
-                        drift_groups: vec![],
-                        score_quantiles: vec![],
-                        low_p_rate: None,
-                        p_histogram: vec![],
-                        groups: vec![],
-                        worst: vec![],
-                    };
-                    summary.skipped.push((&r).into());
-                    r
+                if self
+                    .cancel
+                    .as_ref()
+                    .is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst))
+                {
+                    summary.interrupted = true;
+                    return Ok(false);
                 }
-                Processed::Done {
-                    record,
-                    metrics,
-                    worst,
-                } => {
-                    let name = format!("part-{}.parquet", file_safe(&part.value));
-                    self.out(&format!("metrics/{name}"))?
-                        .put(parquet_bytes(&metrics)?)?;
-                    self.checkpoint(&format!("metrics:{}", part.value))?;
-                    if let Some(w) = worst {
-                        self.out(&format!("worst/{name}"))?
-                            .put(parquet_bytes(&w)?)?;
+                let record = match processed {
+                    Processed::Skipped(reason) if self.strict => {
+                        return Err(Error::StrictSkip {
+                            partition: part.value.clone(),
+                            reason,
+                        });
                     }
-                    self.checkpoint(&format!("worst:{}", part.value))?;
-                    if record.drift {
-                        summary.drifted.push(record.as_ref().into());
+                    Processed::Skipped(reason) => {
+                        let r = PartitionRecord {
+                            partition: part.value.clone(),
+                            status: PartitionStatus::Skipped,
+                            reason: Some(reason),
+                            rows: 0,
+                            ood_rows: 0,
+                            ood_rate: 0.0,
+                            expected_rate: 0.0,
+                            p_value: 1.0,
+                            drift: false,
+                            drift_groups: vec![],
+                            score_quantiles: vec![],
+                            low_p_rate: None,
+                            p_histogram: vec![],
+                            groups: vec![],
+                            worst: vec![],
+                        };
+                        summary.skipped.push((&r).into());
+                        r
                     }
-                    *record
-                }
+                    Processed::Done {
+                        record,
+                        metrics,
+                        worst,
+                    } => {
+                        let name = format!("part-{}.parquet", file_safe(&part.value));
+                        self.out(&format!("metrics/{name}"))?
+                            .put(parquet_bytes(&metrics)?)?;
+                        self.checkpoint(&format!("metrics:{}", part.value))?;
+                        if let Some(w) = worst {
+                            self.out(&format!("worst/{name}"))?
+                                .put(parquet_bytes(&w)?)?;
+                        }
+                        self.checkpoint(&format!("worst:{}", part.value))?;
+                        if record.drift {
+                            summary.drifted.push(record.as_ref().into());
+                        }
+                        *record
+                    }
+                };
+                summary.partitions.push(part.value.clone());
+                state.partitions.insert(part.value.clone(), record);
+                self.save_state(state)?;
+                self.checkpoint(&format!("state:{}", part.value))?;
+                bar.inc(1);
+                Ok(true)
             };
-            summary.partitions.push(part.value.clone());
-            state.partitions.insert(part.value.clone(), record);
-            self.save_state(state)?;
-            self.checkpoint(&format!("state:{}", part.value))?;
-            bar.inc(1);
-            Ok(true)
-        };
         let routing = self.routing();
         let mut rest: &[&Partition] = &todo;
         while !rest.is_empty() {
