@@ -86,6 +86,15 @@ fn bench(c: &mut Criterion) {
                 .unwrap()
         })
     });
+    // Rows without a group: every row against the union of all K·M memories, then
+    // its best group's dynamics.
+    g.bench_function("reclag_best_route", |b| {
+        b.iter(|| {
+            model
+                .score_into(&view, None, Work::WithDynamics, &mut out)
+                .unwrap()
+        })
+    });
     g.finish();
 }
 

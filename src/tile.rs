@@ -361,7 +361,9 @@ mod avx512 {
     /// wide memory sets trade L1 misses on `Ξᵀ` for accumulator traffic: at 640
     /// memories (K = 10, M = 64, best routing) 8-component slices made the whole score
     /// 1.7× slower than one pass (50,000 rows × d = 512, criterion medians
-    /// 1.69 s against 0.98 s; 16 components 1.39 s, 64 1.06 s).
+    /// 1.69 s against 0.98 s; 16 components 1.39 s, 64 1.06 s), and at the paper
+    /// recipe's 160 (K = 10, M = 16, rows without a group) 2.5× slower (200,000 rows:
+    /// 1.13 s against 0.45 s).
     fn slice_len(mp: usize, d: usize) -> usize {
         let kc = SLICE_BYTES / (mp * 8) / LANES * LANES;
         if kc < 2 * LANES {
