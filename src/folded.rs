@@ -33,6 +33,8 @@ const TRI_BLOCK: usize = 64;
 #[derive(Clone, Debug)]
 pub(crate) struct FoldedTarget {
     pub p: Vec<f64>,
+    /// `P` rounded to f32, for [`crate::Precision::F32Blocked`] products.
+    pub p32: Vec<f32>,
     pub panel: Aligned,
     pub c: Vec<f64>,
 }
@@ -66,7 +68,8 @@ impl Folded {
                 let mut c = vec![0.0; m];
                 crate::kernel::gemm_abt(&p, m, d, mu, 1, &mut c);
                 let panel = crate::tile::panel(&p, m, d);
-                FoldedTarget { p, panel, c }
+                let p32 = p.iter().map(|&v| v as f32).collect();
+                FoldedTarget { p, p32, panel, c }
             })
             .collect();
         Some(Folded {

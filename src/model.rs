@@ -147,15 +147,16 @@ impl Recipe {
     }
 }
 
-/// How the two `d`-long products of the whitened recipe (the whitening `W(z − μ)` and
-/// `Ξ pre(x)` against every memory) are summed.
+/// How the whitened recipe's products with the memories are summed.
 ///
 /// Spec §1 asks for f64 accumulation ([`Precision::Exact`], the default). The
-/// whitened recipe spends most of its time in those products, where f32 arithmetic
+/// whitened recipe spends most of its time in the products of each row with every
+/// group's memories (folded with the whitening, see `folded`), where f32 arithmetic
 /// runs at twice the vector width; [`Precision::F32Blocked`] rounds the operands to
-/// f32, sums their products in f32 over 32 terms and adds those partial sums in f64.
-/// It is a runtime choice (never stored in a model file) offered so its speed and its
-/// deviations can be measured against the rule: BENCHMARKS.md has both.
+/// f32, sums their products in f32 over 32 terms and adds those partial sums in f64
+/// (the whitened norm stays f64). Models too wide to fold also whiten each row that
+/// way. It is a runtime choice (never stored in a model file) offered so its speed and
+/// its deviations can be measured against the rule: BENCHMARKS.md has both.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Precision {
     #[default]

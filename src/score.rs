@@ -184,10 +184,7 @@ impl Model {
         out.resize(n);
         let chunks = split_out(out, n);
         // Built before the tasks start, so none of them waits on another to build it.
-        let folded = match self.precision {
-            Precision::Exact => self.folded(),
-            Precision::F32Blocked => None,
-        };
+        let folded = self.folded();
         let block = |mut c: OutChunk<'_>| {
             let len = c.valid.len();
             let g = groups.map(|g| &g[c.start..c.start + len]);
@@ -311,8 +308,9 @@ impl Model {
     }
 
     /// [`Model::dots`] of raw rows against the folded whitening (see `folded`):
-    /// `h = (P z − c)/n` with `P z` read in place by the scoring kernel and
-    /// `n = ‖W(z − μ)‖` from the triangular factor; `‖x_0‖²` is 1 (0 where
+    /// `h = (P z − c)/n` with `P z` read in place by the scoring kernel (with
+    /// [`Precision::F32Blocked`], f32 products of `z` in blocks) and `n = ‖W(z − μ)‖`
+    /// from the triangular factor, in f64 either way; `‖x_0‖²` is 1 (0 where
     /// `W(z − μ)` is zero, whose `pre` is 0).
     fn dots_folded(
         &self,
@@ -331,6 +329,8 @@ impl Model {
         let mut inv = Vec::with_capacity(rows_in.len());
         // `z − μ` per kept row, for the norm.
         let mut v = Vec::with_capacity(rows_in.len() * d);
+        let f32_blocked = self.precision == Precision::F32Blocked;
+        let mut z32 = Vec::with_capacity(if f32_blocked { rows_in.len() * d } else { 0 });
         let mut row = vec![0.0; d];
         for &i in rows_in {
             match rows.gather_norm(start + i, &mut row) {
@@ -338,6 +338,9 @@ impl Model {
                     // `l2` leaves a zero row zero: `z = 0`.
                     let s = if norm > 0.0 { 1.0 / norm } else { 0.0 };
                     v.extend(row.iter().zip(&f.mu).map(|(x, mu)| x * s - mu));
+                    if f32_blocked {
+                        z32.extend(row.iter().map(|x| (x * s) as f32));
+                    }
                     c.valid[i] = true;
                     idx.push(i);
                     abs.push(start + i);
@@ -352,7 +355,13 @@ impl Model {
         let n = idx.len();
         let mut hs = vec![0.0; n * m];
         let mut sq = vec![0.0; n];
-        tile::dots_in_place(rows, &abs, &ft.p, &ft.panel, m, &mut hs, &mut sq);
+        if f32_blocked {
+            // Products of `z` itself, so no scale is left to apply (and `sq` stays 0).
+            crate::kernel::gemm_abt_f32_blocked(&z32, n, d, &ft.p32, m, &mut hs);
+            inv.fill(1.0);
+        } else {
+            tile::dots_in_place(rows, &abs, &ft.p, &ft.panel, m, &mut hs, &mut sq);
+        }
         let mut nsq = vec![0.0; n];
         f.norms(&v, n, &mut nsq);
         let mut x0sq = Vec::with_capacity(n);
@@ -1108,6 +1117,79 @@ mod tests {
             }
             // The zero row, the row at the mean and the huge row are scored, not nulled.
             assert!(a.energy[5].is_finite() && a.energy[8].is_finite());
+        }
+    }
+
+    /// `Precision::F32Blocked` on a folded model: f32 products of `z` with `ΞW` in
+    /// blocks, the norm in f64. Its energies stay within 1e-6 of exact, as do those of
+    /// the explicit f32-blocked path, and almost every row keeps its group and flag.
+    #[test]
+    fn f32_blocked_products_stay_near_exact() {
+        let mut rng = Rng::new(8);
+        let (d, m, n) = (48, 8, 3000);
+        let fit: Vec<f64> = (0..2000 * d)
+            .map(|j| rng.next_f64() - 0.5 + if j % d < 3 { 0.5 } else { 0.0 })
+            .collect();
+        let mut fit = fit;
+        fit.chunks_mut(d).for_each(|r| Normalize::L2.apply(r));
+        let (whitening, _) =
+            crate::whiten::fit(&[&fit[..1000 * d], &fit[1000 * d..]], d, 1e-3).unwrap();
+        let groups = (0..2)
+            .map(|key| Group {
+                key: Some(crate::model::GroupKey::Int(key)),
+                xi: {
+                    let mut xi: Vec<f64> = (0..m * d).map(|_| rng.next_f64() - 0.5).collect();
+                    xi.chunks_mut(d).for_each(|r| Normalize::L2.apply(r));
+                    xi
+                },
+                m,
+                tau: 0.1,
+                n_train: 0,
+                n_calibration: 0,
+                calibrated_on: CalibratedOn::Holdout,
+            })
+            .collect();
+        let exact = Model::new(ModelParts {
+            d,
+            beta: 10.0,
+            normalize: Normalize::L2,
+            max_iter: 16,
+            tol: 1e-6,
+            groups,
+            tau_star: 0.1,
+            provenance: Provenance::default(),
+            whitening: Some(whitening),
+            beta_search: None,
+        })
+        .unwrap();
+        let x: Vec<f32> = (0..n * d).map(|_| rng.next_f64() as f32 - 0.5).collect();
+        let rows = Rows::dense_f32(&x, d);
+        let mut want = ScoreOutput::default();
+        exact
+            .score_into(&rows, None, Work::WithDynamics, &mut want)
+            .unwrap();
+        let mut blocked = exact.clone();
+        blocked.set_precision(Precision::F32Blocked);
+        for (what, model) in [
+            ("folded", blocked.clone()),
+            ("explicit", blocked.unfolded()),
+        ] {
+            let mut got = ScoreOutput::default();
+            model
+                .score_into(&rows, None, Work::WithDynamics, &mut got)
+                .unwrap();
+            let worst = (0..n)
+                .map(|i| (got.energy[i] - want.energy[i]).abs())
+                .fold(0.0, f64::max);
+            assert!(worst <= 1e-6, "{what}: max |Δenergy| {worst}");
+            assert!(worst > 0.0, "{what}: f32 products should round somewhere");
+            let moved = (0..n)
+                .filter(|&i| (got.group[i], got.is_ood[i]) != (want.group[i], want.is_ood[i]))
+                .count();
+            assert!(
+                moved <= n / 100,
+                "{what}: {moved} rows changed group or flag"
+            );
         }
     }
 

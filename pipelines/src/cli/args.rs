@@ -20,10 +20,9 @@ pub struct RoutingArgs {
     pub route: Option<RouteArg>,
 }
 
-pub(super) const PRECISION_HELP: &str = "How a whitened model's products are summed. `exact` (the default) sums \
-in f64 as the spec asks, with the whitening folded into the memories (no d x d product per row). \
-`f32-blocked` whitens each row explicitly and sums f32 products in f32 over 32 terms and those sums \
-in f64: energies within 1e-7 of exact and no flag changed, and no faster than the folded exact path \
+pub(super) const PRECISION_HELP: &str = "How a whitened model's products with its memories are summed. \
+`exact` (the default) sums in f64 as the spec asks. `f32-blocked` sums f32 products in f32 over 32 \
+terms and those sums in f64: energies within 1e-6 of exact, and measured no faster beyond noise \
 (BENCHMARKS.md); it is there to measure what f32 arithmetic would change. Paper-recipe models ignore it";
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
