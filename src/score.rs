@@ -1026,6 +1026,49 @@ mod tests {
     }
 
     /// The memory-space iteration must agree with iterating the `d`-vectors.
+    /// A whitened model fitted on `fit` (one slice of `l2` rows per group), with `m`
+    /// random unit memories per group and the thresholds `taus`.
+    fn whitened_model(
+        rng: &mut Rng,
+        fit: &[&[f64]],
+        d: usize,
+        m: usize,
+        beta: f64,
+        taus: &[f64],
+    ) -> Model {
+        let (whitening, _) = crate::whiten::fit(fit, d, 1e-3).unwrap();
+        let groups = taus
+            .iter()
+            .enumerate()
+            .map(|(key, &tau)| Group {
+                key: Some(crate::model::GroupKey::Int(key as i64)),
+                xi: {
+                    let mut xi: Vec<f64> = (0..m * d).map(|_| rng.next_f64() - 0.5).collect();
+                    xi.chunks_mut(d).for_each(|r| Normalize::L2.apply(r));
+                    xi
+                },
+                m,
+                tau,
+                n_train: 0,
+                n_calibration: 0,
+                calibrated_on: CalibratedOn::Holdout,
+            })
+            .collect();
+        Model::new(ModelParts {
+            d,
+            beta,
+            normalize: Normalize::L2,
+            max_iter: 16,
+            tol: 1e-6,
+            groups,
+            tau_star: 0.1,
+            provenance: Provenance::default(),
+            whitening: Some(whitening),
+            beta_search: None,
+        })
+        .unwrap()
+    }
+
     /// The whitening folded into the memories gives the outputs of whitening each row
     /// explicitly, for every route and for the rows `pre` treats specially: a zero row,
     /// a row at the mean (`W(z − μ) = 0`), f64 rows whose squares overflow, and null or
@@ -1046,35 +1089,8 @@ mod tests {
             })
             .collect();
         let refs: Vec<&[f64]> = fit.iter().map(|v| v.as_slice()).collect();
-        let (whitening, _) = crate::whiten::fit(&refs, d, 1e-3).unwrap();
-        let groups = (0..3)
-            .map(|key| Group {
-                key: Some(crate::model::GroupKey::Int(key)),
-                xi: {
-                    let mut xi: Vec<f64> = (0..m * d).map(|_| rng.next_f64() - 0.5).collect();
-                    xi.chunks_mut(d).for_each(|r| Normalize::L2.apply(r));
-                    xi
-                },
-                m,
-                tau: 0.05 * key as f64,
-                n_train: 0,
-                n_calibration: 0,
-                calibrated_on: CalibratedOn::Holdout,
-            })
-            .collect();
-        let model = Model::new(ModelParts {
-            d,
-            beta: 7.0,
-            normalize: Normalize::L2,
-            max_iter: 16,
-            tol: 1e-6,
-            groups,
-            tau_star: 0.1,
-            provenance: Provenance::default(),
-            whitening: Some(whitening.clone()),
-            beta_search: None,
-        })
-        .unwrap();
+        let model = whitened_model(&mut rng, &refs, d, m, 7.0, &[0.0, 0.05, 0.1]);
+        let whitening = model.whitening().expect("whitened").clone();
         assert!(model.folded().is_some(), "a narrow whitened model folds");
         let explicit = model.unfolded();
         let mut x: Vec<f64> = (0..n * d).map(|_| rng.next_f64() - 0.5).collect();
@@ -1132,36 +1148,14 @@ mod tests {
             .collect();
         let mut fit = fit;
         fit.chunks_mut(d).for_each(|r| Normalize::L2.apply(r));
-        let (whitening, _) =
-            crate::whiten::fit(&[&fit[..1000 * d], &fit[1000 * d..]], d, 1e-3).unwrap();
-        let groups = (0..2)
-            .map(|key| Group {
-                key: Some(crate::model::GroupKey::Int(key)),
-                xi: {
-                    let mut xi: Vec<f64> = (0..m * d).map(|_| rng.next_f64() - 0.5).collect();
-                    xi.chunks_mut(d).for_each(|r| Normalize::L2.apply(r));
-                    xi
-                },
-                m,
-                tau: 0.1,
-                n_train: 0,
-                n_calibration: 0,
-                calibrated_on: CalibratedOn::Holdout,
-            })
-            .collect();
-        let exact = Model::new(ModelParts {
+        let exact = whitened_model(
+            &mut rng,
+            &[&fit[..1000 * d], &fit[1000 * d..]],
             d,
-            beta: 10.0,
-            normalize: Normalize::L2,
-            max_iter: 16,
-            tol: 1e-6,
-            groups,
-            tau_star: 0.1,
-            provenance: Provenance::default(),
-            whitening: Some(whitening),
-            beta_search: None,
-        })
-        .unwrap();
+            m,
+            10.0,
+            &[0.1, 0.1],
+        );
         let x: Vec<f32> = (0..n * d).map(|_| rng.next_f64() as f32 - 0.5).collect();
         let rows = Rows::dense_f32(&x, d);
         let mut want = ScoreOutput::default();
