@@ -116,11 +116,11 @@ pub enum Error {
 
     /// Inputs of one job whose schemas differ: `file` against the first input, in
     /// `columns`.
-    #[error("{message}")]
+    #[error("{}: {detail}", file.display())]
     SchemaMismatch {
         file: PathBuf,
         columns: Vec<String>,
-        message: String,
+        detail: String,
     },
 
     /// A drift output made with another model: its metrics would not compare, so

@@ -117,64 +117,58 @@ pub fn open_all(stores: &Stores, inputs: &[String]) -> Result<Vec<ParquetFile>> 
         .collect::<Result<_>>()?;
     if let Some(first) = files.first() {
         for f in &files[1..] {
+            let mismatch = |columns: Vec<String>, detail: String| Error::SchemaMismatch {
+                file: f.path.clone(),
+                columns,
+                detail,
+            };
             for field in first.schema.fields() {
                 match f.schema.field_with_name(field.name()) {
                     Ok(other) if other.data_type() == field.data_type() => {}
                     Ok(other) => {
-                        return Err(Error::SchemaMismatch {
-                            file: f.path.clone(),
-                            columns: vec![field.name().clone()],
-                            message: format!(
-                                "{}: column '{}' has type {}, but {} has {}; all inputs must share one schema",
-                                f.path.display(),
+                        return Err(mismatch(
+                            vec![field.name().clone()],
+                            format!(
+                                "column '{}' has type {}, but {} has {}; all inputs must share one schema",
                                 field.name(),
                                 other.data_type(),
                                 first.path.display(),
                                 field.data_type()
                             ),
-                        });
+                        ));
                     }
                     Err(_) => {
-                        return Err(Error::SchemaMismatch {
-                            file: f.path.clone(),
-                            columns: vec![field.name().clone()],
-                            message: format!(
-                                "{}: column '{}' (present in {}) is missing; all inputs must share one schema",
-                                f.path.display(),
+                        return Err(mismatch(
+                            vec![field.name().clone()],
+                            format!(
+                                "column '{}' (present in {}) is missing; all inputs must share one schema",
                                 field.name(),
                                 first.path.display()
                             ),
-                        });
+                        ));
                     }
                 }
             }
             // Columns only a later file has would be dropped without a word (the
             // output schema is the first file's); the check above catches the
             // other order, so the rule does not depend on which file comes first.
-            let extra: Vec<&str> = f
+            let extra: Vec<String> = f
                 .schema
                 .fields()
                 .iter()
                 .filter(|x| first.schema.field_with_name(x.name()).is_err())
-                .map(|x| x.name().as_str())
+                .map(|x| x.name().clone())
                 .collect();
             if !extra.is_empty() {
-                return Err(Error::SchemaMismatch {
-                    file: f.path.clone(),
-                    columns: extra.iter().map(|c| c.to_string()).collect(),
-                    message: format!(
-                        "{}: column(s) {} are not in {}; all inputs must share one schema \
-                         (score the files separately, or use `reclag sql`, which fills a \
-                         column a file lacks with nulls)",
-                        f.path.display(),
-                        extra
-                            .iter()
-                            .map(|c| format!("'{c}'"))
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        first.path.display()
-                    ),
-                });
+                let named: Vec<String> = extra.iter().map(|c| format!("'{c}'")).collect();
+                let detail = format!(
+                    "column(s) {} are not in {}; all inputs must share one schema \
+                     (score the files separately, or use `reclag sql`, which fills a \
+                     column a file lacks with nulls)",
+                    named.join(", "),
+                    first.path.display()
+                );
+                return Err(mismatch(extra, detail));
             }
         }
     }
