@@ -1,6 +1,7 @@
 //! The one integration-test binary (each extra binary would re-link the world).
 
 mod cli;
+mod cluster;
 mod common;
 mod conformal;
 mod drift;

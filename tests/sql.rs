@@ -383,10 +383,10 @@ async fn serialized_plans_pin_models_by_url_and_checksum() {
         ctx2.sql(&sql).await.is_err(),
         "the fresh session knows no table or function"
     );
-    let plan =
+    let decoded =
         logical_plan_from_bytes_with_extension_codec(&lbytes, &ctx2.task_ctx(), &codec2).unwrap();
     let got = concat(
-        ctx2.execute_logical_plan(plan)
+        ctx2.execute_logical_plan(decoded.clone())
             .await
             .unwrap()
             .collect()
@@ -394,20 +394,18 @@ async fn serialized_plans_pin_models_by_url_and_checksum() {
             .unwrap(),
     );
     assert_eq!(got, expected, "logical plan round trip");
-    // Both keys were pinned by the file's absolute URL and checksum.
+    // Both keys were pinned by the file's absolute URL and checksum, and the decoded
+    // plan carries the same pins: encoded again, it gives the same bytes.
     let sha = reclag::format::checksum(&reclag::format::load(&model).unwrap());
-    let pinned = codec2.registry().pins();
-    assert_eq!(pinned.len(), 2, "{pinned:?}");
     let url = url_of(&model);
-    for p in &pinned {
-        assert_eq!(
-            (p.url.as_deref(), p.sha256.as_str()),
-            (Some(url.as_str()), sha.as_str())
-        );
+    let payload = String::from_utf8_lossy(&lbytes).into_owned();
+    for key in [s(&model), "prod".to_string()] {
+        let pin = format!(r#"{{"key":"{key}","sha256":"{sha}","url":"{url}"}}"#);
+        assert!(payload.contains(&pin), "{pin} in {payload}");
     }
     assert_eq!(
-        pinned.iter().map(|p| p.key.as_str()).collect::<Vec<_>>(),
-        vec![s(&model).as_str(), "prod"]
+        logical_plan_to_bytes_with_extension_codec(&decoded, &encoder).unwrap(),
+        lbytes
     );
 
     let (ctx3, codec3) = fresh();
@@ -416,26 +414,71 @@ async fn serialized_plans_pin_models_by_url_and_checksum() {
     let got = concat(collect(plan, ctx3.task_ctx()).await.unwrap());
     assert_eq!(got, expected, "physical plan round trip");
 
+    // A decoder that shares models among decoded plans (a cluster executor's), with
+    // a plan decoded before the change still alive.
+    let sharing = ReclagCodec::new(model_registry(stores.clone())).sharing_models();
+    let held =
+        logical_plan_from_bytes_with_extension_codec(&lbytes, &ctx2.task_ctx(), &sharing).unwrap();
+
     // The model file changes after planning: decoding refuses the plan, naming the
-    // model, its URL and both checksums.
+    // model, its URL and both checksums. In a long-running decoder (codec2, as on a
+    // cluster scheduler), a plan decoded before the change still scores with the
+    // model it pinned, the old plan is refused, and a plan made after the change
+    // decodes with the new model. The sharing decoder serves the old plan from the
+    // model its live plan holds, and refuses it once that plan is gone.
     std::fs::copy(&other, &model).unwrap();
     let other_sha = reclag::format::checksum(&reclag::format::load(&other).unwrap());
     assert_ne!(sha, other_sha);
     let (ctx4, codec4) = fresh();
-    let e = logical_plan_from_bytes_with_extension_codec(&lbytes, &ctx4.task_ctx(), &codec4)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains(&url)
-            && e.contains(&sha)
-            && e.contains(&other_sha)
-            && e.contains("changed after the plan was made"),
-        "{e}"
-    );
+    let refused = |codec: &ReclagCodec| {
+        let e = logical_plan_from_bytes_with_extension_codec(&lbytes, &ctx4.task_ctx(), codec)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&url)
+                && e.contains(&sha)
+                && e.contains(&other_sha)
+                && e.contains("changed after the plan was made"),
+            "{e}"
+        );
+    };
+    refused(&codec4);
     let e = physical_plan_from_bytes_with_extension_codec(&pbytes, &ctx4.task_ctx(), &codec4)
         .unwrap_err()
         .to_string();
     assert!(e.contains("changed after the plan was made"), "{e}");
+    let old = concat(
+        ctx2.execute_logical_plan(decoded)
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        old, expected,
+        "a plan decoded before the change keeps its model"
+    );
+    refused(&codec2);
+    logical_plan_from_bytes_with_extension_codec(&lbytes, &ctx2.task_ctx(), &sharing).unwrap();
+    drop(held);
+    refused(&sharing);
+    let replanned = session(&job).await.unwrap().sql(&sql).await.unwrap();
+    let new_bytes =
+        logical_plan_to_bytes_with_extension_codec(replanned.logical_plan(), &encoder).unwrap();
+    let new_expected = concat(replanned.collect().await.unwrap());
+    assert_ne!(new_expected, expected, "the other model scores differently");
+    let plan = logical_plan_from_bytes_with_extension_codec(&new_bytes, &ctx2.task_ctx(), &codec2)
+        .unwrap();
+    let got = concat(
+        ctx2.execute_logical_plan(plan)
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(got, new_expected, "the same decoder picks up the new model");
 
     // The model file is gone: the error names the pinned model and the file.
     std::fs::remove_file(&model).unwrap();

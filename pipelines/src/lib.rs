@@ -2,6 +2,8 @@
 
 pub mod alloc;
 pub mod cli;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod drift;
 pub mod error;
 pub mod io;

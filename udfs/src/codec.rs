@@ -48,6 +48,9 @@ pub struct ReclagCodec {
     registry: Arc<ModelRegistry>,
     logical: Arc<dyn LogicalExtensionCodec>,
     physical: Arc<dyn PhysicalExtensionCodec>,
+    /// Whether decoded plans share models other decoded plans hold at the pinned
+    /// checksum (see [`ModelRegistry::scoped`]).
+    share: bool,
 }
 
 impl ReclagCodec {
@@ -58,7 +61,17 @@ impl ReclagCodec {
             registry,
             logical: Arc::new(DefaultLogicalExtensionCodec {}),
             physical: Arc::new(DefaultPhysicalExtensionCodec {}),
+            share: false,
         }
+    }
+
+    /// Decoded plans take a pinned model from another decoded plan that holds it at
+    /// the same checksum instead of loading it again: for a process that decodes one
+    /// query many times (a cluster executor, once per task) behind one that checks
+    /// each query as it arrives (the scheduler).
+    pub fn sharing_models(mut self) -> Self {
+        self.share = true;
+        self
     }
 
     /// Delegates logical extension nodes, tables and file formats to `inner`.
@@ -96,21 +109,31 @@ impl ReclagCodec {
             .map_err(|e| plan_datafusion_err!("{}: encoding the model pins: {e}", node.name()))
     }
 
+    /// A reclag function resolving models in a registry of its own: the pinned
+    /// models at their checksums (see [`ModelRegistry::scoped`]).
     fn decode_udf(&self, name: &str, buf: &[u8]) -> Result<Arc<ScalarUDF>> {
-        let Some(udf) = crate::functions(self.registry.clone())
+        let not_ours = || {
+            exec_err!(
+                "serialized plan: function '{name}' carries a payload but is not a reclag function; decode this plan with the codec that encoded it"
+            )
+        };
+        if !crate::functions(self.registry.clone())
+            .iter()
+            .any(|u| u.name() == name)
+        {
+            return not_ours();
+        }
+        let registry = match self.registry.scoped(&parse_pins(name, buf)?, self.share) {
+            Ok(r) => r,
+            Err(e) => return exec_err!("{name}: {e}"),
+        };
+        match crate::functions(registry)
             .into_iter()
             .find(|u| u.name() == name)
-        else {
-            return exec_err!(
-                "serialized plan: function '{name}' carries a payload but is not a reclag function; decode this plan with the codec that encoded it"
-            );
-        };
-        for pin in parse_pins(name, buf)? {
-            if let Err(e) = self.registry.pin(&pin) {
-                return exec_err!("{name}: {e}");
-            }
+        {
+            Some(udf) => Ok(Arc::new(udf)),
+            None => not_ours(),
         }
-        Ok(Arc::new(udf))
     }
 }
 
@@ -297,7 +320,9 @@ mod tests {
         let codec = ReclagCodec::new(empty.clone());
         let udf = LogicalExtensionCodec::try_decode_udf(&codec, "reclag_score", &buf).unwrap();
         assert_eq!(udf.name(), "reclag_score");
-        let e = empty.resolve("m").unwrap_err();
+        let inner: &dyn Any = udf.inner().as_ref();
+        let decoded = inner.downcast_ref::<ReclagFunc>().unwrap().registry();
+        let e = decoded.resolve("m").unwrap_err();
         assert!(
             e.contains("registered from memory") && e.contains(&sha),
             "{e}"

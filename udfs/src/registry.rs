@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 
 use reclag::Model;
 
@@ -44,7 +44,11 @@ pub struct ModelRegistry {
     /// memory where it was built), with the checksum it expects: the error for a
     /// missing name then says what to register.
     expected: RwLock<HashMap<String, String>>,
-    loader: Option<Box<ModelLoader>>,
+    /// Models loaded for pins, by checksum, held while some scoped registry (a decoded
+    /// plan) uses them: the tasks of one query load a model version once, and a
+    /// long-running process keeps no version no plan needs.
+    pinned: RwLock<HashMap<String, Weak<Model>>>,
+    loader: Option<Arc<ModelLoader>>,
 }
 
 impl std::fmt::Debug for ModelRegistry {
@@ -88,7 +92,7 @@ impl ModelRegistry {
     /// A registry that loads path and URL model arguments with `loader`.
     pub fn with_loader(loader: Box<ModelLoader>) -> Arc<Self> {
         Arc::new(ModelRegistry {
-            loader: Some(loader),
+            loader: Some(Arc::from(loader)),
             ..Default::default()
         })
     }
@@ -102,6 +106,17 @@ impl ModelRegistry {
 
     fn insert(&self, key: String, model: Arc<Model>, url: Option<String>, named: bool) {
         let sha256 = reclag::format::checksum(&model);
+        self.insert_known(key, model, sha256, url, named);
+    }
+
+    fn insert_known(
+        &self,
+        key: String,
+        model: Arc<Model>,
+        sha256: String,
+        url: Option<String>,
+        named: bool,
+    ) {
         self.entries.write().expect("registry lock").insert(
             key,
             Entry {
@@ -162,40 +177,87 @@ impl ModelRegistry {
         v
     }
 
-    /// Makes `pin` resolvable here, refusing a model whose checksum differs from the
-    /// pinned one. A pin with a URL is loaded now (once per key), so a changed or
-    /// missing model file fails the plan before any row is read, not halfway through
-    /// a distributed query.
-    pub fn pin(&self, pin: &ModelPin) -> std::result::Result<(), String> {
-        if let Some(e) = self.entries.read().expect("registry lock").get(&pin.key) {
-            if e.sha256 == pin.sha256 {
-                return Ok(());
-            }
-            return Err(format!(
-                "model '{}' on this session has checksum {}, but the plan was built with checksum {}; register the model the plan was built with, or plan the query again",
-                pin.key, e.sha256, pin.sha256
-            ));
-        }
-        let Some(url) = &pin.url else {
-            self.expected
-                .write()
-                .expect("registry lock")
-                .insert(pin.key.clone(), pin.sha256.clone());
-            return Ok(());
+    /// A registry for one decoded plan: exactly the models `pins` name, each at its
+    /// pinned checksum, refusing a model whose checksum differs. A pin with a URL is
+    /// loaded now, so a changed or missing model file fails the plan before any row is
+    /// read, not halfway through a distributed query. With `share`, a model another
+    /// decoded plan still holds at that checksum is used instead of loading it again
+    /// (a cluster executor's tasks of one query load it once; the scheduler, which
+    /// checks each query as it arrives, always loads).
+    ///
+    /// The plan's functions resolve models in the returned registry alone, and it
+    /// never changes. So a process that decodes many plans (a cluster executor) picks
+    /// up a model file replaced between two queries in the second, and never mixes
+    /// two versions within one query, however its tasks interleave.
+    pub fn scoped(&self, pins: &[ModelPin], share: bool) -> std::result::Result<Arc<Self>, String> {
+        let scoped = ModelRegistry {
+            loader: self.loader.clone(),
+            ..Default::default()
         };
-        let (model, url) = self
-            .load(url)
-            .map_err(|e| format!("model '{}' pinned by the plan: {e}", pin.key))?;
-        let sha = reclag::format::checksum(&model);
-        if sha != pin.sha256 {
-            return Err(format!(
-                "model '{}' at {url} has checksum {sha}, but the plan was built with checksum {}: the model changed after the plan was made; plan the query again, or restore the model file",
-                pin.key, pin.sha256
-            ));
+        for pin in pins {
+            let held = self
+                .entries
+                .read()
+                .expect("registry lock")
+                .get(&pin.key)
+                .map(|e| (e.model.clone(), e.sha256.clone(), e.url.clone(), e.named));
+            if let Some((model, sha256, url, named)) = held {
+                if sha256 != pin.sha256 {
+                    return Err(format!(
+                        "model '{}' on this session has checksum {sha256}, but the plan was built with checksum {}; register the model the plan was built with, or plan the query again",
+                        pin.key, pin.sha256
+                    ));
+                }
+                scoped.insert_known(pin.key.clone(), model, sha256, url, named);
+                continue;
+            }
+            let Some(url) = &pin.url else {
+                scoped
+                    .expected
+                    .write()
+                    .expect("registry lock")
+                    .insert(pin.key.clone(), pin.sha256.clone());
+                continue;
+            };
+            let named = !looks_like_path(&pin.key);
+            let cached = share
+                .then(|| {
+                    self.pinned
+                        .read()
+                        .expect("registry lock")
+                        .get(&pin.sha256)
+                        .and_then(Weak::upgrade)
+                })
+                .flatten();
+            if let Some(model) = cached {
+                scoped.insert_known(
+                    pin.key.clone(),
+                    model,
+                    pin.sha256.clone(),
+                    Some(url.clone()),
+                    named,
+                );
+                continue;
+            }
+            let (model, url) = self
+                .load(url)
+                .map_err(|e| format!("model '{}' pinned by the plan: {e}", pin.key))?;
+            let sha = reclag::format::checksum(&model);
+            if sha != pin.sha256 {
+                return Err(format!(
+                    "model '{}' at {url} has checksum {sha}, but the plan was built with checksum {}: the model changed after the plan was made; plan the query again, or restore the model file",
+                    pin.key, pin.sha256
+                ));
+            }
+            let model = Arc::new(model);
+            {
+                let mut pinned = self.pinned.write().expect("registry lock");
+                pinned.retain(|_, m| m.strong_count() > 0);
+                pinned.insert(sha.clone(), Arc::downgrade(&model));
+            }
+            scoped.insert_known(pin.key.clone(), model, sha, Some(url), named);
         }
-        let named = !looks_like_path(&pin.key);
-        self.insert(pin.key.clone(), Arc::new(model), Some(url), named);
-        Ok(())
+        Ok(Arc::new(scoped))
     }
 
     /// A registered name, else a model file path or URL (loaded once, then cached).

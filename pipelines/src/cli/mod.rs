@@ -15,6 +15,8 @@ use crate::store::{StoreEnv, Stores};
 
 mod args;
 mod calibrate;
+#[cfg(feature = "cluster")]
+mod cluster;
 mod demo;
 mod drift;
 mod eval;
@@ -26,6 +28,8 @@ mod train;
 
 pub use args::{PrecisionArg, RouteArg, RoutingArgs};
 pub use calibrate::CalibrateArgs;
+#[cfg(feature = "cluster")]
+pub use cluster::{ClusterCommand, ExecutorArgs, SchedulerArgs};
 pub use demo::DemoArgs;
 pub use drift::{DriftRunArgs, DriftWatchArgs};
 pub use eval::{EvalArgs, Format};
@@ -78,6 +82,10 @@ pub enum Command {
     Drift(DriftCommand),
     /// Train, score and evaluate on a bundled real sample; no network or data needed.
     Demo(DemoArgs),
+    /// Run a Ballista cluster's scheduler or executor, for `reclag sql --cluster`.
+    #[cfg(feature = "cluster")]
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -250,6 +258,8 @@ pub fn dispatch(cli: Cli, stores: Arc<Stores>, out: &mut dyn Write) -> Result<Ex
         Command::Eval(a) => eval::run(a, stores, out),
         Command::Inspect(a) => inspect::run(a, stores, out),
         Command::Sql(a) => sql::run(a, stores, out),
+        #[cfg(feature = "cluster")]
+        Command::Cluster(c) => cluster::run(c, stores, out),
         Command::Demo(a) => {
             crate::ops::demo::run(a.dir, out)?;
             Ok(ExitCode::SUCCESS)

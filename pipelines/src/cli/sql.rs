@@ -48,6 +48,13 @@ pub struct SqlArgs {
     /// table, parquet, csv or ndjson (default: from the --output extension, else table).
     #[arg(long)]
     pub format: Option<String>,
+    /// Run the query on a Ballista cluster: df://HOST:PORT of a `reclag cluster
+    /// scheduler`. Tables ship as their exact file lists (a glob reads the files it
+    /// matched now), models as URL and checksum (the executors load them with their
+    /// own object-store credentials and refuse a changed file). Same flags and
+    /// results as without it.
+    #[arg(long, value_name = "df://HOST:PORT")]
+    pub cluster: Option<String>,
 }
 
 impl TryFrom<(SqlArgs, Arc<Stores>)> for SqlJob {
@@ -58,7 +65,8 @@ impl TryFrom<(SqlArgs, Arc<Stores>)> for SqlJob {
         Ok(SqlJob::new(stores, a.query)
             .tables(a.table)
             .models(a.model)
-            .output(a.output, format))
+            .output(a.output, format)
+            .cluster(a.cluster))
     }
 }
 

@@ -74,6 +74,7 @@ pub struct SqlJob {
     output: Option<PathBuf>,
     format: SqlFormat,
     stores: Arc<Stores>,
+    cluster: Option<String>,
 }
 
 impl SqlJob {
@@ -87,6 +88,7 @@ impl SqlJob {
             output: None,
             format: SqlFormat::Table,
             stores,
+            cluster: None,
         }
     }
 
@@ -106,6 +108,13 @@ impl SqlJob {
     pub fn output(mut self, output: Option<PathBuf>, format: SqlFormat) -> Self {
         self.output = output;
         self.format = format;
+        self
+    }
+
+    /// Runs the query on the Ballista cluster whose scheduler is at `url`
+    /// (`df://HOST:PORT`) instead of in this process.
+    pub fn cluster(mut self, url: Option<String>) -> Self {
+        self.cluster = url;
         self
     }
 
@@ -152,6 +161,33 @@ pub async fn session(job: &SqlJob) -> Result<SessionContext> {
         register_table(&ctx, name, &loc).await?;
     }
     Ok(ctx)
+}
+
+/// A session on the cluster at `url` with the tables and models of `job` registered:
+/// each table as its exact file list, each model pinned by URL and checksum.
+#[cfg(feature = "cluster")]
+async fn cluster_session(job: &SqlJob, url: &str) -> Result<SessionContext> {
+    let registry = model_registry(job.stores.clone());
+    for (name, spec) in &job.models {
+        let (model, url) = crate::store::load_model_from(&job.stores, spec)?;
+        registry.register_from(name.clone(), url, Arc::new(model));
+    }
+    let ctx = crate::cluster::client_session(url, job.stores.clone(), registry).await?;
+    for (name, spec) in &job.tables {
+        let loc = job
+            .stores
+            .locate(spec)
+            .map_err(|e| Error::Usage(format!("table '{name}': {e}")))?;
+        crate::cluster::register_shipped(&ctx, name, spec, &loc, &job.stores).await?;
+    }
+    Ok(ctx)
+}
+
+#[cfg(not(feature = "cluster"))]
+async fn cluster_session(_job: &SqlJob, url: &str) -> Result<SessionContext> {
+    Err(Error::Usage(format!(
+        "--cluster {url}: this reclag was built without the `cluster` feature; build it with `cargo install reclag-pipelines --features cluster`"
+    )))
 }
 
 /// Registers a Parquet file, prefix, glob or hive-partitioned lake (`key=value`
@@ -263,6 +299,24 @@ async fn fast_scans(
     Ok(())
 }
 
+/// The session `reclag sql` runs `job` in: on the cluster `job` names, else local
+/// with the fast list reader behind its tables' embedding scans.
+pub async fn session_for(job: &SqlJob) -> Result<SessionContext> {
+    match &job.cluster {
+        Some(url) => cluster_session(job, url).await,
+        None => {
+            let ctx = session(job).await?;
+            // Only here: a plan over a `FastListTable` does not serialize with
+            // datafusion-proto, and `session`'s callers may ship theirs to another
+            // process.
+            for (name, spec) in &job.tables {
+                fast_scans(&ctx, name, &job.stores, spec).await?;
+            }
+            Ok(ctx)
+        }
+    }
+}
+
 /// Rows per rendered table in the `table` format: each chunk is aligned on its own,
 /// so the first lines print while the query runs and memory holds one chunk, not the
 /// whole result.
@@ -281,12 +335,7 @@ async fn run(job: &SqlJob) -> Result<String> {
 /// into `out` as batches arrive; a file or object-store output is written and
 /// summarised in the returned line (empty otherwise).
 async fn run_to(job: &SqlJob, out: &mut dyn std::io::Write) -> Result<String> {
-    let ctx = session(job).await?;
-    // Only here: a plan over a `FastListTable` does not serialize with
-    // datafusion-proto, and `session`'s callers may ship theirs to another process.
-    for (name, spec) in &job.tables {
-        fast_scans(&ctx, name, &job.stores, spec).await?;
-    }
+    let ctx = session_for(job).await?;
     let df = ctx.sql(&job.query).await.map_err(df_err)?;
     let schema = Arc::new(df.schema().as_arrow().clone());
     let mut stream = df.execute_stream().await.map_err(df_err)?;

@@ -71,6 +71,25 @@ impl FastListTable {
         self.files.is_some()
     }
 
+    /// How many of the table's columns come from the files (the partition columns
+    /// follow).
+    pub fn file_columns(&self) -> usize {
+        file_columns(&self.inner)
+    }
+
+    /// Every file with its partition values, as the listing table lists them; `None`
+    /// where the fast scan does not apply or the listing has a file not checked when
+    /// the table was registered.
+    pub async fn files(
+        &self,
+        state: &dyn Session,
+    ) -> DfResult<Option<Vec<(Location, Vec<ScalarValue>)>>> {
+        match &self.files {
+            Some(files) => self.scan_files(state, files, &[]).await,
+            None => Ok(None),
+        }
+    }
+
     /// The files a scan reads, each with its partition values (in the order of the
     /// table's partition columns). Without partition columns, every file; in a hive
     /// lake, the files of the partitions `filters` leave, as the listing table lists
@@ -197,8 +216,7 @@ impl TableProvider for FastListTable {
     }
 }
 
-/// One scan's stream: the files read in one reader chain on a thread of its own (the
-/// decoding is CPU work, kept off tokio's threads), cast to the table's types.
+/// One scan's stream: the files read by [`scan_stream`].
 struct FastScan {
     /// Each file with its partition values.
     files: Vec<(Location, Vec<ScalarValue>)>,
@@ -218,7 +236,7 @@ impl fmt::Debug for FastScan {
     }
 }
 
-fn external(e: crate::error::Error) -> DataFusionError {
+pub(crate) fn external(e: crate::error::Error) -> DataFusionError {
     DataFusionError::External(Box::new(e))
 }
 
@@ -228,54 +246,93 @@ impl PartitionStream for FastScan {
     }
 
     fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
-        let (tx, rx) = tokio::sync::mpsc::channel::<DfResult<RecordBatch>>(2);
-        let (files, columns, schema) = (
-            self.files.clone(),
+        let units = self
+            .files
+            .iter()
+            .map(|(loc, partition)| ScanUnit {
+                loc: loc.clone(),
+                partition: partition.clone(),
+                row_groups: None,
+            })
+            .collect();
+        scan_stream(
+            units,
+            self.file_columns,
             self.columns.clone(),
             self.schema.clone(),
-        );
-        let file_columns = self.file_columns;
-        std::thread::spawn(move || {
-            // The reader hands the file columns in file order; each of the scan's
-            // columns is one of those or a partition value.
-            let mut sorted: Vec<usize> = columns
-                .iter()
-                .copied()
-                .filter(|&c| c < file_columns)
-                .collect();
-            sorted.sort_unstable();
-            sorted.dedup();
-            let order: Vec<Source> = columns
-                .iter()
-                .map(|&c| match sorted.binary_search(&c) {
-                    Ok(at) => Source::File(at),
-                    Err(_) => Source::Partition(c - file_columns),
-                })
-                .collect();
-            let opened = match files
-                .iter()
-                .map(|(loc, _)| ParquetFile::open(loc))
-                .collect::<Result<Vec<_>, _>>()
-            {
-                Ok(f) => f,
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(external(e)));
-                    return;
-                }
-            };
-            let each = opened.into_iter().map(|f| (f, None)).collect();
-            crate::io::read_ahead_each(each, Some(&sorted), |i, b| {
-                let b = b
-                    .map_err(external)
-                    .and_then(|b| conform(&schema, &order, &files[i].1, &b.into_rows()));
-                let stop = b.is_err();
-                tx.blocking_send(b).is_ok() && !stop
-            });
-        });
-        let batches =
-            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
-        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), batches))
+        )
     }
+}
+
+/// One file (or some of its row groups) of a fast scan, with its partition values.
+#[derive(Clone, Debug)]
+pub struct ScanUnit {
+    pub loc: Location,
+    /// In the order of the table's partition columns.
+    pub partition: Vec<ScalarValue>,
+    /// Read only these row groups (every one when `None`).
+    pub row_groups: Option<Vec<usize>>,
+}
+
+/// Streams `units` through the fast reader in one reader chain on a thread of its own
+/// (the decoding is CPU work, kept off tokio's threads), each batch in the order of
+/// `columns` (table column indices; those from `file_columns` on are partition
+/// columns) and cast to `schema`'s types. A local scan and a cluster executor's scan
+/// both run this.
+pub fn scan_stream(
+    units: Vec<ScanUnit>,
+    file_columns: usize,
+    columns: Vec<usize>,
+    schema: SchemaRef,
+) -> SendableRecordBatchStream {
+    let (tx, rx) = tokio::sync::mpsc::channel::<DfResult<RecordBatch>>(2);
+    let conformed = schema.clone();
+    std::thread::spawn(move || {
+        // The reader hands the file columns in file order; each of the scan's
+        // columns is one of those or a partition value.
+        let mut sorted: Vec<usize> = columns
+            .iter()
+            .copied()
+            .filter(|&c| c < file_columns)
+            .collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let order: Vec<Source> = columns
+            .iter()
+            .map(|&c| match sorted.binary_search(&c) {
+                Ok(at) => Source::File(at),
+                Err(_) => Source::Partition(c - file_columns),
+            })
+            .collect();
+        let opened = match units
+            .iter()
+            .map(|u| {
+                let f = ParquetFile::open(&u.loc)?;
+                Ok(match &u.row_groups {
+                    Some(rg) => f.with_row_groups(rg.clone()),
+                    None => f,
+                })
+            })
+            .collect::<crate::error::Result<Vec<_>>>()
+        {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(external(e)));
+                return;
+            }
+        };
+        let each = opened.into_iter().map(|f| (f, None)).collect();
+        crate::io::read_ahead_each(each, Some(&sorted), |i, b| {
+            let b = b
+                .map_err(external)
+                .and_then(|b| conform(&conformed, &order, &units[i].partition, &b.into_rows()));
+            let stop = b.is_err();
+            tx.blocking_send(b).is_ok() && !stop
+        });
+    });
+    let batches =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
+    Box::pin(RecordBatchStreamAdapter::new(schema, batches))
 }
 
 /// Where a scanned column comes from.
