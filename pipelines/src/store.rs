@@ -30,7 +30,9 @@ paths and file:// are local). Configuration comes from the standard variables:
          (public buckets). On EC2 with an instance role set
          AWS_EC2_METADATA_DISABLED=false to use the instance metadata service.
   GCS    GOOGLE_SERVICE_ACCOUNT (key file path) or GOOGLE_SERVICE_ACCOUNT_KEY (JSON),
-         else application default credentials.
+         else application default credentials; an emulator's endpoint goes in the
+         key as gcs_base_url (with disable_oauth set to true), and an http:// one also
+         needs GOOGLE_ALLOW_HTTP=true.
   Azure  AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY, or
          AZURE_STORAGE_SAS_KEY, or AZURE_CLIENT_ID + AZURE_CLIENT_SECRET +
          AZURE_TENANT_ID; AZURE_STORAGE_ENDPOINT for Azurite or another endpoint.

@@ -169,7 +169,10 @@ pub async fn client_session(
     stores: Arc<Stores>,
     registry: Arc<reclag_udfs::ModelRegistry>,
 ) -> Result<SessionContext> {
-    check_reachable(url)?;
+    let probe = url.to_string();
+    tokio::task::spawn_blocking(move || check_reachable(&probe))
+        .await
+        .map_err(|e| Error::Usage(format!("--cluster {url}: {e}")))??;
     let codec = cluster_codec(stores, false);
     let config = SessionConfig::new_with_ballista()
         .with_information_schema(true)
@@ -242,7 +245,9 @@ pub async fn register_shipped(
         listing,
         opened.into_iter().map(|(l, s, _)| (l, s)).collect(),
     );
-    let listed = if fast.fast() {
+    // `RECLAG_FAST_DECODE=0` (for comparison) ships DataFusion's listing table, as
+    // it keeps DataFusion's scan in local mode.
+    let listed = if fast.fast() && crate::io::read_settings().fast_decode {
         fast.files(&local.state())
             .await
             .map_err(|e| Error::Usage(format!("table '{name}': {e}")))?
