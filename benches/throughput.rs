@@ -43,6 +43,11 @@ mod fixture;
 #[allow(dead_code)]
 mod emulators;
 
+/// The cluster the cluster tests start, started here the same way.
+#[path = "../tests/cluster_procs.rs"]
+#[allow(dead_code)]
+mod cluster_procs;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -730,14 +735,6 @@ fn reclag(args: &[String]) -> std::process::Command {
     c
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `reclag sql --cluster` on a scheduler and two one-core executors (the machine's
 /// two cores), with the fast list reader on the executors and with DataFusion's
 /// Parquet scan (`RECLAG_FAST_DECODE=0` on the client ships the listing table),
@@ -746,48 +743,9 @@ fn cluster_section(path: &Path, model: &Path, n: usize, runs: usize) {
     let dir = bench_dir().join("cluster");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let sp = free_port();
-    let addr = format!("127.0.0.1:{sp}");
-    let log = |name: &str| std::fs::File::create(dir.join(name)).unwrap();
-    let mut procs = vec![
-        reclag(&["cluster", "scheduler", "--bind", &addr].map(String::from))
-            .stderr(log("scheduler.log"))
-            .spawn()
-            .unwrap(),
-    ];
-    while std::net::TcpStream::connect(&addr).is_err() {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    for i in 0..2 {
-        let args = [
-            "cluster".to_string(),
-            "executor".into(),
-            "--scheduler".into(),
-            addr.clone(),
-            "--bind".into(),
-            format!("127.0.0.1:{}", free_port()),
-            "--cores".into(),
-            "1".into(),
-            "--work-dir".into(),
-            dir.join(format!("work-{i}")).display().to_string(),
-        ];
-        procs.push(
-            reclag(&args)
-                .stderr(log(&format!("executor-{i}.log")))
-                .spawn()
-                .unwrap(),
-        );
-    }
-    let registered = |i: usize| {
-        std::fs::read_to_string(dir.join(format!("executor-{i}.log")))
-            .unwrap_or_default()
-            .contains("Executor registration succeed")
-    };
-    while !(registered(0) && registered(1)) {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let cluster = cluster_procs::Cluster::start(&dir, reclag);
     let query = "SELECT count(*) AS n FROM t WHERE reclag_is_ood('m', embedding, label)";
-    let client = |cluster: bool, fast: bool| -> (f64, String) {
+    let client = |on_cluster: bool, fast: bool| -> (f64, String) {
         let mut a = vec![
             "sql".to_string(),
             "--table".into(),
@@ -796,8 +754,8 @@ fn cluster_section(path: &Path, model: &Path, n: usize, runs: usize) {
             format!("m={}", model.display()),
             query.into(),
         ];
-        if cluster {
-            a.splice(1..1, ["--cluster".to_string(), format!("df://{addr}")]);
+        if on_cluster {
+            a.splice(1..1, ["--cluster".to_string(), cluster.url.clone()]);
         }
         let mut c = reclag(&a);
         if !fast {
@@ -816,12 +774,12 @@ fn cluster_section(path: &Path, model: &Path, n: usize, runs: usize) {
     let (mut local, mut fast, mut df) = (vec![], vec![], vec![]);
     let mut answers = vec![];
     for _ in 0..runs {
-        for (times, cluster, fast_scan) in [
+        for (times, on_cluster, fast_scan) in [
             (&mut local, false, true),
             (&mut fast, true, true),
             (&mut df, true, false),
         ] {
-            let (secs, out) = client(cluster, fast_scan);
+            let (secs, out) = client(on_cluster, fast_scan);
             times.push(secs);
             answers.push(out);
         }
@@ -830,10 +788,7 @@ fn cluster_section(path: &Path, model: &Path, n: usize, runs: usize) {
         answers.windows(2).all(|w| w[0] == w[1]),
         "every run gives the same count: {answers:?}"
     );
-    for p in &mut procs {
-        let _ = p.kill();
-        let _ = p.wait();
-    }
+    drop(cluster);
     let (l, f, d) = (median(local), median(fast), median(df));
     println!(
         "# reclag sql on a Ballista cluster (scheduler + 2 executors × 1 core, loopback), {n} × {D}, median of {runs}"

@@ -2,154 +2,34 @@
 //! each a child process on loopback (`reclag cluster scheduler|executor`) with one
 //! core and a work dir of its own, over a hive lake on disk and on the S3 test server.
 
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
 use reclag_pipelines::store::{StoreEnv, Stores};
 
+use crate::cluster_procs::{Cluster, free_port};
 use crate::common::{read_parquet, train_model, write_row_groups};
 use crate::emulators::{Emulator, Kind};
+use crate::stores::upload;
 
 fn s(p: &Path) -> String {
     p.display().to_string()
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A `reclag` child process, its standard error in a log file; killed on drop.
-struct Proc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn start(args: &[String], log: PathBuf, env: &StoreEnv) -> Proc {
-        let file = std::fs::File::create(&log).unwrap();
+/// A cluster whose processes are this test binary run as `reclag` (see
+/// `crate::drift::cli_child`) with the object-store variables of `env`.
+fn start_cluster(dir: &Path, env: &StoreEnv) -> Cluster {
+    Cluster::start(dir, |args| {
         let mut argv = vec!["reclag".to_string()];
         argv.extend_from_slice(args);
         let mut c = crate::drift::cli_child(&serde_json::json!(argv));
-        c.stdout(Stdio::null()).stderr(file);
         for (k, v) in env.vars() {
             c.env(k, v);
         }
-        Proc {
-            child: c.spawn().unwrap(),
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits for `what` in the log; fails if the process exits first.
-    #[track_caller]
-    fn wait_for(&mut self, what: &str) {
-        let t0 = Instant::now();
-        while !self.log().contains(what) {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("exited ({status}) before '{what}':\n{}", self.log());
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(90),
-                "no '{what}' within 90 s:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// A scheduler and two executors (one core each, separate work dirs), every one
-/// registered before this returns.
-struct Cluster {
-    url: String,
-    _scheduler: Proc,
-    executors: Vec<Proc>,
-    work: Vec<PathBuf>,
-}
-
-impl Cluster {
-    /// Every process's log, for a failure's message.
-    fn logs(&self) -> String {
-        std::iter::once(&self._scheduler)
-            .chain(&self.executors)
-            .map(|p| format!("== {}\n{}", p.log.display(), p.log()))
-            .collect()
-    }
-}
-
-fn start_cluster(dir: &Path, env: &StoreEnv) -> Cluster {
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut scheduler = Proc::start(
-        &["cluster", "scheduler", "--bind", &addr].map(String::from),
-        dir.join("scheduler.log"),
-        env,
-    );
-    scheduler.wait_for("listening on");
-    let t0 = Instant::now();
-    while TcpStream::connect(&addr).is_err() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "{}",
-            scheduler.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let mut executors = Vec::new();
-    let mut work = Vec::new();
-    for i in 0..2 {
-        let w = dir.join(format!("work-{i}"));
-        let args = [
-            "cluster".to_string(),
-            "executor".into(),
-            "--scheduler".into(),
-            addr.clone(),
-            "--bind".into(),
-            format!("127.0.0.1:{}", free_port()),
-            "--cores".into(),
-            "1".into(),
-            "--work-dir".into(),
-            s(&w),
-        ];
-        executors.push(Proc::start(
-            &args,
-            dir.join(format!("executor-{i}.log")),
-            env,
-        ));
-        work.push(w);
-    }
-    for e in &mut executors {
-        e.wait_for("Executor registration succeed");
-    }
-    Cluster {
-        url: format!("df://{addr}"),
-        _scheduler: scheduler,
-        executors,
-        work,
-    }
+        c
+    })
 }
 
 fn cli_env(env: &StoreEnv, args: &[String]) -> Result<String, String> {
@@ -402,19 +282,12 @@ fn sql_on_a_cluster_reads_s3_with_the_environments_credentials() {
     train_model(&sample[0], &model, 3);
     let lake = tmp.path().join("lake");
     write_lake(&lake, &read_parquet(&sample[1]), &read_parquet(&sample[2]));
-    let put = |url: &str, local: &Path| {
-        stores
-            .locate(url)
-            .unwrap()
-            .put(std::fs::read(local).unwrap().into())
-            .unwrap();
-    };
-    put("s3://lake/models/m.parquet", &model);
+    upload(&stores, "s3://lake/models/m.parquet", &model);
     for day in ["2026-12-01", "2026-12-02"] {
         for f in std::fs::read_dir(lake.join(format!("day={day}"))).unwrap() {
             let f = f.unwrap().path();
             let name = f.file_name().unwrap().to_string_lossy().into_owned();
-            put(&format!("s3://lake/events/day={day}/{name}"), &f);
+            upload(&stores, &format!("s3://lake/events/day={day}/{name}"), &f);
         }
     }
     let local_tables = [

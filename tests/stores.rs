@@ -40,7 +40,7 @@ fn err(env: &StoreEnv, args: &[&str]) -> String {
     }
 }
 
-fn upload(stores: &Stores, url: &str, local: &Path) {
+pub(crate) fn upload(stores: &Stores, url: &str, local: &Path) {
     stores
         .locate(url)
         .unwrap()

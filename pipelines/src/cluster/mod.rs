@@ -214,36 +214,15 @@ pub async fn register_shipped(
     else {
         return Err(Error::Usage(format!("table '{name}': not a listing table")));
     };
-    let (stores2, spec2) = (stores.clone(), spec.to_string());
-    let opened = tokio::task::spawn_blocking(move || -> Result<Vec<_>> {
-        let locations = crate::io::expand_inputs(&stores2, &[spec2])?;
-        locations
-            .into_iter()
-            .map(|loc| {
-                let f = crate::io::ParquetFile::open(&loc)?;
-                let groups: Vec<u64> = f
-                    .metadata()
-                    .map(|(m, _)| {
-                        m.row_groups()
-                            .iter()
-                            .map(|g| g.num_rows().max(0) as u64)
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                Ok((loc, f.schema.clone(), groups))
-            })
-            .collect()
-    })
-    .await
-    .map_err(|e| Error::Usage(format!("table '{name}': {e}")))??;
-    let groups: std::collections::HashMap<String, Vec<u64>> = opened
+    let footers = crate::ops::sql::table::footers(stores, spec).await?;
+    let groups: std::collections::HashMap<String, Vec<u64>> = footers
         .iter()
-        .map(|(l, _, g)| (l.key.to_string(), g.clone()))
+        .map(|f| (f.loc.key.to_string(), f.row_groups.clone()))
         .collect();
     let schema = listing.schema();
     let fast = crate::ops::sql::table::FastListTable::new(
         listing,
-        opened.into_iter().map(|(l, s, _)| (l, s)).collect(),
+        footers.into_iter().map(|f| (f.loc, f.schema)).collect(),
     );
     // `RECLAG_FAST_DECODE=0` (for comparison) ships DataFusion's listing table, as
     // it keeps DataFusion's scan in local mode.

@@ -81,10 +81,6 @@ impl ShippedTable {
         }
     }
 
-    pub fn files(&self) -> &[ShippedFile] {
-        &self.files
-    }
-
     fn partition_names(&self) -> Vec<&str> {
         self.schema.fields()[self.file_columns..]
             .iter()

@@ -273,24 +273,10 @@ async fn fast_scans(
     if !crate::io::read_settings().fast_decode {
         return Ok(());
     }
-    // Listing and footer reads block (on the network, for an object store): off
-    // tokio's threads.
-    let (stores, spec) = (stores.clone(), spec.to_string());
-    let files = tokio::task::spawn_blocking(move || {
-        let locations = crate::io::expand_inputs(&stores, &[spec]).ok()?;
-        locations
-            .into_iter()
-            .map(|loc| {
-                let schema = crate::io::ParquetFile::open(&loc).ok()?.schema;
-                Some((loc, schema))
-            })
-            .collect::<Option<Vec<_>>>()
-    })
-    .await
-    .map_err(|e| Error::Usage(format!("table '{name}': {e}")))?;
-    let Some(files) = files else {
+    let Ok(footers) = table::footers(stores, spec).await else {
         return Ok(());
     };
+    let files = footers.into_iter().map(|f| (f.loc, f.schema)).collect();
     let fast = crate::ops::sql::table::FastListTable::new(listing, files);
     if fast.fast() {
         ctx.deregister_table(name).map_err(df_err)?;

@@ -145,6 +145,47 @@ impl FastListTable {
     }
 }
 
+/// One file of a table, as its footer describes it.
+pub struct Footer {
+    pub loc: Location,
+    pub schema: SchemaRef,
+    /// Rows in each row group.
+    pub row_groups: Vec<u64>,
+}
+
+/// The files of table `spec` (a file, prefix, glob or lake) with their footers, read on
+/// a blocking thread: listing and footer reads wait on the network for an object store.
+pub async fn footers(
+    stores: &Arc<crate::store::Stores>,
+    spec: &str,
+) -> crate::error::Result<Vec<Footer>> {
+    let (stores, owned) = (stores.clone(), spec.to_string());
+    tokio::task::spawn_blocking(move || {
+        crate::io::expand_inputs(&stores, &[owned])?
+            .into_iter()
+            .map(|loc| {
+                let f = ParquetFile::open(&loc)?;
+                let row_groups = f
+                    .metadata()
+                    .map(|(m, _)| {
+                        m.row_groups()
+                            .iter()
+                            .map(|g| g.num_rows().max(0) as u64)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Ok(Footer {
+                    schema: f.schema.clone(),
+                    loc,
+                    row_groups,
+                })
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| crate::error::Error::Usage(format!("reading the footers of {spec}: {e}")))?
+}
+
 /// How many of the table's columns come from the files (the partition columns follow).
 fn file_columns(table: &ListingTable) -> usize {
     table.schema().fields().len() - table.options().table_partition_cols.len()
