@@ -202,17 +202,15 @@ pub async fn register_shipped(
     loc: &Location,
     stores: &Arc<Stores>,
 ) -> Result<()> {
+    let in_table = |e: &dyn std::fmt::Display| Error::Usage(format!("table '{name}': {e}"));
     // The listing table infers the schema and partition columns, on a local session.
     let local = SessionContext::new();
     crate::ops::sql::register_table(&local, name, loc).await?;
-    let table = local
-        .table_provider(name)
-        .await
-        .map_err(|e| Error::Usage(format!("table '{name}': {e}")))?;
+    let table = local.table_provider(name).await.map_err(|e| in_table(&e))?;
     let Ok(listing) = (table.clone() as Arc<dyn std::any::Any + Send + Sync>)
         .downcast::<datafusion::datasource::listing::ListingTable>()
     else {
-        return Err(Error::Usage(format!("table '{name}': not a listing table")));
+        return Err(in_table(&"not a listing table"));
     };
     let footers = crate::ops::sql::table::footers(stores, spec).await?;
     let groups: std::collections::HashMap<String, Vec<u64>> = footers
@@ -227,9 +225,7 @@ pub async fn register_shipped(
     // `RECLAG_FAST_DECODE=0` (for comparison) ships DataFusion's listing table, as
     // it keeps DataFusion's scan in local mode.
     let listed = if fast.fast() && crate::io::read_settings().fast_decode {
-        fast.files(&local.state())
-            .await
-            .map_err(|e| Error::Usage(format!("table '{name}': {e}")))?
+        fast.files(&local.state()).await.map_err(|e| in_table(&e))?
     } else {
         None
     };
@@ -240,12 +236,8 @@ pub async fn register_shipped(
                 loc.display
             )));
         }
-        let table = local
-            .table_provider(name)
-            .await
-            .map_err(|e| Error::Usage(format!("table '{name}': {e}")))?;
-        ctx.register_table(name, table)
-            .map_err(|e| Error::Usage(format!("table '{name}': {e}")))?;
+        let table = local.table_provider(name).await.map_err(|e| in_table(&e))?;
+        ctx.register_table(name, table).map_err(|e| in_table(&e))?;
         return Ok(());
     };
     // Partition columns as plain values: DataFusion types them as dictionaries,
@@ -287,6 +279,6 @@ pub async fn register_shipped(
         .collect();
     let shipped = ShippedTable::new(schema, fast.file_columns(), files, stores.clone());
     ctx.register_table(name, Arc::new(shipped))
-        .map_err(|e| Error::Usage(format!("table '{name}': {e}")))?;
+        .map_err(|e| in_table(&e))?;
     Ok(())
 }

@@ -483,17 +483,22 @@ fn decode(tag: &[u8], buf: &[u8]) -> Option<DfResult<(SchemaRef, Body)>> {
     })())
 }
 
+/// Partition values as text, `None` for null; [`files_from_json`] parses them back
+/// with the columns' types.
+fn partition_text(values: &[ScalarValue]) -> Vec<Option<String>> {
+    values
+        .iter()
+        .map(|v| (!v.is_null()).then(|| v.to_string()))
+        .collect()
+}
+
 fn files_json(files: &[ShippedFile]) -> Vec<FileJson> {
     files
         .iter()
         .map(|f| FileJson {
             url: f.loc.url(),
             size: f.loc.size,
-            partition: f
-                .partition
-                .iter()
-                .map(|v| (!v.is_null()).then(|| v.to_string()))
-                .collect(),
+            partition: partition_text(&f.partition),
             row_groups: f.row_groups.clone(),
         })
         .collect()
@@ -600,11 +605,7 @@ pub fn encode_scan(node: &Arc<dyn ExecutionPlan>, buf: &mut Vec<u8>) -> Option<D
                 files.push(FileJson {
                     url: format!("{base}{}", f.object_meta.location),
                     size: Some(f.object_meta.size),
-                    partition: f
-                        .partition_values
-                        .iter()
-                        .map(|v| (!v.is_null()).then(|| v.to_string()))
-                        .collect(),
+                    partition: partition_text(&f.partition_values),
                     row_groups: vec![],
                 });
             }
