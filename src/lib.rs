@@ -15,6 +15,7 @@ pub mod error;
 pub mod explain;
 mod folded;
 pub mod format;
+pub mod inspect;
 pub mod kernel;
 pub mod kmeans;
 pub mod metrics;

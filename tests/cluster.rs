@@ -314,4 +314,221 @@ fn sql_on_a_cluster_reads_s3_with_the_environments_credentials() {
             "{log}"
         );
     }
+
+    // `reclag score --cluster` store to store, routed by best margin: the parts
+    // under the output prefix, in order, are the local output.
+    let local_out = tmp.path().join("scored.parquet");
+    let score = |model: &str, input: &str, out: &str| -> Vec<String> {
+        [
+            "score",
+            "--model",
+            model,
+            "--input",
+            input,
+            "--output",
+            out,
+            "--keep-columns",
+            "label",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    cli_env(
+        &StoreEnv::default(),
+        &score(&s(&model), &local_tables[0].1, &s(&local_out)),
+    )
+    .unwrap();
+    let mut a = score(
+        "s3://lake/models/m.parquet",
+        &s3_tables[0].1,
+        "s3://lake/scored",
+    );
+    a.extend(["--cluster", &cluster.url, "--partitions", "3"].map(String::from));
+    let msg = cli_env(&env, &a).unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    assert!(msg.contains("3 part files"), "{msg}");
+    let got = tmp.path().join("got");
+    std::fs::create_dir_all(&got).unwrap();
+    for i in 0..3 {
+        let name = format!("part-{i:05}.parquet");
+        crate::stores::download(
+            &stores,
+            &format!("s3://lake/scored/{name}"),
+            &got.join(&name),
+        );
+    }
+    assert_eq!(concat_parts(&got), read_parquet(&local_out));
+}
+
+/// Part files of a cluster output in name order, with their bytes.
+fn parts_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The rows of part files in name order, as one batch.
+fn concat_parts(dir: &Path) -> RecordBatch {
+    let batches: Vec<RecordBatch> = parts_of(dir)
+        .iter()
+        .map(|(n, _)| read_parquet(&dir.join(n)))
+        .collect();
+    arrow_select::concat::concat_batches(&batches[0].schema(), &batches).unwrap()
+}
+
+/// Staging directories left beside an output.
+fn staging_left(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("reclag-staging") || n.contains("reclag-old"))
+        .collect()
+}
+
+/// `reclag score --cluster`: the executors write one part per partition, and the
+/// parts in name order hold exactly the rows `reclag score` writes locally; both
+/// executors wrote parts; a rerun gives the same bytes; a run that fails on an
+/// executor (a file whose pages are zeroed) publishes nothing and leaves the earlier
+/// output as it was.
+#[test]
+fn score_on_a_cluster_equals_local_score() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sample = reclag_pipelines::ops::demo::write_sample(tmp.path()).unwrap();
+    let model = tmp.path().join("m.parquet");
+    train_model(&sample[0], &model, 3);
+    let lake = tmp.path().join("lake");
+    let rows = write_lake(&lake, &read_parquet(&sample[1]), &read_parquet(&sample[2]));
+    let env = StoreEnv::default();
+    let input = format!("{}/day=*/part-*.parquet", s(&lake));
+    let local = tmp.path().join("local.parquet");
+    let args = |out: &Path, cluster: Option<&str>| {
+        let mut a: Vec<String> = [
+            "score",
+            "--model",
+            &s(&model),
+            "--input",
+            &input,
+            "--output",
+            &s(out),
+            "--group",
+            "label",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        if let Some(url) = cluster {
+            a.extend(["--cluster", url, "--partitions", "4"].map(String::from));
+        }
+        a
+    };
+    cli_env(&env, &args(&local, None)).unwrap();
+    let want = read_parquet(&local);
+    assert_eq!(want.num_rows(), rows);
+
+    let cluster = start_cluster(tmp.path(), &env);
+    let out_dir = tmp.path().join("scored");
+    let msg = cli_env(&env, &args(&out_dir, Some(&cluster.url)))
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    assert!(
+        msg.contains(&format!("scored {rows} rows")) && msg.contains("4 part files"),
+        "{msg}"
+    );
+    let parts = parts_of(&out_dir);
+    assert_eq!(
+        parts.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        [
+            "part-00000.parquet",
+            "part-00001.parquet",
+            "part-00002.parquet",
+            "part-00003.parquet"
+        ]
+    );
+    let got = concat_parts(&out_dir);
+    assert_eq!(got.schema(), want.schema());
+    assert_eq!(got, want, "the parts in order are the local output");
+    for e in &cluster.executors {
+        let log = e.log();
+        assert!(
+            log.contains("reclag: wrote ") && log.contains("reclag: fast scan of "),
+            "{log}"
+        );
+    }
+    assert!(
+        staging_left(tmp.path()).is_empty(),
+        "{:?}",
+        staging_left(tmp.path())
+    );
+
+    // `reclag filter --cluster --keep ood`: the input columns of exactly the rows the
+    // local score flags (and as many as local `reclag filter` keeps).
+    let filtered = tmp.path().join("quarantine");
+    let filter = |out: &Path, cluster: Option<&str>| {
+        let mut a: Vec<String> = [
+            "filter",
+            "--model",
+            &s(&model),
+            "--input",
+            &input,
+            "--output",
+            &s(out),
+            "--group",
+            "label",
+            "--keep",
+            "ood",
+        ]
+        .map(String::from)
+        .to_vec();
+        if let Some(url) = cluster {
+            a.extend(["--cluster", url, "--partitions", "3"].map(String::from));
+        }
+        cli_env(&env, &a).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let local_msg = filter(&tmp.path().join("q.parquet"), None);
+    let msg = filter(&filtered, Some(&cluster.url));
+    let flagged = want
+        .column_by_name("reclag_is_ood")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<arrow_array::BooleanArray>()
+        .unwrap()
+        .clone();
+    let n_in = read_parquet(&sample[1]).num_columns();
+    let inputs = want.project(&(0..n_in).collect::<Vec<_>>()).unwrap();
+    let expect = arrow_select::filter::filter_record_batch(&inputs, &flagged).unwrap();
+    assert!(expect.num_rows() > 0 && expect.num_rows() < rows);
+    assert_eq!(concat_parts(&filtered), expect);
+    let kept = format!("kept {} of {rows} rows (OOD)", expect.num_rows());
+    assert!(
+        local_msg.contains(&kept) && msg.contains(&kept),
+        "{local_msg}\n{msg}"
+    );
+
+    // A rerun replaces the output with the same bytes.
+    cli_env(&env, &args(&out_dir, Some(&cluster.url))).unwrap();
+    assert_eq!(parts_of(&out_dir), parts);
+
+    // A file that fails to decode on an executor: the run fails and publishes
+    // nothing; the earlier output stays whole.
+    let victim = lake.join("day=2026-12-02/part-1.parquet");
+    crate::common::zero_column_chunks(&victim.clone(), &victim);
+    let e = cli_env(&env, &args(&out_dir, Some(&cluster.url))).unwrap_err();
+    assert!(e.contains("nothing was published"), "{e}");
+    assert_eq!(parts_of(&out_dir), parts, "the earlier output is untouched");
+    assert!(
+        staging_left(tmp.path()).is_empty(),
+        "{:?}",
+        staging_left(tmp.path())
+    );
+
+    // Standard input and output stay local.
+    let e = cli_env(&env, &args(Path::new("-"), Some(&cluster.url))).unwrap_err();
+    assert!(e.contains("drop --cluster"), "{e}");
 }

@@ -48,7 +48,7 @@ pub(crate) fn upload(stores: &Stores, url: &str, local: &Path) {
         .unwrap();
 }
 
-fn download(stores: &Stores, url: &str, local: &Path) {
+pub(crate) fn download(stores: &Stores, url: &str, local: &Path) {
     let bytes = stores.locate(url).unwrap().get().unwrap();
     std::fs::write(local, &bytes).unwrap();
 }

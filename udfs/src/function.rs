@@ -257,7 +257,17 @@ impl ScalarUDFImpl for ReclagFunc {
         let n = args.number_rows;
         let (model, route) = match &args.args[0] {
             ColumnarValue::Scalar(v) => self.model_from_literal(Some(v))?,
-
+            // DataFusion's FFI (the Python `datafusion` package) passes every argument
+            // as an array, so a literal arrives repeated; planning already required one.
+            ColumnarValue::Array(a) if a.is_empty() => {
+                return Ok(ColumnarValue::Array(
+                    datafusion::arrow::array::new_empty_array(args.return_field.data_type()),
+                ));
+            }
+            ColumnarValue::Array(a) if broadcast_literal(a.as_ref()).is_some() => {
+                let v = broadcast_literal(a.as_ref()).expect("checked");
+                self.model_from_literal(Some(&ScalarValue::Utf8(Some(v))))?
+            }
             ColumnarValue::Array(_) => {
                 return exec_err!(
                     "{}: the first argument must be a string literal naming a model, not a column, e.g. {}('prod', embedding)",
@@ -338,4 +348,21 @@ pub fn doc(description: &str, example: &str) -> Documentation {
         "Optional integer or string group (class label). NULL or omitted: the group of largest margin A_g − τ_g (best routing), or the union with a '#union' model suffix.",
     )
     .build()
+}
+
+/// The one value of a string array that repeats it in every row (no nulls): a literal
+/// as DataFusion's FFI delivers it.
+fn broadcast_literal(a: &dyn datafusion::arrow::array::Array) -> Option<String> {
+    use datafusion::arrow::array::Array;
+    let utf8 = datafusion::arrow::compute::cast(a, &DataType::Utf8).ok()?;
+    let s = utf8
+        .as_any()
+        .downcast_ref::<datafusion::arrow::array::StringArray>()?;
+    if s.null_count() > 0 || s.is_empty() {
+        return None;
+    }
+    let first = s.value(0);
+    s.iter()
+        .all(|v| v == Some(first))
+        .then(|| first.to_string())
 }

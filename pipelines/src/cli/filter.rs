@@ -63,6 +63,18 @@ pub struct FilterArgs {
     /// threshold τ*, decided on the first step (spec §4).
     #[arg(long, value_enum, value_name = "ROUTE", conflicts_with = "group")]
     pub route: Option<RouteArg>,
+    /// Filter on a Ballista cluster: df://HOST:PORT of a `reclag cluster scheduler`.
+    /// The executors write --output as a directory (or object-store prefix) of
+    /// part-NNNNN.parquet files, one per partition, published only when every part is
+    /// written; rows keep their input order across the parts in name order. Not with
+    /// --fdr (its first pass over every row's p-value runs locally). Inputs, model and
+    /// output must be reachable from every executor.
+    #[arg(long, value_name = "df://HOST:PORT", conflicts_with = "fdr")]
+    pub cluster: Option<String>,
+    /// With --cluster: the number of partitions, so of tasks and part files (default:
+    /// one per input row group, at most 256).
+    #[arg(long, value_name = "N", requires = "cluster")]
+    pub partitions: Option<usize>,
 }
 
 impl From<(FilterArgs, Arc<Stores>)> for FilterJob {
@@ -76,6 +88,9 @@ impl From<(FilterArgs, Arc<Stores>)> for FilterJob {
 }
 
 pub(super) fn run(a: FilterArgs, stores: Arc<Stores>, out: &mut dyn Write) -> Result<ExitCode> {
+    if let Some(url) = a.cluster.clone() {
+        return run_on_cluster(a, &url, stores, out);
+    }
     let model = Arc::new(crate::store::load_model(&stores, &a.model)?);
     let (keep, output, fdr) = (a.keep, a.output.clone(), a.fdr);
     let s = FilterJob::from((a, stores)).run(&model)?;
@@ -101,4 +116,57 @@ pub(super) fn run(a: FilterArgs, stores: Arc<Stores>, out: &mut dyn Write) -> Re
         .map_err(io_err)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(feature = "cluster")]
+fn run_on_cluster(
+    a: FilterArgs,
+    url: &str,
+    stores: Arc<Stores>,
+    out: &mut dyn Write,
+) -> Result<ExitCode> {
+    use crate::ops::filter::Keep;
+    use crate::ops::route::Routing;
+    let routing = match (a.group, a.route) {
+        (Some(g), _) => Routing::Column(g),
+        (None, r) => Routing::Ungrouped(r.map_or(Route::Best, Route::from)),
+    };
+    let job = crate::ops::score::ScoreJob::new(stores, a.input, a.output.clone())
+        .embedding(a.embedding)
+        .routing(routing);
+    let rt = runtime("starting the cluster client")?;
+    let s = rt.block_on(crate::cluster::score::score_on_cluster(
+        &job,
+        url,
+        &a.model,
+        reclag::Precision::Exact,
+        a.partitions,
+        Some(a.keep == Keep::Ood),
+    ))?;
+    writeln!(
+        out,
+        "kept {} of {} rows ({}) into {} ({} part files, written by the cluster at {url})",
+        s.rows_written,
+        s.rows,
+        match a.keep {
+            Keep::Id => "in-distribution",
+            Keep::Ood => "OOD",
+        },
+        a.output,
+        s.parts
+    )
+    .map_err(io_err)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(not(feature = "cluster"))]
+fn run_on_cluster(
+    _a: FilterArgs,
+    url: &str,
+    _stores: Arc<Stores>,
+    _out: &mut dyn Write,
+) -> Result<ExitCode> {
+    Err(crate::error::Error::Usage(format!(
+        "--cluster {url}: this reclag was built without the `cluster` feature; build it with `cargo install reclag-pipelines --features cluster`"
+    )))
 }

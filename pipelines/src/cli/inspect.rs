@@ -20,6 +20,6 @@ pub struct InspectArgs {
 pub(super) fn run(a: InspectArgs, stores: Arc<Stores>, out: &mut dyn Write) -> Result<ExitCode> {
     let model = crate::store::load_model(&stores, &a.model)?;
     let sum = reclag::format::checksum(&model);
-    write!(out, "{}", crate::ops::inspect::render(&model, &sum)).map_err(io_err)?;
+    write!(out, "{}", reclag::inspect::render(&model, &sum)).map_err(io_err)?;
     Ok(ExitCode::SUCCESS)
 }

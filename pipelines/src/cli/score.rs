@@ -76,6 +76,18 @@ pub struct ScoreArgs {
     /// every column's Arrow arrays, the embedding included.
     #[arg(long, hide = true, value_enum, num_args = 0..=1, default_missing_value = "as-score")]
     pub decode_only: Option<crate::ops::score::DecodeOnly>,
+    /// Score on a Ballista cluster: df://HOST:PORT of a `reclag cluster scheduler`.
+    /// The executors read the inputs and write --output as a directory (or
+    /// object-store prefix) of part-NNNNN.parquet files, one per partition, published
+    /// only when every part is written; row order is kept across the parts in name
+    /// order. Inputs, model and output must be reachable from every executor (object
+    /// storage, or a filesystem mounted at the same path everywhere).
+    #[arg(long, value_name = "df://HOST:PORT")]
+    pub cluster: Option<String>,
+    /// With --cluster: the number of partitions, so of tasks and part files (default:
+    /// one per input row group, at most 256). Each holds whole row groups.
+    #[arg(long, value_name = "N", requires = "cluster")]
+    pub partitions: Option<usize>,
 }
 
 impl TryFrom<(ScoreArgs, Arc<Stores>)> for ScoreJob {
@@ -95,6 +107,9 @@ impl TryFrom<(ScoreArgs, Arc<Stores>)> for ScoreJob {
 }
 
 pub(super) fn run(a: ScoreArgs, stores: Arc<Stores>, out: &mut dyn Write) -> Result<ExitCode> {
+    if let Some(url) = a.cluster.clone() {
+        return run_on_cluster(a, &url, stores, out);
+    }
     let mut model = crate::store::load_model(&stores, &a.model)?;
     model.set_precision(a.precision.into());
     let (output, decode_only, model_name) = (a.output.clone(), a.decode_only, a.model.clone());
@@ -132,4 +147,49 @@ pub(super) fn run(a: ScoreArgs, stores: Arc<Stores>, out: &mut dyn Write) -> Res
         writeln!(out, "{msg}").map_err(io_err)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(feature = "cluster")]
+fn run_on_cluster(
+    a: ScoreArgs,
+    url: &str,
+    stores: Arc<Stores>,
+    out: &mut dyn Write,
+) -> Result<ExitCode> {
+    if a.decode_only.is_some() {
+        return Err(crate::error::Error::Usage(
+            "--decode-only measures the local reader; drop --cluster".into(),
+        ));
+    }
+    let (model, output, partitions) = (a.model.clone(), a.output.clone(), a.partitions);
+    let precision = a.precision.into();
+    let job = ScoreJob::try_from((a, stores))?;
+    let rt = runtime("starting the cluster client")?;
+    let s = rt.block_on(crate::cluster::score::score_on_cluster(
+        &job, url, &model, precision, partitions, None,
+    ))?;
+    if !s.p_values {
+        eprintln!(
+            "note: {model} has no calibration scores (an older model file), so the output has no reclag_p_value; add them with `reclag calibrate`"
+        );
+    }
+    writeln!(
+        out,
+        "scored {} rows ({} OOD, {} null) into {output} ({} part files, written by the cluster at {url})",
+        s.rows, s.ood_rows, s.null_rows, s.parts
+    )
+    .map_err(io_err)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(not(feature = "cluster"))]
+fn run_on_cluster(
+    _a: ScoreArgs,
+    url: &str,
+    _stores: Arc<Stores>,
+    _out: &mut dyn Write,
+) -> Result<ExitCode> {
+    Err(crate::error::Error::Usage(format!(
+        "--cluster {url}: this reclag was built without the `cluster` feature; build it with `cargo install reclag-pipelines --features cluster`"
+    )))
 }

@@ -15,9 +15,9 @@ use datafusion::logical_expr::{Extension, LogicalPlan, ScalarUDF};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion_proto::logical_plan::LogicalExtensionCodec;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
-use reclag_udfs::ReclagCodec;
+use reclag_udfs::{ModelRegistry, ReclagCodec};
 
-use super::scan;
+use super::{scan, score};
 use crate::store::Stores;
 
 /// The codec for `stores`: decoded tables, scans and pinned models are read through
@@ -27,7 +27,7 @@ use crate::store::Stores;
 /// there, with the model, its URL and both checksums.
 pub fn cluster_codec(stores: Arc<Stores>, executor: bool) -> Arc<ReclagCodec> {
     let registry = crate::ops::sql::model_registry(stores.clone());
-    let codec = ReclagCodec::new(registry);
+    let codec = ReclagCodec::new(registry.clone());
     let codec = if executor {
         codec.sharing_models()
     } else {
@@ -42,6 +42,8 @@ pub fn cluster_codec(stores: Arc<Stores>, executor: bool) -> Arc<ReclagCodec> {
             .with_physical(Arc::new(ScansCodec {
                 inner: BallistaPhysicalExtensionCodec::default(),
                 stores,
+                registry,
+                share: executor,
             })),
     )
 }
@@ -119,12 +121,15 @@ impl LogicalExtensionCodec for TablesCodec {
     }
 }
 
-/// Fast scans, then Ballista's physical codec. Ballista's decoder takes any bytes for
-/// its own, so ours are recognised by their tag first.
+/// Fast scans and score writers, then Ballista's physical codec. Ballista's decoder
+/// takes any bytes for its own, so ours are recognised by their tag first.
 #[derive(Debug)]
 struct ScansCodec {
     inner: BallistaPhysicalExtensionCodec,
     stores: Arc<Stores>,
+    /// Score writers load their pinned model here (see [`ModelRegistry::scoped`]).
+    registry: Arc<ModelRegistry>,
+    share: bool,
 }
 
 impl PhysicalExtensionCodec for ScansCodec {
@@ -135,6 +140,9 @@ impl PhysicalExtensionCodec for ScansCodec {
         ctx: &TaskContext,
         proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        if let Some(w) = score::decode(buf, inputs, &self.registry, self.share, &self.stores) {
+            return w;
+        }
         match scan::decode_scan(buf, &self.stores) {
             Some(s) => s,
             None => self.inner.try_decode(buf, inputs, ctx, proto_converter),
@@ -147,6 +155,9 @@ impl PhysicalExtensionCodec for ScansCodec {
         buf: &mut Vec<u8>,
         proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<()> {
+        if let Some(r) = score::encode(&node, buf) {
+            return r;
+        }
         match scan::encode_scan(&node, buf) {
             Some(r) => r,
             None => self.inner.try_encode(node, buf, proto_converter),

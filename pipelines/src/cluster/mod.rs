@@ -20,6 +20,7 @@
 pub mod codec;
 pub mod process;
 pub mod scan;
+pub mod score;
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
@@ -212,7 +213,7 @@ pub async fn register_shipped(
     else {
         return Err(in_table(&"not a listing table"));
     };
-    let footers = crate::ops::sql::table::footers(stores, spec).await?;
+    let footers = crate::ops::sql::table::footers(stores, &[spec.to_string()]).await?;
     let groups: std::collections::HashMap<String, Vec<u64>> = footers
         .iter()
         .map(|f| (f.loc.key.to_string(), f.row_groups.clone()))

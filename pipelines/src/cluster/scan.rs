@@ -203,20 +203,39 @@ impl TableProvider for ShippedTable {
         };
         let files = self.prune(state, filters)?;
         let parts = split(&files, state.config().target_partitions());
+        let ids: Vec<usize> = (0..parts.len()).collect();
         fast_scan(
             &self.schema,
             self.file_columns,
             &columns,
             &files,
             &parts,
+            &ids,
             self.stores.clone(),
         )
     }
 }
 
-/// A file's row groups to read, attached to its `PartitionedFile`.
+/// A file's row groups to read, attached to its `PartitionedFile`, with the index of
+/// the partition it belongs to in the whole scan: Ballista hands each task a slice of
+/// the partitions, re-indexed from 0, and a writer names its output after this one.
 #[derive(Clone, Debug)]
-struct RowGroups(Vec<usize>);
+struct RowGroups(Vec<usize>, usize);
+
+/// The index in the whole scan of partition `partition` of a fast scan (`None` for
+/// another plan, or a partition without files).
+pub fn part_id(plan: &dyn ExecutionPlan, partition: usize) -> Option<usize> {
+    let exec = (plan as &dyn std::any::Any).downcast_ref::<DataSourceExec>()?;
+    let config =
+        (exec.data_source().as_ref() as &dyn std::any::Any).downcast_ref::<FileScanConfig>()?;
+    config
+        .file_groups
+        .get(partition)?
+        .iter()
+        .next()?
+        .extension::<RowGroups>()
+        .map(|r| r.1)
+}
 
 /// The fast list reader as a DataFusion file source. A scan is a `DataSourceExec`
 /// whose file groups are the partitions of [`split`], each file carrying its
@@ -391,13 +410,15 @@ impl FileOpener for FastListOpener {
     }
 }
 
-/// The scan of `files` as `parts`, projected to `columns` of `schema`.
+/// The scan of `files` as `parts` (numbered `ids` in the whole scan), projected to
+/// `columns` of `schema`.
 fn fast_scan(
     schema: &SchemaRef,
     file_columns: usize,
     columns: &[usize],
     files: &[ShippedFile],
     parts: &[Part],
+    ids: &[usize],
     stores: Arc<Stores>,
 ) -> DfResult<Arc<dyn ExecutionPlan>> {
     let base = match files.first() {
@@ -406,14 +427,15 @@ fn fast_scan(
     };
     let groups: Vec<FileGroup> = parts
         .iter()
-        .map(|part| {
+        .zip(ids)
+        .map(|(part, &id)| {
             FileGroup::new(
                 part.iter()
                     .map(|(i, groups)| {
                         let f = &files[*i];
                         PartitionedFile::new(f.loc.key.to_string(), f.loc.size.unwrap_or_default())
                             .with_partition_values(f.partition.clone())
-                            .with_extension(RowGroups(groups.clone()))
+                            .with_extension(RowGroups(groups.clone(), id))
                     })
                     .collect(),
             )
@@ -448,6 +470,9 @@ struct Body {
     /// A scan's projection and partitions; absent for a table.
     columns: Option<Vec<usize>>,
     parts: Option<Vec<Part>>,
+    /// Each part's index in the whole scan (absent: 0, 1, ...).
+    #[serde(default)]
+    part_ids: Option<Vec<usize>>,
 }
 
 fn bad(what: impl fmt::Display) -> DataFusionError {
@@ -555,6 +580,7 @@ pub fn encode_table(table: &dyn TableProvider, buf: &mut Vec<u8>) -> Option<DfRe
         files: files_json(&t.files),
         columns: None,
         parts: None,
+        part_ids: None,
     };
     Some(encode(TABLE_TAG, &t.schema, &body, buf))
 }
@@ -593,15 +619,16 @@ pub fn encode_scan(node: &Arc<dyn ExecutionPlan>, buf: &mut Vec<u8>) -> Option<D
         let base = config.object_store_url.as_str();
         let mut files = Vec::new();
         let mut parts = Vec::new();
-        for group in &config.file_groups {
+        let mut ids = Vec::new();
+        for (n, group) in config.file_groups.iter().enumerate() {
             let mut part = Vec::new();
+            let mut id = n;
             for f in group.iter() {
-                part.push((
-                    files.len(),
-                    f.extension::<RowGroups>()
-                        .map(|r| r.0.clone())
-                        .ok_or_else(|| bad("a file without its row groups"))?,
-                ));
+                let r = f
+                    .extension::<RowGroups>()
+                    .ok_or_else(|| bad("a file without its row groups"))?;
+                id = r.1;
+                part.push((files.len(), r.0.clone()));
                 files.push(FileJson {
                     url: format!("{base}{}", f.object_meta.location),
                     size: Some(f.object_meta.size),
@@ -610,12 +637,14 @@ pub fn encode_scan(node: &Arc<dyn ExecutionPlan>, buf: &mut Vec<u8>) -> Option<D
                 });
             }
             parts.push(part);
+            ids.push(id);
         }
         let body = Body {
             file_columns,
             files,
             columns: Some(columns),
             parts: Some(parts),
+            part_ids: Some(ids),
         };
         encode(SCAN_TAG, &schema, &body, buf)
     })())
@@ -636,12 +665,21 @@ pub fn decode_scan(buf: &[u8], stores: &Arc<Stores>) -> Option<DfResult<Arc<dyn 
         if parts.iter().flatten().any(|(i, _)| *i >= files.len()) {
             return Err(bad("a partition names a file beyond the file list"));
         }
+        let ids = body.part_ids.unwrap_or_else(|| (0..parts.len()).collect());
+        if ids.len() != parts.len() {
+            return Err(bad(format!(
+                "{} partition ids for {} partitions",
+                ids.len(),
+                parts.len()
+            )));
+        }
         fast_scan(
             &schema,
             body.file_columns,
             &columns,
             &files,
             &parts,
+            &ids,
             stores.clone(),
         )
     }))
@@ -741,7 +779,9 @@ mod tests {
         }
 
         let parts = split(&files, 3);
-        let scan = fast_scan(&schema, 1, &[2, 0], &files, &parts, stores.clone()).unwrap();
+        // Numbered as a task's slice of a larger scan would be.
+        let ids: Vec<usize> = (0..parts.len()).map(|i| 7 + 2 * i).collect();
+        let scan = fast_scan(&schema, 1, &[2, 0], &files, &parts, &ids, stores.clone()).unwrap();
         let mut sbuf = Vec::new();
         encode_scan(&scan, &mut sbuf).unwrap().unwrap();
         let again = decode_scan(&sbuf, &stores).unwrap().unwrap();
@@ -753,6 +793,9 @@ mod tests {
             again.properties().output_partitioning().partition_count(),
             parts.len()
         );
+        for (p, id) in ids.iter().enumerate() {
+            assert_eq!(part_id(again.as_ref(), p), Some(*id), "partition {p}");
+        }
 
         for (bytes, want) in [
             (

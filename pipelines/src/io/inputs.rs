@@ -115,15 +115,27 @@ pub fn open_all(stores: &Stores, inputs: &[String]) -> Result<Vec<ParquetFile>> 
         .iter()
         .map(ParquetFile::open)
         .collect::<Result<_>>()?;
-    if let Some(first) = files.first() {
-        for f in &files[1..] {
+    let schemas: Vec<(&Path, &Schema)> = files
+        .iter()
+        .map(|f| (f.path.as_path(), f.schema.as_ref()))
+        .collect();
+    check_schemas(&schemas)?;
+    Ok(files)
+}
+
+/// One schema rule for every multi-file input: each file has the first file's columns
+/// with their types, and no others (checked both ways, so the rule does not depend on
+/// the files' order).
+pub fn check_schemas(files: &[(&Path, &Schema)]) -> Result<()> {
+    if let Some(&(first_path, first_schema)) = files.first() {
+        for &(path, schema) in &files[1..] {
             let mismatch = |columns: Vec<String>, detail: String| Error::SchemaMismatch {
-                file: f.path.clone(),
+                file: path.to_path_buf(),
                 columns,
                 detail,
             };
-            for field in first.schema.fields() {
-                match f.schema.field_with_name(field.name()) {
+            for field in first_schema.fields() {
+                match schema.field_with_name(field.name()) {
                     Ok(other) if other.data_type() == field.data_type() => {}
                     Ok(other) => {
                         return Err(mismatch(
@@ -132,7 +144,7 @@ pub fn open_all(stores: &Stores, inputs: &[String]) -> Result<Vec<ParquetFile>> 
                                 "column '{}' has type {}, but {} has {}; all inputs must share one schema",
                                 field.name(),
                                 other.data_type(),
-                                first.path.display(),
+                                first_path.display(),
                                 field.data_type()
                             ),
                         ));
@@ -143,7 +155,7 @@ pub fn open_all(stores: &Stores, inputs: &[String]) -> Result<Vec<ParquetFile>> 
                             format!(
                                 "column '{}' (present in {}) is missing; all inputs must share one schema",
                                 field.name(),
-                                first.path.display()
+                                first_path.display()
                             ),
                         ));
                     }
@@ -152,11 +164,10 @@ pub fn open_all(stores: &Stores, inputs: &[String]) -> Result<Vec<ParquetFile>> 
             // Columns only a later file has would be dropped without a word (the
             // output schema is the first file's); the check above catches the
             // other order, so the rule does not depend on which file comes first.
-            let extra: Vec<String> = f
-                .schema
+            let extra: Vec<String> = schema
                 .fields()
                 .iter()
-                .filter(|x| first.schema.field_with_name(x.name()).is_err())
+                .filter(|x| first_schema.field_with_name(x.name()).is_err())
                 .map(|x| x.name().clone())
                 .collect();
             if !extra.is_empty() {
@@ -166,11 +177,11 @@ pub fn open_all(stores: &Stores, inputs: &[String]) -> Result<Vec<ParquetFile>> 
                      (score the files separately, or use `reclag sql`, which fills a \
                      column a file lacks with nulls)",
                     named.join(", "),
-                    first.path.display()
+                    first_path.display()
                 );
                 return Err(mismatch(extra, detail));
             }
         }
     }
-    Ok(files)
+    Ok(())
 }

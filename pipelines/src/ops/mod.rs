@@ -21,7 +21,6 @@ pub mod demo;
 pub mod eval;
 pub mod filter;
 pub mod frames;
-pub mod inspect;
 pub mod route;
 pub mod score;
 pub mod sql;

@@ -79,6 +79,62 @@ impl ScoreJob {
         decode_only: Option<DecodeOnly>,
     }
 
+    /// The embedding column's index and the indices of the columns kept, in a table
+    /// of `schema` (from the file `path`), after every check a run makes before it
+    /// reads a row: the embedding's type and width, the group column, and kept
+    /// columns that the outputs would overwrite.
+    pub fn checked_columns(
+        &self,
+        model: &Model,
+        schema: &arrow_schema::Schema,
+        path: &Path,
+    ) -> Result<(usize, Vec<usize>)> {
+        let index = |c: &str| crate::io::column_index(schema, c).map_err(Error::in_file(path));
+        let emb = index(&self.embedding)?;
+        reclag::arrow::check_embedding_type(
+            schema.field(emb).data_type(),
+            &self.embedding,
+            Some(model.dim()),
+        )
+        .map_err(Error::in_file(path))?;
+        if let Some(c) = self.routing.column() {
+            index(c)?;
+        }
+        let keep: Vec<usize> = match &self.keep_columns {
+            None => (0..schema.fields().len()).collect(),
+            Some(cols) => cols.iter().map(|c| index(c)).collect::<Result<_>>()?,
+        };
+        for &i in &keep {
+            let name = schema.field(i).name();
+            if OUTPUT_COLUMNS.contains(&name.as_str()) {
+                return Err(Error::Usage(format!(
+                    "input column '{name}' would be overwritten by the output; drop it with --keep-columns"
+                )));
+            }
+        }
+        Ok((emb, keep))
+    }
+
+    pub fn inputs(&self) -> &[String] {
+        &self.inputs
+    }
+
+    pub fn output(&self) -> &str {
+        &self.output
+    }
+
+    pub fn embedding_column(&self) -> &str {
+        &self.embedding
+    }
+
+    pub fn routing_of(&self) -> &Routing {
+        &self.routing
+    }
+
+    pub fn stores(&self) -> &Arc<Stores> {
+        &self.stores
+    }
+
     /// Runs the job with `model`: decode, score and write overlap, and the output
     /// appears whole or not at all.
     pub fn run(&self, model: &Model) -> Result<ScoreSummary> {
@@ -139,31 +195,7 @@ fn run(model: &Model, job: &ScoreJob) -> Result<ScoreSummary> {
     let files = open_all(&job.stores, &job.inputs)?;
     let first = &files[0];
     // Every check that can fail does so before any row is read.
-    let emb = first.column_index(&job.embedding)?;
-    reclag::arrow::check_embedding_type(
-        first.schema.field(emb).data_type(),
-        &job.embedding,
-        Some(model.dim()),
-    )
-    .map_err(Error::in_file(&first.path))?;
-    if let Some(c) = job.routing.column() {
-        first.column_index(c)?;
-    }
-    let keep: Vec<usize> = match &job.keep_columns {
-        None => (0..first.schema.fields().len()).collect(),
-        Some(cols) => cols
-            .iter()
-            .map(|c| first.column_index(c))
-            .collect::<Result<_>>()?,
-    };
-    for &i in &keep {
-        let name = first.schema.field(i).name();
-        if OUTPUT_COLUMNS.contains(&name.as_str()) {
-            return Err(Error::Usage(format!(
-                "input column '{name}' would be overwritten by the output; drop it with --keep-columns"
-            )));
-        }
-    }
+    let (emb, keep) = job.checked_columns(model, &first.schema, &first.path)?;
     // Scoring pages as they are decoded needs the embedding gone from the output (it
     // is never materialised then) and every input sharing the first file's schema
     // (checked by `open_all`).

@@ -94,8 +94,9 @@ fn reclag_expr(output: Output, embedding: Expr, model: &Arc<Model>, group: Optio
 }
 
 /// The declared output type, after the planning-time checks SQL makes: the embedding
-/// type and width, and the group type.
-fn output_field(output: Output, model: &Model, fields: &[Field]) -> PolarsResult<Field> {
+/// type and width, and the group type. Public for expression plugins (the Python
+/// package), which declare types through their own entry points.
+pub fn output_field(output: Output, model: &Model, fields: &[Field]) -> PolarsResult<Field> {
     let name = output.function_name();
     let emb = &fields[0];
     let dt = bridge::arrow_rs_type(emb)?;
@@ -133,8 +134,8 @@ fn output_dtype(output: Output) -> PolarsResult<DataType> {
 }
 
 /// One core call per embedding chunk. The group column is aligned to the chunk by a
-/// zero-copy slice.
-fn evaluate(
+/// zero-copy slice. Public for expression plugins, as [`output_field`].
+pub fn evaluate(
     output: Output,
     model: &Model,
     cols: &mut [Column],

@@ -273,7 +273,7 @@ async fn fast_scans(
     if !crate::io::read_settings().fast_decode {
         return Ok(());
     }
-    let Ok(footers) = table::footers(stores, spec).await else {
+    let Ok(footers) = table::footers(stores, &[spec.to_string()]).await else {
         return Ok(());
     };
     let files = footers.into_iter().map(|f| (f.loc, f.schema)).collect();

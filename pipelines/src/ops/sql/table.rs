@@ -153,15 +153,15 @@ pub struct Footer {
     pub row_groups: Vec<u64>,
 }
 
-/// The files of table `spec` (a file, prefix, glob or lake) with their footers, read on
+/// The files of `specs` (files, prefixes, globs or lakes) with their footers, read on
 /// a blocking thread: listing and footer reads wait on the network for an object store.
 pub async fn footers(
     stores: &Arc<crate::store::Stores>,
-    spec: &str,
+    specs: &[String],
 ) -> crate::error::Result<Vec<Footer>> {
-    let (stores, owned) = (stores.clone(), spec.to_string());
+    let (stores, owned) = (stores.clone(), specs.to_vec());
     tokio::task::spawn_blocking(move || {
-        crate::io::expand_inputs(&stores, &[owned])?
+        crate::io::expand_inputs(&stores, &owned)?
             .into_iter()
             .map(|loc| {
                 let f = ParquetFile::open(&loc)?;
@@ -183,7 +183,9 @@ pub async fn footers(
             .collect()
     })
     .await
-    .map_err(|e| crate::error::Error::Usage(format!("reading the footers of {spec}: {e}")))?
+    .map_err(|e| {
+        crate::error::Error::Usage(format!("reading the footers of {}: {e}", specs.join(", ")))
+    })?
 }
 
 /// How many of the table's columns come from the files (the partition columns follow).

@@ -1,6 +1,7 @@
-//! `reclag inspect`: what a model file contains.
+//! What a model file contains, as `reclag inspect` prints it (and Python's
+//! `repr(model)`).
 
-use reclag::Model;
+use crate::Model;
 
 pub fn render(model: &Model, checksum: &str) -> String {
     let mut s = String::new();
@@ -44,7 +45,7 @@ pub fn render(model: &Model, checksum: &str) -> String {
     );
     s += &format!(
         "format         version {}\n",
-        reclag::format::version_of(model)
+        crate::format::version_of(model)
     );
     match model.calibration() {
         Some(c) => {
