@@ -30,7 +30,14 @@
 //!   executors (processes on loopback), with the fast list reader on the executors and
 //!   with DataFusion's Parquet scan, against local `reclag sql`;
 //!
-//! `RECLAG_BENCH_ONLY=stores` (or `pvalues`, or `cluster`) runs that section alone.
+//! - **python**: the Python package (`udfs/python`), with `RECLAG_BENCH_PYTHON` naming
+//!   an interpreter that has it installed (a release wheel): Polars `scan_parquet →
+//!   filter(is_ood) → len` with the expression plugin against the same query with
+//!   `reclag_udfs::polars` in this process and against `reclag filter`'s path; and
+//!   `Model.score` on the table in memory against the same core calls here;
+//!
+//! `RECLAG_BENCH_ONLY=stores` (or `pvalues`, `cluster`, `python`) runs that section
+//! alone.
 //! `RECLAG_BENCH_ROWS` sets the Parquet table size (default 1M × 512, K = 10, M = 16;
 //! the file is generated once under `target/bench-data/`); `RECLAG_BENCH_RSS_ROWS` the
 //! streamed sizes (default `1000000,10000000`); `RECLAG_BENCH_RUNS` the repeats.
@@ -404,6 +411,10 @@ fn main() {
     }
     if std::env::var("RECLAG_BENCH_ONLY").is_ok_and(|v| v == "cluster") {
         cluster_section(&path, &model_path, n, runs);
+        return;
+    }
+    if std::env::var("RECLAG_BENCH_ONLY").is_ok_and(|v| v == "python") {
+        python_section(&path, &model_path, n, runs);
         return;
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -806,4 +817,139 @@ fn cluster_section(path: &Path, model: &Path, n: usize, runs: usize) {
         "fast scan vs DataFusion's scan on the cluster: {:.2}×",
         d / f
     );
+}
+
+/// Runs `benches/python_plugin.py MODE TABLE MODEL` in `python` and returns its JSON.
+fn python_child(python: &str, mode: &str, path: &Path, model: &Path) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/python_plugin.py");
+    let out = std::process::Command::new(python)
+        .arg(&script)
+        .args([
+            mode,
+            &path.display().to_string(),
+            &model.display().to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{python} {script:?} {mode}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// What `Model.score` does with a table in memory: per batch, the embedding rows, the
+/// groups, the routed scores with dynamics, p-values where the model has calibration
+/// scores, and the output arrays. Returns the OOD count.
+fn kernel_in_memory(model: &reclag::Model, batches: &[RecordBatch]) -> u64 {
+    let mut ood = 0;
+    for b in batches {
+        let emb = b.schema().index_of("embedding").unwrap();
+        let lab = b.schema().index_of("label").unwrap();
+        let rows =
+            reclag::arrow::embedding_rows(b.column(emb).as_ref(), "embedding", Some(model.dim()))
+                .unwrap();
+        let groups = reclag::arrow::resolve_groups(model, b.column(lab).as_ref(), "label").unwrap();
+        let mut out = reclag::ScoreOutput::default();
+        model
+            .score_routed(
+                &rows,
+                Some(&groups),
+                reclag::Route::Best,
+                reclag::Work::WithDynamics,
+                &mut out,
+            )
+            .unwrap();
+        if model.calibration().is_some() {
+            let mut p = Vec::new();
+            model
+                .p_values_into(&out, Some(&groups), reclag::Route::Best, &mut p)
+                .unwrap();
+            std::hint::black_box(reclag::arrow::p_value_array(p));
+        }
+        let a = reclag::arrow::output_arrays(out);
+        ood += a
+            .is_ood
+            .as_any()
+            .downcast_ref::<arrow_array::BooleanArray>()
+            .unwrap()
+            .true_count() as u64;
+    }
+    ood
+}
+
+fn python_section(path: &Path, model_path: &Path, n: usize, runs: usize) {
+    let Ok(python) = std::env::var("RECLAG_BENCH_PYTHON") else {
+        println!(
+            "# python: skipped: set RECLAG_BENCH_PYTHON to an interpreter with the reclag wheel \
+             (maturin build --release -m udfs/python/Cargo.toml) and polars, pyarrow installed"
+        );
+        return;
+    };
+    let model = Arc::new(reclag::format::load(model_path).unwrap());
+    // The table in memory as pyarrow reads it: one batch per 64Ki-row row group.
+    let file = std::fs::File::open(path).unwrap();
+    let batches: Vec<RecordBatch> =
+        datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .with_batch_size(64 * 1024)
+            .build()
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let (mut t_rust, mut t_frames, mut t_py, mut t_kernel, mut t_pyscore) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    let mut counts = vec![];
+    for _ in 0..runs {
+        let t0 = Instant::now();
+        counts.push(polars_count(path, &model));
+        t_rust.push(t0.elapsed().as_secs_f64());
+        let r = python_child(&python, "count", path, model_path);
+        t_py.push(r["seconds"].as_f64().unwrap());
+        counts.push(r["rows"].as_u64().unwrap());
+        let t0 = Instant::now();
+        counts.push(polars_frames_count(path, &model));
+        t_frames.push(t0.elapsed().as_secs_f64());
+        let t0 = Instant::now();
+        counts.push(kernel_in_memory(&model, &batches));
+        t_kernel.push(t0.elapsed().as_secs_f64());
+        let r = python_child(&python, "score", path, model_path);
+        t_pyscore.push(r["seconds"].as_f64().unwrap());
+        counts.push(r["ood"].as_u64().unwrap());
+    }
+    assert!(
+        counts.windows(2).all(|w| w[0] == w[1]),
+        "every path counts the same OOD rows: {counts:?}"
+    );
+    let (rs, py, fr) = (median(t_rust), median(t_py), median(t_frames));
+    let (k, ps) = (median(t_kernel), median(t_pyscore));
+    let rate = |t: f64| n as f64 / t;
+    println!("# The Python package, {n} × {D}, K = 10, M = 16, median of {runs}");
+    println!("| path | median s | rows/s | ratio |");
+    println!("|---|---|---|---|");
+    println!(
+        "| Rust: Polars scan_parquet → filter(is_ood) → len, `reclag_udfs::polars` | {rs:.2} | {:.0} | 1.00 |",
+        rate(rs)
+    );
+    println!(
+        "| Python: the same with `reclag.polars.is_ood` (plugin) | {py:.2} | {:.0} | {:.3}× the time of Rust |",
+        rate(py),
+        py / rs
+    );
+    println!(
+        "| `reclag filter`'s path (Polars on reclag's frames), count | {fr:.2} | {:.0} | {:.2}× the time of Rust |",
+        rate(fr),
+        fr / rs
+    );
+    println!(
+        "| Rust: the core calls of `Model.score` on the table in memory | {k:.2} | {:.0} | 1.00 |",
+        rate(k)
+    );
+    println!(
+        "| Python: `Model.score(table)` on a pyarrow table in memory | {ps:.2} | {:.0} | {:.3}× the time of Rust |",
+        rate(ps),
+        ps / k
+    );
+    println!("(OOD rows: {})", counts[0]);
 }

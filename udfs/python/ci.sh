@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
 # Builds the Python package once and runs its tests against the published wheels, one
 # virtual environment per supported Polars line. Called by .ci/run; runnable alone
-# from the repository root (it needs target/debug/reclag for the CLI comparisons:
-# `cargo build -p reclag-pipelines`).
+# from the repository root.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 PYTHON="${PYTHON:-python3}"
-# Pinned: what the tests were last run with. polars 2.x and datafusion 55 are built
-# on the same Rust polars and DataFusion majors as this package.
+# Pinned: what the tests were last run with, one Polars per supported line (both pass).
+# datafusion 55 is built on the DataFusion major of this package.
 COMMON=("pyarrow==26.0.1" "numpy==2.4.6" "pytest==8.4.2" "datafusion==55.0.0")
 POLARS_LINES=("2.1.0" "1.44.2")
 # `ci` profile: opt-level 1 (see udfs/python/Cargo.toml).
@@ -25,8 +24,10 @@ venv() {
 }
 
 cargo fmt --manifest-path udfs/python/Cargo.toml -- --check
-# The CLI the tests compare against.
-cargo build -q -p reclag-pipelines
+# The CLI the tests compare against, as the workspace's tests build it (after
+# `cargo test --workspace` this builds nothing; `cargo build -p reclag-pipelines`
+# would build it again with other features).
+cargo test -q --workspace --no-run
 
 build=$(venv build "maturin==1.16.0")
 rm -rf target/python-wheels

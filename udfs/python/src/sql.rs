@@ -33,6 +33,12 @@ impl SqlFunction {
         self.udf.documentation().map(|d| d.description.clone())
     }
 
+    /// How it is called, e.g. `reclag_score('prod', embedding [, label])`.
+    #[getter]
+    fn syntax(&self) -> Option<String> {
+        self.udf.documentation().map(|d| d.syntax_example.clone())
+    }
+
     /// datafusion-ffi's capsule. Refused when the interpreter's `datafusion` is of
     /// another major version than the one this library was built against: the FFI
     /// structs differ between majors and nothing else would catch it.

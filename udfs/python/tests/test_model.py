@@ -44,11 +44,13 @@ def _inputs(suite):
     }
 
 
-@pytest.mark.parametrize("kind", ["pyarrow", "polars", "numpy"])
-@pytest.mark.parametrize("routing", ["group", "best"])
+# A numpy array has no label column: best routing only.
+@pytest.mark.parametrize(
+    "kind,routing",
+    [("pyarrow", "group"), ("pyarrow", "best"), ("polars", "group"), ("polars", "best"),
+     ("numpy", "best")],
+)
 def test_scores_equal_the_cli(suite, model_path, cli_scores, kind, routing):
-    if kind == "numpy" and routing == "group":
-        pytest.skip("a numpy array has no label column")
     m = reclag.load(model_path)
     data = _inputs(suite)[kind]
     got = m.score(data, group="label" if routing == "group" else None)
@@ -127,3 +129,13 @@ def test_bad_input_raises_with_the_message(suite, model_path, tmp_path):
     out = m.score(pa.table({"embedding": emb}))
     assert out.column("reclag_score").null_count == 2
     assert out.column("reclag_score")[0].is_valid and out.column("reclag_score")[3].is_valid
+
+
+def test_numpy_rows_cross_without_a_copy():
+    rows = np.random.default_rng(1).normal(size=(10, 384)).astype(np.float32)
+    t = reclag._as_stream(rows, "embedding")
+    values = t.column("embedding").chunk(0).values
+    assert values.buffers()[1].address == rows.ctypes.data
+    # Other dtypes are converted (a copy), and the values survive.
+    t = reclag._as_stream(rows.astype(np.float16), "embedding")
+    assert t.column("embedding").chunk(0).values.type == pa.float64()

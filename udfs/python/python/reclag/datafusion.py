@@ -14,6 +14,11 @@ each ``(model, embedding [, group])``. ``model`` is a string literal: a name giv
 against every group's memories at once (by default they go to the group of largest
 margin). The embedding type and width, and the group type, are checked when the query
 is planned.
+
+On a Python context ``SHOW FUNCTIONS`` does not list them: datafusion-ffi 55 passes a
+function's signature as "user defined" and no documentation, so DataFusion has no
+parameter rows to show. ``information_schema.routines`` lists them by name, and
+:func:`functions` describes each one.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Any, Mapping, Optional, Union
 
 from reclag import Model, ReclagError, _reclag, load
 
-__all__ = ["register", "DATAFUSION_MAJOR"]
+__all__ = ["register", "functions", "DATAFUSION_MAJOR"]
 
 #: The major version of the Python ``datafusion`` package the functions work with.
 DATAFUSION_MAJOR: int = _reclag.DATAFUSION_MAJOR
@@ -57,3 +62,19 @@ def register(
     for f in functions:
         ctx.register_udf(datafusion.udf(f))
     return [f.name for f in functions]
+
+
+def functions() -> "pyarrow.Table":
+    """What each SQL function does and how it is called: a table of ``name``,
+    ``syntax`` and ``description``, the documentation ``reclag sql --help`` and Rust's
+    ``SHOW FUNCTIONS`` give (it does not cross the FFI)."""
+    import pyarrow as pa
+
+    fs = _reclag.sql_functions([])
+    return pa.table(
+        {
+            "name": [f.name for f in fs],
+            "syntax": [f.syntax for f in fs],
+            "description": [f.description for f in fs],
+        }
+    )
