@@ -879,6 +879,33 @@ fn kernel_in_memory(model: &reclag::Model, batches: &[RecordBatch]) -> u64 {
     ood
 }
 
+/// Polars' streaming scan with a filter that needs the embedding decoded and no
+/// scoring: the reader's share of [`polars_count`].
+fn polars_floor(path: &Path) -> u64 {
+    use polars::prelude::*;
+    let lf = LazyFrame::scan_parquet(
+        PlRefPath::new(path.display().to_string().as_str()),
+        ScanArgsParquet::default(),
+    )
+    .unwrap()
+    .filter(
+        col("embedding")
+            .is_not_null()
+            .and(col("label").gt_eq(lit(0))),
+    )
+    .select([len()]);
+    let df = lf
+        .collect_with_engine(Engine::Streaming)
+        .unwrap()
+        .unwrap_single();
+    df.column("len")
+        .unwrap()
+        .get(0)
+        .unwrap()
+        .extract::<u64>()
+        .unwrap()
+}
+
 fn python_section(path: &Path, model_path: &Path, n: usize, runs: usize) {
     let Ok(python) = std::env::var("RECLAG_BENCH_PYTHON") else {
         println!(
@@ -898,10 +925,43 @@ fn python_section(path: &Path, model_path: &Path, n: usize, runs: usize) {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
+    let df = {
+        use polars::prelude::*;
+        ParquetReader::new(std::fs::File::open(path).unwrap())
+            .finish()
+            .unwrap()
+    };
     let (mut t_rust, mut t_frames, mut t_py, mut t_kernel, mut t_pyscore) =
         (vec![], vec![], vec![], vec![], vec![]);
+    let (mut t_floor, mut t_pyfloor, mut t_df, mut t_pydf) = (vec![], vec![], vec![], vec![]);
     let mut counts = vec![];
+    let mut all = vec![];
     for _ in 0..runs {
+        let t0 = Instant::now();
+        all.push(polars_floor(path));
+        t_floor.push(t0.elapsed().as_secs_f64());
+        let r = python_child(&python, "floor", path, model_path);
+        t_pyfloor.push(r["seconds"].as_f64().unwrap());
+        all.push(r["rows"].as_u64().unwrap());
+        let t0 = Instant::now();
+        {
+            use polars::prelude::*;
+            let kept = df
+                .clone()
+                .lazy()
+                .filter(reclag_udfs::polars::is_ood(
+                    col("embedding"),
+                    &model,
+                    Some(col("label")),
+                ))
+                .collect()
+                .unwrap();
+            counts.push(kept.height() as u64);
+        }
+        t_df.push(t0.elapsed().as_secs_f64());
+        let r = python_child(&python, "frame", path, model_path);
+        t_pydf.push(r["seconds"].as_f64().unwrap());
+        counts.push(r["rows"].as_u64().unwrap());
         let t0 = Instant::now();
         counts.push(polars_count(path, &model));
         t_rust.push(t0.elapsed().as_secs_f64());
@@ -922,7 +982,14 @@ fn python_section(path: &Path, model_path: &Path, n: usize, runs: usize) {
         counts.windows(2).all(|w| w[0] == w[1]),
         "every path counts the same OOD rows: {counts:?}"
     );
+    assert!(all.iter().all(|&r| r == n as u64), "{all:?}");
     let (rs, py, fr) = (median(t_rust), median(t_py), median(t_frames));
+    let (fl, pfl, dfr, pdf) = (
+        median(t_floor),
+        median(t_pyfloor),
+        median(t_df),
+        median(t_pydf),
+    );
     let (k, ps) = (median(t_kernel), median(t_pyscore));
     let rate = |t: f64| n as f64 / t;
     println!("# The Python package, {n} × {D}, K = 10, M = 16, median of {runs}");
@@ -936,6 +1003,25 @@ fn python_section(path: &Path, model_path: &Path, n: usize, runs: usize) {
         "| Python: the same with `reclag.polars.is_ood` (plugin) | {py:.2} | {:.0} | {:.3}× the time of Rust |",
         rate(py),
         py / rs
+    );
+    println!(
+        "| Rust: the same scan, filter(embedding not null) (Polars' reader alone) | {fl:.2} | {:.0} | {:.2}× the time of Rust |",
+        rate(fl),
+        fl / rs
+    );
+    println!(
+        "| Python: the same scan, filter(embedding not null) | {pfl:.2} | {:.0} | {:.2}× the time of Rust's reader alone |",
+        rate(pfl),
+        pfl / fl
+    );
+    println!(
+        "| Rust: DataFrame in memory, filter(is_ood) | {dfr:.2} | {:.0} | 1.00 |",
+        rate(dfr)
+    );
+    println!(
+        "| Python: DataFrame in memory, filter(reclag.polars.is_ood) | {pdf:.2} | {:.0} | {:.3}× the time of Rust |",
+        rate(pdf),
+        pdf / dfr
     );
     println!(
         "| `reclag filter`'s path (Polars on reclag's frames), count | {fr:.2} | {:.0} | {:.2}× the time of Rust |",
