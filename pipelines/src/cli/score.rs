@@ -38,7 +38,8 @@ retries). All
 files of --input must have the same columns.
 
 Memory is bounded by the input's row-group size, never by its length: rows stream
-through in batches of at most 16384 rows or 32 MiB, two queued per stage; the fast
+through in batches of at most 16384 rows or 32 MiB (8 MiB where read page by page),
+two queued per stage; the fast
 reader holds up to three row groups of up to 256 MiB decoded, and a file with larger
 row groups is read page by page instead (slower: write row groups of at most 256 MiB
 for full speed); output row groups close at 128 MiB. An object-store input also holds

@@ -24,6 +24,14 @@ pub const BATCH_ROWS: usize = 16 * 1024;
 /// page (see [`reclag_parquet::Fused`]) is never held, so it does not count.
 pub const BATCH_BYTES: u64 = 8 << 20;
 
+/// Decoded bytes per batch at most on the fast reader's path, which holds each row
+/// group whole while it is consumed, so its batches are views of memory held anyway
+/// and their size does not move the peak. Small batches cost the SQL operators and
+/// the writer per batch: with [`BATCH_BYTES`] here (4,096 rows at d = 512), `reclag
+/// sql` took 1.6–1.8× and `reclag filter` 1.12× the time of 16,384-row batches
+/// (`benches/ab.py`, see BENCHMARKS.md).
+pub const FAST_BATCH_BYTES: u64 = 32 << 20;
+
 /// Decoded bytes of one row group above which the fast reader, which holds whole row
 /// groups ([`reclag_parquet::default_in_flight`] decoding and one waiting), gives way to
 /// parquet's reader, which streams pages into batches of [`BATCH_BYTES`]. A file

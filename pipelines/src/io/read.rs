@@ -39,13 +39,13 @@ fn batch_rows(md: &ParquetMetaData, columns: Option<&[usize]>) -> usize {
             }
         }
     }
-    rows_within(bytes, rows)
+    rows_within(bytes, rows, BATCH_BYTES)
 }
 
-/// Rows per batch when `rows` rows decode to `bytes`.
-fn rows_within(bytes: u64, rows: u64) -> usize {
+/// Rows per batch when `rows` rows decode to `bytes`, at most `budget` bytes a batch.
+fn rows_within(bytes: u64, rows: u64, budget: u64) -> usize {
     let per_row = bytes.div_ceil(rows.max(1)).max(1);
-    (BATCH_BYTES / per_row).clamp(1, BATCH_ROWS as u64) as usize
+    (budget / per_row).clamp(1, BATCH_ROWS as u64) as usize
 }
 
 /// An input table opened for streaming, with its Arrow schema and (for Parquet) row
@@ -247,6 +247,7 @@ impl ParquetFile {
                     .iter()
                     .map(|&rg| md.row_group(rg).num_rows().max(0) as u64)
                     .sum(),
+                FAST_BATCH_BYTES,
             );
             let mut reader = FastReader::new(source, meta, plan, rgs, rows);
             if let Some(n) = settings.row_groups_in_flight {
