@@ -24,6 +24,7 @@ venv() {
 }
 
 cargo fmt --manifest-path udfs/python/Cargo.toml -- --check
+cargo clippy -q --manifest-path udfs/python/Cargo.toml --all-targets -- -D warnings
 # The CLI the tests compare against, as the workspace's tests build it (after
 # `cargo test --workspace` this builds nothing; `cargo build -p reclag-pipelines`
 # would build it again with other features).
