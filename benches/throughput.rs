@@ -252,16 +252,21 @@ fn polars_frames_count(path: &Path, model: &Arc<reclag::Model>) -> u64 {
 
 fn polars_count(path: &Path, model: &Arc<reclag::Model>) -> u64 {
     use polars::prelude::*;
+    polars_scan_count(
+        path,
+        reclag_udfs::polars::is_ood(col("embedding"), model, Some(col("label"))),
+    )
+}
+
+/// Polars' own streaming `scan_parquet(path).filter(predicate).select(len())`.
+fn polars_scan_count(path: &Path, predicate: polars::prelude::Expr) -> u64 {
+    use polars::prelude::*;
     let lf = LazyFrame::scan_parquet(
         PlRefPath::new(path.display().to_string().as_str()),
         ScanArgsParquet::default(),
     )
     .unwrap()
-    .filter(reclag_udfs::polars::is_ood(
-        col("embedding"),
-        model,
-        Some(col("label")),
-    ))
+    .filter(predicate)
     .select([len()]);
     let df = lf
         .collect_with_engine(Engine::Streaming)
@@ -883,27 +888,12 @@ fn kernel_in_memory(model: &reclag::Model, batches: &[RecordBatch]) -> u64 {
 /// scoring: the reader's share of [`polars_count`].
 fn polars_floor(path: &Path) -> u64 {
     use polars::prelude::*;
-    let lf = LazyFrame::scan_parquet(
-        PlRefPath::new(path.display().to_string().as_str()),
-        ScanArgsParquet::default(),
-    )
-    .unwrap()
-    .filter(
+    polars_scan_count(
+        path,
         col("embedding")
             .is_not_null()
             .and(col("label").gt_eq(lit(0))),
     )
-    .select([len()]);
-    let df = lf
-        .collect_with_engine(Engine::Streaming)
-        .unwrap()
-        .unwrap_single();
-    df.column("len")
-        .unwrap()
-        .get(0)
-        .unwrap()
-        .extract::<u64>()
-        .unwrap()
 }
 
 fn python_section(path: &Path, model_path: &Path, n: usize, runs: usize) {

@@ -344,6 +344,34 @@ pub fn resolve_groups_from_logits(
         .collect()
 }
 
+/// The per-row output columns every front end writes, in order: the five of spec §4,
+/// then §11's p-value.
+pub const OUTPUT_COLUMNS: [&str; 6] = [
+    "reclag_score",
+    "reclag_energy",
+    "reclag_ood_probability",
+    "reclag_is_ood",
+    "reclag_attractor",
+    "reclag_p_value",
+];
+
+/// The output columns for `model`: the p-value only when it has calibration scores
+/// (a version 2 model has none, and its outputs stay as they were).
+pub fn output_fields(model: &Model) -> Vec<arrow_schema::Field> {
+    use arrow_schema::Field;
+    let mut v = vec![
+        Field::new(OUTPUT_COLUMNS[0], DataType::Float64, true),
+        Field::new(OUTPUT_COLUMNS[1], DataType::Float64, true),
+        Field::new(OUTPUT_COLUMNS[2], DataType::Float64, true),
+        Field::new(OUTPUT_COLUMNS[3], DataType::Boolean, true),
+        Field::new(OUTPUT_COLUMNS[4], DataType::Int32, true),
+    ];
+    if model.calibration().is_some() {
+        v.push(Field::new(OUTPUT_COLUMNS[5], DataType::Float64, true));
+    }
+    v
+}
+
 /// The five per-row outputs as Arrow arrays, null where the row was null. The values
 /// are moved out of `out`, not copied; this is the one place the output null rule is
 /// applied for every engine.

@@ -157,6 +157,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// `--cluster` on a build without the `cluster` feature.
+    #[cfg(not(feature = "cluster"))]
+    pub fn without_cluster(url: &str) -> Error {
+        Error::Usage(format!(
+            "--cluster {url}: this reclag was built without the `cluster` feature; build it with `cargo install reclag-pipelines --features cluster`"
+        ))
+    }
+
     /// Whether the error is a closed reader of standard output (`reclag sql … | head`):
     /// the reader has what it wanted, so the command ends quietly and successfully, as
     /// Unix tools do.

@@ -190,7 +190,5 @@ fn run_on_cluster(
     _stores: Arc<Stores>,
     _out: &mut dyn Write,
 ) -> Result<ExitCode> {
-    Err(crate::error::Error::Usage(format!(
-        "--cluster {url}: this reclag was built without the `cluster` feature; build it with `cargo install reclag-pipelines --features cluster`"
-    )))
+    Err(crate::error::Error::without_cluster(url))
 }

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, ArrayRef, RecordBatch};
-use arrow_schema::{DataType, Field};
 use reclag::{Model, ScoreOutput, Work};
 
 use crate::error::{Error, Result};
@@ -16,30 +15,7 @@ use crate::progress::bar;
 use crate::store::Stores;
 use reclag_parquet::{Fused, FusedGroup, Part};
 
-pub const OUTPUT_COLUMNS: [&str; 6] = [
-    "reclag_score",
-    "reclag_energy",
-    "reclag_ood_probability",
-    "reclag_is_ood",
-    "reclag_attractor",
-    "reclag_p_value",
-];
-
-/// The output columns for `model`: the p-value only when it has calibration scores
-/// (a version 2 model has none, and its outputs stay as they were).
-pub fn output_fields(model: &Model) -> Vec<Field> {
-    let mut v = vec![
-        Field::new(OUTPUT_COLUMNS[0], DataType::Float64, true),
-        Field::new(OUTPUT_COLUMNS[1], DataType::Float64, true),
-        Field::new(OUTPUT_COLUMNS[2], DataType::Float64, true),
-        Field::new(OUTPUT_COLUMNS[3], DataType::Boolean, true),
-        Field::new(OUTPUT_COLUMNS[4], DataType::Int32, true),
-    ];
-    if model.calibration().is_some() {
-        v.push(Field::new(OUTPUT_COLUMNS[5], DataType::Float64, true));
-    }
-    v
-}
+pub use reclag::arrow::{OUTPUT_COLUMNS, output_fields};
 
 #[derive(Clone, Debug)]
 pub struct ScoreJob {

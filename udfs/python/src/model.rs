@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use arrow_array::{ArrayRef, RecordBatch, RecordBatchReader};
-use arrow_schema::{DataType, Field, Schema};
+use arrow_schema::{Field, Schema};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use reclag::{GroupKey, Model as CoreModel, Route, ScoreOutput, TrainParams, TrainingSet, Work};
@@ -247,6 +247,39 @@ fn route_from(route: Option<&str>) -> PyResult<Route> {
     }
 }
 
+/// Each row's group index in the model (`None`: routed by `route`).
+type Groups = Vec<Option<u32>>;
+
+/// One batch's embedding rows scored, routed by the group column `group` (else by
+/// `route`): the scores and the resolved groups, which the p-values need.
+fn score_rows(
+    model: &CoreModel,
+    batch: &RecordBatch,
+    emb: usize,
+    group: Option<usize>,
+    route: Route,
+    work: Work,
+) -> Result<(ScoreOutput, Option<Groups>), String> {
+    let schema = batch.schema();
+    let rows = reclag::arrow::embedding_rows(
+        batch.column(emb).as_ref(),
+        schema.field(emb).name(),
+        Some(model.dim()),
+    )
+    .map_err(|e| e.to_string())?;
+    let groups = group
+        .map(|g| {
+            reclag::arrow::resolve_groups(model, batch.column(g).as_ref(), schema.field(g).name())
+        })
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let mut out = ScoreOutput::default();
+    model
+        .score_routed(&rows, groups.as_deref(), route, work, &mut out)
+        .map_err(|e| e.to_string())?;
+    Ok((out, groups))
+}
+
 /// The CLI's output columns for one batch: the kept columns, then the outputs.
 fn score_batch(
     model: &CoreModel,
@@ -257,29 +290,7 @@ fn score_batch(
     out_schema: &Arc<Schema>,
     keep: &[usize],
 ) -> Result<RecordBatch, String> {
-    let name = batch.schema().field(emb).name().clone();
-    let rows = reclag::arrow::embedding_rows(batch.column(emb).as_ref(), &name, Some(model.dim()))
-        .map_err(|e| e.to_string())?;
-    let groups = match group {
-        None => None,
-        Some(g) => {
-            let gname = batch.schema().field(g).name().clone();
-            Some(
-                reclag::arrow::resolve_groups(model, batch.column(g).as_ref(), &gname)
-                    .map_err(|e| e.to_string())?,
-            )
-        }
-    };
-    let mut out = ScoreOutput::default();
-    model
-        .score_routed(
-            &rows,
-            groups.as_deref(),
-            route,
-            Work::WithDynamics,
-            &mut out,
-        )
-        .map_err(|e| e.to_string())?;
+    let (out, groups) = score_rows(model, batch, emb, group, route, Work::WithDynamics)?;
     let p = match model.calibration() {
         None => None,
         Some(_) => {
@@ -295,29 +306,6 @@ fn score_batch(
     cols.extend([a.score, a.energy, a.ood_probability, a.is_ood, a.attractor]);
     cols.extend(p.map(reclag::arrow::p_value_array));
     RecordBatch::try_new(out_schema.clone(), cols).map_err(|e| e.to_string())
-}
-
-const OUTPUTS: [&str; 6] = [
-    "reclag_score",
-    "reclag_energy",
-    "reclag_ood_probability",
-    "reclag_is_ood",
-    "reclag_attractor",
-    "reclag_p_value",
-];
-
-fn output_fields(model: &CoreModel) -> Vec<Field> {
-    let mut v = vec![
-        Field::new(OUTPUTS[0], DataType::Float64, true),
-        Field::new(OUTPUTS[1], DataType::Float64, true),
-        Field::new(OUTPUTS[2], DataType::Float64, true),
-        Field::new(OUTPUTS[3], DataType::Boolean, true),
-        Field::new(OUTPUTS[4], DataType::Int32, true),
-    ];
-    if model.calibration().is_some() {
-        v.push(Field::new(OUTPUTS[5], DataType::Float64, true));
-    }
-    v
 }
 
 #[pymethods]
@@ -409,14 +397,14 @@ impl Model {
         };
         for &i in &keep {
             let n = schema.field(i).name();
-            if OUTPUTS.contains(&n.as_str()) {
+            if reclag::arrow::OUTPUT_COLUMNS.contains(&n.as_str()) {
                 return Err(err(format!(
                     "input column '{n}' would be overwritten by the output; leave it out with keep_columns="
                 )));
             }
         }
         let mut fields: Vec<Field> = keep.iter().map(|&i| schema.field(i).clone()).collect();
-        fields.extend(output_fields(&self.inner));
+        fields.extend(reclag::arrow::output_fields(&self.inner));
         let out_schema = Arc::new(Schema::new(fields));
         let model = self.inner.clone();
         let out_schema2 = out_schema.clone();
@@ -449,31 +437,8 @@ impl Model {
         py.detach(move || -> Result<Vec<f64>, String> {
             let mut v = Vec::new();
             for b in &batches {
-                let name = schema.field(emb).name();
-                let rows =
-                    reclag::arrow::embedding_rows(b.column(emb).as_ref(), name, Some(model.dim()))
-                        .map_err(|e| e.to_string())?;
-                let groups = match g {
-                    None => None,
-                    Some(g) => Some(
-                        reclag::arrow::resolve_groups(
-                            &model,
-                            b.column(g).as_ref(),
-                            schema.field(g).name(),
-                        )
-                        .map_err(|e| e.to_string())?,
-                    ),
-                };
-                let mut out = ScoreOutput::default();
-                model
-                    .score_routed(
-                        &rows,
-                        groups.as_deref(),
-                        route,
-                        Work::WithDynamics,
-                        &mut out,
-                    )
-                    .map_err(|e| e.to_string())?;
+                // Evaluation needs the scores only, as `reclag eval` computes them.
+                let (out, _) = score_rows(&model, b, emb, g, route, Work::EnergyOnly)?;
                 v.extend(
                     out.score
                         .iter()

@@ -185,9 +185,7 @@ async fn cluster_session(job: &SqlJob, url: &str) -> Result<SessionContext> {
 
 #[cfg(not(feature = "cluster"))]
 async fn cluster_session(_job: &SqlJob, url: &str) -> Result<SessionContext> {
-    Err(Error::Usage(format!(
-        "--cluster {url}: this reclag was built without the `cluster` feature; build it with `cargo install reclag-pipelines --features cluster`"
-    )))
+    Err(crate::error::Error::without_cluster(url))
 }
 
 /// Registers a Parquet file, prefix, glob or hive-partitioned lake (`key=value`
