@@ -12,6 +12,11 @@ COMMON=("pyarrow==26.0.1" "numpy==2.4.6" "pytest==8.4.2" "datafusion==55.0.0")
 POLARS_LINES=("2.1.0" "1.44.2")
 # `ci` profile: opt-level 1 (see udfs/python/Cargo.toml).
 PROFILE="${RECLAG_PY_PROFILE:-ci}"
+# The CLI the tests compare against, in the workspace's own target directory. After
+# `cargo test --workspace` this only links the executable from the libraries the
+# tests compiled; `cargo build -p reclag-pipelines` would compile Polars and
+# DataFusion again with other features.
+cargo build -q --workspace --bins
 export CARGO_TARGET_DIR="$PWD/target/python"
 
 venv() {
@@ -25,10 +30,6 @@ venv() {
 
 cargo fmt --manifest-path udfs/python/Cargo.toml -- --check
 cargo clippy -q --manifest-path udfs/python/Cargo.toml --all-targets -- -D warnings
-# The CLI the tests compare against, as the workspace's tests build it (after
-# `cargo test --workspace` this builds nothing; `cargo build -p reclag-pipelines`
-# would build it again with other features).
-cargo test -q --workspace --no-run
 
 build=$(venv build "maturin==1.16.0")
 rm -rf target/python-wheels
