@@ -8,7 +8,8 @@ cd "$(dirname "$0")/../.."
 PYTHON="${PYTHON:-python3}"
 # Pinned: what the tests were last run with, one Polars per supported line (both pass).
 # datafusion 55 is built on the DataFusion major of this package.
-COMMON=("pyarrow==26.0.1" "numpy==2.4.6" "pytest==8.4.2" "datafusion==55.0.0")
+# moto: the S3 server the model-URL tests start on loopback.
+COMMON=("pyarrow==26.0.1" "numpy==2.4.6" "pytest==8.4.2" "datafusion==55.0.0" "moto[server]==5.2.1")
 POLARS_LINES=("2.1.0" "1.44.2")
 # `ci` profile: opt-level 1 (see udfs/python/Cargo.toml).
 PROFILE="${RECLAG_PY_PROFILE:-ci}"

@@ -9,6 +9,7 @@ mod arrow_io;
 mod model;
 mod plugin;
 mod sql;
+mod store;
 
 pyo3::create_exception!(
     _reclag,

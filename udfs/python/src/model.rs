@@ -2,7 +2,6 @@
 //! core calls and output columns.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use arrow_array::{ArrayRef, RecordBatch, RecordBatchReader};
@@ -32,7 +31,7 @@ pub fn model_by_key(sha256: &str, path: Option<&str>) -> Result<Arc<CoreModel>, 
             "no model with checksum {sha256} in this process, and the expression names no file to load it from"
         ));
     };
-    let m = reclag::format::load(std::path::Path::new(path)).map_err(|e| e.to_string())?;
+    let m = crate::store::locate(path)?.load()?;
     let found = reclag::format::checksum(&m);
     if found != sha256 {
         return Err(format!(
@@ -72,22 +71,17 @@ impl Model {
     }
 }
 
-fn absolute(path: &str) -> PyResult<PathBuf> {
-    let p = PathBuf::from(path.strip_prefix("file://").unwrap_or(path));
-    std::path::absolute(&p).map_err(|e| err(format!("{path}: {e}")))
-}
-
-/// Loads a model file written by `reclag train` or `Model.save`.
+/// Loads a model file written by `reclag train` or `Model.save`, from a local path or
+/// an object-store URL.
 #[pyfunction]
 pub fn load(py: Python<'_>, path: &str) -> PyResult<Model> {
-    if path.contains("://") && !path.starts_with("file://") {
-        return Err(err(format!(
-            "{path}: the Python package reads model files from local paths; copy the model locally (e.g. with the object store's CLI) or load it with `reclag` on the command line"
-        )));
-    }
-    let p = absolute(path)?;
-    let m = py.detach(|| reclag::format::load(&p)).map_err(err)?;
-    Ok(Model::new(m, Some(p.display().to_string())))
+    let (m, at) = py
+        .detach(|| {
+            let at = crate::store::locate(path)?;
+            Ok::<_, String>((at.load()?, at.display()))
+        })
+        .map_err(err)?;
+    Ok(Model::new(m, Some(at)))
 }
 
 fn params_from(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<TrainParams> {
@@ -351,14 +345,18 @@ impl Model {
             .collect()
     }
 
-    /// Writes the model file (whole or not at all), as `reclag train` does.
+    /// Writes the model file (whole or not at all), as `reclag train` does, to a local
+    /// path or an object-store URL.
     fn save(&self, py: Python<'_>, path: &str) -> PyResult<()> {
-        let p = absolute(path)?;
         let m = self.inner.clone();
-        let p2 = p.clone();
-        py.detach(move || reclag::format::save(&m, &p2))
+        let at = py
+            .detach(move || {
+                let at = crate::store::locate(path)?;
+                at.save(&m)?;
+                Ok::<_, String>(at.display())
+            })
             .map_err(err)?;
-        *self.path.lock().expect("path") = Some(p.display().to_string());
+        *self.path.lock().expect("path") = Some(at);
         Ok(())
     }
 

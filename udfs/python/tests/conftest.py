@@ -33,7 +33,7 @@ def cli():
     """Runs the reclag CLI (RECLAG_BIN, else target/debug/reclag) and returns stdout."""
     exe = Path(os.environ.get("RECLAG_BIN", ROOT / "target" / "debug" / "reclag"))
     if not exe.exists():
-        _missing(f"the reclag binary {exe} (cargo build -p reclag-pipelines)")
+        _missing(f"the reclag binary {exe} (cargo build --workspace --bins)")
 
     def run(*args: str) -> str:
         r = subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True)

@@ -101,7 +101,12 @@ class Model:
         return self._inner.groups
 
     def save(self, path: PathLike) -> None:
-        """Write the model file (whole or not at all), readable by the CLI."""
+        """Write the model file (whole or not at all), readable by the CLI.
+
+        ``path`` is a local path or an object-store URL (``s3://``, ``gs://``,
+        ``az://``), configured from the same ``AWS_*``, ``GOOGLE_*`` and ``AZURE_*``
+        variables as the CLI.
+        """
         self._inner.save(str(path))
 
     def score(
@@ -157,7 +162,15 @@ class Model:
 
 
 def load(path: PathLike) -> Model:
-    """Load a model file written by ``reclag train`` or :meth:`Model.save`."""
+    """Load a model file written by ``reclag train`` or :meth:`Model.save`.
+
+    ``path`` is a local path or an object-store URL: ``s3://bucket/key``,
+    ``gs://bucket/key`` or ``az://container/key``, configured from the same
+    ``AWS_*``, ``GOOGLE_*`` and ``AZURE_*`` variables as the CLI (for a local S3
+    server, ``AWS_ENDPOINT_URL`` and ``AWS_ALLOW_HTTP=true``). The checksum is
+    verified; a missing object or refused credentials raise :class:`ReclagError`
+    naming the URL.
+    """
     return Model(_reclag.load(str(path)))
 
 

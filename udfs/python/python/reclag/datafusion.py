@@ -39,7 +39,7 @@ def register(
 ) -> list[str]:
     """Register the reclag SQL functions on ``ctx``; returns their names.
 
-    ``models`` maps SQL names to models or model file paths. Raises
+    ``models`` maps SQL names to models or model files' paths or URLs. Raises
     :class:`reclag.ReclagError` when the installed ``datafusion`` is not
     ``DATAFUSION_MAJOR``.x: the FFI between the two has no version handshake, so a
     mismatch is refused here rather than crashing the interpreter.

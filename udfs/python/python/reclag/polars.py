@@ -7,12 +7,13 @@
 ...    .sink_parquet("clean.parquet"))
 
 Each function takes ``(embedding, model, group=None, route=None)``: a column name or
-expression, a :class:`reclag.Model` or a model file path, an optional group column
-(integer or string labels; without it, or for a null label, rows are routed to the
-group of largest margin, or with ``route="union"`` against every group's memories at
-once). The expression carries the model's checksum and file, never the model itself;
-a model file that changed since the expression was built is refused. Types are checked
-when the plan is built (``collect_schema()``): a wrong embedding width fails there.
+expression, a :class:`reclag.Model` or a model file's path or URL (as for
+:func:`reclag.load`), an optional group column (integer or string labels; without it,
+or for a null label, rows are routed to the group of largest margin, or with
+``route="union"`` against every group's memories at once). The expression carries
+the model's checksum and file, never the model itself; a model file that changed
+since the expression was built is refused. Types are checked when the plan is built
+(``collect_schema()``): a wrong embedding width fails there.
 """
 
 from __future__ import annotations
