@@ -53,6 +53,21 @@ pub(crate) fn row_group<T>(
     }
 }
 
+/// Rows per batch, at most `most`, that cut `rows` into equal batches (the last
+/// shorter by fewer rows than there are batches).
+///
+/// A short tail batch per row group cost DataFusion's plans a copy of every later row:
+/// a repartition's coalescer passes a large batch through whole only while it holds
+/// no rows, and a tail of a few hundred rows kept it holding some from then on.
+/// Measured on `reclag sql`'s count over the 1M × 512 fixture (64Ki-row groups cut at
+/// 16,288 rows: four full batches and one of 384 rows): 140k page faults against 18k,
+/// 0.91 s against 0.70 s. Equal batches are all at least half of `most`, above the
+/// coalescer's bypass threshold (half its target) whenever `most` reaches the target.
+pub(crate) fn even_batches(rows: usize, most: usize) -> usize {
+    let most = most.max(1);
+    rows.div_ceil(rows.div_ceil(most).max(1)).max(1)
+}
+
 fn rows<T>(batches: Vec<RecordBatch>) -> Vec<Part<T>> {
     batches.into_iter().map(Part::Rows).collect()
 }
@@ -71,6 +86,7 @@ fn row_group_from<R: ChunkReader + 'static, T>(
 ) -> crate::Result<Vec<Part<T>>> {
     let md = meta.metadata().row_group(rg);
     let n_rows = md.num_rows().max(0) as usize;
+    let batch_rows = even_batches(n_rows, batch_rows);
     let everything = || -> crate::Result<Vec<Part<T>>> {
         Ok(rows(general_reader(
             open()?,

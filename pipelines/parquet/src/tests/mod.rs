@@ -145,6 +145,33 @@ fn dense_plain_lists_take_the_fast_path_and_equal_the_written_rows() {
     }
 }
 
+/// A row group is cut into equal batches: with a short tail batch per row group,
+/// DataFusion's repartition copied every later row (see `even_batches`).
+#[test]
+fn row_groups_are_cut_into_equal_batches() {
+    let (f, want) = write(&Case::plain(2_000, 8, 1_000, 100));
+    for (most, expect) in [
+        (300, vec![250; 8]),
+        (999, vec![500; 4]),
+        (1_000, vec![1_000; 2]),
+        (5_000, vec![1_000; 2]),
+    ] {
+        let m = meta(&f);
+        let plan = plan(&m, None).unwrap();
+        let sizes: Vec<usize> =
+            FastReader::new(Source::Local(f.path().to_path_buf()), m, plan, None, most)
+                .map(|b| b.unwrap().into_rows().num_rows())
+                .collect();
+        assert_eq!(sizes, expect, "at most {most} rows a batch");
+    }
+    assert_eq!(fast(&f, 300).0, want);
+    // The fixture of BENCHMARKS.md: 64Ki-row groups, 16,288 rows within 32 MiB.
+    assert_eq!(crate::row_group::even_batches(65_536, 16_288), 13_108);
+    assert_eq!(crate::row_group::even_batches(65_536, 16_384), 16_384);
+    assert_eq!(crate::row_group::even_batches(1_001, 300), 251);
+    assert_eq!(crate::row_group::even_batches(0, 300), 1);
+}
+
 /// A short last row group starts second; the batches still come in file order
 /// (checked by every test that compares the rows read with the rows written).
 #[test]
